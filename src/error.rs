@@ -1,0 +1,224 @@
+//! The crate's one error type.
+//!
+//! Every check in burn-distill runs *before* any tensor operation, so a bad
+//! argument surfaces as a [`DistillError`] naming the argument and the values
+//! involved, never as a broadcast panic from inside burn or a silent NaN.
+//! Panicking entry points (`forward`, `init`, …) panic with exactly the
+//! [`Display`](std::fmt::Display) text of the error their `try_*` twin returns.
+
+use std::fmt;
+
+/// Why a distillation loss or helper refused its input.
+///
+/// Each variant carries the offending values so that the message can name them.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum DistillError {
+    /// A temperature that is not a finite number greater than zero.
+    InvalidTemperature {
+        /// The argument or field that held it (e.g. `"temperature"`).
+        argument: &'static str,
+        /// The value given.
+        value: f64,
+    },
+    /// A loss weight that is negative, NaN or infinite.
+    InvalidWeight {
+        /// The argument or field that held it (e.g. `"soft_weight"`).
+        argument: &'static str,
+        /// The value given.
+        value: f64,
+    },
+    /// Both loss weights are zero, so the loss would be identically zero and
+    /// train nothing — almost certainly a configuration mistake.
+    AllWeightsZero {
+        /// The soft-term weight given.
+        soft_weight: f64,
+        /// The hard-term weight given.
+        hard_weight: f64,
+    },
+    /// A reduction dimension outside the tensor's rank.
+    InvalidDim {
+        /// The argument that held it (e.g. `"dim"`).
+        argument: &'static str,
+        /// The dimension given.
+        dim: usize,
+        /// The tensor's rank.
+        rank: usize,
+    },
+    /// A tensor that must not be empty has a zero-sized dimension.
+    EmptyTensor {
+        /// The argument that held it.
+        argument: &'static str,
+        /// Its shape.
+        shape: Vec<usize>,
+    },
+    /// Two tensors that must have the same shape do not (e.g. teacher and
+    /// student logits over vocabularies of 152064 and 151936 classes).
+    ShapeMismatch {
+        /// Name of the first argument.
+        left_argument: &'static str,
+        /// Its shape.
+        left_shape: Vec<usize>,
+        /// Name of the second argument.
+        right_argument: &'static str,
+        /// Its shape.
+        right_shape: Vec<usize>,
+    },
+    /// The targets tensor's length differs from the batch size of the logits.
+    TargetsLength {
+        /// Number of targets given.
+        targets: usize,
+        /// Batch size of the logits.
+        batch: usize,
+    },
+    /// A class label that is negative or not below the number of classes.
+    LabelOutOfRange {
+        /// The argument that held it (e.g. `"targets"`).
+        argument: &'static str,
+        /// The offending label (the smallest if negative, else the largest).
+        label: i64,
+        /// Number of classes of the logits.
+        num_classes: usize,
+    },
+}
+
+impl fmt::Display for DistillError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::InvalidTemperature { argument, value } => write!(
+                f,
+                "{argument} must be a finite number greater than 0, got {value}"
+            ),
+            Self::InvalidWeight { argument, value } => write!(
+                f,
+                "{argument} must be a finite number greater than or equal to 0, got {value}"
+            ),
+            Self::AllWeightsZero {
+                soft_weight,
+                hard_weight,
+            } => write!(
+                f,
+                "soft_weight ({soft_weight}) and hard_weight ({hard_weight}) are both 0: \
+                 the loss would be identically zero; set at least one of them above 0"
+            ),
+            Self::InvalidDim {
+                argument,
+                dim,
+                rank,
+            } => write!(
+                f,
+                "{argument} = {dim} is out of range for a tensor of rank {rank} \
+                 (valid: 0..{rank})"
+            ),
+            Self::EmptyTensor { argument, shape } => write!(
+                f,
+                "{argument} has shape {shape:?}, with a zero-sized dimension; \
+                 it needs at least one row and one class"
+            ),
+            Self::ShapeMismatch {
+                left_argument,
+                left_shape,
+                right_argument,
+                right_shape,
+            } => write!(
+                f,
+                "{left_argument} has shape {left_shape:?} but {right_argument} has shape \
+                 {right_shape:?}; they must have the same batch size and number of classes"
+            ),
+            Self::TargetsLength { targets, batch } => write!(
+                f,
+                "targets has {targets} labels but the logits have a batch of {batch} rows; \
+                 give one label per row"
+            ),
+            Self::LabelOutOfRange {
+                argument,
+                label,
+                num_classes,
+            } => write!(
+                f,
+                "{argument} contains the label {label}, outside 0..{num_classes} \
+                 (the logits have {num_classes} classes)"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for DistillError {}
+
+/// Checks that a temperature is finite and strictly positive.
+pub(crate) fn check_temperature(argument: &'static str, value: f64) -> Result<(), DistillError> {
+    if value.is_finite() && value > 0.0 {
+        Ok(())
+    } else {
+        Err(DistillError::InvalidTemperature { argument, value })
+    }
+}
+
+/// Checks that a loss weight is finite and non-negative.
+pub(crate) fn check_weight(argument: &'static str, value: f64) -> Result<(), DistillError> {
+    if value.is_finite() && value >= 0.0 {
+        Ok(())
+    } else {
+        Err(DistillError::InvalidWeight { argument, value })
+    }
+}
+
+/// Checks that `dim` indexes a dimension of a rank-`rank` tensor.
+pub(crate) fn check_dim(
+    argument: &'static str,
+    dim: usize,
+    rank: usize,
+) -> Result<(), DistillError> {
+    if dim < rank {
+        Ok(())
+    } else {
+        Err(DistillError::InvalidDim {
+            argument,
+            dim,
+            rank,
+        })
+    }
+}
+
+/// Checks that no dimension of `shape` is zero.
+pub(crate) fn check_non_empty(argument: &'static str, shape: &[usize]) -> Result<(), DistillError> {
+    if shape.contains(&0) {
+        Err(DistillError::EmptyTensor {
+            argument,
+            shape: shape.to_vec(),
+        })
+    } else {
+        Ok(())
+    }
+}
+
+/// Checks that two tensors have identical shapes.
+pub(crate) fn check_same_shape(
+    left_argument: &'static str,
+    left_shape: &[usize],
+    right_argument: &'static str,
+    right_shape: &[usize],
+) -> Result<(), DistillError> {
+    if left_shape == right_shape {
+        Ok(())
+    } else {
+        Err(DistillError::ShapeMismatch {
+            left_argument,
+            left_shape: left_shape.to_vec(),
+            right_argument,
+            right_shape: right_shape.to_vec(),
+        })
+    }
+}
+
+/// Unwraps a checked result, panicking with the error's message.
+///
+/// Panicking entry points go through here so that their message is exactly the
+/// `Display` of the error that the `try_*` twin returns.
+#[track_caller]
+pub(crate) fn or_panic<T>(result: Result<T, DistillError>) -> T {
+    match result {
+        Ok(value) => value,
+        Err(error) => panic!("{error}"),
+    }
+}

@@ -1,0 +1,394 @@
+//! The Hinton knowledge-distillation loss (Hinton, Vinyals & Dean 2015, §2).
+//!
+//! ```text
+//! L = soft_weight · T² · KL(softmax(v/T) ‖ softmax(z/T))  +  hard_weight · CE(softmax(z), y)
+//! ```
+//! with student logits `z`, teacher logits `v`, labels `y` and temperature `T`.
+//! Both terms are "batchmean": summed over classes, averaged over rows — never a
+//! mean over classes too, which would silently divide the soft term by the
+//! number of classes (anchors.md, bug 2).
+//!
+//! Why `T²`: the soft term's gradient is `∂KL/∂z_i = (q_i − p_i)/T` (eq. 2), so it
+//! shrinks as `1/T²` once the logits are small next to `T` (eq. 4). Multiplying
+//! by `T²` keeps the soft gradient's size — and so the balance between the two
+//! weights — unchanged when `T` is tuned.
+
+use burn::config::Config;
+use burn::module::{Content, DisplaySettings, Module, ModuleDisplay};
+use burn::tensor::{Int, Tensor};
+
+use crate::divergence::forward_kl_unchecked;
+use crate::error::{
+    DistillError, check_non_empty, check_same_shape, check_temperature, check_weight, or_panic,
+};
+use crate::temperature::try_log_softmax;
+
+/// Configuration of a [`KdLoss`].
+///
+/// ```
+/// use burn_distill::KdLossConfig;
+///
+/// let loss = KdLossConfig::new().with_temperature(20.0).init();
+/// assert_eq!(loss.temperature(), 20.0);
+/// assert_eq!(loss.soft_weight(), 0.9);
+/// ```
+#[derive(Config, Debug)]
+pub struct KdLossConfig {
+    /// Distillation temperature `T`, finite and > 0. Default: 4.0 (the common
+    /// CIFAR recipe; the paper's MNIST experiment used 20).
+    #[config(default = 4.0)]
+    pub temperature: f64,
+    /// Weight of the soft (teacher-matching) term, ≥ 0. Default: 0.9.
+    #[config(default = 0.9)]
+    pub soft_weight: f64,
+    /// Weight of the hard-label cross-entropy at `T = 1`, ≥ 0. Default: 0.1
+    /// (the paper found a considerably lower weight on the hard term best).
+    #[config(default = 0.1)]
+    pub hard_weight: f64,
+    /// Multiply the soft term by `T²` so its gradient's size does not depend on
+    /// `T` (the paper's recommendation). Default: true.
+    #[config(default = true)]
+    pub scale_by_t_squared: bool,
+}
+
+impl KdLossConfig {
+    /// Builds the loss.
+    ///
+    /// # Panics
+    /// On an invalid field, with the message [`try_init`](Self::try_init) would return.
+    pub fn init(&self) -> KdLoss {
+        or_panic(self.try_init())
+    }
+
+    /// Builds the loss, or says which field is invalid: a temperature that is not
+    /// finite and > 0, a weight that is negative or not finite, or both weights 0.
+    pub fn try_init(&self) -> Result<KdLoss, DistillError> {
+        check_temperature("temperature", self.temperature)?;
+        check_weight("soft_weight", self.soft_weight)?;
+        check_weight("hard_weight", self.hard_weight)?;
+        if self.soft_weight == 0.0 && self.hard_weight == 0.0 {
+            return Err(DistillError::AllWeightsZero {
+                soft_weight: self.soft_weight,
+                hard_weight: self.hard_weight,
+            });
+        }
+        Ok(KdLoss {
+            temperature: self.temperature,
+            soft_weight: self.soft_weight,
+            hard_weight: self.hard_weight,
+            scale_by_t_squared: self.scale_by_t_squared,
+        })
+    }
+}
+
+/// The parts of a [`KdLoss`], for logging.
+///
+/// `total = soft_weight · soft + hard_weight · hard`.
+#[derive(Debug, Clone)]
+pub struct KdLossOutput {
+    /// The weighted sum that is trained on, `[1]`.
+    pub total: Tensor<1>,
+    /// The soft term before weighting: `T² · KL(p_T ‖ q_T)` (or `KL` alone when
+    /// `scale_by_t_squared` is off), batch-averaged, `[1]`.
+    pub soft: Tensor<1>,
+    /// The hard term before weighting: cross-entropy of the student at `T = 1`
+    /// against the labels, batch-averaged, `[1]`.
+    pub hard: Tensor<1>,
+}
+
+/// Hinton knowledge-distillation loss; build it with [`KdLossConfig`].
+///
+/// A [`Module`] with no parameters, so it can be a field of a model.
+///
+/// The teacher logits are detached inside: the teacher never receives a
+/// gradient, whether or not its tensor was tracked.
+///
+/// # Shapes
+/// - `student_logits`: `[batch, classes]`
+/// - `teacher_logits`: `[batch, classes]` (the same shape; checked before any tensor op)
+/// - `targets`: `[batch]`, class indices in `0..classes`
+///
+/// # Masked classes
+/// A class that is `−inf` in both the teacher's and the student's logits
+/// contributes exactly 0 to the loss and the gradient. A class the teacher gives
+/// a finite logit but the student `−inf` makes the soft term `+inf` — the
+/// student assigns zero probability to something the teacher considers possible.
+///
+/// # Example
+/// ```
+/// use burn::tensor::{Device, Int, Tensor};
+/// use burn_distill::KdLossConfig;
+///
+/// let device = Device::flex().autodiff();
+/// let student = Tensor::<2>::from_floats([[1.0, 2.0, 0.5], [0.0, 0.0, 3.0]], &device).require_grad();
+/// let teacher = Tensor::<2>::from_floats([[1.5, 3.0, 0.0], [0.0, 1.0, 4.0]], &device);
+/// let targets = Tensor::<1, Int>::from_ints([1, 2], &device);
+///
+/// let kd = KdLossConfig::new().with_temperature(2.0).init();
+/// let loss = kd.forward(student.clone(), teacher, targets);
+/// let grads = loss.backward();
+/// assert!(student.grad(&grads).is_some());
+/// ```
+#[derive(Module, Debug)]
+#[module(custom_display)]
+pub struct KdLoss {
+    temperature: f64,
+    soft_weight: f64,
+    hard_weight: f64,
+    scale_by_t_squared: bool,
+}
+
+impl ModuleDisplay for KdLoss {
+    fn custom_settings(&self) -> Option<DisplaySettings> {
+        DisplaySettings::new()
+            .with_new_line_after_attribute(false)
+            .optional()
+    }
+
+    fn custom_content(&self, content: Content) -> Option<Content> {
+        content
+            .add("temperature", &self.temperature)
+            .add("soft_weight", &self.soft_weight)
+            .add("hard_weight", &self.hard_weight)
+            .add("scale_by_t_squared", &self.scale_by_t_squared)
+            .optional()
+    }
+}
+
+impl KdLoss {
+    /// The temperature `T`.
+    pub fn temperature(&self) -> f64 {
+        self.temperature
+    }
+
+    /// The weight of the soft term.
+    pub fn soft_weight(&self) -> f64 {
+        self.soft_weight
+    }
+
+    /// The weight of the hard term.
+    pub fn hard_weight(&self) -> f64 {
+        self.hard_weight
+    }
+
+    /// Whether the soft term is multiplied by `T²`.
+    pub fn scale_by_t_squared(&self) -> bool {
+        self.scale_by_t_squared
+    }
+
+    /// `soft_weight · T² · KL(p_T ‖ q_T) + hard_weight · CE`, averaged over the batch; `[1]`.
+    ///
+    /// # Panics
+    /// On mismatched shapes or out-of-range labels, with the message of
+    /// [`try_forward`](Self::try_forward).
+    pub fn forward(
+        &self,
+        student_logits: Tensor<2>,
+        teacher_logits: Tensor<2>,
+        targets: Tensor<1, Int>,
+    ) -> Tensor<1> {
+        or_panic(self.try_forward(student_logits, teacher_logits, targets))
+    }
+
+    /// Fallible [`forward`](Self::forward).
+    ///
+    /// Checking the labels reads their minimum and maximum back from the device
+    /// (two integers).
+    pub fn try_forward(
+        &self,
+        student_logits: Tensor<2>,
+        teacher_logits: Tensor<2>,
+        targets: Tensor<1, Int>,
+    ) -> Result<Tensor<1>, DistillError> {
+        Ok(self
+            .try_forward_parts(student_logits, teacher_logits, targets)?
+            .total)
+    }
+
+    /// The total loss and its two unweighted parts; see [`KdLossOutput`].
+    ///
+    /// # Panics
+    /// As [`forward`](Self::forward).
+    pub fn forward_parts(
+        &self,
+        student_logits: Tensor<2>,
+        teacher_logits: Tensor<2>,
+        targets: Tensor<1, Int>,
+    ) -> KdLossOutput {
+        or_panic(self.try_forward_parts(student_logits, teacher_logits, targets))
+    }
+
+    /// Fallible [`forward_parts`](Self::forward_parts).
+    pub fn try_forward_parts(
+        &self,
+        student_logits: Tensor<2>,
+        teacher_logits: Tensor<2>,
+        targets: Tensor<1, Int>,
+    ) -> Result<KdLossOutput, DistillError> {
+        let (soft_rows, hard_rows) = self.rows(student_logits, teacher_logits, targets)?;
+        let soft = soft_rows.mean();
+        let hard = hard_rows.mean();
+        let total =
+            soft.clone().mul_scalar(self.soft_weight) + hard.clone().mul_scalar(self.hard_weight);
+        Ok(KdLossOutput { total, soft, hard })
+    }
+
+    /// Per-example total loss `soft_weight · T² · KL_b + hard_weight · CE_b`,
+    /// `[batch]`, for custom weighting or masking of rows. Its mean is
+    /// [`forward`](Self::forward).
+    ///
+    /// # Panics
+    /// As [`forward`](Self::forward).
+    pub fn forward_no_reduction(
+        &self,
+        student_logits: Tensor<2>,
+        teacher_logits: Tensor<2>,
+        targets: Tensor<1, Int>,
+    ) -> Tensor<1> {
+        or_panic(self.try_forward_no_reduction(student_logits, teacher_logits, targets))
+    }
+
+    /// Fallible [`forward_no_reduction`](Self::forward_no_reduction).
+    pub fn try_forward_no_reduction(
+        &self,
+        student_logits: Tensor<2>,
+        teacher_logits: Tensor<2>,
+        targets: Tensor<1, Int>,
+    ) -> Result<Tensor<1>, DistillError> {
+        let (soft_rows, hard_rows) = self.rows(student_logits, teacher_logits, targets)?;
+        Ok(soft_rows.mul_scalar(self.soft_weight) + hard_rows.mul_scalar(self.hard_weight))
+    }
+
+    /// The soft term alone, `T² · KL(p_T ‖ q_T)` averaged over the batch, `[1]`:
+    /// for transfer sets without labels. Not multiplied by `soft_weight`, which only
+    /// balances the soft term against the hard one.
+    ///
+    /// # Panics
+    /// If the shapes differ or are empty (see [`try_soft_loss`](Self::try_soft_loss)).
+    pub fn soft_loss(&self, student_logits: Tensor<2>, teacher_logits: Tensor<2>) -> Tensor<1> {
+        or_panic(self.try_soft_loss(student_logits, teacher_logits))
+    }
+
+    /// Fallible [`soft_loss`](Self::soft_loss).
+    pub fn try_soft_loss(
+        &self,
+        student_logits: Tensor<2>,
+        teacher_logits: Tensor<2>,
+    ) -> Result<Tensor<1>, DistillError> {
+        Ok(self
+            .try_soft_loss_no_reduction(student_logits, teacher_logits)?
+            .mean())
+    }
+
+    /// The soft term per example, `T² · KL_b`, `[batch]`.
+    ///
+    /// # Panics
+    /// As [`soft_loss`](Self::soft_loss).
+    pub fn soft_loss_no_reduction(
+        &self,
+        student_logits: Tensor<2>,
+        teacher_logits: Tensor<2>,
+    ) -> Tensor<1> {
+        or_panic(self.try_soft_loss_no_reduction(student_logits, teacher_logits))
+    }
+
+    /// Fallible [`soft_loss_no_reduction`](Self::soft_loss_no_reduction).
+    pub fn try_soft_loss_no_reduction(
+        &self,
+        student_logits: Tensor<2>,
+        teacher_logits: Tensor<2>,
+    ) -> Result<Tensor<1>, DistillError> {
+        check_logit_pair(&student_logits, &teacher_logits)?;
+        Ok(self.soft_rows(student_logits, teacher_logits))
+    }
+
+    /// Checked per-row soft and hard terms, both `[batch]` and unweighted.
+    fn rows(
+        &self,
+        student_logits: Tensor<2>,
+        teacher_logits: Tensor<2>,
+        targets: Tensor<1, Int>,
+    ) -> Result<(Tensor<1>, Tensor<1>), DistillError> {
+        check_logit_pair(&student_logits, &teacher_logits)?;
+        let [batch, classes] = student_logits.dims();
+        check_targets(&targets, batch, classes)?;
+        let hard = hard_rows(student_logits.clone(), targets);
+        let soft = self.soft_rows(student_logits, teacher_logits);
+        Ok((soft, hard))
+    }
+
+    /// `T² · KL(softmax(v/T) ‖ softmax(z/T))` per row, inputs already checked.
+    fn soft_rows(&self, student_logits: Tensor<2>, teacher_logits: Tensor<2>) -> Tensor<1> {
+        let t = self.temperature;
+        // The temperature was validated by try_init, so these cannot fail.
+        let student_log_probs = or_panic(try_log_softmax(student_logits, t, 1));
+        let teacher_log_probs = or_panic(try_log_softmax(teacher_logits.detach(), t, 1));
+        let kl = forward_kl_unchecked(student_log_probs, teacher_log_probs);
+        if self.scale_by_t_squared {
+            kl.mul_scalar(t * t)
+        } else {
+            kl
+        }
+    }
+}
+
+/// Cross-entropy of `softmax(logits)` (T = 1) against integer labels, per row.
+fn hard_rows(student_logits: Tensor<2>, targets: Tensor<1, Int>) -> Tensor<1> {
+    let [batch] = targets.dims();
+    let log_probs = or_panic(try_log_softmax(student_logits, 1.0, 1));
+    log_probs
+        .gather(1, targets.reshape([batch, 1]))
+        .reshape([batch])
+        .neg()
+}
+
+/// Student and teacher logits: same `[batch, classes]`, neither dimension zero.
+fn check_logit_pair(
+    student_logits: &Tensor<2>,
+    teacher_logits: &Tensor<2>,
+) -> Result<(), DistillError> {
+    let student_shape = student_logits.dims();
+    check_same_shape(
+        "student_logits",
+        &student_shape,
+        "teacher_logits",
+        &teacher_logits.dims(),
+    )?;
+    check_non_empty("student_logits", &student_shape)
+}
+
+/// One label per row, each in `0..classes`.
+///
+/// Reads back the labels' minimum and maximum (one small transfer) so that a bad
+/// label is reported by value instead of gathering out of bounds inside burn.
+fn check_targets(
+    targets: &Tensor<1, Int>,
+    batch: usize,
+    classes: usize,
+) -> Result<(), DistillError> {
+    let [length] = targets.dims();
+    if length != batch {
+        return Err(DistillError::TargetsLength {
+            targets: length,
+            batch,
+        });
+    }
+    let bounds = Tensor::cat(vec![targets.clone().min(), targets.clone().max()], 0).into_data();
+    let mut bounds = bounds.iter::<i64>();
+    let (min, max) = (bounds.next().unwrap_or(0), bounds.next().unwrap_or(0));
+    let offending = if min < 0 {
+        Some(min)
+    } else if max >= classes as i64 {
+        Some(max)
+    } else {
+        None
+    };
+    match offending {
+        Some(label) => Err(DistillError::LabelOutOfRange {
+            argument: "targets",
+            label,
+            num_classes: classes,
+        }),
+        None => Ok(()),
+    }
+}

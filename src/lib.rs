@@ -1,0 +1,47 @@
+//! # burn-distill
+//!
+//! Knowledge-distillation losses for [burn](https://burn.dev): temperature softmax,
+//! the Hinton KD loss with its `T²` scaling, and the divergences they are built on.
+//! The crate is functional at its core — small pure functions over `Tensor`s —
+//! with thin [`Config`](burn::config::Config)/[`Module`](burn::module::Module)
+//! wrappers in burn's style.
+//!
+//! It chooses no device: every function runs on the device of the tensors it is
+//! given (flex, ndarray, wgpu, cuda, …), with or without autodiff.
+//!
+//! ## Conventions
+//! - The soft loss is the KL divergence `KL(p‖q)` of the student `q` from the teacher
+//!   `p`, not the soft cross-entropy: it is 0 when the student matches the teacher.
+//! - Losses are averaged over the batch ("batchmean": sum over classes, mean over rows).
+//! - The soft term is multiplied by `T²` (configurable) so its gradient's size does
+//!   not depend on the temperature.
+//! - Arguments are named `student_*` and `teacher_*`; the teacher never gets a gradient.
+//! - Bad input is reported before any tensor operation, as a [`DistillError`] from the
+//!   `try_*` functions or a panic with the same message from the others.
+//!
+//! ## Example
+//! ```
+//! use burn::tensor::{Device, Int, Tensor};
+//! use burn_distill::KdLossConfig;
+//!
+//! let device = Device::flex().autodiff();
+//! let student = Tensor::<2>::from_floats([[0.2, 1.0, -0.5]], &device).require_grad();
+//! let teacher = Tensor::<2>::from_floats([[0.0, 3.0, -1.0]], &device);
+//! let labels = Tensor::<1, Int>::from_ints([1], &device);
+//!
+//! let kd = KdLossConfig::new().with_temperature(4.0).init();
+//! let parts = kd.forward_parts(student.clone(), teacher, labels);
+//! let grads = parts.total.backward();
+//! assert!(student.grad(&grads).is_some());
+//! ```
+//!
+//! Reference: G. Hinton, O. Vinyals, J. Dean, *Distilling the Knowledge in a Neural
+//! Network*, NIPS 2014 Deep Learning Workshop, arXiv:1503.02531 (2015).
+
+pub mod divergence;
+mod error;
+mod kd;
+pub mod temperature;
+
+pub use error::DistillError;
+pub use kd::{KdLoss, KdLossConfig, KdLossOutput};

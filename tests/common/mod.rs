@@ -1,0 +1,122 @@
+//! Helpers shared by the integration tests: the devices to run on, tensor
+//! construction and read-back, a seeded random source, and tolerance checks.
+#![allow(dead_code)]
+
+use burn::tensor::{DType, Device, Int, Tensor, TensorData};
+
+/// The devices every device-generic test runs on: flex (burn's current CPU
+/// backend) and ndarray (deprecated, still widely used).
+#[allow(deprecated)] // Device::ndarray is deprecated in burn 0.22 but still supported.
+pub fn devices() -> Vec<(&'static str, Device)> {
+    vec![("flex", Device::flex()), ("ndarray", Device::ndarray())]
+}
+
+/// A `[rows, cols]` f32 tensor from row-major values.
+pub fn tensor2(values: &[f64], shape: [usize; 2], device: &Device) -> Tensor<2> {
+    let data: Vec<f32> = values.iter().map(|&v| v as f32).collect();
+    Tensor::from_data(TensorData::new(data, shape), device)
+}
+
+/// A `[rows, cols]` f64 tensor from row-major values. The dtype must be given
+/// explicitly: burn converts data to the device's default float dtype (f32)
+/// otherwise.
+pub fn tensor2_f64(values: &[f64], shape: [usize; 2], device: &Device) -> Tensor<2> {
+    let tensor = Tensor::from_data(
+        TensorData::new(values.to_vec(), shape),
+        (device, DType::F64),
+    );
+    assert_eq!(tensor.dtype(), DType::F64, "f64 tensor requested");
+    tensor
+}
+
+/// An integer label tensor.
+pub fn labels(values: &[i64], device: &Device) -> Tensor<1, Int> {
+    Tensor::from_data(TensorData::new(values.to_vec(), [values.len()]), device)
+}
+
+/// Reads any float tensor back as f64 values, row-major.
+pub fn values<const D: usize>(tensor: Tensor<D>) -> Vec<f64> {
+    tensor.into_data().iter::<f64>().collect()
+}
+
+/// Reads a one-element tensor back as f64.
+pub fn scalar(tensor: Tensor<1>) -> f64 {
+    let v = values(tensor);
+    assert_eq!(v.len(), 1, "expected a one-element tensor");
+    v[0]
+}
+
+/// SplitMix64: a tiny seeded generator, so that test inputs are reproducible
+/// without a dependency on `rand`.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    pub fn uniform(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Standard normal (Box–Muller).
+    pub fn normal(&mut self) -> f64 {
+        let u1 = self.uniform().max(f64::MIN_POSITIVE);
+        let u2 = self.uniform();
+        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+    }
+
+    /// `n` normal values times `scale`, rounded to f32 so tensors see them exactly.
+    pub fn normals(&mut self, n: usize, scale: f64) -> Vec<f64> {
+        (0..n)
+            .map(|_| (self.normal() * scale) as f32 as f64)
+            .collect()
+    }
+
+    /// Uniform integer in `0..n`.
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.uniform() * n as f64) as usize % n
+    }
+}
+
+/// Softmax of `logits / t` for each row, in f64, written out independently of
+/// the crate under test.
+pub fn reference_softmax(logits: &[f64], classes: usize, t: f64) -> Vec<f64> {
+    logits
+        .chunks(classes)
+        .flat_map(|row| {
+            let max = row.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x / t));
+            let exps: Vec<f64> = row.iter().map(|&x| (x / t - max).exp()).collect();
+            let sum: f64 = exps.iter().sum();
+            exps.into_iter().map(move |e| e / sum)
+        })
+        .collect()
+}
+
+/// Asserts that `actual` matches `expected` within `rtol` relative to the
+/// largest magnitude in `expected` (a norm-relative check: tiny entries are
+/// judged against the tensor's scale, not their own), element by element.
+#[track_caller]
+pub fn assert_close(what: &str, actual: &[f64], expected: &[f64], rtol: f64) {
+    assert_eq!(actual.len(), expected.len(), "{what}: length");
+    let scale = expected
+        .iter()
+        .fold(0.0f64, |m, &x| m.max(x.abs()))
+        .max(f64::MIN_POSITIVE);
+    for (i, (&a, &e)) in actual.iter().zip(expected).enumerate() {
+        let err = (a - e).abs() / scale;
+        assert!(
+            err <= rtol,
+            "{what}[{i}]: got {a}, expected {e} (error {err:.3e} of scale {scale:.3e} > {rtol:.1e})"
+        );
+    }
+}
