@@ -43,7 +43,12 @@ fn invalid_temperature() {
             err.to_string().contains("temperature") && err.to_string().contains(&format!("{t}")),
             "{err}"
         );
-        assert_eq!(panic_message(|| drop(config.init())), err.to_string());
+        assert_eq!(
+            panic_message(|| {
+                let _ = config.init();
+            }),
+            err.to_string()
+        );
 
         let z = tensor2(&[1.0, 2.0], [1, 2], &device());
         let err = try_softmax(z.clone(), t, 1).unwrap_err();
@@ -71,7 +76,12 @@ fn invalid_weight() {
             other => panic!("unexpected {other:?}"),
         }
         assert!(err.to_string().starts_with(name), "{err}");
-        assert_eq!(panic_message(|| drop(config.init())), err.to_string());
+        assert_eq!(
+            panic_message(|| {
+                let _ = config.init();
+            }),
+            err.to_string()
+        );
     }
 }
 
@@ -86,7 +96,12 @@ fn all_weights_zero() {
         "{err:?}"
     );
     assert!(err.to_string().contains("soft_weight") && err.to_string().contains("hard_weight"));
-    assert_eq!(panic_message(|| drop(config.init())), err.to_string());
+    assert_eq!(
+        panic_message(|| {
+            let _ = config.init();
+        }),
+        err.to_string()
+    );
 }
 
 #[test]
