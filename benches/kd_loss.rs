@@ -1,0 +1,87 @@
+//! Forward + backward (w.r.t. the student logits) of the KD loss, f32.
+//!
+//! ```text
+//! cargo bench --bench kd_loss
+//! ```
+//!
+//! Two implementations side by side, in one run, on each CPU device:
+//! - `burn_distill`: `KdLoss::forward` (T = 4, 0.9 soft / 0.1 hard, T²);
+//! - `burn_nn_composed`: the same loss written with burn-nn's own pieces, as a user
+//!   would without this crate: `log_softmax(z/T)`, `log_softmax(v/T)`,
+//!   `KLDivLoss { log_target: true }` (batchmean) × T² plus `CrossEntropyLoss`.
+
+use burn::nn::loss::{CrossEntropyLossConfig, KLDivLossConfig, Reduction};
+use burn::tensor::activation::log_softmax;
+use burn::tensor::{Device, Distribution, Int, Tensor};
+use burn_distill::KdLossConfig;
+use criterion::{BenchmarkId, Criterion, Throughput, black_box, criterion_group, criterion_main};
+use std::time::Duration;
+
+const SIZES: [(usize, usize); 4] = [(128, 10), (256, 1000), (64, 32000), (512, 32000)];
+const T: f64 = 4.0;
+
+#[allow(deprecated)] // Device::ndarray is deprecated in burn 0.22 but still supported.
+fn devices() -> Vec<(&'static str, Device)> {
+    vec![("flex", Device::flex()), ("ndarray", Device::ndarray())]
+}
+
+fn bench_kd(c: &mut Criterion) {
+    let kd = KdLossConfig::new().with_temperature(T).init();
+    let kl = KLDivLossConfig::new().with_log_target(true).init();
+    for (device_name, device) in devices() {
+        let device = device.autodiff();
+        let ce = CrossEntropyLossConfig::new().init(&device);
+        let mut group = c.benchmark_group(format!("kd_loss_fwd_bwd/{device_name}"));
+        group.warm_up_time(Duration::from_secs(1));
+        for (batch, classes) in SIZES {
+            let elements = batch * classes;
+            group.throughput(Throughput::Elements(elements as u64));
+            // Few, long samples for the big cases so a full run stays in minutes.
+            let (samples, seconds) = if elements >= 1_000_000 {
+                (10, 8)
+            } else {
+                (30, 3)
+            };
+            group.sample_size(samples);
+            group.measurement_time(Duration::from_secs(seconds));
+
+            let student =
+                Tensor::<2>::random([batch, classes], Distribution::Normal(0.0, 3.0), &device);
+            let teacher =
+                Tensor::<2>::random([batch, classes], Distribution::Normal(0.0, 3.0), &device);
+            let targets = Tensor::<1, Int>::random(
+                [batch],
+                Distribution::Uniform(0.0, classes as f64),
+                &device,
+            );
+            let size = format!("{batch}x{classes}");
+
+            group.bench_with_input(BenchmarkId::new("burn_distill", &size), &(), |b, _| {
+                b.iter(|| {
+                    let z = student.clone().require_grad();
+                    let loss = kd.forward(z.clone(), teacher.clone(), targets.clone());
+                    let grads = loss.backward();
+                    black_box(z.grad(&grads))
+                })
+            });
+            group.bench_with_input(BenchmarkId::new("burn_nn_composed", &size), &(), |b, _| {
+                b.iter(|| {
+                    let z = student.clone().require_grad();
+                    let log_q = log_softmax(z.clone().div_scalar(T), 1);
+                    let log_p = log_softmax(teacher.clone().div_scalar(T).detach(), 1);
+                    let soft = kl
+                        .forward(log_q, log_p, Reduction::BatchMean)
+                        .mul_scalar(T * T);
+                    let hard = ce.forward(z.clone(), targets.clone());
+                    let loss = soft.mul_scalar(0.9) + hard.mul_scalar(0.1);
+                    let grads = loss.backward();
+                    black_box(z.grad(&grads))
+                })
+            });
+        }
+        group.finish();
+    }
+}
+
+criterion_group!(benches, bench_kd);
+criterion_main!(benches);
