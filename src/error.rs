@@ -71,6 +71,11 @@ pub enum DistillError {
         /// Batch size of the logits.
         batch: usize,
     },
+    /// A row-chunk size of zero.
+    InvalidChunkRows {
+        /// The value given.
+        value: usize,
+    },
     /// A class label that is negative or not below the number of classes.
     LabelOutOfRange {
         /// The argument that held it (e.g. `"targets"`).
@@ -129,6 +134,10 @@ impl fmt::Display for DistillError {
                 f,
                 "targets has {targets} labels but the logits have a batch of {batch} rows; \
                  give one label per row"
+            ),
+            Self::InvalidChunkRows { value } => write!(
+                f,
+                "chunk_rows must be at least 1 (or None for one block), got {value}"
             ),
             Self::LabelOutOfRange {
                 argument,

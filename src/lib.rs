@@ -38,9 +38,11 @@
 //! Reference: G. Hinton, O. Vinyals, J. Dean, *Distilling the Knowledge in a Neural
 //! Network*, NIPS 2014 Deep Learning Workshop, arXiv:1503.02531 (2015).
 
+mod analytic;
 pub mod divergence;
 mod error;
 mod kd;
+mod kernel;
 pub mod temperature;
 
 pub use error::DistillError;

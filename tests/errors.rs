@@ -241,6 +241,43 @@ fn label_out_of_range() {
 }
 
 #[test]
+fn invalid_chunk_rows() {
+    let config = KdLossConfig::new().with_chunk_rows(Some(0));
+    let err = config.try_init().unwrap_err();
+    assert_eq!(err, DistillError::InvalidChunkRows { value: 0 });
+    assert!(err.to_string().contains("chunk_rows"), "{err}");
+    assert_eq!(
+        panic_message(|| {
+            let _ = config.init();
+        }),
+        err.to_string()
+    );
+}
+
+/// Label errors come from the analytic path (labels read on the host for the
+/// fused kernel) exactly as from the autodiff path.
+#[test]
+fn label_out_of_range_on_both_paths() {
+    let z = Tensor::<2>::zeros([2, 3], &device());
+    for analytic in [true, false] {
+        let kd = KdLossConfig::new().with_analytic_backward(analytic).init();
+        for err in [
+            kd.try_forward(z.clone(), z.clone(), labels(&[0, 3], &device()))
+                .unwrap_err(),
+            kd.try_forward_parts(z.clone(), z.clone(), labels(&[-2, 1], &device()))
+                .unwrap_err(),
+            kd.try_forward_no_reduction(z.clone(), z.clone(), labels(&[0, 7], &device()))
+                .unwrap_err(),
+        ] {
+            assert!(
+                matches!(err, DistillError::LabelOutOfRange { num_classes: 3, .. }),
+                "{err:?}"
+            );
+        }
+    }
+}
+
+#[test]
 fn errors_are_std_errors() {
     fn takes_error(_: &dyn std::error::Error) {}
     takes_error(&DistillError::AllWeightsZero {

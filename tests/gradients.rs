@@ -15,6 +15,11 @@ use common::{
     Rng, assert_close, devices, labels, reference_softmax, scalar, tensor2, tensor2_f64, values,
 };
 
+/// Both implementations: the closed-form backward (default) and plain autodiff.
+fn both_paths() -> [(&'static str, bool); 2] {
+    [("analytic", true), ("autodiff", false)]
+}
+
 /// ∂soft/∂z from autodiff equals T(q − p)/B (T² on) or (q − p)/(T·B) (T² off).
 #[test]
 fn soft_gradient_matches_eq2() {
@@ -26,10 +31,14 @@ fn soft_gradient_matches_eq2() {
             let v = rng.normals(batch * classes, 3.0);
             let q = reference_softmax(&z, classes, t);
             let p = reference_softmax(&v, classes, t);
-            for scale_by_t_squared in [true, false] {
+            for (scale_by_t_squared, (path, analytic)) in [true, false]
+                .into_iter()
+                .flat_map(|s| both_paths().map(|p| (s, p)))
+            {
                 let kd = KdLossConfig::new()
                     .with_temperature(t)
                     .with_scale_by_t_squared(scale_by_t_squared)
+                    .with_analytic_backward(analytic)
                     .init();
                 let student = tensor2_f64(&z, [batch, classes], &device).require_grad();
                 let teacher = tensor2_f64(&v, [batch, classes], &device);
@@ -41,7 +50,8 @@ fn soft_gradient_matches_eq2() {
                     1.0 / (t * batch as f64)
                 };
                 let expected: Vec<f64> = q.iter().zip(&p).map(|(q, p)| factor * (q - p)).collect();
-                let what = format!("{name} B={batch} C={classes} T={t} T²={scale_by_t_squared}");
+                let what =
+                    format!("{name} {path} B={batch} C={classes} T={t} T²={scale_by_t_squared}");
                 assert_close(&what, &got, &expected, 1e-12);
             }
         }
@@ -54,7 +64,11 @@ fn total_gradient_adds_hard_term() {
     let mut rng = Rng::new(11);
     let (batch, classes, t) = (5, 7, 3.0);
     let (soft_weight, hard_weight) = (0.7, 0.3);
-    for (name, device) in devices() {
+    for ((name, device), (path, analytic)) in devices()
+        .into_iter()
+        .flat_map(|d| both_paths().map(move |p| (d.clone(), p)))
+    {
+        let name: &str = &format!("{name}/{path}");
         let device = device.autodiff();
         let z = rng.normals(batch * classes, 2.0);
         let v = rng.normals(batch * classes, 2.0);
@@ -74,6 +88,7 @@ fn total_gradient_adds_hard_term() {
             })
             .collect();
         let kd = KdLossConfig::new()
+            .with_analytic_backward(analytic)
             .with_temperature(t)
             .with_soft_weight(soft_weight)
             .with_hard_weight(hard_weight)
@@ -108,11 +123,16 @@ fn high_temperature_limit_is_logit_matching() {
     };
     let z = zero_mean(rng.normals(batch * classes, 2.0));
     let v = zero_mean(rng.normals(batch * classes, 2.0));
-    for (name, device) in devices() {
+    for ((name, device), (path, analytic)) in devices()
+        .into_iter()
+        .flat_map(|d| both_paths().map(move |p| (d.clone(), p)))
+    {
+        let name: &str = &format!("{name}/{path}");
         let device = device.autodiff();
         let mut errors = Vec::new();
         for t in [10.0, 100.0, 1000.0] {
             let kd = KdLossConfig::new()
+                .with_analytic_backward(analytic)
                 .with_temperature(t)
                 .with_scale_by_t_squared(false)
                 .init();
@@ -146,7 +166,11 @@ fn high_temperature_limit_is_logit_matching() {
 fn teacher_is_detached_and_student_trains() {
     let mut rng = Rng::new(5);
     let (batch, classes) = (3, 6);
-    for (name, device) in devices() {
+    for ((name, device), (path, analytic)) in devices()
+        .into_iter()
+        .flat_map(|d| both_paths().map(move |p| (d.clone(), p)))
+    {
+        let name: &str = &format!("{name}/{path}");
         let device = device.autodiff();
         let student = tensor2(
             &rng.normals(batch * classes, 1.0),
@@ -160,7 +184,7 @@ fn teacher_is_detached_and_student_trains() {
             &device,
         )
         .require_grad();
-        let kd = KdLossConfig::new().init();
+        let kd = KdLossConfig::new().with_analytic_backward(analytic).init();
         let grads = kd
             .forward(
                 student.clone(),
@@ -193,10 +217,17 @@ fn masked_classes_contribute_nothing() {
     let v_full = [0.3, ninf, 1.5, -1.0, ninf, 2.0, 1.0, ninf];
     let z_kept = [1.0, 0.5, -2.0, 3.0, 0.0];
     let v_kept = [0.3, 1.5, -1.0, 2.0, 1.0];
-    for (name, device) in devices() {
+    for ((name, device), (path, analytic)) in devices()
+        .into_iter()
+        .flat_map(|d| both_paths().map(move |p| (d.clone(), p)))
+    {
+        let name: &str = &format!("{name}/{path}");
         let device = device.autodiff();
         for t in [0.5, 4.0, 20.0] {
-            let kd = KdLossConfig::new().with_temperature(t).init();
+            let kd = KdLossConfig::new()
+                .with_analytic_backward(analytic)
+                .with_temperature(t)
+                .init();
             let zf = tensor2(&z_full, [2, 4], &device).require_grad();
             let loss_full = kd.forward(
                 zf.clone(),
@@ -249,8 +280,12 @@ fn masked_classes_contribute_nothing() {
 /// infinite divergence, reported as +inf (not NaN).
 #[test]
 fn student_minus_inf_where_teacher_finite_is_infinite_loss() {
-    for (name, device) in devices() {
-        let kd = KdLossConfig::new().init();
+    for ((name, device), (path, analytic)) in devices()
+        .into_iter()
+        .flat_map(|d| both_paths().map(move |p| (d.clone(), p)))
+    {
+        let name: &str = &format!("{name}/{path}");
+        let kd = KdLossConfig::new().with_analytic_backward(analytic).init();
         let z = tensor2(&[1.0, f64::NEG_INFINITY, 0.0], [1, 3], &device);
         let v = tensor2(&[1.0, 0.5, 0.0], [1, 3], &device);
         let soft = scalar(kd.soft_loss(z, v));
@@ -263,12 +298,17 @@ fn student_minus_inf_where_teacher_finite_is_infinite_loss() {
 fn hard_only_equals_burn_cross_entropy() {
     let mut rng = Rng::new(13);
     let (batch, classes) = (16, 12);
-    for (name, device) in devices() {
+    for ((name, device), (path, analytic)) in devices()
+        .into_iter()
+        .flat_map(|d| both_paths().map(move |p| (d.clone(), p)))
+    {
+        let name: &str = &format!("{name}/{path}");
         let device = device.autodiff();
         let z = rng.normals(batch * classes, 4.0);
         let v = rng.normals(batch * classes, 4.0);
         let y: Vec<i64> = (0..batch).map(|_| rng.below(classes) as i64).collect();
         let kd = KdLossConfig::new()
+            .with_analytic_backward(analytic)
             .with_temperature(1.0)
             .with_soft_weight(0.0)
             .with_hard_weight(1.0)
@@ -296,7 +336,11 @@ fn hard_only_equals_burn_cross_entropy() {
 fn extreme_logits_stay_finite() {
     let mut rng = Rng::new(17);
     let (batch, classes) = (4, 32);
-    for (name, device) in devices() {
+    for ((name, device), (path, analytic)) in devices()
+        .into_iter()
+        .flat_map(|d| both_paths().map(move |p| (d.clone(), p)))
+    {
+        let name: &str = &format!("{name}/{path}");
         let device = device.autodiff();
         for t in [0.05, 0.3, 1.0, 20.0, 100.0] {
             let z: Vec<f64> = (0..batch * classes)
@@ -305,7 +349,10 @@ fn extreme_logits_stay_finite() {
             let v: Vec<f64> = (0..batch * classes)
                 .map(|_| (rng.uniform() * 2.0 - 1.0) * 1e4)
                 .collect();
-            let kd = KdLossConfig::new().with_temperature(t).init();
+            let kd = KdLossConfig::new()
+                .with_analytic_backward(analytic)
+                .with_temperature(t)
+                .init();
             let student = tensor2(&z, [batch, classes], &device).require_grad();
             let loss = kd.forward(
                 student.clone(),

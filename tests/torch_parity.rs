@@ -57,12 +57,23 @@ fn decode(logits: &[Option<f64>]) -> Vec<f64> {
         .collect()
 }
 
-fn loss_for(case: &Case) -> KdLoss {
+/// The implementations under test: the default closed-form backward (the fused
+/// CPU kernel for f32 on flex/ndarray, burn tensor ops for f64), the same in
+/// blocks of 2 rows, and plain burn ops differentiated by autodiff.
+const VARIANTS: [(&str, bool, Option<usize>); 3] = [
+    ("analytic", true, None),
+    ("analytic_chunked", true, Some(2)),
+    ("autodiff", false, None),
+];
+
+fn loss_for(case: &Case, analytic_backward: bool, chunk_rows: Option<usize>) -> KdLoss {
     KdLossConfig::new()
         .with_temperature(case.temperature)
         .with_soft_weight(case.soft_weight)
         .with_hard_weight(case.hard_weight)
         .with_scale_by_t_squared(case.scale_by_t_squared)
+        .with_analytic_backward(analytic_backward)
+        .with_chunk_rows(chunk_rows)
         .init()
 }
 
@@ -74,14 +85,48 @@ fn check_case(
     make: fn(&[f64], [usize; 2], &Device) -> burn::tensor::Tensor<2>,
     rtol: f64,
 ) {
+    for (variant, analytic_backward, chunk_rows) in VARIANTS {
+        check_variant(
+            case,
+            device,
+            make,
+            rtol,
+            variant,
+            analytic_backward,
+            chunk_rows,
+        );
+    }
+}
+
+fn check_variant(
+    case: &Case,
+    device: &Device,
+    make: fn(&[f64], [usize; 2], &Device) -> burn::tensor::Tensor<2>,
+    rtol: f64,
+    variant: &str,
+    analytic_backward: bool,
+    chunk_rows: Option<usize>,
+) {
     let shape = [case.batch, case.classes];
     let student = decode(&case.student_logits);
     let teacher = decode(&case.teacher_logits);
     let device = device.clone().autodiff();
-    let kd = loss_for(case);
-    let what = |part: &str| format!("{} {part}", case.name);
+    let kd = loss_for(case, analytic_backward, chunk_rows);
+    let what = |part: &str| format!("{} [{variant}] {part}", case.name);
 
-    // Values and the gradient of the total.
+    // The total through `forward` and its gradient.
+    let z = make(&student, shape, &device).require_grad();
+    let total = kd.forward(
+        z.clone(),
+        make(&teacher, shape, &device),
+        labels(&case.targets, &device),
+    );
+    let grads = total.backward();
+    let grad_total = values(z.grad(&grads).expect("student gradient"));
+    assert_close(&what("forward"), &[scalar(total)], &[case.total], rtol);
+    assert_close(&what("forward grad"), &grad_total, &case.grad_total, rtol);
+
+    // The parts and the gradient of their total.
     let z = make(&student, shape, &device).require_grad();
     let v = make(&teacher, shape, &device);
     let parts = kd.forward_parts(z.clone(), v.clone(), labels(&case.targets, &device));
