@@ -4,8 +4,12 @@
 //! cargo bench --bench kd_loss
 //! ```
 //!
-//! Two implementations side by side, in one run, on each CPU device:
-//! - `burn_distill`: `KdLoss::forward` (T = 4, 0.9 soft / 0.1 hard, T²);
+//! Three implementations side by side, in one run, on each CPU device, all
+//! computing the same loss (T = 4, 0.9 soft / 0.1 hard, T²):
+//! - `analytic`: `KdLoss::forward` as shipped — closed-form backward, the fused
+//!   CPU kernel on flex/ndarray;
+//! - `autodiff`: `KdLoss` with `analytic_backward = false` — burn ops, autodiff
+//!   walks back through them (the crate's reference path);
 //! - `burn_nn_composed`: the same loss written with burn-nn's own pieces, as a user
 //!   would without this crate: `log_softmax(z/T)`, `log_softmax(v/T)`,
 //!   `KLDivLoss { log_target: true }` (batchmean) × T² plus `CrossEntropyLoss`.
@@ -26,7 +30,11 @@ fn devices() -> Vec<(&'static str, Device)> {
 }
 
 fn bench_kd(c: &mut Criterion) {
-    let kd = KdLossConfig::new().with_temperature(T).init();
+    let analytic = KdLossConfig::new().with_temperature(T).init();
+    let autodiff = KdLossConfig::new()
+        .with_temperature(T)
+        .with_analytic_backward(false)
+        .init();
     let kl = KLDivLossConfig::new().with_log_target(true).init();
     for (device_name, device) in devices() {
         let device = device.autodiff();
@@ -56,14 +64,16 @@ fn bench_kd(c: &mut Criterion) {
             );
             let size = format!("{batch}x{classes}");
 
-            group.bench_with_input(BenchmarkId::new("burn_distill", &size), &(), |b, _| {
-                b.iter(|| {
-                    let z = student.clone().require_grad();
-                    let loss = kd.forward(z.clone(), teacher.clone(), targets.clone());
-                    let grads = loss.backward();
-                    black_box(z.grad(&grads))
-                })
-            });
+            for (name, kd) in [("analytic", &analytic), ("autodiff", &autodiff)] {
+                group.bench_with_input(BenchmarkId::new(name, &size), &(), |b, _| {
+                    b.iter(|| {
+                        let z = student.clone().require_grad();
+                        let loss = kd.forward(z.clone(), teacher.clone(), targets.clone());
+                        let grads = loss.backward();
+                        black_box(z.grad(&grads))
+                    })
+                });
+            }
             group.bench_with_input(BenchmarkId::new("burn_nn_composed", &size), &(), |b, _| {
                 b.iter(|| {
                     let z = student.clone().require_grad();

@@ -22,6 +22,8 @@ const NDARRAY_BACKEND_ID: u16 = 6;
 /// The loss's hyper-parameters, as the analytic path needs them.
 pub(crate) struct AnalyticParams {
     pub temperature: f64,
+    /// The temperature of the teacher's values: `T` for logits, 1 for log-probabilities.
+    pub teacher_temperature: f64,
     /// T² or 1.
     pub soft_factor: f64,
     pub chunk_rows: Option<usize>,
@@ -142,6 +144,7 @@ fn host_block(
     let spec = KernelSpec {
         classes,
         temperature: params.temperature,
+        teacher_temperature: params.teacher_temperature,
         soft_factor: params.soft_factor,
         targets: labels,
         gradient_weights,
@@ -178,7 +181,11 @@ fn tensor_block(
     // Outside the graph: these are values, the graph gets G through `attach`.
     let z = student_logits.detach();
     let log_q = or_panic(try_log_softmax(z.clone(), t, 1));
-    let log_p = or_panic(try_log_softmax(teacher_logits.detach(), t, 1));
+    let log_p = or_panic(try_log_softmax(
+        teacher_logits.detach(),
+        params.teacher_temperature,
+        1,
+    ));
     let soft_rows =
         forward_kl_unchecked(log_q.clone(), log_p.clone()).mul_scalar(params.soft_factor);
     // ∂(f·KL)/∂z = (f/T)(q − p).

@@ -216,62 +216,64 @@ impl KdLoss {
 
     /// `soft_weight · T² · KL(p_T ‖ q_T) + hard_weight · CE`, averaged over the batch; `[1]`.
     ///
+    /// `teacher` is the teacher's logits (a `Tensor<2>`), or a [`TeacherOutput`]
+    /// holding a distribution — an ensemble's, or a specialist's collapsed targets.
+    ///
     /// # Panics
     /// On mismatched shapes or out-of-range labels, with the message of
     /// [`try_forward`](Self::try_forward).
     pub fn forward(
         &self,
         student_logits: Tensor<2>,
-        teacher_logits: Tensor<2>,
+        teacher: impl Into<TeacherOutput>,
         targets: Tensor<1, Int>,
     ) -> Tensor<1> {
-        or_panic(self.try_forward(student_logits, teacher_logits, targets))
+        or_panic(self.try_forward(student_logits, teacher, targets))
     }
 
     /// Fallible [`forward`](Self::forward).
     ///
     /// Checking the labels reads their minimum and maximum back from the device
-    /// (two integers).
+    /// (two integers); the fused CPU kernel reads the labels anyway.
     pub fn try_forward(
         &self,
         student_logits: Tensor<2>,
-        teacher_logits: Tensor<2>,
+        teacher: impl Into<TeacherOutput>,
         targets: Tensor<1, Int>,
     ) -> Result<Tensor<1>, DistillError> {
         Ok(self
-            .try_forward_no_reduction(student_logits, teacher_logits, targets)?
+            .try_forward_no_reduction(student_logits, teacher, targets)?
             .mean())
     }
 
-    /// The total loss and its two unweighted parts; see [`KdLossOutput`].
+    /// The total loss and its two unweighted parts; see [`KdLossOutput`]. Each
+    /// part carries its own gradient, so any combination of them trains.
     ///
     /// # Panics
     /// As [`forward`](Self::forward).
     pub fn forward_parts(
         &self,
         student_logits: Tensor<2>,
-        teacher_logits: Tensor<2>,
+        teacher: impl Into<TeacherOutput>,
         targets: Tensor<1, Int>,
     ) -> KdLossOutput {
-        or_panic(self.try_forward_parts(student_logits, teacher_logits, targets))
+        or_panic(self.try_forward_parts(student_logits, teacher, targets))
     }
 
     /// Fallible [`forward_parts`](Self::forward_parts).
     pub fn try_forward_parts(
         &self,
         student_logits: Tensor<2>,
-        teacher_logits: Tensor<2>,
+        teacher: impl Into<TeacherOutput>,
         targets: Tensor<1, Int>,
     ) -> Result<KdLossOutput, DistillError> {
+        let teacher = self.prepare(&student_logits, teacher.into(), Some(&targets))?;
         let (soft_rows, hard_rows) = if self.analytic_backward {
-            check_logit_pair(&student_logits, &teacher_logits)?;
-            let [batch, _] = student_logits.dims();
-            check_targets_length(&targets, batch)?;
             let terms = analytic_terms(
                 &student_logits,
-                &teacher_logits,
+                &teacher.values,
                 Some(&targets),
-                &self.analytic_params(),
+                &self.analytic_params(&teacher),
                 &[(1.0, 0.0), (0.0, 1.0)],
             )?;
             let mut gradients = terms.gradients.into_iter();
@@ -284,7 +286,9 @@ impl KdLoss {
                 attach(&student_logits, hard_rows, hard_grad, neg_inf),
             )
         } else {
-            self.rows(student_logits, teacher_logits, targets)?
+            check_targets(&targets, student_logits.dims()[0], student_logits.dims()[1])?;
+            let hard = hard_rows(student_logits.clone(), targets);
+            (self.soft_rows(student_logits, teacher), hard)
         };
         let soft = soft_rows.mean();
         let hard = hard_rows.mean();
@@ -302,33 +306,31 @@ impl KdLoss {
     pub fn forward_no_reduction(
         &self,
         student_logits: Tensor<2>,
-        teacher_logits: Tensor<2>,
+        teacher: impl Into<TeacherOutput>,
         targets: Tensor<1, Int>,
     ) -> Tensor<1> {
-        or_panic(self.try_forward_no_reduction(student_logits, teacher_logits, targets))
+        or_panic(self.try_forward_no_reduction(student_logits, teacher, targets))
     }
 
     /// Fallible [`forward_no_reduction`](Self::forward_no_reduction).
     pub fn try_forward_no_reduction(
         &self,
         student_logits: Tensor<2>,
-        teacher_logits: Tensor<2>,
+        teacher: impl Into<TeacherOutput>,
         targets: Tensor<1, Int>,
     ) -> Result<Tensor<1>, DistillError> {
+        let teacher = self.prepare(&student_logits, teacher.into(), Some(&targets))?;
         if !self.analytic_backward {
-            let (soft_rows, hard_rows) = self.rows(student_logits, teacher_logits, targets)?;
-            return Ok(
-                soft_rows.mul_scalar(self.soft_weight) + hard_rows.mul_scalar(self.hard_weight)
-            );
+            check_targets(&targets, student_logits.dims()[0], student_logits.dims()[1])?;
+            let hard = hard_rows(student_logits.clone(), targets);
+            let soft = self.soft_rows(student_logits, teacher);
+            return Ok(soft.mul_scalar(self.soft_weight) + hard.mul_scalar(self.hard_weight));
         }
-        check_logit_pair(&student_logits, &teacher_logits)?;
-        let [batch, _] = student_logits.dims();
-        check_targets_length(&targets, batch)?;
         let terms = analytic_terms(
             &student_logits,
-            &teacher_logits,
+            &teacher.values,
             Some(&targets),
-            &self.analytic_params(),
+            &self.analytic_params(&teacher),
             &[(self.soft_weight, self.hard_weight)],
         )?;
         let hard_rows = terms.hard_rows.expect("hard rows");
@@ -349,18 +351,22 @@ impl KdLoss {
     ///
     /// # Panics
     /// If the shapes differ or are empty (see [`try_soft_loss`](Self::try_soft_loss)).
-    pub fn soft_loss(&self, student_logits: Tensor<2>, teacher_logits: Tensor<2>) -> Tensor<1> {
-        or_panic(self.try_soft_loss(student_logits, teacher_logits))
+    pub fn soft_loss(
+        &self,
+        student_logits: Tensor<2>,
+        teacher: impl Into<TeacherOutput>,
+    ) -> Tensor<1> {
+        or_panic(self.try_soft_loss(student_logits, teacher))
     }
 
     /// Fallible [`soft_loss`](Self::soft_loss).
     pub fn try_soft_loss(
         &self,
         student_logits: Tensor<2>,
-        teacher_logits: Tensor<2>,
+        teacher: impl Into<TeacherOutput>,
     ) -> Result<Tensor<1>, DistillError> {
         Ok(self
-            .try_soft_loss_no_reduction(student_logits, teacher_logits)?
+            .try_soft_loss_no_reduction(student_logits, teacher)?
             .mean())
     }
 
@@ -371,26 +377,26 @@ impl KdLoss {
     pub fn soft_loss_no_reduction(
         &self,
         student_logits: Tensor<2>,
-        teacher_logits: Tensor<2>,
+        teacher: impl Into<TeacherOutput>,
     ) -> Tensor<1> {
-        or_panic(self.try_soft_loss_no_reduction(student_logits, teacher_logits))
+        or_panic(self.try_soft_loss_no_reduction(student_logits, teacher))
     }
 
     /// Fallible [`soft_loss_no_reduction`](Self::soft_loss_no_reduction).
     pub fn try_soft_loss_no_reduction(
         &self,
         student_logits: Tensor<2>,
-        teacher_logits: Tensor<2>,
+        teacher: impl Into<TeacherOutput>,
     ) -> Result<Tensor<1>, DistillError> {
-        check_logit_pair(&student_logits, &teacher_logits)?;
+        let teacher = self.prepare(&student_logits, teacher.into(), None)?;
         if !self.analytic_backward {
-            return Ok(self.soft_rows(student_logits, teacher_logits));
+            return Ok(self.soft_rows(student_logits, teacher));
         }
         let terms = analytic_terms(
             &student_logits,
-            &teacher_logits,
+            &teacher.values,
             None,
-            &self.analytic_params(),
+            &self.analytic_params(&teacher),
             &[(1.0, 0.0)],
         )?;
         let gradient = terms.gradients.into_iter().next().expect("gradient");
@@ -402,42 +408,113 @@ impl KdLoss {
         ))
     }
 
-    fn analytic_params(&self) -> AnalyticParams {
+    /// Checks shapes (and the targets' length) before any tensor op, and puts the
+    /// teacher in the form `p = softmax(values / temperature)`, detached.
+    fn prepare(
+        &self,
+        student_logits: &Tensor<2>,
+        teacher: TeacherOutput,
+        targets: Option<&Tensor<1, Int>>,
+    ) -> Result<PreparedTeacher, DistillError> {
+        let student_shape = student_logits.dims();
+        let (tensor, argument) = teacher.parts();
+        check_same_shape("student_logits", &student_shape, argument, &tensor.dims())?;
+        check_non_empty("student_logits", &student_shape)?;
+        if let Some(targets) = targets {
+            check_targets_length(targets, student_shape[0])?;
+        }
+        Ok(match teacher {
+            TeacherOutput::Logits(v) => PreparedTeacher {
+                values: v.detach(),
+                temperature: self.temperature,
+            },
+            TeacherOutput::Probs(p) => PreparedTeacher {
+                values: p.detach().log(),
+                temperature: 1.0,
+            },
+            TeacherOutput::LogProbs(log_p) => PreparedTeacher {
+                values: log_p.detach(),
+                temperature: 1.0,
+            },
+        })
+    }
+
+    fn analytic_params(&self, teacher: &PreparedTeacher) -> AnalyticParams {
         AnalyticParams {
             temperature: self.temperature,
+            teacher_temperature: teacher.temperature,
             soft_factor: self.soft_factor(),
             chunk_rows: self.chunk_rows,
         }
     }
 
-    /// Checked per-row soft and hard terms, both `[batch]` and unweighted, built
-    /// from burn ops so that autodiff differentiates them (the reference path).
-    fn rows(
-        &self,
-        student_logits: Tensor<2>,
-        teacher_logits: Tensor<2>,
-        targets: Tensor<1, Int>,
-    ) -> Result<(Tensor<1>, Tensor<1>), DistillError> {
-        check_logit_pair(&student_logits, &teacher_logits)?;
-        let [batch, classes] = student_logits.dims();
-        check_targets(&targets, batch, classes)?;
-        let hard = hard_rows(student_logits.clone(), targets);
-        let soft = self.soft_rows(student_logits, teacher_logits);
-        Ok((soft, hard))
-    }
-
-    /// `T² · KL(softmax(v/T) ‖ softmax(z/T))` per row, inputs already checked.
-    fn soft_rows(&self, student_logits: Tensor<2>, teacher_logits: Tensor<2>) -> Tensor<1> {
-        let t = self.temperature;
-        // The temperature was validated by try_init, so these cannot fail.
-        let student_log_probs = or_panic(try_log_softmax(student_logits, t, 1));
-        let teacher_log_probs = or_panic(try_log_softmax(teacher_logits.detach(), t, 1));
+    /// `T² · KL(p ‖ softmax(z/T))` per row from burn ops, differentiated by
+    /// autodiff (the reference path).
+    fn soft_rows(&self, student_logits: Tensor<2>, teacher: PreparedTeacher) -> Tensor<1> {
+        // The temperatures were validated by try_init, so these cannot fail.
+        let student_log_probs = or_panic(try_log_softmax(student_logits, self.temperature, 1));
+        let teacher_log_probs = or_panic(try_log_softmax(teacher.values, teacher.temperature, 1));
         let kl = forward_kl_unchecked(student_log_probs, teacher_log_probs);
         match self.scale_by_t_squared {
             true => kl.mul_scalar(self.soft_factor()),
             false => kl,
         }
     }
+}
+
+/// What the teacher provides to [`KdLoss`].
+///
+/// A `Tensor<2>` converts into [`TeacherOutput::Logits`], so
+/// `kd.forward(student, teacher_logits, labels)` needs no wrapper.
+///
+/// ```
+/// use burn::tensor::{Device, Int, Tensor};
+/// use burn_distill::{KdLossConfig, TeacherOutput};
+///
+/// let device = Device::flex();
+/// let student = Tensor::<2>::from_floats([[1.0, 0.0]], &device);
+/// let kd = KdLossConfig::new().with_temperature(2.0).init();
+/// // The teacher's softened distribution itself, e.g. an ensemble's average.
+/// let soft_targets = Tensor::<2>::from_floats([[0.7, 0.3]], &device);
+/// let loss = kd.soft_loss(student.clone(), TeacherOutput::Probs(soft_targets));
+/// // The same targets as logits at T = 2: 2·ln(0.7), 2·ln(0.3).
+/// let logits = Tensor::<2>::from_floats([[2.0 * 0.7f32.ln(), 2.0 * 0.3f32.ln()]], &device);
+/// let same = kd.soft_loss(student, logits);
+/// let (a, b) = (loss.into_scalar::<f32>(), same.into_scalar::<f32>());
+/// assert!((a - b).abs() < 1e-5);
+/// ```
+#[derive(Debug, Clone)]
+pub enum TeacherOutput {
+    /// Raw logits `v`, `[batch, classes]`: the soft targets are `softmax(v / T)`.
+    Logits(Tensor<2>),
+    /// Soft targets already at the distillation temperature, as probabilities
+    /// (each row summing to 1; zeros allowed, meaning classes ruled out).
+    Probs(Tensor<2>),
+    /// The same as log-probabilities (`−inf` allowed).
+    LogProbs(Tensor<2>),
+}
+
+impl From<Tensor<2>> for TeacherOutput {
+    fn from(logits: Tensor<2>) -> Self {
+        Self::Logits(logits)
+    }
+}
+
+impl TeacherOutput {
+    /// The tensor and the argument name that errors use for it.
+    fn parts(&self) -> (&Tensor<2>, &'static str) {
+        match self {
+            Self::Logits(t) => (t, "teacher_logits"),
+            Self::Probs(t) => (t, "teacher_probs"),
+            Self::LogProbs(t) => (t, "teacher_log_probs"),
+        }
+    }
+}
+
+/// The teacher as `p = softmax(values / temperature)`, outside the graph.
+struct PreparedTeacher {
+    values: Tensor<2>,
+    temperature: f64,
 }
 
 /// Cross-entropy of `softmax(logits)` (T = 1) against integer labels, per row.
@@ -448,21 +525,6 @@ fn hard_rows(student_logits: Tensor<2>, targets: Tensor<1, Int>) -> Tensor<1> {
         .gather(1, targets.reshape([batch, 1]))
         .reshape([batch])
         .neg()
-}
-
-/// Student and teacher logits: same `[batch, classes]`, neither dimension zero.
-fn check_logit_pair(
-    student_logits: &Tensor<2>,
-    teacher_logits: &Tensor<2>,
-) -> Result<(), DistillError> {
-    let student_shape = student_logits.dims();
-    check_same_shape(
-        "student_logits",
-        &student_shape,
-        "teacher_logits",
-        &teacher_logits.dims(),
-    )?;
-    check_non_empty("student_logits", &student_shape)
 }
 
 /// One label per row.

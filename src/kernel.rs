@@ -22,6 +22,9 @@ const PARALLEL_MIN_ELEMENTS: usize = 1 << 16;
 pub(crate) struct KernelSpec<'a> {
     pub classes: usize,
     pub temperature: f64,
+    /// The temperature applied to the teacher's values: `T` for logits, 1 for
+    /// log-probabilities.
+    pub teacher_temperature: f64,
     /// Multiplies the KL divergence: T² or 1.
     pub soft_factor: f64,
     /// Labels, one per row, already checked to lie in `0..classes`; `None` when
@@ -133,6 +136,7 @@ impl RowBlock<'_> {
     fn run(mut self, spec: &KernelSpec) -> bool {
         let classes = spec.classes;
         let inv_t = (1.0 / spec.temperature) as f32;
+        let inv_t_teacher = (1.0 / spec.teacher_temperature) as f32;
         let unit_temperature = spec.temperature == 1.0;
         let want_hard = spec.targets.is_some();
         let mut exp_teacher = vec![0.0f32; classes];
@@ -164,7 +168,7 @@ impl RowBlock<'_> {
                 .zip(exp_teacher.iter_mut())
                 .zip(exp_student.iter_mut())
             {
-                let a = (vi - max_v) * inv_t;
+                let a = (vi - max_v) * inv_t_teacher;
                 let b = (zi - max_z) * inv_t;
                 let ea = exp(a);
                 let eb = exp(b);
@@ -318,6 +322,7 @@ mod tests {
         let spec = KernelSpec {
             classes: 4,
             temperature: t,
+            teacher_temperature: t,
             soft_factor: t * t,
             targets: Some(&[2]),
             gradient_weights: &[(0.9, 0.1)],

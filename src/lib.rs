@@ -46,4 +46,4 @@ mod kernel;
 pub mod temperature;
 
 pub use error::DistillError;
-pub use kd::{KdLoss, KdLossConfig, KdLossOutput};
+pub use kd::{KdLoss, KdLossConfig, KdLossOutput, TeacherOutput};
