@@ -117,6 +117,8 @@ fn train(
 
 fn main() {
     let device = Device::flex().autodiff();
+    // Seeded parameter initialisation, so that every run prints the same numbers.
+    device.seed(7);
     let (n_train, n_test) = (4000, 2000);
     let (x_train, y_train) = synthetic(n_train, 1);
     let (x_test, y_test) = synthetic(n_test, 2);

@@ -71,6 +71,70 @@ pub enum DistillError {
         /// Batch size of the logits.
         batch: usize,
     },
+    /// An ensemble was given no teachers.
+    NoTeachers,
+    /// An ensemble's teachers do not all have the same shape.
+    TeacherShapeMismatch {
+        /// Index of the first teacher whose shape differs from teacher 0's.
+        index: usize,
+        /// Teacher 0's shape.
+        expected: Vec<usize>,
+        /// The differing shape.
+        found: Vec<usize>,
+    },
+    /// Per-teacher weights of the wrong length.
+    WeightsLength {
+        /// Number of weights given.
+        weights: usize,
+        /// Number of teachers.
+        teachers: usize,
+    },
+    /// A class subset with no classes.
+    EmptySubset,
+    /// A class index not below the number of classes.
+    ClassOutOfRange {
+        /// The class given.
+        class: usize,
+        /// The number of classes.
+        num_classes: usize,
+    },
+    /// A class listed twice in a subset.
+    DuplicateClass {
+        /// The repeated class.
+        class: usize,
+    },
+    /// A tensor with the wrong number of columns (classes or outputs).
+    WidthMismatch {
+        /// The argument that held it.
+        argument: &'static str,
+        /// Its number of columns.
+        found: usize,
+        /// The number expected.
+        expected: usize,
+    },
+    /// Two tensors that must share a batch size do not.
+    BatchMismatch {
+        /// The argument that held it.
+        argument: &'static str,
+        /// Its batch size.
+        found: usize,
+        /// The batch size of the reference argument.
+        expected: usize,
+    },
+    /// A count or size parameter outside its valid range.
+    InvalidParameter {
+        /// The parameter's name.
+        argument: &'static str,
+        /// The value given.
+        value: usize,
+        /// What it must satisfy.
+        requirement: &'static str,
+    },
+    /// A sampler that cannot draw: no example of the subset, or none outside it.
+    NoExamples {
+        /// Which side has none (`"in the subset"` or `"outside the subset"`).
+        side: &'static str,
+    },
     /// A row-chunk size of zero.
     InvalidChunkRows {
         /// The value given.
@@ -134,6 +198,59 @@ impl fmt::Display for DistillError {
                 f,
                 "targets has {targets} labels but the logits have a batch of {batch} rows; \
                  give one label per row"
+            ),
+            Self::NoTeachers => write!(
+                f,
+                "teacher_logits is empty: an ensemble needs at least one teacher"
+            ),
+            Self::TeacherShapeMismatch {
+                index,
+                expected,
+                found,
+            } => write!(
+                f,
+                "teacher_logits[{index}] has shape {found:?} but teacher_logits[0] has shape \
+                 {expected:?}; all teachers must have the same batch size and classes"
+            ),
+            Self::WeightsLength { weights, teachers } => write!(
+                f,
+                "weights has {weights} entries for {teachers} teachers; give one weight per teacher"
+            ),
+            Self::EmptySubset => write!(f, "a class subset needs at least one class"),
+            Self::ClassOutOfRange { class, num_classes } => write!(
+                f,
+                "class {class} is out of range for {num_classes} classes (valid: 0..{num_classes})"
+            ),
+            Self::DuplicateClass { class } => {
+                write!(f, "class {class} appears more than once in the subset")
+            }
+            Self::WidthMismatch {
+                argument,
+                found,
+                expected,
+            } => write!(
+                f,
+                "{argument} has {found} columns but {expected} were expected"
+            ),
+            Self::BatchMismatch {
+                argument,
+                found,
+                expected,
+            } => write!(
+                f,
+                "{argument} has a batch of {found} rows but the generalist's has {expected}"
+            ),
+            Self::InvalidParameter {
+                argument,
+                value,
+                requirement,
+            } => write!(
+                f,
+                "{argument} = {value} is invalid: it must be {requirement}"
+            ),
+            Self::NoExamples { side } => write!(
+                f,
+                "labels has no example {side}, so half/half sampling is impossible"
             ),
             Self::InvalidChunkRows { value } => write!(
                 f,

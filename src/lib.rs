@@ -40,9 +40,11 @@
 
 mod analytic;
 pub mod divergence;
+pub mod ensemble;
 mod error;
 mod kd;
 mod kernel;
+pub mod specialist;
 pub mod temperature;
 
 pub use error::DistillError;

@@ -1,0 +1,227 @@
+//! Combining several teachers into one soft target.
+//!
+//! Two combinators, named for what they compute (anchors.md, bug 10: averaging
+//! logits is often called "the ensemble" when the mean of probabilities was
+//! meant). With teacher distributions `p^m = softmax(v^m / T)` and weights `w_m`
+//! (normalised to sum to 1):
+//!
+//! - [`arithmetic_mean`]: `Σ_m w_m p^m` — the minimiser over `q` of
+//!   `Σ_m w_m KL(p^m ‖ q)`, the usual "ensemble of probabilities";
+//! - [`geometric_mean`]: `softmax(Σ_m w_m log p^m)` — the normalised geometric
+//!   mean, the minimiser of `Σ_m w_m KL(q ‖ p^m)`; equal to the softmax of the
+//!   weighted mean of the logits at the same temperature.
+//!
+//! Both return probabilities `[batch, classes]` (the `*_log` variants return
+//! log-probabilities) at temperature `T`, ready for
+//! [`TeacherOutput::Probs`](crate::TeacherOutput::Probs) /
+//! [`TeacherOutput::LogProbs`](crate::TeacherOutput::LogProbs).
+
+use burn::tensor::Tensor;
+
+use crate::error::{DistillError, check_non_empty, check_temperature, check_weight, or_panic};
+use crate::temperature::try_log_softmax;
+
+/// `Σ_m w_m softmax(v^m / T)` (weights normalised), `[batch, classes]`.
+///
+/// `weights`: one non-negative weight per teacher, not all zero; `None` for equal weights.
+///
+/// # Panics
+/// On invalid input, with the message of [`try_arithmetic_mean`].
+///
+/// # Example
+/// ```
+/// use burn::tensor::{Device, Tensor};
+/// use burn_distill::ensemble::arithmetic_mean;
+///
+/// let device = Device::flex();
+/// let a = Tensor::<2>::from_floats([[0.0, f32::NEG_INFINITY]], &device); // p = [1, 0]
+/// let b = Tensor::<2>::from_floats([[f32::NEG_INFINITY, 0.0]], &device); // p = [0, 1]
+/// let p = arithmetic_mean(&[a, b], 1.0, Some(&[3.0, 1.0]));
+/// assert_eq!(p.into_data().to_vec::<f32>().unwrap(), vec![0.75, 0.25]);
+/// ```
+pub fn arithmetic_mean(
+    teacher_logits: &[Tensor<2>],
+    temperature: f64,
+    weights: Option<&[f64]>,
+) -> Tensor<2> {
+    or_panic(try_arithmetic_mean(teacher_logits, temperature, weights))
+}
+
+/// Fallible [`arithmetic_mean`].
+pub fn try_arithmetic_mean(
+    teacher_logits: &[Tensor<2>],
+    temperature: f64,
+    weights: Option<&[f64]>,
+) -> Result<Tensor<2>, DistillError> {
+    let weights = check_teachers(teacher_logits, temperature, weights)?;
+    let mut mean: Option<Tensor<2>> = None;
+    for (logits, w) in teacher_logits.iter().zip(weights) {
+        if w == 0.0 {
+            continue;
+        }
+        let p = try_log_softmax(logits.clone(), temperature, 1)?
+            .exp()
+            .mul_scalar(w);
+        mean = Some(match mean {
+            Some(m) => m + p,
+            None => p,
+        });
+    }
+    Ok(mean.expect("at least one positive weight"))
+}
+
+/// `log` of [`arithmetic_mean`], computed as a log-sum-exp of the teachers'
+/// log-probabilities so that tiny probabilities keep their precision.
+///
+/// # Panics
+/// On invalid input, with the message of [`try_arithmetic_mean_log`].
+pub fn arithmetic_mean_log(
+    teacher_logits: &[Tensor<2>],
+    temperature: f64,
+    weights: Option<&[f64]>,
+) -> Tensor<2> {
+    or_panic(try_arithmetic_mean_log(
+        teacher_logits,
+        temperature,
+        weights,
+    ))
+}
+
+/// Fallible [`arithmetic_mean_log`].
+pub fn try_arithmetic_mean_log(
+    teacher_logits: &[Tensor<2>],
+    temperature: f64,
+    weights: Option<&[f64]>,
+) -> Result<Tensor<2>, DistillError> {
+    let weights = check_teachers(teacher_logits, temperature, weights)?;
+    // log Σ_m w_m p^m = logsumexp_m(log w_m + log p^m), over a stacked teacher axis.
+    let terms: Vec<Tensor<2>> = teacher_logits
+        .iter()
+        .zip(&weights)
+        .filter(|(_, w)| **w > 0.0)
+        .map(|(logits, w)| {
+            try_log_softmax(logits.clone(), temperature, 1).map(|lp| lp.add_scalar(w.ln()))
+        })
+        .collect::<Result<_, _>>()?;
+    let stacked: Tensor<3> = Tensor::stack(terms, 0);
+    let max = stacked.clone().max_dim(0).detach();
+    let shifted = stacked - max.clone();
+    let lse = shifted.exp().sum_dim(0).log() + max;
+    Ok(lse.squeeze_dim::<2>(0))
+}
+
+/// Normalised geometric mean `softmax(Σ_m w_m log softmax(v^m / T))`,
+/// `[batch, classes]`: equal to `softmax((Σ_m w_m v^m) / T)`, the softmax of the
+/// weighted mean logits.
+///
+/// # Panics
+/// On invalid input, with the message of [`try_geometric_mean`].
+///
+/// # Example
+/// ```
+/// use burn::tensor::{Device, Tensor};
+/// use burn_distill::ensemble::geometric_mean;
+///
+/// let device = Device::flex();
+/// let a = Tensor::<2>::from_floats([[2.0, 0.0]], &device);
+/// let b = Tensor::<2>::from_floats([[0.0, 0.0]], &device);
+/// let p = geometric_mean(&[a, b], 1.0, None).into_data().to_vec::<f32>().unwrap();
+/// // softmax of the mean logits [1, 0]
+/// let e = std::f32::consts::E;
+/// assert!((p[0] - e / (e + 1.0)).abs() < 1e-6);
+/// ```
+pub fn geometric_mean(
+    teacher_logits: &[Tensor<2>],
+    temperature: f64,
+    weights: Option<&[f64]>,
+) -> Tensor<2> {
+    or_panic(try_geometric_mean(teacher_logits, temperature, weights))
+}
+
+/// Fallible [`geometric_mean`].
+pub fn try_geometric_mean(
+    teacher_logits: &[Tensor<2>],
+    temperature: f64,
+    weights: Option<&[f64]>,
+) -> Result<Tensor<2>, DistillError> {
+    Ok(try_geometric_mean_log(teacher_logits, temperature, weights)?.exp())
+}
+
+/// `log` of [`geometric_mean`].
+///
+/// # Panics
+/// On invalid input, with the message of [`try_geometric_mean_log`].
+pub fn geometric_mean_log(
+    teacher_logits: &[Tensor<2>],
+    temperature: f64,
+    weights: Option<&[f64]>,
+) -> Tensor<2> {
+    or_panic(try_geometric_mean_log(teacher_logits, temperature, weights))
+}
+
+/// Fallible [`geometric_mean_log`].
+pub fn try_geometric_mean_log(
+    teacher_logits: &[Tensor<2>],
+    temperature: f64,
+    weights: Option<&[f64]>,
+) -> Result<Tensor<2>, DistillError> {
+    let weights = check_teachers(teacher_logits, temperature, weights)?;
+    let mut sum: Option<Tensor<2>> = None;
+    for (logits, w) in teacher_logits.iter().zip(weights) {
+        if w == 0.0 {
+            continue;
+        }
+        let lp = try_log_softmax(logits.clone(), temperature, 1)?.mul_scalar(w);
+        sum = Some(match sum {
+            Some(s) => s + lp,
+            None => lp,
+        });
+    }
+    // Σ w log p is an unnormalised log-distribution; normalise it at T = 1.
+    try_log_softmax(sum.expect("at least one positive weight"), 1.0, 1)
+}
+
+/// At least one teacher, all of one non-empty shape, a valid temperature and
+/// weights; returns the weights normalised to sum to 1.
+fn check_teachers(
+    teacher_logits: &[Tensor<2>],
+    temperature: f64,
+    weights: Option<&[f64]>,
+) -> Result<Vec<f64>, DistillError> {
+    check_temperature("temperature", temperature)?;
+    let first = teacher_logits.first().ok_or(DistillError::NoTeachers)?;
+    let shape = first.dims();
+    check_non_empty("teacher_logits[0]", &shape)?;
+    for (index, other) in teacher_logits.iter().enumerate().skip(1) {
+        if other.dims() != shape {
+            return Err(DistillError::TeacherShapeMismatch {
+                index,
+                expected: shape.to_vec(),
+                found: other.dims().to_vec(),
+            });
+        }
+    }
+    let weights = match weights {
+        None => vec![1.0; teacher_logits.len()],
+        Some(w) => {
+            if w.len() != teacher_logits.len() {
+                return Err(DistillError::WeightsLength {
+                    weights: w.len(),
+                    teachers: teacher_logits.len(),
+                });
+            }
+            for &value in w {
+                check_weight("weights", value)?;
+            }
+            w.to_vec()
+        }
+    };
+    let total: f64 = weights.iter().sum();
+    if total <= 0.0 {
+        return Err(DistillError::InvalidWeight {
+            argument: "weights (sum)",
+            value: total,
+        });
+    }
+    Ok(weights.into_iter().map(|w| w / total).collect())
+}

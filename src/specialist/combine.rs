@@ -1,0 +1,317 @@
+//! Combining a generalist with its specialists at inference (eq. 5 of §5).
+//!
+//! For each example, with generalist probabilities `p^g` and the probabilities
+//! `p^m` of the active specialists (those whose subset meets the generalist's
+//! top-n classes), find the full distribution `q` minimising
+//!
+//! ```text
+//! J(q) = KL(p^g ‖ q) + Σ_{m active} KL(p^m ‖ A_m q)
+//! ```
+//!
+//! where `A_m q` sums `q` over the classes outside `S_m` into the dustbin. Because
+//! every `A_m` only adds up groups of classes, `J` has a parameter-free EM
+//! (majorise–minimise) update that never increases it:
+//!
+//! ```text
+//! q_i ← [ p^g_i + Σ_m q_i · p^m_{g_m(i)} / (A_m q)_{g_m(i)} ] / (1 + |active|)
+//! ```
+//!
+//! with `g_m(i)` the output of specialist `m` that class `i` falls in. All rows are
+//! updated at once, each with its own active set.
+
+use burn::config::Config;
+use burn::tensor::{IndexingUpdateOp, Tensor};
+
+use super::Specialist;
+use crate::divergence::forward_kl_unchecked;
+use crate::error::{DistillError, or_panic};
+
+/// Denominators below this are treated as this: a group the current `q` gives
+/// (numerically) no mass gets a finite ratio instead of 0/0.
+const TINY: f64 = 1e-30;
+
+/// Settings of the [`SpecialistCombiner`].
+#[derive(Config, Debug)]
+pub struct SpecialistCombinerConfig {
+    /// A specialist is active for an example when its subset contains one of
+    /// the generalist's `top_n` classes. Default: 1.
+    #[config(default = 1)]
+    pub top_n: usize,
+    /// Cap on EM iterations. Default: 100.
+    #[config(default = 100)]
+    pub max_iterations: usize,
+    /// Stop when no row's objective fell by more than this in an iteration.
+    /// Default: 1e-6.
+    #[config(default = 1e-6)]
+    pub tolerance: f64,
+}
+
+impl SpecialistCombinerConfig {
+    /// Builds the combiner.
+    ///
+    /// # Panics
+    /// On invalid settings (see [`try_init`](Self::try_init)).
+    pub fn init(&self) -> SpecialistCombiner {
+        or_panic(self.try_init())
+    }
+
+    /// Builds the combiner, or says which setting is invalid.
+    pub fn try_init(&self) -> Result<SpecialistCombiner, DistillError> {
+        if self.top_n == 0 {
+            return Err(DistillError::InvalidParameter {
+                argument: "top_n",
+                value: 0,
+                requirement: "at least 1",
+            });
+        }
+        if self.max_iterations == 0 {
+            return Err(DistillError::InvalidParameter {
+                argument: "max_iterations",
+                value: 0,
+                requirement: "at least 1",
+            });
+        }
+        crate::error::check_weight("tolerance", self.tolerance)?;
+        Ok(SpecialistCombiner {
+            top_n: self.top_n,
+            max_iterations: self.max_iterations,
+            tolerance: self.tolerance,
+        })
+    }
+}
+
+/// The combined prediction.
+#[derive(Debug, Clone)]
+pub struct CombinedPrediction {
+    /// `q`, `[batch, classes]`; equal to `p^g` in rows with no active specialist.
+    pub probs: Tensor<2>,
+    /// `J(q)` per row, `[batch]`.
+    pub objective: Tensor<1>,
+    /// `[batch, specialists]`: 1 where the specialist was active, else 0.
+    pub active: Tensor<2>,
+    /// EM iterations run.
+    pub iterations: usize,
+    /// `Σ_rows J` at the start and after each iteration (non-increasing).
+    pub objective_trace: Vec<f64>,
+}
+
+/// Combines a generalist with specialists by minimising eq. 5; see the module docs.
+///
+/// ```
+/// use burn::tensor::{Device, Tensor};
+/// use burn_distill::specialist::{ClassSubset, Specialist, SpecialistCombinerConfig};
+///
+/// let device = Device::flex();
+/// let generalist = Tensor::<2>::from_floats([[0.5, 0.3, 0.2]], &device);
+/// // A specialist for {0, 1} that is surer than the generalist it is class 1.
+/// let specialist = Specialist::new(ClassSubset::new(vec![0, 1], 3).unwrap());
+/// let special = Tensor::<2>::from_floats([[0.1, 0.7, 0.2]], &device);
+/// let out = SpecialistCombinerConfig::new()
+///     .init()
+///     .combine(generalist, &[specialist], &[special]);
+/// let q = out.probs.into_data().to_vec::<f32>().unwrap();
+/// assert!(q[1] > 0.3 && q[0] < 0.5); // moved towards the specialist
+/// assert!((q.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+/// ```
+#[derive(Debug, Clone)]
+pub struct SpecialistCombiner {
+    top_n: usize,
+    max_iterations: usize,
+    tolerance: f64,
+}
+
+/// One specialist's data for the iteration, in the generalist's dtype and device.
+struct Member {
+    index: burn::tensor::Tensor<1, burn::tensor::Int>,
+    /// `p^m` on the subset's outputs, `[B, |S|]`.
+    subset_probs: Tensor<2>,
+    /// `p^m` of the dustbin, `[B, 1]`.
+    dustbin_prob: Tensor<2>,
+    /// 1 where active, `[B, 1]`.
+    active: Tensor<2>,
+}
+
+impl SpecialistCombiner {
+    /// Combines `generalist_probs` `[batch, C]` with each specialist's
+    /// probabilities `[batch, |S_m| + 1]` (dustbin last).
+    ///
+    /// # Panics
+    /// On mismatched shapes (see [`try_combine`](Self::try_combine)).
+    pub fn combine(
+        &self,
+        generalist_probs: Tensor<2>,
+        specialists: &[Specialist],
+        specialist_probs: &[Tensor<2>],
+    ) -> CombinedPrediction {
+        or_panic(self.try_combine(generalist_probs, specialists, specialist_probs))
+    }
+
+    /// Fallible [`combine`](Self::combine): errors name the specialist argument
+    /// whose width or batch is wrong.
+    pub fn try_combine(
+        &self,
+        generalist_probs: Tensor<2>,
+        specialists: &[Specialist],
+        specialist_probs: &[Tensor<2>],
+    ) -> Result<CombinedPrediction, DistillError> {
+        let [batch, classes] = generalist_probs.dims();
+        crate::error::check_non_empty("generalist_probs", &[batch, classes])?;
+        if specialists.len() != specialist_probs.len() {
+            return Err(DistillError::InvalidParameter {
+                argument: "specialist_probs.len()",
+                value: specialist_probs.len(),
+                requirement: "equal to specialists.len()",
+            });
+        }
+        if self.top_n > classes {
+            return Err(DistillError::InvalidParameter {
+                argument: "top_n",
+                value: self.top_n,
+                requirement: "at most the number of classes",
+            });
+        }
+        for (specialist, probs) in specialists.iter().zip(specialist_probs) {
+            if specialist.subset().num_classes() != classes {
+                return Err(DistillError::WidthMismatch {
+                    argument: "generalist_probs",
+                    found: classes,
+                    expected: specialist.subset().num_classes(),
+                });
+            }
+            specialist.check_outputs("specialist_probs[m]", probs)?;
+            let found = probs.dims()[0];
+            if found != batch {
+                return Err(DistillError::BatchMismatch {
+                    argument: "specialist_probs[m]",
+                    found,
+                    expected: batch,
+                });
+            }
+        }
+
+        let device = generalist_probs.device();
+        let dtype = generalist_probs.dtype();
+        let pg = generalist_probs;
+        let (_, top) = pg.clone().topk_with_indices(self.top_n, 1); // [B, n]
+        let members: Vec<Member> = specialists
+            .iter()
+            .zip(specialist_probs)
+            .map(|(specialist, probs)| {
+                let k = specialist.subset().len();
+                let membership = specialist
+                    .membership(&device)
+                    .cast(dtype)
+                    .reshape([1, classes]);
+                let active = membership
+                    .expand([batch, classes])
+                    .gather(1, top.clone())
+                    .max_dim(1); // [B, 1]
+                Member {
+                    index: specialist.index_tensor(&device),
+                    subset_probs: probs.clone().slice([0..batch, 0..k]),
+                    dustbin_prob: probs.clone().slice([0..batch, k..k + 1]),
+                    active,
+                }
+            })
+            .collect();
+        let active = if members.is_empty() {
+            Tensor::<2>::zeros([batch, 0], (&device, dtype))
+        } else {
+            Tensor::cat(members.iter().map(|m| m.active.clone()).collect(), 1)
+        };
+        let denominator = active.clone().sum_dim(1).add_scalar(1.0); // 1 + |active|, [B, 1]
+
+        // Start from the average of the generalist and each active specialist's
+        // distribution spread over the classes (its dustbin mass shared equally by
+        // the classes outside S): positive wherever any model gives mass, and the
+        // exact answer when no specialist has a dustbin.
+        let mut q = pg.clone();
+        for (member, specialist) in members.iter().zip(specialists) {
+            let outside = (classes - specialist.subset().len()) as f64;
+            let spread = if outside > 0.0 {
+                member.dustbin_prob.clone().div_scalar(outside)
+            } else {
+                Tensor::zeros([batch, 1], (&device, dtype))
+            };
+            let rest = specialist
+                .membership(&device)
+                .cast(dtype)
+                .reshape([1, classes])
+                .neg()
+                .add_scalar(1.0);
+            let expanded = (rest * spread).select_assign(
+                1,
+                member.index.clone(),
+                member.subset_probs.clone(),
+                IndexingUpdateOp::Add,
+            );
+            q = q + expanded * member.active.clone();
+        }
+        q = q / denominator.clone();
+
+        let mut current = objective(&pg, &q, &members);
+        let mut trace = vec![current.clone().sum().into_scalar::<f64>()];
+        let mut iterations = 0;
+        while iterations < self.max_iterations {
+            iterations += 1;
+            let total = q.clone().sum_dim(1); // [B, 1]
+            let mut dustbin_ratios = Tensor::<2>::zeros([batch, 1], (&device, dtype));
+            let mut ratios = Tensor::<2>::zeros([batch, classes], (&device, dtype));
+            for member in &members {
+                let q_subset = q.clone().select(1, member.index.clone());
+                let q_dustbin = total.clone() - q_subset.clone().sum_dim(1);
+                let r_subset = member.subset_probs.clone() / q_subset.clamp_min(TINY);
+                let r_dustbin = member.dustbin_prob.clone() / q_dustbin.clamp_min(TINY);
+                // Classes outside S get the dustbin ratio, those in S their own.
+                dustbin_ratios = dustbin_ratios + r_dustbin.clone() * member.active.clone();
+                ratios = ratios.select_assign(
+                    1,
+                    member.index.clone(),
+                    (r_subset - r_dustbin) * member.active.clone(),
+                    IndexingUpdateOp::Add,
+                );
+            }
+            q = (pg.clone() + q * (ratios + dustbin_ratios)) / denominator.clone();
+            let next = objective(&pg, &q, &members);
+            let progress = Tensor::cat(
+                vec![(current - next.clone()).abs().max(), next.clone().sum()],
+                0,
+            )
+            .into_data()
+            .iter::<f64>()
+            .collect::<Vec<_>>();
+            current = next;
+            trace.push(progress[1]);
+            if progress[0] < self.tolerance {
+                break;
+            }
+        }
+        Ok(CombinedPrediction {
+            probs: q,
+            objective: current,
+            active,
+            iterations,
+            objective_trace: trace,
+        })
+    }
+}
+
+/// `J(q)` per row.
+fn objective(pg: &Tensor<2>, q: &Tensor<2>, members: &[Member]) -> Tensor<1> {
+    let log_q = q.clone().log();
+    let mut j = forward_kl_unchecked(log_q, pg.clone().log());
+    let total = q.clone().sum_dim(1);
+    for member in members {
+        let q_subset = q.clone().select(1, member.index.clone());
+        let q_dustbin = total.clone() - q_subset.clone().sum_dim(1);
+        let collapsed = Tensor::cat(vec![q_subset, q_dustbin.clamp_min(0.0)], 1);
+        let target = Tensor::cat(
+            vec![member.subset_probs.clone(), member.dustbin_prob.clone()],
+            1,
+        );
+        let kl = forward_kl_unchecked(collapsed.log(), target.log());
+        let [batch] = kl.dims();
+        j = j + kl * member.active.clone().reshape([batch]);
+    }
+    j
+}

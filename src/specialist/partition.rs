@@ -1,0 +1,256 @@
+//! Confusable class subsets from a generalist's predictions, without labels.
+//!
+//! Classes the generalist confuses rise and fall together in its predicted
+//! probabilities, so their columns of the class covariance matrix are alike.
+//! K-means on those columns (k-means++ seeding, seeded) groups them.
+
+use burn::config::Config;
+use burn::tensor::{Int, Tensor, TensorData};
+
+use super::ClassSubset;
+use super::rng::SplitMix64;
+use crate::error::{DistillError, check_non_empty, or_panic};
+
+/// Covariance `[C, C]` of the classes' predicted probabilities over `N` examples
+/// (`probs`: `[N, C]`, `N ≥ 2`), with the unbiased `1/(N − 1)` normalisation.
+///
+/// ```
+/// use burn::tensor::{Device, Tensor};
+/// use burn_distill::specialist::class_covariance;
+///
+/// let device = Device::flex();
+/// let probs = Tensor::<2>::from_floats([[0.9, 0.1], [0.1, 0.9]], &device);
+/// let cov = class_covariance(probs).into_data().to_vec::<f32>().unwrap();
+/// assert!((cov[0] - 0.32).abs() < 1e-6 && (cov[1] + 0.32).abs() < 1e-6);
+/// ```
+pub fn class_covariance(probs: Tensor<2>) -> Tensor<2> {
+    or_panic(try_class_covariance(probs))
+}
+
+/// Fallible [`class_covariance`].
+pub fn try_class_covariance(probs: Tensor<2>) -> Result<Tensor<2>, DistillError> {
+    let [n, _] = probs.dims();
+    check_non_empty("probs", &probs.dims())?;
+    if n < 2 {
+        return Err(DistillError::InvalidParameter {
+            argument: "probs rows",
+            value: n,
+            requirement: "at least 2 to estimate a covariance",
+        });
+    }
+    let centred = probs.clone() - probs.mean_dim(0);
+    Ok(centred
+        .clone()
+        .transpose()
+        .matmul(centred)
+        .div_scalar((n - 1) as f64))
+}
+
+/// How to find confusable class subsets; run with [`find`](Self::find).
+///
+/// ```
+/// use burn::tensor::{Device, Tensor};
+/// use burn_distill::specialist::ConfusableSubsetsConfig;
+///
+/// let device = Device::flex();
+/// // Classes {0, 1} are confused with each other, as are {2, 3}.
+/// let probs = Tensor::<2>::from_floats(
+///     [[0.6, 0.4, 0.0, 0.0], [0.3, 0.7, 0.0, 0.0], [0.0, 0.0, 0.5, 0.5], [0.0, 0.0, 0.8, 0.2]],
+///     &device,
+/// );
+/// let subsets = ConfusableSubsetsConfig::new(2).find(probs);
+/// let mut groups: Vec<Vec<usize>> = subsets.iter().map(|s| s.classes().to_vec()).collect();
+/// groups.sort();
+/// assert_eq!(groups, vec![vec![0, 1], vec![2, 3]]);
+/// ```
+#[derive(Config, Debug)]
+pub struct ConfusableSubsetsConfig {
+    /// Number of subsets (clusters) `K`, at least 1 and at most the number of classes.
+    pub num_subsets: usize,
+    /// Seed of the k-means++ seeding. Default: 0.
+    #[config(default = 0)]
+    pub seed: u64,
+    /// Cap on Lloyd iterations. Default: 100.
+    #[config(default = 100)]
+    pub max_iterations: usize,
+    /// Independent k-means++ starts (seeds derived from `seed`); the clustering
+    /// with the lowest within-cluster sum of squares is kept. Default: 10.
+    #[config(default = 10)]
+    pub restarts: usize,
+    /// `None` (default): disjoint subsets, one per non-empty cluster. `Some(s)`:
+    /// overlapping subsets of exactly `s` classes each, the `s` classes nearest to
+    /// each cluster centre (the paper's JFT specialists: 300 classes each, overlapping).
+    #[config(default = "None")]
+    pub subset_size: Option<usize>,
+}
+
+impl ConfusableSubsetsConfig {
+    /// Clusters the columns of `class_covariance(probs)`; `probs` is `[N, C]`.
+    ///
+    /// # Panics
+    /// On invalid parameters (see [`try_find`](Self::try_find)).
+    pub fn find(&self, probs: Tensor<2>) -> Vec<ClassSubset> {
+        or_panic(self.try_find(probs))
+    }
+
+    /// Fallible [`find`](Self::find).
+    pub fn try_find(&self, probs: Tensor<2>) -> Result<Vec<ClassSubset>, DistillError> {
+        let [_, classes] = probs.dims();
+        if self.num_subsets == 0 || self.num_subsets > classes {
+            return Err(DistillError::InvalidParameter {
+                argument: "num_subsets",
+                value: self.num_subsets,
+                requirement: "between 1 and the number of classes",
+            });
+        }
+        if let Some(size) = self.subset_size
+            && (size == 0 || size > classes)
+        {
+            return Err(DistillError::InvalidParameter {
+                argument: "subset_size",
+                value: size,
+                requirement: "between 1 and the number of classes",
+            });
+        }
+        if self.restarts == 0 {
+            return Err(DistillError::InvalidParameter {
+                argument: "restarts",
+                value: 0,
+                requirement: "at least 1",
+            });
+        }
+        let points = try_class_covariance(probs)?;
+        let mut rng = SplitMix64::new(self.seed);
+        let (centres, assignment, _) = (0..self.restarts)
+            .map(|_| {
+                kmeans(
+                    points.clone(),
+                    self.num_subsets,
+                    rng.next_u64(),
+                    self.max_iterations,
+                )
+            })
+            .min_by(|a, b| a.2.total_cmp(&b.2))
+            .expect("at least one restart");
+        match self.subset_size {
+            None => {
+                let mut groups = vec![Vec::new(); self.num_subsets];
+                for (class, &k) in assignment.iter().enumerate() {
+                    groups[k].push(class);
+                }
+                groups
+                    .into_iter()
+                    .filter(|g| !g.is_empty())
+                    .map(|g| ClassSubset::new(g, classes))
+                    .collect()
+            }
+            Some(size) => {
+                let distances = squared_distances(points, centres); // [C, K]
+                let d: Vec<f64> = distances.into_data().iter::<f64>().collect();
+                (0..self.num_subsets)
+                    .map(|k| {
+                        let mut order: Vec<usize> = (0..classes).collect();
+                        order.sort_by(|&a, &b| {
+                            d[a * self.num_subsets + k]
+                                .total_cmp(&d[b * self.num_subsets + k])
+                                .then(a.cmp(&b))
+                        });
+                        order.truncate(size);
+                        ClassSubset::new(order, classes)
+                    })
+                    .collect()
+            }
+        }
+    }
+}
+
+/// `‖x_i − c_k‖²` for points `[N, D]` and centres `[K, D]`, as `[N, K]`.
+fn squared_distances(points: Tensor<2>, centres: Tensor<2>) -> Tensor<2> {
+    let point_norms = points.clone().square().sum_dim(1); // [N, 1]
+    let centre_norms = centres.clone().square().sum_dim(1).transpose(); // [1, K]
+    let cross = points.matmul(centres.transpose()); // [N, K]
+    (point_norms - cross.mul_scalar(2.0) + centre_norms).clamp_min(0.0)
+}
+
+/// K-means with k-means++ seeding; returns the centres `[K, D]`, each point's
+/// cluster and the within-cluster sum of squared distances. Distances and centre
+/// updates are burn tensor ops; only the seeding's sampling and the convergence
+/// check read values back.
+fn kmeans(
+    points: Tensor<2>,
+    k: usize,
+    seed: u64,
+    max_iterations: usize,
+) -> (Tensor<2>, Vec<usize>, f64) {
+    let [n, _] = points.dims();
+    let device = points.device();
+    let mut rng = SplitMix64::new(seed);
+
+    // k-means++: each next centre drawn with probability ∝ squared distance to the nearest chosen one.
+    let mut chosen = vec![rng.below(n)];
+    while chosen.len() < k {
+        let centres = select_rows(&points, &chosen);
+        let nearest: Vec<f64> = squared_distances(points.clone(), centres)
+            .min_dim(1)
+            .into_data()
+            .iter::<f64>()
+            .collect();
+        let total: f64 = nearest.iter().sum();
+        let next = if total > 0.0 {
+            let mut target = rng.uniform() * total;
+            let mut pick = n - 1;
+            for (i, &d) in nearest.iter().enumerate() {
+                if target < d {
+                    pick = i;
+                    break;
+                }
+                target -= d;
+            }
+            pick
+        } else {
+            // All points coincide with chosen centres: take any unchosen point.
+            (0..n).find(|i| !chosen.contains(i)).unwrap_or(0)
+        };
+        chosen.push(next);
+    }
+
+    let mut centres = select_rows(&points, &chosen);
+    let mut assignment: Vec<usize> = Vec::new();
+    let mut inertia = f64::INFINITY;
+    for _ in 0..max_iterations.max(1) {
+        let (nearest, new_assignment) =
+            squared_distances(points.clone(), centres.clone()).min_dim_with_indices(1);
+        inertia = nearest.sum().into_scalar::<f64>();
+        let new_assignment: Vec<usize> = new_assignment
+            .into_data()
+            .iter::<i64>()
+            .map(|a| a as usize)
+            .collect();
+        if new_assignment == assignment {
+            break;
+        }
+        assignment = new_assignment;
+        // Centre k = mean of its points; an empty cluster keeps its old centre.
+        let labels = Tensor::<1, Int>::from_data(
+            TensorData::new(
+                assignment.iter().map(|&a| a as i64).collect::<Vec<_>>(),
+                [n],
+            ),
+            &device,
+        );
+        let membership: Tensor<2> = labels.one_hot::<2>(k).float().cast(points.dtype()); // [N, K]
+        let counts = membership.clone().sum_dim(0).transpose(); // [K, 1]
+        let sums = membership.transpose().matmul(points.clone()); // [K, D]
+        let empty = counts.clone().equal_elem(0.0);
+        let means = sums / counts.clamp_min(1.0);
+        let [_, d] = points.dims();
+        centres = means.mask_where(empty.expand([k, d]), centres);
+    }
+    (centres, assignment, inertia)
+}
+
+fn select_rows(points: &Tensor<2>, rows: &[usize]) -> Tensor<2> {
+    let idx: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
+    let idx = Tensor::<1, Int>::from_data(TensorData::new(idx, [rows.len()]), &points.device());
+    points.clone().select(0, idx)
+}

@@ -1,0 +1,225 @@
+//! One specialist: its subset `S`, its `|S| + 1` outputs (dustbin last), and the
+//! maps between the full problem and those outputs.
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+
+use super::ClassSubset;
+use crate::error::{DistillError, check_temperature, or_panic};
+
+/// A specialist for the classes of a [`ClassSubset`] `S`: output `k < |S|` is
+/// class `S[k]`, output `|S|` is the dustbin ("any other class").
+///
+/// ```
+/// use burn::tensor::{Device, Int, Tensor};
+/// use burn_distill::specialist::{ClassSubset, Specialist};
+///
+/// let device = Device::flex();
+/// let specialist = Specialist::new(ClassSubset::new(vec![2, 5], 6).unwrap());
+/// let labels = Tensor::<1, Int>::from_ints([5, 0, 2, 3], &device);
+/// let mapped: Vec<i64> = specialist.map_labels(labels).into_data().iter::<i64>().collect();
+/// assert_eq!(mapped, vec![1, 2, 0, 2]); // 5 → 1, 2 → 0, others → dustbin 2
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Specialist {
+    subset: ClassSubset,
+    /// For every class of the full problem, its output index.
+    output_of_class: Vec<usize>,
+}
+
+impl Specialist {
+    /// The specialist for `subset`.
+    pub fn new(subset: ClassSubset) -> Self {
+        let dustbin = subset.len();
+        let mut output_of_class = vec![dustbin; subset.num_classes()];
+        for (k, &class) in subset.classes().iter().enumerate() {
+            output_of_class[class] = k;
+        }
+        Self {
+            subset,
+            output_of_class,
+        }
+    }
+
+    /// Its subset `S`.
+    pub fn subset(&self) -> &ClassSubset {
+        &self.subset
+    }
+
+    /// Number of outputs, `|S| + 1`.
+    pub fn num_outputs(&self) -> usize {
+        self.subset.len() + 1
+    }
+
+    /// Index of the dustbin output, `|S|`.
+    pub fn dustbin(&self) -> usize {
+        self.subset.len()
+    }
+
+    /// The output index of each class of the full problem (the dustbin for
+    /// classes outside `S`).
+    pub fn output_of_class(&self) -> &[usize] {
+        &self.output_of_class
+    }
+
+    /// Maps full-problem labels `[batch]` to specialist outputs `[batch]`.
+    ///
+    /// # Panics
+    /// On a label outside `0..C` (see [`try_map_labels`](Self::try_map_labels)).
+    pub fn map_labels(&self, labels: Tensor<1, Int>) -> Tensor<1, Int> {
+        or_panic(self.try_map_labels(labels))
+    }
+
+    /// Fallible [`map_labels`](Self::map_labels); reads the labels' range back
+    /// from the device to check it.
+    pub fn try_map_labels(&self, labels: Tensor<1, Int>) -> Result<Tensor<1, Int>, DistillError> {
+        let [batch] = labels.dims();
+        crate::kd::check_targets(&labels, batch, self.subset.num_classes())?;
+        let table: Vec<i64> = self.output_of_class.iter().map(|&o| o as i64).collect();
+        let table = Tensor::<1, Int>::from_data(
+            TensorData::new(table, [self.subset.num_classes()]),
+            &labels.device(),
+        );
+        Ok(table.gather(0, labels))
+    }
+
+    /// The `[C, |S| + 1]` 0/1 matrix `A` with `A[c, output_of_class(c)] = 1`:
+    /// `probs · A` sums each row's probabilities into the specialist's outputs.
+    pub fn aggregation_matrix(&self, device: &Device) -> Tensor<2> {
+        let (c, k) = (self.subset.num_classes(), self.num_outputs());
+        let mut a = vec![0.0f32; c * k];
+        for (class, &output) in self.output_of_class.iter().enumerate() {
+            a[class * k + output] = 1.0;
+        }
+        Tensor::from_data(TensorData::new(a, [c, k]), device)
+    }
+
+    /// Collapses full-problem probabilities `[batch, C]` to `[batch, |S| + 1]`:
+    /// the subset's columns, and the dustbin as the sum of all others. Rows keep
+    /// their total probability.
+    ///
+    /// # Panics
+    /// If `probs` does not have `C` columns (see [`try_collapse_probs`](Self::try_collapse_probs)).
+    pub fn collapse_probs(&self, probs: Tensor<2>) -> Tensor<2> {
+        or_panic(self.try_collapse_probs(probs))
+    }
+
+    /// Fallible [`collapse_probs`](Self::collapse_probs).
+    pub fn try_collapse_probs(&self, probs: Tensor<2>) -> Result<Tensor<2>, DistillError> {
+        self.check_width("probs", &probs)?;
+        let a = self.aggregation_matrix(&probs.device()).cast(probs.dtype());
+        Ok(probs.matmul(a))
+    }
+
+    /// Collapses full-problem logits `[batch, C]` at temperature `T` to
+    /// `[batch, |S| + 1]` logits with the same meaning: the subset's logits
+    /// unchanged, and the dustbin logit `T · logsumexp(v_rest / T)`, so that
+    /// `softmax(collapsed / T)` equals [`collapse_probs`](Self::collapse_probs) of
+    /// `softmax(v / T)`. For fine-tuning a specialist on the generalist's soft
+    /// targets with [`KdLoss`](crate::KdLoss) at the same `T`.
+    ///
+    /// # Panics
+    /// On a bad width or temperature (see [`try_collapse_logits`](Self::try_collapse_logits)).
+    pub fn collapse_logits(&self, logits: Tensor<2>, temperature: f64) -> Tensor<2> {
+        or_panic(self.try_collapse_logits(logits, temperature))
+    }
+
+    /// Fallible [`collapse_logits`](Self::collapse_logits).
+    pub fn try_collapse_logits(
+        &self,
+        logits: Tensor<2>,
+        temperature: f64,
+    ) -> Result<Tensor<2>, DistillError> {
+        self.check_width("logits", &logits)?;
+        check_temperature("temperature", temperature)?;
+        let [batch, classes] = logits.dims();
+        let device = logits.device();
+        let subset = self.index_tensor(&device);
+        let kept = logits.clone().select(1, subset);
+        if self.subset.len() == classes {
+            // Nothing outside S: the dustbin is impossible.
+            let dustbin =
+                Tensor::<2>::full([batch, 1], f32::NEG_INFINITY, (&device, logits.dtype()));
+            return Ok(Tensor::cat(vec![kept, dustbin], 1));
+        }
+        let in_subset: Vec<bool> = (0..classes).map(|c| self.subset.contains(c)).collect();
+        let mask = Tensor::<1, burn::tensor::Bool>::from_data(
+            TensorData::new(in_subset, [classes]),
+            &device,
+        )
+        .reshape([1, classes])
+        .expand([batch, classes]);
+        let rest = logits
+            .mask_fill(mask, f32::NEG_INFINITY)
+            .mul_scalar(1.0 / temperature);
+        let max = rest.clone().max_dim(1);
+        let dustbin = ((rest - max.clone()).exp().sum_dim(1).log() + max).mul_scalar(temperature);
+        Ok(Tensor::cat(vec![kept, dustbin], 1))
+    }
+
+    /// Adds `correction` to the dustbin column of specialist logits `[batch, |S| + 1]`.
+    ///
+    /// Use [`SpecialistSampler::dustbin_logit_correction`](super::SpecialistSampler::dustbin_logit_correction):
+    /// training on half subset / half rest makes the specialist believe in the
+    /// subset more than the data warrant; adding the log of the oversampling ratio
+    /// to the dustbin logit undoes that prior shift (the paper's §5 correction).
+    ///
+    /// # Panics
+    /// If `logits` does not have `|S| + 1` columns.
+    pub fn correct_dustbin(&self, logits: Tensor<2>, correction: f64) -> Tensor<2> {
+        or_panic(self.check_outputs("logits", &logits));
+        let [batch, k] = logits.dims();
+        let mut bias = vec![0.0f32; k];
+        bias[k - 1] = correction as f32;
+        let bias = Tensor::<2>::from_data(
+            TensorData::new(bias, [1, k]),
+            (&logits.device(), logits.dtype()),
+        );
+        logits + bias.expand([batch, k])
+    }
+
+    /// The subset's classes as an index tensor.
+    pub(crate) fn index_tensor(&self, device: &Device) -> Tensor<1, Int> {
+        let idx: Vec<i64> = self.subset.classes().iter().map(|&c| c as i64).collect();
+        Tensor::from_data(TensorData::new(idx, [self.subset.len()]), device)
+    }
+
+    /// A `[C]` 0/1 float vector marking the subset's classes.
+    pub(crate) fn membership(&self, device: &Device) -> Tensor<1> {
+        let m: Vec<f32> = (0..self.subset.num_classes())
+            .map(|c| if self.subset.contains(c) { 1.0 } else { 0.0 })
+            .collect();
+        Tensor::from_data(TensorData::new(m, [self.subset.num_classes()]), device)
+    }
+
+    fn check_width(&self, argument: &'static str, t: &Tensor<2>) -> Result<(), DistillError> {
+        let found = t.dims()[1];
+        let expected = self.subset.num_classes();
+        if found == expected {
+            Ok(())
+        } else {
+            Err(DistillError::WidthMismatch {
+                argument,
+                found,
+                expected,
+            })
+        }
+    }
+
+    pub(crate) fn check_outputs(
+        &self,
+        argument: &'static str,
+        t: &Tensor<2>,
+    ) -> Result<(), DistillError> {
+        let found = t.dims()[1];
+        let expected = self.num_outputs();
+        if found == expected {
+            Ok(())
+        } else {
+            Err(DistillError::WidthMismatch {
+                argument,
+                found,
+                expected,
+            })
+        }
+    }
+}
