@@ -123,6 +123,9 @@ pub struct SpecialistCombiner {
 /// One specialist's data for the iteration, in the generalist's dtype and device.
 struct Member {
     index: burn::tensor::Tensor<1, burn::tensor::Int>,
+    /// 1 for classes outside the subset, `[1, C]`: the dustbin's mass is summed
+    /// over these directly, as `1 − Σ_S q` would cancel when `S` holds nearly all of it.
+    outside: Tensor<2>,
     /// `p^m` on the subset's outputs, `[B, |S|]`.
     subset_probs: Tensor<2>,
     /// `p^m` of the dustbin, `[B, 1]`.
@@ -203,11 +206,13 @@ impl SpecialistCombiner {
                     .cast(dtype)
                     .reshape([1, classes]);
                 let active = membership
+                    .clone()
                     .expand([batch, classes])
                     .gather(1, top.clone())
                     .max_dim(1); // [B, 1]
                 Member {
                     index: specialist.index_tensor(&device),
+                    outside: membership.clone().neg().add_scalar(1.0),
                     subset_probs: probs.clone().slice([0..batch, 0..k]),
                     dustbin_prob: probs.clone().slice([0..batch, k..k + 1]),
                     active,
@@ -233,13 +238,7 @@ impl SpecialistCombiner {
             } else {
                 Tensor::zeros([batch, 1], (&device, dtype))
             };
-            let rest = specialist
-                .membership(&device)
-                .cast(dtype)
-                .reshape([1, classes])
-                .neg()
-                .add_scalar(1.0);
-            let expanded = (rest * spread).select_assign(
+            let expanded = (member.outside.clone() * spread).select_assign(
                 1,
                 member.index.clone(),
                 member.subset_probs.clone(),
@@ -254,12 +253,11 @@ impl SpecialistCombiner {
         let mut iterations = 0;
         while iterations < self.max_iterations {
             iterations += 1;
-            let total = q.clone().sum_dim(1); // [B, 1]
             let mut dustbin_ratios = Tensor::<2>::zeros([batch, 1], (&device, dtype));
             let mut ratios = Tensor::<2>::zeros([batch, classes], (&device, dtype));
             for member in &members {
                 let q_subset = q.clone().select(1, member.index.clone());
-                let q_dustbin = total.clone() - q_subset.clone().sum_dim(1);
+                let q_dustbin = (q.clone() * member.outside.clone()).sum_dim(1);
                 let r_subset = member.subset_probs.clone() / q_subset.clamp_min(TINY);
                 let r_dustbin = member.dustbin_prob.clone() / q_dustbin.clamp_min(TINY);
                 // Classes outside S get the dustbin ratio, those in S their own.
@@ -300,11 +298,10 @@ impl SpecialistCombiner {
 fn objective(pg: &Tensor<2>, q: &Tensor<2>, members: &[Member]) -> Tensor<1> {
     let log_q = q.clone().log();
     let mut j = forward_kl_unchecked(log_q, pg.clone().log());
-    let total = q.clone().sum_dim(1);
     for member in members {
         let q_subset = q.clone().select(1, member.index.clone());
-        let q_dustbin = total.clone() - q_subset.clone().sum_dim(1);
-        let collapsed = Tensor::cat(vec![q_subset, q_dustbin.clamp_min(0.0)], 1);
+        let q_dustbin = (q.clone() * member.outside.clone()).sum_dim(1);
+        let collapsed = Tensor::cat(vec![q_subset, q_dustbin], 1);
         let target = Tensor::cat(
             vec![member.subset_probs.clone(), member.dustbin_prob.clone()],
             1,

@@ -73,13 +73,21 @@ pub struct ConfusableSubsetsConfig {
     /// Cap on Lloyd iterations. Default: 100.
     #[config(default = 100)]
     pub max_iterations: usize,
+    /// Scale each covariance column to unit length before clustering, so that
+    /// classes are grouped by the pattern of what they co-vary with rather than
+    /// by how much they vary: a class the generalist rarely predicts has a tiny
+    /// column, which otherwise sits near every centre. Default: true.
+    #[config(default = true)]
+    pub normalize_columns: bool,
     /// Independent k-means++ starts (seeds derived from `seed`); the clustering
     /// with the lowest within-cluster sum of squares is kept. Default: 10.
     #[config(default = 10)]
     pub restarts: usize,
     /// `None` (default): disjoint subsets, one per non-empty cluster. `Some(s)`:
-    /// overlapping subsets of exactly `s` classes each, the `s` classes nearest to
-    /// each cluster centre (the paper's JFT specialists: 300 classes each, overlapping).
+    /// subsets of exactly `s` classes each, one per cluster: the cluster's own
+    /// classes nearest its centre first, then the nearest other classes, so that
+    /// subsets overlap when `s` exceeds the cluster sizes (the paper's JFT
+    /// specialists: 300 classes each, overlapping).
     #[config(default = "None")]
     pub subset_size: Option<usize>,
 }
@@ -119,7 +127,19 @@ impl ConfusableSubsetsConfig {
                 requirement: "at least 1",
             });
         }
-        let points = try_class_covariance(probs)?;
+        let covariance = try_class_covariance(probs)?;
+        let points = if self.normalize_columns {
+            // The covariance is symmetric: its rows are its columns.
+            let norms = covariance
+                .clone()
+                .square()
+                .sum_dim(1)
+                .sqrt()
+                .clamp_min(1e-30);
+            covariance / norms
+        } else {
+            covariance
+        };
         let mut rng = SplitMix64::new(self.seed);
         let (centres, assignment, _) = (0..self.restarts)
             .map(|_| {
@@ -145,14 +165,18 @@ impl ConfusableSubsetsConfig {
                     .collect()
             }
             Some(size) => {
+                // Each cluster's own classes first (nearest to its centre first),
+                // then the nearest other classes until the subset has `size`.
                 let distances = squared_distances(points, centres); // [C, K]
                 let d: Vec<f64> = distances.into_data().iter::<f64>().collect();
-                (0..self.num_subsets)
+                let k_total = self.num_subsets;
+                (0..k_total)
                     .map(|k| {
                         let mut order: Vec<usize> = (0..classes).collect();
                         order.sort_by(|&a, &b| {
-                            d[a * self.num_subsets + k]
-                                .total_cmp(&d[b * self.num_subsets + k])
+                            (assignment[a] != k)
+                                .cmp(&(assignment[b] != k))
+                                .then(d[a * k_total + k].total_cmp(&d[b * k_total + k]))
                                 .then(a.cmp(&b))
                         });
                         order.truncate(size);
