@@ -4,8 +4,26 @@
 //! Arguments are always named `student_*` and `teacher_*` — never `input` and
 //! `target` — so the direction of an asymmetric divergence cannot be swapped by
 //! argument order (the TRL bug in `shared/anchors.md`, item 8).
+//!
+//! All take normalised log-probabilities at whatever temperature the caller
+//! chose (e.g. [`temperature::log_softmax`](crate::temperature::log_softmax)),
+//! so there is one temperature semantics everywhere: `p = softmax(v/T)`,
+//! `q = softmax(z/T)`. None of them multiplies by `T²`; when distilling at a
+//! temperature, multiply the result by `T²` for the same reason as in
+//! [`KdLoss`](crate::KdLoss): every one of these has a gradient that shrinks as
+//! `1/T²` at high `T` (each is a smooth function of `p` and `q`, whose
+//! derivatives with respect to `z` carry the factor `1/T`, and which vanish at
+//! `q = p`, where the differences `q − p` are themselves `O(1/T)`).
+//!
+//! | function | value | at `q = p` |
+//! |---|---|---|
+//! | [`forward_kl`] | `KL(p ‖ q)` (mode-covering; the KD loss) | 0 |
+//! | [`reverse_kl`] | `KL(q ‖ p)` (mode-seeking) | 0 |
+//! | [`generalized_jsd`] | `β·KL(p ‖ m) + (1−β)·KL(q ‖ m)`, `m = βp + (1−β)q`; β = 0 and 1 are forward and reverse KL (the TRL/Liger convention) | 0 |
+//! | [`skew_forward_kl`] | `KL(p ‖ αp + (1−α)q)` (DistiLLM) | 0 |
+//! | [`skew_reverse_kl`] | `KL(q ‖ αq + (1−α)p)` | 0 |
 
-use burn::tensor::Tensor;
+use burn::tensor::{Bool, Tensor};
 
 use crate::error::{DistillError, check_non_empty, check_same_shape, or_panic};
 
@@ -57,6 +75,49 @@ pub fn try_forward_kl(
     Ok(forward_kl_unchecked(student_log_probs, teacher_log_probs))
 }
 
+/// Mean of per-row values over the rows where `keep_rows` is true: the
+/// reduction for token-level distillation (`[N = batch × seq]` rows, padding
+/// rows dropped). With no row kept the result is exactly 0 and so is its
+/// gradient — never the NaN of 0/0. Dropped rows get a zero gradient.
+///
+/// # Panics
+/// If the lengths differ (see [`try_masked_mean`]).
+///
+/// # Example
+/// ```
+/// use burn::tensor::{Bool, Device, Tensor};
+/// use burn_distill::divergence::masked_mean;
+///
+/// let device = Device::flex();
+/// let rows = Tensor::<1>::from_floats([1.0, 5.0, 3.0], &device);
+/// let keep = Tensor::<1, Bool>::from_data([true, false, true], &device);
+/// assert_eq!(masked_mean(rows.clone(), keep).into_scalar::<f32>(), 2.0);
+/// let none = Tensor::<1, Bool>::from_data([false, false, false], &device);
+/// assert_eq!(masked_mean(rows, none).into_scalar::<f32>(), 0.0);
+/// ```
+pub fn masked_mean(rows: Tensor<1>, keep_rows: Tensor<1, Bool>) -> Tensor<1> {
+    or_panic(try_masked_mean(rows, keep_rows))
+}
+
+/// Fallible [`masked_mean`].
+pub fn try_masked_mean(
+    rows: Tensor<1>,
+    keep_rows: Tensor<1, Bool>,
+) -> Result<Tensor<1>, DistillError> {
+    let [found] = keep_rows.dims();
+    let [expected] = rows.dims();
+    if found != expected {
+        return Err(DistillError::MaskLength { found, expected });
+    }
+    let count = keep_rows
+        .clone()
+        .float()
+        .cast(rows.dtype())
+        .sum()
+        .clamp_min(1.0);
+    Ok(rows.mask_fill(keep_rows.bool_not(), 0.0).sum() / count)
+}
+
 /// Shape checks shared by the divergences: same `[batch, classes]`, non-empty.
 pub(crate) fn check_log_prob_pair(
     student_log_probs: &Tensor<2>,
@@ -79,9 +140,198 @@ pub(crate) fn forward_kl_unchecked(
     teacher_log_probs: Tensor<2>,
 ) -> Tensor<1> {
     let teacher_probs = teacher_log_probs.clone().exp();
-    // Where p = 0 the term is 0 by the convention 0·log 0 = 0. Filling (rather than
-    // multiplying by a 0/1 mask) also zeroes the gradient there without a 0·NaN.
+    // Where p = 0 the term is 0 by the convention 0·log 0 = 0. The log-difference
+    // is zeroed there *before* the product: otherwise the product's backward into
+    // p computes 0·(−inf − −inf) = NaN whenever p carries a gradient (the student
+    // in reverse KL and the JSD).
     let absent = teacher_probs.clone().lower_equal_elem(0.0);
-    let terms = (teacher_probs * (teacher_log_probs - student_log_probs)).mask_fill(absent, 0.0);
+    let difference = (teacher_log_probs - student_log_probs).mask_fill(absent, 0.0);
+    let terms = teacher_probs * difference;
     terms.sum_dim(1).squeeze_dim::<1>(1)
+}
+
+/// Reverse KL divergence per row: `KL(q‖p) = Σ_i q_i (log q_i − log p_i)`, the
+/// student's divergence from the teacher (mode-seeking, as in on-policy
+/// distillation). Classes the student gives probability 0 contribute 0.
+///
+/// # Panics
+/// If the shapes differ or are empty (see [`try_reverse_kl`]).
+///
+/// # Shapes
+/// - `student_log_probs`, `teacher_log_probs`: `[batch, classes]`; output `[batch]`.
+///
+/// # Example
+/// ```
+/// use burn::tensor::{Device, Tensor};
+/// use burn_distill::divergence::{forward_kl, reverse_kl};
+///
+/// let device = Device::flex();
+/// let p = Tensor::<2>::from_floats([[0.5f32.ln(), 0.5f32.ln()]], &device);
+/// let q = Tensor::<2>::from_floats([[0.25f32.ln(), 0.75f32.ln()]], &device);
+/// // Reverse KL is forward KL with the roles swapped.
+/// let a = reverse_kl(q.clone(), p.clone()).into_scalar::<f32>();
+/// let b = forward_kl(p, q).into_scalar::<f32>();
+/// assert!((a - b).abs() < 1e-7);
+/// ```
+pub fn reverse_kl(student_log_probs: Tensor<2>, teacher_log_probs: Tensor<2>) -> Tensor<1> {
+    or_panic(try_reverse_kl(student_log_probs, teacher_log_probs))
+}
+
+/// Fallible [`reverse_kl`].
+pub fn try_reverse_kl(
+    student_log_probs: Tensor<2>,
+    teacher_log_probs: Tensor<2>,
+) -> Result<Tensor<1>, DistillError> {
+    check_log_prob_pair(&student_log_probs, &teacher_log_probs)?;
+    // KL(q‖p) is forward KL with the roles exchanged.
+    Ok(forward_kl_unchecked(teacher_log_probs, student_log_probs))
+}
+
+/// Generalised Jensen–Shannon divergence per row, as in TRL's GKD and
+/// Liger-Kernel: with `m = β·p + (1−β)·q`,
+/// `JSD_β = β·KL(p ‖ m) + (1−β)·KL(q ‖ m)` for `0 < β < 1`; `β = 0` is defined as
+/// [`forward_kl`] and `β = 1` as [`reverse_kl`] (the interior formula itself
+/// tends to 0 at both ends). At `β = 0.5` it is the symmetric JSD, bounded by `ln 2`.
+///
+/// # Panics
+/// If `beta` is outside [0, 1] or the shapes differ (see [`try_generalized_jsd`]).
+///
+/// # Example
+/// ```
+/// use burn::tensor::{Device, Tensor};
+/// use burn_distill::divergence::generalized_jsd;
+///
+/// let device = Device::flex();
+/// let p = Tensor::<2>::from_floats([[0.0, f32::NEG_INFINITY]], &device); // [1, 0]
+/// let q = Tensor::<2>::from_floats([[f32::NEG_INFINITY, 0.0]], &device); // [0, 1]
+/// // Disjoint supports reach the bound ln 2.
+/// let jsd = generalized_jsd(q, p, 0.5).into_scalar::<f32>();
+/// assert!((jsd - 2f32.ln()).abs() < 1e-6);
+/// ```
+pub fn generalized_jsd(
+    student_log_probs: Tensor<2>,
+    teacher_log_probs: Tensor<2>,
+    beta: f64,
+) -> Tensor<1> {
+    or_panic(try_generalized_jsd(
+        student_log_probs,
+        teacher_log_probs,
+        beta,
+    ))
+}
+
+/// Fallible [`generalized_jsd`].
+pub fn try_generalized_jsd(
+    student_log_probs: Tensor<2>,
+    teacher_log_probs: Tensor<2>,
+    beta: f64,
+) -> Result<Tensor<1>, DistillError> {
+    check_unit_interval("beta", beta)?;
+    check_log_prob_pair(&student_log_probs, &teacher_log_probs)?;
+    if beta == 0.0 {
+        return Ok(forward_kl_unchecked(student_log_probs, teacher_log_probs));
+    }
+    if beta == 1.0 {
+        return Ok(forward_kl_unchecked(teacher_log_probs, student_log_probs));
+    }
+    let mixture = log_mixture(teacher_log_probs.clone(), beta, student_log_probs.clone());
+    let teacher_part = forward_kl_unchecked(mixture.clone(), teacher_log_probs).mul_scalar(beta);
+    let student_part = forward_kl_unchecked(mixture, student_log_probs).mul_scalar(1.0 - beta);
+    Ok(teacher_part + student_part)
+}
+
+/// Skew forward KL per row: `KL(p ‖ α·p + (1−α)·q)` (Ko et al., DistiLLM, 2024).
+/// `α = 0` is [`forward_kl`]; a positive `α` keeps the divergence finite where the
+/// student gives a teacher-possible class probability 0, and bounds it by `−ln α`.
+///
+/// # Panics
+/// If `alpha` is outside [0, 1) or the shapes differ (see [`try_skew_forward_kl`]).
+pub fn skew_forward_kl(
+    student_log_probs: Tensor<2>,
+    teacher_log_probs: Tensor<2>,
+    alpha: f64,
+) -> Tensor<1> {
+    or_panic(try_skew_forward_kl(
+        student_log_probs,
+        teacher_log_probs,
+        alpha,
+    ))
+}
+
+/// Fallible [`skew_forward_kl`].
+pub fn try_skew_forward_kl(
+    student_log_probs: Tensor<2>,
+    teacher_log_probs: Tensor<2>,
+    alpha: f64,
+) -> Result<Tensor<1>, DistillError> {
+    check_skew("alpha", alpha)?;
+    check_log_prob_pair(&student_log_probs, &teacher_log_probs)?;
+    if alpha == 0.0 {
+        return Ok(forward_kl_unchecked(student_log_probs, teacher_log_probs));
+    }
+    let mixture = log_mixture(teacher_log_probs.clone(), alpha, student_log_probs);
+    Ok(forward_kl_unchecked(mixture, teacher_log_probs))
+}
+
+/// Skew reverse KL per row: `KL(q ‖ α·q + (1−α)·p)`; `α = 0` is [`reverse_kl`].
+///
+/// # Panics
+/// If `alpha` is outside [0, 1) or the shapes differ (see [`try_skew_reverse_kl`]).
+pub fn skew_reverse_kl(
+    student_log_probs: Tensor<2>,
+    teacher_log_probs: Tensor<2>,
+    alpha: f64,
+) -> Tensor<1> {
+    or_panic(try_skew_reverse_kl(
+        student_log_probs,
+        teacher_log_probs,
+        alpha,
+    ))
+}
+
+/// Fallible [`skew_reverse_kl`].
+pub fn try_skew_reverse_kl(
+    student_log_probs: Tensor<2>,
+    teacher_log_probs: Tensor<2>,
+    alpha: f64,
+) -> Result<Tensor<1>, DistillError> {
+    check_skew("alpha", alpha)?;
+    check_log_prob_pair(&student_log_probs, &teacher_log_probs)?;
+    if alpha == 0.0 {
+        return Ok(forward_kl_unchecked(teacher_log_probs, student_log_probs));
+    }
+    let mixture = log_mixture(student_log_probs.clone(), alpha, teacher_log_probs);
+    Ok(forward_kl_unchecked(mixture, student_log_probs))
+}
+
+/// `log(w·a + (1−w)·b)` from `log a` and `log b`, as a stable log-sum-exp
+/// (`0 < w < 1`). Where both are `−inf` the result is `−inf`.
+fn log_mixture(log_a: Tensor<2>, w: f64, log_b: Tensor<2>) -> Tensor<2> {
+    // −inf (probability 0) is raised to the most negative finite f32 first, so that
+    // no (−inf) − (−inf) = NaN arises in the forward pass or, through `abs`, in the
+    // backward; exp of it is still exactly 0, and its gradient is 0 (clamped).
+    let floor = f64::from(f32::MIN);
+    let x = log_a.clamp_min(floor).add_scalar(w.ln());
+    let y = log_b.clamp_min(floor).add_scalar((1.0 - w).ln());
+    // log(e^x + e^y) = max(x, y) + log(1 + e^−|x − y|).
+    let max = x.clone().max_pair(y.clone());
+    max + (x - y).abs().neg().exp().log1p()
+}
+
+/// A mixing weight in [0, 1].
+fn check_unit_interval(argument: &'static str, value: f64) -> Result<(), DistillError> {
+    if (0.0..=1.0).contains(&value) {
+        Ok(())
+    } else {
+        Err(DistillError::OutOfUnitInterval { argument, value })
+    }
+}
+
+/// A skew weight in [0, 1): α = 1 would compare a distribution with itself.
+fn check_skew(argument: &'static str, value: f64) -> Result<(), DistillError> {
+    if (0.0..1.0).contains(&value) {
+        Ok(())
+    } else {
+        Err(DistillError::OutOfUnitInterval { argument, value })
+    }
 }

@@ -135,6 +135,20 @@ pub enum DistillError {
         /// Which side has none (`"in the subset"` or `"outside the subset"`).
         side: &'static str,
     },
+    /// A mixing weight (β of the JSD, α of a skew KL) outside its interval.
+    OutOfUnitInterval {
+        /// The argument's name.
+        argument: &'static str,
+        /// The value given.
+        value: f64,
+    },
+    /// A row mask whose length differs from the number of rows.
+    MaskLength {
+        /// Length of the mask.
+        found: usize,
+        /// Number of rows.
+        expected: usize,
+    },
     /// A row-chunk size of zero.
     InvalidChunkRows {
         /// The value given.
@@ -251,6 +265,14 @@ impl fmt::Display for DistillError {
             Self::NoExamples { side } => write!(
                 f,
                 "labels has no example {side}, so half/half sampling is impossible"
+            ),
+            Self::OutOfUnitInterval { argument, value } => write!(
+                f,
+                "{argument} must lie in [0, 1] (α of a skew KL in [0, 1)), got {value}"
+            ),
+            Self::MaskLength { found, expected } => write!(
+                f,
+                "keep_rows has {found} entries but there are {expected} rows; give one per row"
             ),
             Self::InvalidChunkRows { value } => write!(
                 f,

@@ -15,14 +15,14 @@
 
 use burn::config::Config;
 use burn::module::{Content, DisplaySettings, Module, ModuleDisplay};
-use burn::tensor::{Int, Tensor};
+use burn::tensor::{Bool, Int, Tensor};
 
 use crate::analytic::{AnalyticParams, analytic_terms, attach};
 use crate::divergence::forward_kl_unchecked;
 use crate::error::{
     DistillError, check_non_empty, check_same_shape, check_temperature, check_weight, or_panic,
 };
-use crate::temperature::try_log_softmax;
+use crate::temperature::{standardize, try_log_softmax};
 
 /// Configuration of a [`KdLoss`].
 ///
@@ -65,6 +65,23 @@ pub struct KdLossConfig {
     /// Applies to the analytic path.
     #[config(default = "None")]
     pub chunk_rows: Option<usize>,
+    /// Rows whose target equals this label (e.g. `-100` for padding tokens, as
+    /// in PyTorch) are left out: they contribute 0 and get no gradient, and
+    /// the means are over the remaining rows (0 when none remain). Default: None.
+    #[config(default = "None")]
+    pub ignore_index: Option<i64>,
+    /// When the teacher has more classes than the student, keep only its first
+    /// `classes` columns (and renormalise) instead of reporting a shape mismatch:
+    /// for vocabularies that differ only by padding rows at the end (e.g. 152064
+    /// vs 151936 in the Qwen family). Off by default, because a silently
+    /// truncated vocabulary is wrong whenever the two do not share a prefix.
+    #[config(default = false)]
+    pub truncate_teacher_classes: bool,
+    /// Standardise teacher and student logits per row before the temperature
+    /// ([`standardize`](crate::temperature::standardize); Sun et al., CVPR 2024).
+    /// Needs finite logits (no `−inf` masking). Default: false.
+    #[config(default = false)]
+    pub logit_standardization: bool,
 }
 
 impl KdLossConfig {
@@ -98,6 +115,9 @@ impl KdLossConfig {
             scale_by_t_squared: self.scale_by_t_squared,
             analytic_backward: self.analytic_backward,
             chunk_rows: self.chunk_rows,
+            ignore_index: self.ignore_index,
+            truncate_teacher_classes: self.truncate_teacher_classes,
+            logit_standardization: self.logit_standardization,
         })
     }
 }
@@ -159,6 +179,9 @@ pub struct KdLoss {
     scale_by_t_squared: bool,
     analytic_backward: bool,
     chunk_rows: Option<usize>,
+    ignore_index: Option<i64>,
+    truncate_teacher_classes: bool,
+    logit_standardization: bool,
 }
 
 impl ModuleDisplay for KdLoss {
@@ -241,9 +264,98 @@ impl KdLoss {
         teacher: impl Into<TeacherOutput>,
         targets: Tensor<1, Int>,
     ) -> Result<Tensor<1>, DistillError> {
-        Ok(self
-            .try_forward_no_reduction(student_logits, teacher, targets)?
-            .mean())
+        let keep = self.kept_rows(&targets, None)?;
+        let rows = self.try_forward_no_reduction(student_logits, teacher, targets)?;
+        Ok(reduce(rows, keep))
+    }
+
+    /// [`forward`](Self::forward) averaged over the rows where `keep_rows` is
+    /// true (and whose target is not `ignore_index`): token-level distillation
+    /// with padding. No row kept gives exactly 0 and a zero gradient.
+    ///
+    /// # Panics
+    /// As [`try_forward_masked`](Self::try_forward_masked).
+    pub fn forward_masked(
+        &self,
+        student_logits: Tensor<2>,
+        teacher: impl Into<TeacherOutput>,
+        targets: Tensor<1, Int>,
+        keep_rows: Tensor<1, Bool>,
+    ) -> Tensor<1> {
+        or_panic(self.try_forward_masked(student_logits, teacher, targets, keep_rows))
+    }
+
+    /// Fallible [`forward_masked`](Self::forward_masked); also reports
+    /// [`DistillError::MaskLength`].
+    pub fn try_forward_masked(
+        &self,
+        student_logits: Tensor<2>,
+        teacher: impl Into<TeacherOutput>,
+        targets: Tensor<1, Int>,
+        keep_rows: Tensor<1, Bool>,
+    ) -> Result<Tensor<1>, DistillError> {
+        let keep = self.kept_rows(&targets, Some(keep_rows))?;
+        let rows = self.try_forward_no_reduction(student_logits, teacher, targets)?;
+        Ok(reduce(rows, keep))
+    }
+
+    /// [`soft_loss`](Self::soft_loss) averaged over the rows where `keep_rows` is true.
+    ///
+    /// # Panics
+    /// As [`try_soft_loss_masked`](Self::try_soft_loss_masked).
+    pub fn soft_loss_masked(
+        &self,
+        student_logits: Tensor<2>,
+        teacher: impl Into<TeacherOutput>,
+        keep_rows: Tensor<1, Bool>,
+    ) -> Tensor<1> {
+        or_panic(self.try_soft_loss_masked(student_logits, teacher, keep_rows))
+    }
+
+    /// Fallible [`soft_loss_masked`](Self::soft_loss_masked).
+    pub fn try_soft_loss_masked(
+        &self,
+        student_logits: Tensor<2>,
+        teacher: impl Into<TeacherOutput>,
+        keep_rows: Tensor<1, Bool>,
+    ) -> Result<Tensor<1>, DistillError> {
+        let rows = self.try_soft_loss_no_reduction(student_logits, teacher)?;
+        crate::divergence::try_masked_mean(rows, keep_rows)
+    }
+
+    /// The rows to average over: `keep_rows` and/or the rows whose target is not
+    /// `ignore_index`; `None` when all rows count.
+    fn kept_rows(
+        &self,
+        targets: &Tensor<1, Int>,
+        keep_rows: Option<Tensor<1, Bool>>,
+    ) -> Result<Option<Tensor<1, Bool>>, DistillError> {
+        if let Some(keep) = &keep_rows {
+            let [found] = keep.dims();
+            let [expected] = targets.dims();
+            if found != expected {
+                return Err(DistillError::MaskLength { found, expected });
+            }
+        }
+        let labelled = self
+            .ignore_index
+            .map(|ignore| targets.clone().not_equal_elem(ignore));
+        Ok(match (keep_rows, labelled) {
+            (Some(a), Some(b)) => Some(a.bool_and(b)),
+            (a, b) => a.or(b),
+        })
+    }
+
+    /// Targets with `ignore_index` replaced by class 0, so that ignored rows pass
+    /// the label check and index safely; their values are masked out afterwards.
+    fn usable_targets(&self, targets: Tensor<1, Int>) -> Tensor<1, Int> {
+        match self.ignore_index {
+            Some(ignore) => {
+                let ignored = targets.clone().equal_elem(ignore);
+                targets.mask_fill(ignored, 0)
+            }
+            None => targets,
+        }
     }
 
     /// The total loss and its two unweighted parts; see [`KdLossOutput`]. Each
@@ -268,7 +380,11 @@ impl KdLoss {
         targets: Tensor<1, Int>,
     ) -> Result<KdLossOutput, DistillError> {
         let teacher = self.prepare(&student_logits, teacher.into(), Some(&targets))?;
-        let (soft_rows, hard_rows) = if self.analytic_backward {
+        let keep = self.kept_rows(&targets, None)?;
+        let targets = self.usable_targets(targets);
+        let (soft_rows, hard_rows) = if self.logit_standardization {
+            self.standardized_rows(student_logits, teacher, targets)?
+        } else if self.analytic_backward {
             let terms = analytic_terms(
                 &student_logits,
                 &teacher.values,
@@ -290,8 +406,8 @@ impl KdLoss {
             let hard = hard_rows(student_logits.clone(), targets);
             (self.soft_rows(student_logits, teacher), hard)
         };
-        let soft = soft_rows.mean();
-        let hard = hard_rows.mean();
+        let soft = reduce(soft_rows, keep.clone());
+        let hard = reduce(hard_rows, keep);
         let total =
             soft.clone().mul_scalar(self.soft_weight) + hard.clone().mul_scalar(self.hard_weight);
         Ok(KdLossOutput { total, soft, hard })
@@ -320,17 +436,38 @@ impl KdLoss {
         targets: Tensor<1, Int>,
     ) -> Result<Tensor<1>, DistillError> {
         let teacher = self.prepare(&student_logits, teacher.into(), Some(&targets))?;
-        if !self.analytic_backward {
+        let ignored = self.kept_rows(&targets, None)?.map(|keep| keep.bool_not());
+        let targets = self.usable_targets(targets);
+        let rows = if self.logit_standardization {
+            let (soft, hard) = self.standardized_rows(student_logits, teacher, targets)?;
+            soft.mul_scalar(self.soft_weight) + hard.mul_scalar(self.hard_weight)
+        } else if self.analytic_backward {
+            self.analytic_total_rows(&student_logits, &teacher, &targets)?
+        } else {
             check_targets(&targets, student_logits.dims()[0], student_logits.dims()[1])?;
             let hard = hard_rows(student_logits.clone(), targets);
             let soft = self.soft_rows(student_logits, teacher);
-            return Ok(soft.mul_scalar(self.soft_weight) + hard.mul_scalar(self.hard_weight));
-        }
+            soft.mul_scalar(self.soft_weight) + hard.mul_scalar(self.hard_weight)
+        };
+        // Ignored rows: exactly 0, and no gradient.
+        Ok(match ignored {
+            Some(ignored) => rows.mask_fill(ignored, 0.0),
+            None => rows,
+        })
+    }
+
+    /// The weighted per-row total through the closed-form backward.
+    fn analytic_total_rows(
+        &self,
+        student_logits: &Tensor<2>,
+        teacher: &PreparedTeacher,
+        targets: &Tensor<1, Int>,
+    ) -> Result<Tensor<1>, DistillError> {
         let terms = analytic_terms(
-            &student_logits,
+            student_logits,
             &teacher.values,
-            Some(&targets),
-            &self.analytic_params(&teacher),
+            Some(targets),
+            &self.analytic_params(teacher),
             &[(self.soft_weight, self.hard_weight)],
         )?;
         let hard_rows = terms.hard_rows.expect("hard rows");
@@ -338,7 +475,7 @@ impl KdLoss {
             terms.soft_rows.mul_scalar(self.soft_weight) + hard_rows.mul_scalar(self.hard_weight);
         let gradient = terms.gradients.into_iter().next().expect("gradient");
         Ok(attach(
-            &student_logits,
+            student_logits,
             values,
             gradient,
             terms.student_may_have_neg_inf,
@@ -389,6 +526,15 @@ impl KdLoss {
         teacher: impl Into<TeacherOutput>,
     ) -> Result<Tensor<1>, DistillError> {
         let teacher = self.prepare(&student_logits, teacher.into(), None)?;
+        self.soft_term_rows(self.student_view(student_logits), teacher)
+    }
+
+    /// `T²·KL` per row, by the closed-form backward or by autodiff.
+    fn soft_term_rows(
+        &self,
+        student_logits: Tensor<2>,
+        teacher: PreparedTeacher,
+    ) -> Result<Tensor<1>, DistillError> {
         if !self.analytic_backward {
             return Ok(self.soft_rows(student_logits, teacher));
         }
@@ -408,6 +554,21 @@ impl KdLoss {
         ))
     }
 
+    /// Soft rows on the standardised student, hard rows on the raw one (Sun et
+    /// al. standardise only the KD term's logits).
+    fn standardized_rows(
+        &self,
+        student_logits: Tensor<2>,
+        teacher: PreparedTeacher,
+        targets: Tensor<1, Int>,
+    ) -> Result<(Tensor<1>, Tensor<1>), DistillError> {
+        let [batch, classes] = student_logits.dims();
+        check_targets(&targets, batch, classes)?;
+        let hard = hard_rows(student_logits.clone(), targets);
+        let soft = self.soft_term_rows(standardize(student_logits), teacher)?;
+        Ok((soft, hard))
+    }
+
     /// Checks shapes (and the targets' length) before any tensor op, and puts the
     /// teacher in the form `p = softmax(values / temperature)`, detached.
     fn prepare(
@@ -417,6 +578,7 @@ impl KdLoss {
         targets: Option<&Tensor<1, Int>>,
     ) -> Result<PreparedTeacher, DistillError> {
         let student_shape = student_logits.dims();
+        let teacher = self.truncated(teacher, student_shape);
         let (tensor, argument) = teacher.parts();
         check_same_shape("student_logits", &student_shape, argument, &tensor.dims())?;
         check_non_empty("student_logits", &student_shape)?;
@@ -424,6 +586,10 @@ impl KdLoss {
             check_targets_length(targets, student_shape[0])?;
         }
         Ok(match teacher {
+            TeacherOutput::Logits(v) if self.logit_standardization => PreparedTeacher {
+                values: standardize(v.detach()),
+                temperature: self.temperature,
+            },
             TeacherOutput::Logits(v) => PreparedTeacher {
                 values: v.detach(),
                 temperature: self.temperature,
@@ -437,6 +603,34 @@ impl KdLoss {
                 temperature: 1.0,
             },
         })
+    }
+
+    /// The teacher cut to the student's classes when `truncate_teacher_classes`
+    /// allows it; otherwise unchanged (and checked by the caller).
+    fn truncated(&self, teacher: TeacherOutput, student_shape: [usize; 2]) -> TeacherOutput {
+        let [batch, classes] = student_shape;
+        let [teacher_batch, teacher_classes] = teacher.parts().0.dims();
+        if !self.truncate_teacher_classes || teacher_batch != batch || teacher_classes <= classes {
+            return teacher;
+        }
+        let cut = |t: Tensor<2>| t.slice([0..batch, 0..classes]);
+        match teacher {
+            TeacherOutput::Logits(t) => TeacherOutput::Logits(cut(t)),
+            // Renormalised by the log-softmax every path applies to the teacher.
+            TeacherOutput::Probs(t) => TeacherOutput::LogProbs(cut(t).log()),
+            TeacherOutput::LogProbs(t) => TeacherOutput::LogProbs(cut(t)),
+        }
+    }
+
+    /// The student's logits as the loss sees them: standardised when
+    /// `logit_standardization` is on (inside the graph, so autodiff carries the
+    /// gradient through the standardisation).
+    fn student_view(&self, student_logits: Tensor<2>) -> Tensor<2> {
+        if self.logit_standardization {
+            standardize(student_logits)
+        } else {
+            student_logits
+        }
     }
 
     fn analytic_params(&self, teacher: &PreparedTeacher) -> AnalyticParams {
@@ -515,6 +709,14 @@ impl TeacherOutput {
 struct PreparedTeacher {
     values: Tensor<2>,
     temperature: f64,
+}
+
+/// Batch mean, or the mean over the kept rows.
+fn reduce(rows: Tensor<1>, keep_rows: Option<Tensor<1, Bool>>) -> Tensor<1> {
+    match keep_rows {
+        Some(keep) => or_panic(crate::divergence::try_masked_mean(rows, keep)),
+        None => rows.mean(),
+    }
 }
 
 /// Cross-entropy of `softmax(logits)` (T = 1) against integer labels, per row.

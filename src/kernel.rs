@@ -141,6 +141,7 @@ impl RowBlock<'_> {
         let want_hard = spec.targets.is_some();
         let mut exp_teacher = vec![0.0f32; classes];
         let mut exp_student = vec![0.0f32; classes];
+        let mut cross_terms = vec![0.0f32; classes];
         let mut exp_student_t1 = vec![
             0.0f32;
             if want_hard && !unit_temperature {
@@ -158,38 +159,35 @@ impl RowBlock<'_> {
             let max_v = max(v);
             neg_inf |= min(z) == f32::NEG_INFINITY;
 
-            // Pass 2: exponentials and sums.
-            let mut sum_p = 0.0f64;
-            let mut sum_q = 0.0f64;
-            let mut cross = 0.0f64;
-            for (((&zi, &vi), ep), eq) in z
+            // Pass 2: exponentials (element-wise, so it vectorises), then the sums
+            // in independent lanes (a single running sum would serialise the loop).
+            for ((((&zi, &vi), ep), eq), term) in z
                 .iter()
                 .zip(v)
                 .zip(exp_teacher.iter_mut())
                 .zip(exp_student.iter_mut())
+                .zip(cross_terms.iter_mut())
             {
                 let a = (vi - max_v) * inv_t_teacher;
                 let b = (zi - max_z) * inv_t;
                 let ea = exp(a);
-                let eb = exp(b);
                 *ep = ea;
-                *eq = eb;
-                sum_p += ea as f64;
-                sum_q += eb as f64;
+                *eq = exp(b);
                 // 0·log 0 = 0: a class the teacher rules out contributes nothing.
-                cross += if ea > 0.0 { (ea * (a - b)) as f64 } else { 0.0 };
+                *term = if ea > 0.0 { ea * (a - b) } else { 0.0 };
             }
+            let sum_p = sum(&exp_teacher);
+            let sum_q = sum(&exp_student);
+            let cross = sum(&cross_terms);
             let kl = cross / sum_p - sum_p.ln() + sum_q.ln();
             self.soft[row] = (spec.soft_factor * kl) as f32;
 
             let mut sum_1 = sum_q;
             if want_hard && !unit_temperature {
-                sum_1 = 0.0;
                 for (&zi, e1) in z.iter().zip(exp_student_t1.iter_mut()) {
-                    let e = exp(zi - max_z);
-                    *e1 = e;
-                    sum_1 += e as f64;
+                    *e1 = exp(zi - max_z);
                 }
+                sum_1 = sum(&exp_student_t1);
             }
             let label = self.targets.map(|t| t[row] as usize);
             if let (Some(hard), Some(y)) = (self.hard.as_deref_mut(), label) {
@@ -227,6 +225,19 @@ impl RowBlock<'_> {
         }
         neg_inf
     }
+}
+
+/// Sum of a slice in f64, accumulated in 8 independent lanes so it vectorises.
+fn sum(x: &[f32]) -> f64 {
+    let mut lanes = [0.0f64; 8];
+    let mut chunks = x.chunks_exact(8);
+    for chunk in &mut chunks {
+        for (l, &v) in lanes.iter_mut().zip(chunk) {
+            *l += v as f64;
+        }
+    }
+    let tail: f64 = chunks.remainder().iter().map(|&v| v as f64).sum();
+    lanes.iter().sum::<f64>() + tail
 }
 
 /// Largest value of a non-empty slice, in 8 independent lanes so it vectorises.
@@ -275,7 +286,8 @@ fn exp(x: f32) -> f32 {
     const ROUND: f32 = 12_582_912.0; // 1.5 · 2^23
     const LOWEST: f32 = -87.336_55;
     let clamped = if x < LOWEST { LOWEST } else { x };
-    let n = (clamped * LOG2E + ROUND) - ROUND;
+    let shifted = clamped * LOG2E + ROUND;
+    let n = shifted - ROUND;
     let r = clamped - n * LN2_HI - n * LN2_LO;
     let r2 = r * r;
     let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
@@ -283,7 +295,10 @@ fn exp(x: f32) -> f32 {
         * r
         + 0.5;
     let e_r = p * r2 + r + 1.0;
-    let scale = f32::from_bits(((n as i32 + 127) << 23) as u32);
+    // `shifted` holds n in its low mantissa bits (offset by 2^22): reading n from
+    // the bits avoids a float-to-int conversion, which does not vectorise.
+    let n_bits = shifted.to_bits().wrapping_sub(ROUND.to_bits());
+    let scale = f32::from_bits(n_bits.wrapping_add(127) << 23);
     // NaN compares false and stays NaN through the polynomial.
     if x < LOWEST { 0.0 } else { e_r * scale }
 }

@@ -40,10 +40,12 @@
 
 mod analytic;
 pub mod divergence;
+pub mod dkd;
 pub mod ensemble;
 mod error;
 mod kd;
 mod kernel;
+pub mod sparse;
 pub mod specialist;
 pub mod temperature;
 

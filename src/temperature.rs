@@ -104,14 +104,63 @@ fn shifted_scaled_logits<const D: usize>(
     temperature: f64,
     dim: usize,
 ) -> Tensor<D> {
+    let scaled = scale(logits, temperature);
+    let row_max = scaled.clone().max_dim(dim).detach();
+    scaled - row_max
+}
+
+/// `log Σ exp(logits / T)` along `dim` (kept as a size-1 dimension), stably; its
+/// gradient is `softmax(logits / T) / T`.
+pub(crate) fn scaled_logsumexp<const D: usize>(
+    logits: Tensor<D>,
+    temperature: f64,
+    dim: usize,
+) -> Tensor<D> {
+    let scaled = scale(logits, temperature);
+    let row_max = scaled.clone().max_dim(dim).detach();
+    (scaled - row_max.clone()).exp().sum_dim(dim).log() + row_max
+}
+
+/// `logits / T`.
+fn scale<const D: usize>(logits: Tensor<D>, temperature: f64) -> Tensor<D> {
     // Multiply by 1/T rather than divide by T: in burn 0.22.1 the backward of
     // `div_scalar` rounds 1/T to f32 even for f64 tensors (a 1.5e-8 relative error
     // at T = 20), while `mul_scalar`'s backward keeps the tensor's precision.
-    let scaled = if temperature == 1.0 {
+    if temperature == 1.0 {
         logits
     } else {
         logits.mul_scalar(1.0 / temperature)
-    };
-    let row_max = scaled.clone().max_dim(dim).detach();
-    scaled - row_max
+    }
+}
+
+/// Logit standardisation (Sun et al., "Logit Standardization in Knowledge
+/// Distillation", CVPR 2024): each row's z-score `(z − mean) / (std + 1e-7)`
+/// along dim 1, with the unbiased standard deviation (as `torch.std`, which
+/// the authors' code uses). Apply it to teacher and student logits before the
+/// temperature, so that the student matches the teacher's logit *shape*
+/// rather than its scale. Rows need at least 2 classes and finite logits.
+///
+/// # Shapes
+/// - `logits`: `[batch, classes]`; output: the same.
+///
+/// # Example
+/// ```
+/// use burn::tensor::{Device, Tensor};
+/// use burn_distill::temperature::standardize;
+///
+/// let device = Device::flex();
+/// let z = Tensor::<2>::from_floats([[1.0, 2.0, 3.0]], &device);
+/// let s = standardize(z).into_data().to_vec::<f32>().unwrap();
+/// assert!((s[0] + 1.0).abs() < 1e-5 && s[1].abs() < 1e-6 && (s[2] - 1.0).abs() < 1e-5);
+/// ```
+pub fn standardize(logits: Tensor<2>) -> Tensor<2> {
+    let [_, classes] = logits.dims();
+    let mean = logits.clone().mean_dim(1);
+    let centred = logits - mean;
+    let variance = centred
+        .clone()
+        .square()
+        .sum_dim(1)
+        .mul_scalar(1.0 / (classes.max(2) - 1) as f64);
+    centred / variance.sqrt().add_scalar(1e-7)
 }

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Every number in BENCHMARKS.md, in one run on one idle machine:
+#   bash benches/run_all.sh [PYTHON_WITH_TORCH]
+# The PyTorch columns need a Python with torch 2.x (CI does not install it); without
+# one they are skipped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python="${1:-}"
+echo "== machine"; nproc; grep -m1 "model name" /proc/cpuinfo || true; free -g | head -2
+cargo build --release --example kd_memory --quiet
+echo "== cargo bench --bench kd_loss"
+cargo bench --bench kd_loss 2>&1 | grep -E "^kd_loss|time:"
+echo "== cargo bench --bench combiner"
+cargo bench --bench combiner 2>&1 | grep -E "^combiner:|^specialist_combiner|time:"
+echo "== peak memory (max resident set), 512x32000"
+for mode in inputs analytic chunked autodiff; do
+  /usr/bin/time -f "$mode: %M KiB" target/release/examples/kd_memory "$mode" 512 32000 2>&1 | tail -1
+done
+if [ -n "$python" ]; then
+  echo "== PyTorch"
+  "$python" benches/compare_torch.py
+  for mode in eager compile; do
+    /usr/bin/time -f "torch $mode: %M KiB" "$python" benches/compare_torch.py --once "$mode" 512 32000 2>&1 | tail -1
+  done
+  /usr/bin/time -f "torch import + inputs only: %M KiB" "$python" -c "import torch; torch.randn(512, 32000); torch.randn(512, 32000)" 2>&1 | tail -1
+fi

@@ -1,0 +1,184 @@
+//! Top-k sparse teachers, as TRL and DistillKit store them for LLM
+//! distillation: per row, the teacher's `k` most likely classes with their
+//! log-probabilities, and the remaining mass lumped into one tail bucket.
+//!
+//! The divergence is then taken over `k + 1` buckets: the teacher's `k` classes
+//! and "everything else", for both models. With `k = C` it is the dense
+//! [`forward_kl`](crate::divergence::forward_kl).
+
+use burn::tensor::{Int, Tensor};
+
+use crate::divergence::forward_kl_unchecked;
+use crate::error::{DistillError, check_temperature, or_panic};
+use crate::temperature::{scaled_logsumexp, try_log_softmax};
+
+/// A teacher's top-k classes per row and their log-probabilities (normalised
+/// over the full vocabulary, at the distillation temperature).
+#[derive(Debug, Clone)]
+pub struct SparseTeacher {
+    indices: Tensor<2, Int>,
+    log_probs: Tensor<2>,
+}
+
+impl SparseTeacher {
+    /// From stored top-k indices `[N, k]` and log-probabilities `[N, k]`. The
+    /// tail's mass is `1 − Σ exp(log_probs)` per row.
+    ///
+    /// # Panics
+    /// If the shapes differ (see [`try_new`](Self::try_new)).
+    pub fn new(indices: Tensor<2, Int>, log_probs: Tensor<2>) -> Self {
+        or_panic(Self::try_new(indices, log_probs))
+    }
+
+    /// Fallible [`new`](Self::new).
+    pub fn try_new(indices: Tensor<2, Int>, log_probs: Tensor<2>) -> Result<Self, DistillError> {
+        let (a, b) = (indices.dims(), log_probs.dims());
+        if a != b {
+            return Err(DistillError::ShapeMismatch {
+                left_argument: "indices",
+                left_shape: a.to_vec(),
+                right_argument: "log_probs",
+                right_shape: b.to_vec(),
+            });
+        }
+        Ok(Self { indices, log_probs })
+    }
+
+    /// The top `k` classes of dense teacher logits at temperature `T`, e.g. to
+    /// cache a teacher's outputs in `k/C` of the memory.
+    ///
+    /// # Panics
+    /// If `k` is 0 or exceeds the number of classes, or `T` is invalid.
+    ///
+    /// ```
+    /// use burn::tensor::{Device, Tensor};
+    /// use burn_distill::divergence::forward_kl;
+    /// use burn_distill::sparse::{SparseTeacher, sparse_forward_kl};
+    /// use burn_distill::temperature::log_softmax;
+    ///
+    /// let device = Device::flex();
+    /// let v = Tensor::<2>::from_floats([[3.0, 1.0, 0.0, -1.0]], &device);
+    /// let z = Tensor::<2>::from_floats([[1.0, 2.0, 0.5, 0.0]], &device);
+    /// // With k = C the sparse loss is the dense one.
+    /// let sparse = sparse_forward_kl(z.clone(), &SparseTeacher::top_k(v.clone(), 4, 2.0), 2.0);
+    /// let dense = forward_kl(log_softmax(z, 2.0, 1), log_softmax(v, 2.0, 1));
+    /// let (a, b) = (sparse.into_scalar::<f32>(), dense.into_scalar::<f32>());
+    /// assert!((a - b).abs() < 1e-6);
+    /// ```
+    pub fn top_k(teacher_logits: Tensor<2>, k: usize, temperature: f64) -> Self {
+        let [_, classes] = teacher_logits.dims();
+        assert!(
+            k >= 1 && k <= classes,
+            "k = {k} must be between 1 and the number of classes ({classes})"
+        );
+        let log_p = or_panic(try_log_softmax(teacher_logits.detach(), temperature, 1));
+        let (log_probs, indices) = log_p.topk_with_indices(k, 1);
+        Self { indices, log_probs }
+    }
+
+    /// Number of stored classes per row.
+    pub fn k(&self) -> usize {
+        self.indices.dims()[1]
+    }
+}
+
+/// `KL(p ‖ q)` per row over the teacher's `k` classes plus a tail bucket, with
+/// `q = softmax(student_logits / T)`. The student's tail is the log-sum-exp of
+/// its log-probabilities outside the teacher's `k` classes (exact, no `1 − Σ`
+/// cancellation); the teacher's is `1 − Σ p_k`, clamped at 0. Buckets the teacher
+/// gives probability 0 contribute 0.
+///
+/// # Panics
+/// On bad shapes, indices or temperature (see [`try_sparse_forward_kl`]).
+///
+/// # Shapes
+/// - `student_logits`: `[N, C]`; teacher: `[N, k]`, `k ≤ C`; output `[N]`.
+pub fn sparse_forward_kl(
+    student_logits: Tensor<2>,
+    teacher: &SparseTeacher,
+    temperature: f64,
+) -> Tensor<1> {
+    or_panic(try_sparse_forward_kl(student_logits, teacher, temperature))
+}
+
+/// Fallible [`sparse_forward_kl`]; reads the indices' range back to check it.
+pub fn try_sparse_forward_kl(
+    student_logits: Tensor<2>,
+    teacher: &SparseTeacher,
+    temperature: f64,
+) -> Result<Tensor<1>, DistillError> {
+    check_temperature("temperature", temperature)?;
+    let [rows, classes] = student_logits.dims();
+    let [teacher_rows, k] = teacher.indices.dims();
+    if teacher_rows != rows {
+        return Err(DistillError::BatchMismatch {
+            argument: "teacher.indices",
+            found: teacher_rows,
+            expected: rows,
+        });
+    }
+    if k == 0 || k > classes {
+        return Err(DistillError::InvalidParameter {
+            argument: "k",
+            value: k,
+            requirement: "between 1 and the student's number of classes",
+        });
+    }
+    let bounds: Vec<i64> = Tensor::cat(
+        vec![teacher.indices.clone().min(), teacher.indices.clone().max()],
+        0,
+    )
+    .into_data()
+    .iter::<i64>()
+    .collect();
+    if let Some(&bad) = bounds.iter().find(|&&i| i < 0 || i >= classes as i64) {
+        return Err(DistillError::LabelOutOfRange {
+            argument: "teacher.indices",
+            label: bad,
+            num_classes: classes,
+        });
+    }
+
+    let log_q = or_panic(try_log_softmax(student_logits.clone(), temperature, 1));
+    let student_top = log_q.clone().gather(1, teacher.indices.clone());
+    let student_tail = if k == classes {
+        Tensor::full(
+            [rows, 1],
+            f32::NEG_INFINITY,
+            (&log_q.device(), log_q.dtype()),
+        )
+    } else {
+        // Mark the teacher's classes, then log-sum-exp the student's other logits.
+        let marks = Tensor::<2>::zeros([rows, classes], (&log_q.device(), log_q.dtype())).scatter(
+            1,
+            teacher.indices.clone(),
+            Tensor::ones([rows, k], (&log_q.device(), log_q.dtype())),
+            burn::tensor::IndexingUpdateOp::Add,
+        );
+        let outside = student_logits
+            .clone()
+            .mask_fill(marks.greater_elem(0.0), f32::NEG_INFINITY);
+        scaled_logsumexp(outside, temperature, 1) - scaled_logsumexp(student_logits, temperature, 1)
+    };
+    let teacher_log_probs = teacher.log_probs.clone().detach();
+    let teacher_tail = if k == classes {
+        // Nothing lies outside the k classes: 1 − Σp would be rounding noise.
+        Tensor::full(
+            [rows, 1],
+            f32::NEG_INFINITY,
+            (&log_q.device(), log_q.dtype()),
+        )
+    } else {
+        teacher_log_probs
+            .clone()
+            .exp()
+            .sum_dim(1)
+            .neg()
+            .add_scalar(1.0)
+            .clamp_min(0.0)
+            .log()
+    };
+    let student = Tensor::cat(vec![student_top, student_tail], 1);
+    let teacher = Tensor::cat(vec![teacher_log_probs, teacher_tail], 1);
+    Ok(forward_kl_unchecked(student, teacher))
+}
