@@ -43,10 +43,15 @@ pub(crate) struct AnalyticTerms {
     pub student_may_have_neg_inf: bool,
 }
 
+/// Whether `device` is a flex device (with or without autodiff), whose tensors
+/// live in host memory and read back cheaply.
+pub(crate) fn is_flex(device: &burn::tensor::Device) -> bool {
+    device.as_dispatch().id().type_id >> 8 == FLEX_BACKEND_ID
+}
+
 /// Whether the fused CPU kernel serves these tensors.
 pub(crate) fn uses_host_kernel(student_logits: &Tensor<2>, teacher_logits: &Tensor<2>) -> bool {
-    let backend = student_logits.device().as_dispatch().id().type_id >> 8;
-    backend == FLEX_BACKEND_ID
+    is_flex(&student_logits.device())
         && student_logits.dtype() == DType::F32
         && teacher_logits.dtype() == DType::F32
 }

@@ -459,6 +459,20 @@ fn rows_without_active_specialists_keep_the_generalist() {
 }
 
 #[test]
+fn no_specialists_returns_the_generalist() {
+    for (name, device) in devices() {
+        let pg = [0.5, 0.3, 0.2, 0.1, 0.1, 0.8];
+        let out = SpecialistCombinerConfig::new().init().combine(
+            tensor2_f64(&pg, [2, 3], &device),
+            &[],
+            &[],
+        );
+        assert_eq!(values(out.probs), pg.to_vec(), "{name}");
+        assert_eq!(values(out.objective), vec![0.0, 0.0], "{name}");
+    }
+}
+
+#[test]
 fn combiner_errors_name_the_argument() {
     let device = Device::flex();
     let s = specialist(&[0, 1], 4);

@@ -20,7 +20,9 @@
 //! updated at once, each with its own active set.
 
 use burn::config::Config;
-use burn::tensor::{IndexingUpdateOp, Tensor};
+use burn::tensor::{IndexingUpdateOp, Tensor, TensorData};
+
+use super::combine_host::{HostSpecialist, combine_rows};
 
 use super::Specialist;
 use crate::divergence::forward_kl_unchecked;
@@ -194,6 +196,9 @@ impl SpecialistCombiner {
 
         let device = generalist_probs.device();
         let dtype = generalist_probs.dtype();
+        if crate::analytic::is_flex(&device) {
+            return Ok(self.combine_on_host(generalist_probs, specialists, specialist_probs));
+        }
         let pg = generalist_probs;
         let (_, top) = pg.clone().topk_with_indices(self.top_n, 1); // [B, n]
         let members: Vec<Member> = specialists
@@ -291,6 +296,49 @@ impl SpecialistCombiner {
             iterations,
             objective_trace: trace,
         })
+    }
+}
+
+impl SpecialistCombiner {
+    /// The same problem solved row by row on the host (flex): f64, threads,
+    /// each row stopping when its own objective settles.
+    fn combine_on_host(
+        &self,
+        generalist_probs: Tensor<2>,
+        specialists: &[Specialist],
+        specialist_probs: &[Tensor<2>],
+    ) -> CombinedPrediction {
+        let [batch, classes] = generalist_probs.dims();
+        let device = generalist_probs.device();
+        let dtype = generalist_probs.dtype();
+        let host = |t: Tensor<2>| -> Vec<f64> { t.into_data().iter::<f64>().collect() };
+        let members: Vec<HostSpecialist> = specialists
+            .iter()
+            .zip(specialist_probs)
+            .map(|(s, p)| HostSpecialist {
+                classes: s.subset().classes(),
+                member: (0..classes).map(|c| s.subset().contains(c)).collect(),
+                probs: host(p.clone()),
+            })
+            .collect();
+        let out = combine_rows(
+            &host(generalist_probs),
+            classes,
+            &members,
+            self.top_n,
+            self.max_iterations,
+            self.tolerance,
+        );
+        let tensor2 = |v: Vec<f64>, cols: usize| {
+            Tensor::<2>::from_data(TensorData::new(v, [batch, cols]), (&device, dtype))
+        };
+        CombinedPrediction {
+            probs: tensor2(out.q, classes),
+            objective: Tensor::from_data(TensorData::new(out.objective, [batch]), (&device, dtype)),
+            active: tensor2(out.active, specialists.len()),
+            iterations: out.iterations,
+            objective_trace: out.trace,
+        }
     }
 }
 

@@ -17,6 +17,7 @@
 //!    `KL(p^g ‖ q) + Σ_{m active} KL(p^m ‖ A_m q)` (eq. 5).
 
 mod combine;
+mod combine_host;
 mod partition;
 mod rng;
 mod sampler;

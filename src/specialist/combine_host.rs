@@ -1,0 +1,235 @@
+//! The eq. 5 combiner on the host, for flex: rows are independent, so each is
+//! solved on its own (in f64, across threads) and stops when its own objective
+//! settles. Same update and objective as the tensor version in `combine.rs`.
+
+/// One specialist's data, flattened for the host.
+pub(crate) struct HostSpecialist<'a> {
+    /// Its classes, increasing.
+    pub classes: &'a [usize],
+    /// Membership per class of the full problem.
+    pub member: Vec<bool>,
+    /// Its probabilities `[B × (|S| + 1)]`, dustbin last.
+    pub probs: Vec<f64>,
+}
+
+/// The host combiner's results.
+pub(crate) struct HostCombined {
+    pub q: Vec<f64>,
+    pub objective: Vec<f64>,
+    pub active: Vec<f64>,
+    pub iterations: usize,
+    pub trace: Vec<f64>,
+}
+
+/// Densities below this are treated as this in denominators and logs.
+const TINY: f64 = 1e-300;
+
+pub(crate) fn combine_rows(
+    generalist: &[f64],
+    classes: usize,
+    specialists: &[HostSpecialist],
+    top_n: usize,
+    max_iterations: usize,
+    tolerance: f64,
+) -> HostCombined {
+    let batch = generalist.len() / classes;
+    let m_count = specialists.len();
+    if m_count == 0 {
+        // Nothing to combine: q = p^g, whose objective KL(p^g ‖ p^g) is 0.
+        return HostCombined {
+            q: generalist.to_vec(),
+            objective: vec![0.0; batch],
+            active: Vec::new(),
+            iterations: 0,
+            trace: vec![0.0],
+        };
+    }
+    let threads = if batch * classes >= 1 << 15 {
+        std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(batch.max(1))
+    } else {
+        1
+    };
+    let per_thread = batch.div_ceil(threads.max(1)).max(1);
+    let mut q = vec![0.0; batch * classes];
+    let mut objective = vec![0.0; batch];
+    let mut active = vec![0.0; batch * m_count];
+    let traces: Vec<Vec<f64>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = q
+            .chunks_mut(per_thread * classes)
+            .zip(objective.chunks_mut(per_thread))
+            .zip(active.chunks_mut((per_thread * m_count).max(1)))
+            .enumerate()
+            .map(|(block, ((q, objective), active))| {
+                let first = block * per_thread;
+                scope.spawn(move || {
+                    let mut trace: Vec<f64> = Vec::new();
+                    for (local, row) in (first..first + objective.len()).enumerate() {
+                        let row_trace = solve_row(
+                            &generalist[row * classes..(row + 1) * classes],
+                            row,
+                            specialists,
+                            top_n,
+                            max_iterations,
+                            tolerance,
+                            &mut q[local * classes..(local + 1) * classes],
+                            &mut active[local * m_count..(local + 1) * m_count],
+                        );
+                        objective[local] = *row_trace.last().expect("initial objective");
+                        add_padded(&mut trace, &row_trace);
+                    }
+                    trace
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("combiner thread panicked"))
+            .collect()
+    });
+    let mut trace = Vec::new();
+    for t in &traces {
+        add_padded(&mut trace, t);
+    }
+    HostCombined {
+        iterations: trace.len().saturating_sub(1),
+        q,
+        objective,
+        active,
+        trace,
+    }
+}
+
+/// `total += row`, element by element; the shorter of the two is extended with
+/// its last value (a row that converged keeps its final objective).
+fn add_padded(total: &mut Vec<f64>, row: &[f64]) {
+    let row_last = row.last().copied().unwrap_or(0.0);
+    let len = total.len().max(row.len());
+    let total_last = total.last().copied().unwrap_or(0.0);
+    total.resize(len, total_last);
+    for (i, t) in total.iter_mut().enumerate() {
+        *t += row.get(i).copied().unwrap_or(row_last);
+    }
+}
+
+/// Solves one row; writes `q` and the active flags, returns the row's
+/// objective before the first and after each iteration.
+#[allow(clippy::too_many_arguments)]
+fn solve_row(
+    pg: &[f64],
+    row: usize,
+    specialists: &[HostSpecialist],
+    top_n: usize,
+    max_iterations: usize,
+    tolerance: f64,
+    q: &mut [f64],
+    active_out: &mut [f64],
+) -> Vec<f64> {
+    let classes = pg.len();
+    // The generalist's top-n classes, in linear time.
+    let mut order: Vec<usize> = (0..classes).collect();
+    if top_n < classes {
+        order.select_nth_unstable_by(top_n - 1, |&a, &b| pg[b].total_cmp(&pg[a]).then(a.cmp(&b)));
+    }
+    let top = &order[..top_n];
+    let active: Vec<usize> = (0..specialists.len())
+        .filter(|&m| top.iter().any(|&c| specialists[m].member[c]))
+        .collect();
+    for &m in &active {
+        active_out[m] = 1.0;
+    }
+    let denominator = 1.0 + active.len() as f64;
+    let probs = |m: usize| {
+        let k = specialists[m].classes.len() + 1;
+        &specialists[m].probs[row * k..(row + 1) * k]
+    };
+
+    // Start: the average of p^g and each active specialist spread over the classes.
+    q.copy_from_slice(pg);
+    for &m in &active {
+        let s = &specialists[m];
+        let p = probs(m);
+        let outside = classes - s.classes.len();
+        if outside > 0 {
+            let share = p[s.classes.len()] / outside as f64;
+            for (c, qc) in q.iter_mut().enumerate() {
+                if !s.member[c] {
+                    *qc += share;
+                }
+            }
+        }
+        for (k, &c) in s.classes.iter().enumerate() {
+            q[c] += p[k];
+        }
+    }
+    q.iter_mut().for_each(|x| *x /= denominator);
+
+    let mut trace = vec![row_objective(pg, q, &active, specialists, &probs)];
+    let mut next = vec![0.0; classes];
+    for _ in 0..max_iterations {
+        let total: f64 = q.iter().sum();
+        // q_i ← [p^g_i + q_i·Σ_m r_d,m + Σ_{m ∋ i} (p^m_i − q_i·r_d,m)] / (1 + |A|):
+        // classes in S_m get p^m_i/q_i instead of the dustbin ratio r_d,m.
+        let mut dustbin_ratio_sum = 0.0;
+        let mut dustbin_ratios = Vec::with_capacity(active.len());
+        for &m in &active {
+            let s = &specialists[m];
+            let p = probs(m);
+            let in_subset: f64 = s.classes.iter().map(|&c| q[c]).sum();
+            let r = p[s.classes.len()] / (total - in_subset).max(TINY);
+            dustbin_ratios.push(r);
+            dustbin_ratio_sum += r;
+        }
+        for ((n, &g), &qc) in next.iter_mut().zip(pg).zip(q.iter()) {
+            *n = g + qc * dustbin_ratio_sum;
+        }
+        for (&m, &r) in active.iter().zip(&dustbin_ratios) {
+            let s = &specialists[m];
+            let p = probs(m);
+            for (k, &c) in s.classes.iter().enumerate() {
+                next[c] += p[k] - q[c] * r;
+            }
+        }
+        for (qc, n) in q.iter_mut().zip(&next) {
+            *qc = n / denominator;
+        }
+        let j = row_objective(pg, q, &active, specialists, &probs);
+        let previous = *trace.last().expect("initial objective");
+        trace.push(j);
+        if (previous - j).abs() < tolerance {
+            break;
+        }
+    }
+    trace
+}
+
+/// `KL(p^g ‖ q) + Σ_active KL(p^m ‖ A_m q)` for one row (0·log 0 = 0).
+fn row_objective<'a>(
+    pg: &[f64],
+    q: &[f64],
+    active: &[usize],
+    specialists: &[HostSpecialist],
+    probs: &impl Fn(usize) -> &'a [f64],
+) -> f64 {
+    let kl_term = |p: f64, q: f64| {
+        if p > 0.0 {
+            p * (p.ln() - q.max(TINY).ln())
+        } else {
+            0.0
+        }
+    };
+    let mut j: f64 = pg.iter().zip(q).map(|(&p, &qc)| kl_term(p, qc)).sum();
+    let total: f64 = q.iter().sum();
+    for &m in active {
+        let s = &specialists[m];
+        let p = probs(m);
+        let mut in_subset = 0.0;
+        for (k, &c) in s.classes.iter().enumerate() {
+            j += kl_term(p[k], q[c]);
+            in_subset += q[c];
+        }
+        j += kl_term(p[s.classes.len()], total - in_subset);
+    }
+    j
+}
