@@ -17,7 +17,7 @@ use burn::config::Config;
 use burn::module::{Content, DisplaySettings, Module, ModuleDisplay};
 use burn::tensor::{Bool, Int, Tensor};
 
-use crate::analytic::{AnalyticParams, analytic_terms, attach};
+use crate::analytic::{AnalyticParams, analytic_terms, attach, uses_host_kernel};
 use crate::divergence::forward_kl_unchecked;
 use crate::error::{
     DistillError, check_non_empty, check_same_shape, check_temperature, check_weight, or_panic,
@@ -50,19 +50,20 @@ pub struct KdLossConfig {
     /// `T` (the paper's recommendation). Default: true.
     #[config(default = true)]
     pub scale_by_t_squared: bool,
-    /// Compute the gradient with respect to the student in closed form —
-    /// `soft_weight·(f/T)(q − p) + hard_weight·(softmax(z) − onehot)` per row, `f` = T² or
-    /// 1 — and hand autodiff one node carrying it, instead of letting it walk back
-    /// through every softmax, log and product. Same values and gradients, fewer
-    /// passes and buffers; on flex and ndarray with f32 it runs as one fused,
-    /// multi-threaded CPU kernel. `false` uses plain burn ops and autodiff (the
-    /// reference the fast path is tested against). Default: true.
+    /// On flex with f32 tensors, compute the values and the gradient with respect
+    /// to the student in closed form — `soft_weight·(f/T)(q − p) +
+    /// hard_weight·(softmax(z) − onehot)` per row, `f` = T² or 1 — in one fused,
+    /// multi-threaded CPU kernel, and hand autodiff a single node carrying that
+    /// gradient instead of letting it walk back through every softmax, log and
+    /// product. Same values and gradients, about half the time. On other devices
+    /// and dtypes, and with `false`, the loss is plain burn ops differentiated by
+    /// autodiff (the reference the fast path is tested against). Default: true.
     #[config(default = true)]
     pub analytic_backward: bool,
-    /// Process the batch in blocks of this many rows, so that temporaries stay
-    /// bounded by `chunk_rows × classes` for huge `batch × classes` (the
-    /// gradient itself is still `[batch, classes]`). `None` (default): one block.
-    /// Applies to the analytic path.
+    /// Process the batch in blocks of this many rows, so that the host copies of
+    /// the logits stay bounded by `chunk_rows × classes` for huge
+    /// `batch × classes` (the gradient itself is still `[batch, classes]`).
+    /// `None` (default): one block. Applies to the fused path.
     #[config(default = "None")]
     pub chunk_rows: Option<usize>,
     /// Rows whose target equals this label (e.g. `-100` for padding tokens, as
@@ -384,7 +385,7 @@ impl KdLoss {
         let targets = self.usable_targets(targets);
         let (soft_rows, hard_rows) = if self.logit_standardization {
             self.standardized_rows(student_logits, teacher, targets)?
-        } else if self.analytic_backward {
+        } else if self.fused(&student_logits, &teacher) {
             let terms = analytic_terms(
                 &student_logits,
                 &teacher.values,
@@ -441,7 +442,7 @@ impl KdLoss {
         let rows = if self.logit_standardization {
             let (soft, hard) = self.standardized_rows(student_logits, teacher, targets)?;
             soft.mul_scalar(self.soft_weight) + hard.mul_scalar(self.hard_weight)
-        } else if self.analytic_backward {
+        } else if self.fused(&student_logits, &teacher) {
             self.analytic_total_rows(&student_logits, &teacher, &targets)?
         } else {
             check_targets(&targets, student_logits.dims()[0], student_logits.dims()[1])?;
@@ -535,7 +536,7 @@ impl KdLoss {
         student_logits: Tensor<2>,
         teacher: PreparedTeacher,
     ) -> Result<Tensor<1>, DistillError> {
-        if !self.analytic_backward {
+        if !self.fused(&student_logits, &teacher) {
             return Ok(self.soft_rows(student_logits, teacher));
         }
         let terms = analytic_terms(
@@ -631,6 +632,11 @@ impl KdLoss {
         } else {
             student_logits
         }
+    }
+
+    /// Whether the fused kernel computes this loss (see [`KdLossConfig::analytic_backward`]).
+    fn fused(&self, student_logits: &Tensor<2>, teacher: &PreparedTeacher) -> bool {
+        self.analytic_backward && uses_host_kernel(student_logits, &teacher.values)
     }
 
     fn analytic_params(&self, teacher: &PreparedTeacher) -> AnalyticParams {

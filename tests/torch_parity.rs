@@ -57,9 +57,10 @@ fn decode(logits: &[Option<f64>]) -> Vec<f64> {
         .collect()
 }
 
-/// The implementations under test: the default closed-form backward (the fused
-/// CPU kernel for f32 on flex/ndarray, burn tensor ops for f64), the same in
-/// blocks of 2 rows, and plain burn ops differentiated by autodiff.
+/// The implementations under test: the default (the fused CPU kernel with its
+/// closed-form backward for f32 on flex; burn ops and autodiff for f64 and on
+/// ndarray), the same in blocks of 2 rows, and plain burn ops and autodiff
+/// everywhere.
 const VARIANTS: [(&str, bool, Option<usize>); 3] = [
     ("analytic", true, None),
     ("analytic_chunked", true, Some(2)),
