@@ -12,6 +12,8 @@ echo "== cargo bench --bench kd_loss"
 cargo bench --bench kd_loss 2>&1 | grep -E "^kd_loss|time:"
 echo "== cargo bench --bench combiner"
 cargo bench --bench combiner 2>&1 | grep -E "^combiner:|^specialist_combiner|time:"
+echo "== cargo bench --bench divergences"
+cargo bench --bench divergences 2>&1 | grep -E "^divergences|time:"
 echo "== peak memory (max resident set), 512x32000"
 for mode in inputs analytic chunked autodiff; do
   /usr/bin/time -f "$mode: %M KiB" target/release/examples/kd_memory "$mode" 512 32000 2>&1 | tail -1

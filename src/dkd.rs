@@ -25,7 +25,7 @@ use burn::config::Config;
 use burn::module::Module;
 use burn::tensor::{Bool, Int, Tensor};
 
-use crate::divergence::forward_kl_unchecked;
+use crate::divergence::{forward_kl_unchecked, masked_mean};
 use crate::error::{
     DistillError, check_non_empty, check_same_shape, check_temperature, check_weight, or_panic,
 };
@@ -156,6 +156,63 @@ impl DkdLoss {
         teacher_logits: Tensor<2>,
         targets: Tensor<1, Int>,
     ) -> Result<DkdLossOutput, DistillError> {
+        let (tckd_rows, nckd_rows) = self.rows(student_logits, teacher_logits, targets)?;
+        Ok(self.combine(tckd_rows.mean(), nckd_rows.mean()))
+    }
+
+    /// The total and its parts averaged over the rows where `keep_rows` is true
+    /// (token-level distillation with padding); no row kept gives exactly 0 and
+    /// a zero gradient.
+    ///
+    /// # Panics
+    /// As [`try_forward_parts_masked`](Self::try_forward_parts_masked).
+    pub fn forward_parts_masked(
+        &self,
+        student_logits: Tensor<2>,
+        teacher_logits: Tensor<2>,
+        targets: Tensor<1, Int>,
+        keep_rows: Tensor<1, Bool>,
+    ) -> DkdLossOutput {
+        or_panic(self.try_forward_parts_masked(student_logits, teacher_logits, targets, keep_rows))
+    }
+
+    /// Fallible [`forward_parts_masked`](Self::forward_parts_masked); also
+    /// reports [`DistillError::MaskLength`]. Labels of dropped rows must still be
+    /// valid class indices.
+    pub fn try_forward_parts_masked(
+        &self,
+        student_logits: Tensor<2>,
+        teacher_logits: Tensor<2>,
+        targets: Tensor<1, Int>,
+        keep_rows: Tensor<1, Bool>,
+    ) -> Result<DkdLossOutput, DistillError> {
+        let [batch] = targets.dims();
+        let [found] = keep_rows.dims();
+        if found != batch {
+            return Err(DistillError::MaskLength {
+                found,
+                expected: batch,
+            });
+        }
+        let (tckd_rows, nckd_rows) = self.rows(student_logits, teacher_logits, targets)?;
+        Ok(self.combine(
+            masked_mean(tckd_rows, keep_rows.clone()),
+            masked_mean(nckd_rows, keep_rows),
+        ))
+    }
+
+    fn combine(&self, tckd: Tensor<1>, nckd: Tensor<1>) -> DkdLossOutput {
+        let total = tckd.clone().mul_scalar(self.alpha) + nckd.clone().mul_scalar(self.beta);
+        DkdLossOutput { total, tckd, nckd }
+    }
+
+    /// `T²·TCKD` and `T²·NCKD` per row, `[batch]` each, after the checks.
+    fn rows(
+        &self,
+        student_logits: Tensor<2>,
+        teacher_logits: Tensor<2>,
+        targets: Tensor<1, Int>,
+    ) -> Result<(Tensor<1>, Tensor<1>), DistillError> {
         let shape = student_logits.dims();
         check_same_shape(
             "student_logits",
@@ -188,14 +245,9 @@ impl DkdLoss {
         let (student_binary, student_rest) = split(z, t, target_mask.clone(), index.clone());
         let (teacher_binary, teacher_rest) = split(v, t, target_mask, index);
         let scale = t * t;
-        let tckd = forward_kl_unchecked(student_binary, teacher_binary)
-            .mean()
-            .mul_scalar(scale);
-        let nckd = forward_kl_unchecked(student_rest, teacher_rest)
-            .mean()
-            .mul_scalar(scale);
-        let total = tckd.clone().mul_scalar(self.alpha) + nckd.clone().mul_scalar(self.beta);
-        Ok(DkdLossOutput { total, tckd, nckd })
+        let tckd = forward_kl_unchecked(student_binary, teacher_binary).mul_scalar(scale);
+        let nckd = forward_kl_unchecked(student_rest, teacher_rest).mul_scalar(scale);
+        Ok((tckd, nckd))
     }
 }
 

@@ -259,6 +259,50 @@ fn all_masked_rows_give_zero_and_zero_gradient() {
     }
 }
 
+/// DKD with a row mask: the mean over kept rows equals DKD on those rows alone;
+/// nothing kept gives 0 and a zero gradient.
+#[test]
+fn dkd_row_mask() {
+    let mut rng = Rng::new(12);
+    for (name, device) in devices() {
+        let device = device.autodiff();
+        let z_values = rng.normals(3 * 5, 2.0);
+        let v_values = rng.normals(3 * 5, 2.0);
+        let dkd = DkdLossConfig::new().init();
+        let keep = Tensor::<1, Bool>::from_data([true, false, true], &device);
+        let masked = dkd.forward_parts_masked(
+            tensor2(&z_values, [3, 5], &device),
+            tensor2(&v_values, [3, 5], &device),
+            labels(&[0, 1, 4], &device),
+            keep,
+        );
+        let pick = |x: &[f64]| -> Vec<f64> { x[..5].iter().chain(&x[10..]).copied().collect() };
+        let kept = dkd.forward_parts(
+            tensor2(&pick(&z_values), [2, 5], &device),
+            tensor2(&pick(&v_values), [2, 5], &device),
+            labels(&[0, 4], &device),
+        );
+        assert_close(name, &[scalar(masked.total)], &[scalar(kept.total)], 1e-6);
+        let z = tensor2(&z_values, [3, 5], &device).require_grad();
+        let none = Tensor::<1, Bool>::from_data([false, false, false], &device);
+        let total = dkd
+            .forward_parts_masked(
+                z.clone(),
+                tensor2(&v_values, [3, 5], &device),
+                labels(&[0, 1, 4], &device),
+                none,
+            )
+            .total;
+        assert_eq!(scalar(total.clone()), 0.0, "{name}");
+        assert!(
+            values(z.grad(&total.backward()).unwrap())
+                .iter()
+                .all(|&g| g == 0.0),
+            "{name}"
+        );
+    }
+}
+
 #[test]
 fn topk_with_all_classes_equals_dense() {
     let mut rng = Rng::new(9);
