@@ -266,11 +266,7 @@ pub fn try_skew_forward_kl(
 ) -> Result<Tensor<1>, DistillError> {
     check_skew("alpha", alpha)?;
     check_log_prob_pair(&student_log_probs, &teacher_log_probs)?;
-    if alpha == 0.0 {
-        return Ok(forward_kl_unchecked(student_log_probs, teacher_log_probs));
-    }
-    let mixture = log_mixture(teacher_log_probs.clone(), alpha, student_log_probs);
-    Ok(forward_kl_unchecked(mixture, teacher_log_probs))
+    Ok(skew_kl(teacher_log_probs, student_log_probs, alpha))
 }
 
 /// Skew reverse KL per row: `KL(q ‖ α·q + (1−α)·p)`; `α = 0` is [`reverse_kl`].
@@ -297,11 +293,16 @@ pub fn try_skew_reverse_kl(
 ) -> Result<Tensor<1>, DistillError> {
     check_skew("alpha", alpha)?;
     check_log_prob_pair(&student_log_probs, &teacher_log_probs)?;
+    Ok(skew_kl(student_log_probs, teacher_log_probs, alpha))
+}
+
+/// `KL(a ‖ α·a + (1−α)·b)` per row from log-probabilities; `KL(a ‖ b)` at α = 0.
+fn skew_kl(log_a: Tensor<2>, log_b: Tensor<2>, alpha: f64) -> Tensor<1> {
     if alpha == 0.0 {
-        return Ok(forward_kl_unchecked(teacher_log_probs, student_log_probs));
+        return forward_kl_unchecked(log_b, log_a);
     }
-    let mixture = log_mixture(student_log_probs.clone(), alpha, teacher_log_probs);
-    Ok(forward_kl_unchecked(mixture, student_log_probs))
+    let mixture = log_mixture(log_a.clone(), alpha, log_b);
+    forward_kl_unchecked(mixture, log_a)
 }
 
 /// `log(w·a + (1−w)·b)` from `log a` and `log b`, as a stable log-sum-exp

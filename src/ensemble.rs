@@ -54,20 +54,7 @@ pub fn try_arithmetic_mean(
     weights: Option<&[f64]>,
 ) -> Result<Tensor<2>, DistillError> {
     let weights = check_teachers(teacher_logits, temperature, weights)?;
-    let mut mean: Option<Tensor<2>> = None;
-    for (logits, w) in teacher_logits.iter().zip(weights) {
-        if w == 0.0 {
-            continue;
-        }
-        let p = try_log_softmax(logits.clone(), temperature, 1)?
-            .exp()
-            .mul_scalar(w);
-        mean = Some(match mean {
-            Some(m) => m + p,
-            None => p,
-        });
-    }
-    Ok(mean.expect("at least one positive weight"))
+    weighted_sum(teacher_logits, &weights, temperature, |log_p| log_p.exp())
 }
 
 /// `log` of [`arithmetic_mean`], computed as a log-sum-exp of the teachers'
@@ -166,19 +153,31 @@ pub fn try_geometric_mean_log(
     weights: Option<&[f64]>,
 ) -> Result<Tensor<2>, DistillError> {
     let weights = check_teachers(teacher_logits, temperature, weights)?;
+    let sum = weighted_sum(teacher_logits, &weights, temperature, |log_p| log_p)?;
+    // Σ w log p is an unnormalised log-distribution; normalise it at T = 1.
+    try_log_softmax(sum, 1.0, 1)
+}
+
+/// `Σ_m w_m · f(log softmax(v^m / T))` over the teachers with a positive weight
+/// (`weights` already checked: at least one is positive).
+fn weighted_sum(
+    teacher_logits: &[Tensor<2>],
+    weights: &[f64],
+    temperature: f64,
+    f: impl Fn(Tensor<2>) -> Tensor<2>,
+) -> Result<Tensor<2>, DistillError> {
     let mut sum: Option<Tensor<2>> = None;
-    for (logits, w) in teacher_logits.iter().zip(weights) {
+    for (logits, &w) in teacher_logits.iter().zip(weights) {
         if w == 0.0 {
             continue;
         }
-        let lp = try_log_softmax(logits.clone(), temperature, 1)?.mul_scalar(w);
+        let term = f(try_log_softmax(logits.clone(), temperature, 1)?).mul_scalar(w);
         sum = Some(match sum {
-            Some(s) => s + lp,
-            None => lp,
+            Some(s) => s + term,
+            None => term,
         });
     }
-    // Σ w log p is an unnormalised log-distribution; normalise it at T = 1.
-    try_log_softmax(sum.expect("at least one positive weight"), 1.0, 1)
+    Ok(sum.expect("at least one positive weight"))
 }
 
 /// At least one teacher, all of one non-empty shape, a valid temperature and

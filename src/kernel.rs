@@ -240,36 +240,28 @@ fn sum(x: &[f32]) -> f64 {
     lanes.iter().sum::<f64>() + tail
 }
 
-/// Largest value of a non-empty slice, in 8 independent lanes so it vectorises.
+/// Largest value of a slice (`−inf` if empty).
 fn max(x: &[f32]) -> f32 {
-    let mut lanes = [f32::NEG_INFINITY; 8];
-    let mut chunks = x.chunks_exact(8);
-    for chunk in &mut chunks {
-        for (l, &v) in lanes.iter_mut().zip(chunk) {
-            *l = if v > *l { v } else { *l };
-        }
-    }
-    let tail = chunks
-        .remainder()
-        .iter()
-        .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    lanes.iter().fold(tail, |m, &v| m.max(v))
+    fold_lanes(x, f32::NEG_INFINITY, |a, b| if b > a { b } else { a })
 }
 
-/// Smallest value of a non-empty slice.
+/// Smallest value of a slice (`+inf` if empty).
 fn min(x: &[f32]) -> f32 {
-    let mut lanes = [f32::INFINITY; 8];
+    fold_lanes(x, f32::INFINITY, |a, b| if b < a { b } else { a })
+}
+
+/// Folds a slice with `pick` in 8 independent lanes, so that the loop vectorises.
+#[inline(always)]
+fn fold_lanes(x: &[f32], init: f32, pick: impl Fn(f32, f32) -> f32 + Copy) -> f32 {
+    let mut lanes = [init; 8];
     let mut chunks = x.chunks_exact(8);
     for chunk in &mut chunks {
         for (l, &v) in lanes.iter_mut().zip(chunk) {
-            *l = if v < *l { v } else { *l };
+            *l = pick(*l, v);
         }
     }
-    let tail = chunks
-        .remainder()
-        .iter()
-        .fold(f32::INFINITY, |m, &v| m.min(v));
-    lanes.iter().fold(tail, |m, &v| m.min(v))
+    let tail = chunks.remainder().iter().fold(init, |m, &v| pick(m, v));
+    lanes.iter().fold(tail, |m, &v| pick(m, v))
 }
 
 /// `e^x` for `x ≤ 0` (the kernel only exponentiates shifted logits), `−inf` → 0.

@@ -73,7 +73,7 @@ pub fn try_log_softmax<const D: usize>(
 ) -> Result<Tensor<D>, DistillError> {
     check_temperature("temperature", temperature)?;
     check_dim("dim", dim, D)?;
-    let shifted = shifted_scaled_logits(logits, temperature, dim);
+    let (shifted, _) = shifted_scaled_logits(logits, temperature, dim);
     let log_normaliser = shifted.clone().exp().sum_dim(dim).log();
     Ok(shifted - log_normaliser)
 }
@@ -87,13 +87,14 @@ pub fn try_softmax<const D: usize>(
 ) -> Result<Tensor<D>, DistillError> {
     check_temperature("temperature", temperature)?;
     check_dim("dim", dim, D)?;
-    let unnormalised = shifted_scaled_logits(logits, temperature, dim).exp();
+    let (shifted, _) = shifted_scaled_logits(logits, temperature, dim);
+    let unnormalised = shifted.exp();
     let normaliser = unnormalised.clone().sum_dim(dim);
     Ok(unnormalised / normaliser)
 }
 
-/// `z/T − max(z/T)` along `dim`: the largest entry of each slice becomes 0, so
-/// `exp` cannot overflow.
+/// `z/T − max(z/T)` along `dim`, and the max: the largest entry of each slice
+/// becomes 0, so `exp` cannot overflow.
 ///
 /// The max is detached: subtracting a per-row constant does not change the
 /// (log-)softmax, so its true gradient contribution is zero, and detaching
@@ -103,10 +104,10 @@ fn shifted_scaled_logits<const D: usize>(
     logits: Tensor<D>,
     temperature: f64,
     dim: usize,
-) -> Tensor<D> {
+) -> (Tensor<D>, Tensor<D>) {
     let scaled = scale(logits, temperature);
     let row_max = scaled.clone().max_dim(dim).detach();
-    scaled - row_max
+    (scaled - row_max.clone(), row_max)
 }
 
 /// `log Σ exp(logits / T)` along `dim` (kept as a size-1 dimension), stably; its
@@ -116,9 +117,8 @@ pub(crate) fn scaled_logsumexp<const D: usize>(
     temperature: f64,
     dim: usize,
 ) -> Tensor<D> {
-    let scaled = scale(logits, temperature);
-    let row_max = scaled.clone().max_dim(dim).detach();
-    (scaled - row_max.clone()).exp().sum_dim(dim).log() + row_max
+    let (shifted, row_max) = shifted_scaled_logits(logits, temperature, dim);
+    shifted.exp().sum_dim(dim).log() + row_max
 }
 
 /// `logits / T`.

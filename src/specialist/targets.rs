@@ -191,35 +191,34 @@ impl Specialist {
         Tensor::from_data(TensorData::new(m, [self.subset.num_classes()]), device)
     }
 
+    /// `t` has one column per class of the full problem.
     fn check_width(&self, argument: &'static str, t: &Tensor<2>) -> Result<(), DistillError> {
-        let found = t.dims()[1];
-        let expected = self.subset.num_classes();
-        if found == expected {
-            Ok(())
-        } else {
-            Err(DistillError::WidthMismatch {
-                argument,
-                found,
-                expected,
-            })
-        }
+        check_columns(argument, t, self.subset.num_classes())
     }
 
+    /// `t` has one column per specialist output.
     pub(crate) fn check_outputs(
         &self,
         argument: &'static str,
         t: &Tensor<2>,
     ) -> Result<(), DistillError> {
-        let found = t.dims()[1];
-        let expected = self.num_outputs();
-        if found == expected {
-            Ok(())
-        } else {
-            Err(DistillError::WidthMismatch {
-                argument,
-                found,
-                expected,
-            })
-        }
+        check_columns(argument, t, self.num_outputs())
+    }
+}
+
+fn check_columns(
+    argument: &'static str,
+    t: &Tensor<2>,
+    expected: usize,
+) -> Result<(), DistillError> {
+    let found = t.dims()[1];
+    if found == expected {
+        Ok(())
+    } else {
+        Err(DistillError::WidthMismatch {
+            argument,
+            found,
+            expected,
+        })
     }
 }
