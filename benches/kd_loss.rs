@@ -24,9 +24,20 @@ use std::time::Duration;
 const SIZES: [(usize, usize); 4] = [(128, 10), (256, 1000), (64, 32000), (512, 32000)];
 const T: f64 = 4.0;
 
+/// flex and ndarray; with `--features wgpu` (or `vulkan`) and
+/// `BURN_DISTILL_BENCH_WGPU=1`, the default wgpu device too (see scripts/gpu-check.sh).
 #[allow(deprecated)] // Device::ndarray is deprecated in burn 0.22 but still supported.
 fn devices() -> Vec<(&'static str, Device)> {
-    vec![("flex", Device::flex()), ("ndarray", Device::ndarray())]
+    #[allow(unused_mut)]
+    let mut list = vec![("flex", Device::flex()), ("ndarray", Device::ndarray())];
+    #[cfg(feature = "wgpu")]
+    if std::env::var_os("BURN_DISTILL_BENCH_WGPU").is_some() {
+        list.push((
+            "wgpu",
+            Device::wgpu(burn::tensor::DeviceKind::DefaultDevice),
+        ));
+    }
+    list
 }
 
 fn bench_kd(c: &mut Criterion) {

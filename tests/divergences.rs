@@ -14,7 +14,9 @@ use burn_distill::dkd::DkdLossConfig;
 use burn_distill::sparse::{SparseTeacher, sparse_forward_kl, try_sparse_forward_kl};
 use burn_distill::temperature::log_softmax;
 use burn_distill::{DistillError, KdLossConfig};
-use common::{Rng, assert_close, devices, labels, scalar, tensor2, tensor2_f64, values};
+use common::{
+    Rng, assert_close, devices, devices_f64, labels, scalar, tensor2, tensor2_f64, values,
+};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -51,7 +53,7 @@ fn matches_pytorch_references() {
     assert_eq!(f.cases.len(), 17);
     let shape = [f.batch, f.classes];
     let t = f.temperature;
-    for (name, device) in devices() {
+    for (name, device) in devices_f64() {
         let device = device.autodiff();
         for case in &f.cases {
             let z = tensor2_f64(&f.student_logits, shape, &device).require_grad();

@@ -12,7 +12,8 @@ mod common;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn_distill::KdLossConfig;
 use common::{
-    Rng, assert_close, devices, labels, reference_softmax, scalar, tensor2, tensor2_f64, values,
+    Rng, assert_close, devices, devices_f64, labels, reference_softmax, scalar, tensor2,
+    tensor2_f64, values,
 };
 
 /// Both implementations: the closed-form backward (default) and plain autodiff.
@@ -24,7 +25,7 @@ fn both_paths() -> [(&'static str, bool); 2] {
 #[test]
 fn soft_gradient_matches_eq2() {
     let mut rng = Rng::new(7);
-    for (name, device) in devices() {
+    for (name, device) in devices_f64() {
         let device = device.autodiff();
         for &(batch, classes, t) in &[(6, 9, 0.5), (4, 17, 2.0), (8, 5, 10.0), (3, 100, 30.0)] {
             let z = rng.normals(batch * classes, 3.0);
@@ -64,7 +65,7 @@ fn total_gradient_adds_hard_term() {
     let mut rng = Rng::new(11);
     let (batch, classes, t) = (5, 7, 3.0);
     let (soft_weight, hard_weight) = (0.7, 0.3);
-    for ((name, device), (path, analytic)) in devices()
+    for ((name, device), (path, analytic)) in devices_f64()
         .into_iter()
         .flat_map(|d| both_paths().map(move |p| (d.clone(), p)))
     {

@@ -9,7 +9,10 @@ use burn_distill::DistillError;
 use burn_distill::specialist::{
     ClassSubset, ConfusableSubsetsConfig, Specialist, SpecialistCombinerConfig, SpecialistSampler,
 };
-use common::{Rng, assert_close, devices, labels, reference_softmax, tensor2, tensor2_f64, values};
+use common::{
+    Rng, assert_close, devices, devices_f64, labels, reference_softmax, tensor2, tensor2_f64,
+    values,
+};
 use serde::Deserialize;
 
 fn specialist(classes: &[usize], num_classes: usize) -> Specialist {
@@ -306,7 +309,7 @@ fn specialists_agreeing_with_the_generalist_change_nothing() {
         specialist(&[0, 1, 2, 3], classes),
         specialist(&[2, 5, 7], classes),
     ];
-    for (name, device) in devices() {
+    for (name, device) in devices_f64() {
         let probs: Vec<Tensor<2>> = specialists
             .iter()
             .map(|s| {
@@ -350,7 +353,7 @@ fn without_dustbins_the_answer_is_the_arithmetic_mean() {
     let mean: Vec<f64> = (0..pg.len())
         .map(|i| (pg[i] + p1[i] + p2[i]) / 3.0)
         .collect();
-    for (name, device) in devices() {
+    for (name, device) in devices_f64() {
         let probs = vec![
             tensor2_f64(&with_empty_dustbin(&p1), [batch, classes + 1], &device),
             tensor2_f64(&with_empty_dustbin(&p2), [batch, classes + 1], &device),
@@ -396,7 +399,7 @@ fn combiner_matches_reference_and_is_monotone() {
             .iter()
             .map(|s| specialist(s, case.classes))
             .collect();
-        for (name, device) in devices() {
+        for (name, device) in devices_f64() {
             let what = format!("{} {name}", case.name);
             let probs: Vec<Tensor<2>> = specialists
                 .iter()
@@ -460,7 +463,7 @@ fn rows_without_active_specialists_keep_the_generalist() {
 
 #[test]
 fn no_specialists_returns_the_generalist() {
-    for (name, device) in devices() {
+    for (name, device) in devices_f64() {
         let pg = [0.5, 0.3, 0.2, 0.1, 0.1, 0.8];
         let out = SpecialistCombinerConfig::new().init().combine(
             tensor2_f64(&pg, [2, 3], &device),

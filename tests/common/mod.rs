@@ -4,11 +4,40 @@
 
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
-/// The devices every device-generic test runs on: flex (burn's current CPU
-/// backend) and ndarray (deprecated, still widely used).
-#[allow(deprecated)] // Device::ndarray is deprecated in burn 0.22 but still supported.
+/// The devices every device-generic f32 test runs on, chosen at run time:
+/// flex (burn's current CPU backend) and ndarray (deprecated, still widely
+/// used) always; wgpu too when the tests are built with `--features wgpu` and
+/// an adapter is found (on CI: Mesa's lavapipe, a software Vulkan driver).
 pub fn devices() -> Vec<(&'static str, Device)> {
+    #[allow(unused_mut)]
+    let mut list = devices_f64();
+    #[cfg(feature = "wgpu")]
+    list.extend(wgpu_device().map(|device| ("wgpu", device)));
+    list
+}
+
+/// The devices whose backends compute in f64: WGSL, and so wgpu, has no f64.
+#[allow(deprecated)] // Device::ndarray is deprecated in burn 0.22 but still supported.
+pub fn devices_f64() -> Vec<(&'static str, Device)> {
     vec![("flex", Device::flex()), ("ndarray", Device::ndarray())]
+}
+
+/// The default wgpu device if an adapter exists. Without one the device is
+/// left out with a message, unless `BURN_DISTILL_REQUIRE_WGPU` is set (as
+/// `.ci/run` does), which makes a missing adapter a failure, not a skip.
+#[cfg(feature = "wgpu")]
+fn wgpu_device() -> Option<Device> {
+    use burn::tensor::{DeviceKind, DeviceType};
+    if Device::enumerate(DeviceType::Wgpu).into_vec().is_empty() {
+        assert!(
+            std::env::var_os("BURN_DISTILL_REQUIRE_WGPU").is_none(),
+            "BURN_DISTILL_REQUIRE_WGPU is set but wgpu found no adapter \
+             (for software Vulkan install Debian's mesa-vulkan-drivers)"
+        );
+        eprintln!("wgpu: no adapter found; these tests run on flex and ndarray only");
+        return None;
+    }
+    Some(Device::wgpu(DeviceKind::DefaultDevice))
 }
 
 /// A `[rows, cols]` f32 tensor from row-major values.
