@@ -383,30 +383,7 @@ impl KdLoss {
         let teacher = self.prepare(&student_logits, teacher.into(), Some(&targets))?;
         let keep = self.kept_rows(&targets, None)?;
         let targets = self.usable_targets(targets);
-        let (soft_rows, hard_rows) = if self.logit_standardization {
-            self.standardized_rows(student_logits, teacher, targets)?
-        } else if self.fused(&student_logits, &teacher) {
-            let terms = analytic_terms(
-                &student_logits,
-                &teacher.values,
-                Some(&targets),
-                &self.analytic_params(&teacher),
-                &[(1.0, 0.0), (0.0, 1.0)],
-            )?;
-            let mut gradients = terms.gradients.into_iter();
-            let neg_inf = terms.student_may_have_neg_inf;
-            let soft_grad = gradients.next().expect("soft gradient");
-            let hard_grad = gradients.next().expect("hard gradient");
-            let hard_rows = terms.hard_rows.expect("hard rows");
-            (
-                attach(&student_logits, terms.soft_rows, soft_grad, neg_inf),
-                attach(&student_logits, hard_rows, hard_grad, neg_inf),
-            )
-        } else {
-            check_targets(&targets, student_logits.dims()[0], student_logits.dims()[1])?;
-            let hard = hard_rows(student_logits.clone(), targets);
-            (self.soft_rows(student_logits, teacher), hard)
-        };
+        let (soft_rows, hard_rows) = self.split_rows(student_logits, teacher, targets)?;
         let soft = reduce(soft_rows, keep.clone());
         let hard = reduce(hard_rows, keep);
         let total =
@@ -439,15 +416,11 @@ impl KdLoss {
         let teacher = self.prepare(&student_logits, teacher.into(), Some(&targets))?;
         let ignored = self.kept_rows(&targets, None)?.map(|keep| keep.bool_not());
         let targets = self.usable_targets(targets);
-        let rows = if self.logit_standardization {
-            let (soft, hard) = self.standardized_rows(student_logits, teacher, targets)?;
-            soft.mul_scalar(self.soft_weight) + hard.mul_scalar(self.hard_weight)
-        } else if self.fused(&student_logits, &teacher) {
+        let rows = if self.fused(&student_logits, &teacher) && !self.logit_standardization {
+            // One gradient for the weighted total: one surrogate node, not two.
             self.analytic_total_rows(&student_logits, &teacher, &targets)?
         } else {
-            check_targets(&targets, student_logits.dims()[0], student_logits.dims()[1])?;
-            let hard = hard_rows(student_logits.clone(), targets);
-            let soft = self.soft_rows(student_logits, teacher);
+            let (soft, hard) = self.split_rows(student_logits, teacher, targets)?;
             soft.mul_scalar(self.soft_weight) + hard.mul_scalar(self.hard_weight)
         };
         // Ignored rows: exactly 0, and no gradient.
@@ -455,6 +428,41 @@ impl KdLoss {
             Some(ignored) => rows.mask_fill(ignored, 0.0),
             None => rows,
         })
+    }
+
+    /// The unweighted soft and hard terms per row, each carrying its own
+    /// gradient: by the fused kernel, by autodiff, or — with logit
+    /// standardisation — soft on the standardised and hard on the raw logits.
+    fn split_rows(
+        &self,
+        student_logits: Tensor<2>,
+        teacher: PreparedTeacher,
+        targets: Tensor<1, Int>,
+    ) -> Result<(Tensor<1>, Tensor<1>), DistillError> {
+        if self.logit_standardization {
+            return self.standardized_rows(student_logits, teacher, targets);
+        }
+        if !self.fused(&student_logits, &teacher) {
+            check_targets(&targets, student_logits.dims()[0], student_logits.dims()[1])?;
+            let hard = hard_rows(student_logits.clone(), targets);
+            return Ok((self.soft_rows(student_logits, teacher), hard));
+        }
+        let terms = analytic_terms(
+            &student_logits,
+            &teacher.values,
+            Some(&targets),
+            &self.analytic_params(&teacher),
+            &[(1.0, 0.0), (0.0, 1.0)],
+        )?;
+        let mut gradients = terms.gradients.into_iter();
+        let neg_inf = terms.student_may_have_neg_inf;
+        let soft_grad = gradients.next().expect("soft gradient");
+        let hard_grad = gradients.next().expect("hard gradient");
+        let hard_rows = terms.hard_rows.expect("hard rows");
+        Ok((
+            attach(&student_logits, terms.soft_rows, soft_grad, neg_inf),
+            attach(&student_logits, hard_rows, hard_grad, neg_inf),
+        ))
     }
 
     /// The weighted per-row total through the closed-form backward.
