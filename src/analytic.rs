@@ -17,8 +17,8 @@ use crate::kernel::{KernelSpec, kd_rows};
 /// Burn's dispatch id of the flex backend (see `burn_dispatch::DispatchDeviceId`),
 /// whose tensors live in host memory and read back as a plain copy. ndarray's
 /// also live there, but reading one back costs about 25 ns per element (51 ms
-/// for 64×32000, measured), more than the whole loss by tensor ops, so ndarray
-/// takes the tensor-op path.
+/// for 64×32000, measured), more than the whole loss by autodiff, so ndarray
+/// takes the autodiff path.
 const FLEX_BACKEND_ID: u16 = 4;
 
 /// The loss's hyper-parameters, as the analytic path needs them.
@@ -40,7 +40,7 @@ pub(crate) struct AnalyticTerms {
     /// One `[batch, classes]` gradient per requested weight pair.
     pub gradients: Vec<Tensor<2>>,
     /// Whether any student logit is `−inf`.
-    pub student_may_have_neg_inf: bool,
+    pub student_has_neg_inf: bool,
 }
 
 /// Whether `device` is a flex device (with or without autodiff), whose tensors
@@ -105,12 +105,12 @@ pub(crate) fn attach(
     student_logits: &Tensor<2>,
     values: Tensor<1>,
     gradient: Tensor<2>,
-    student_may_have_neg_inf: bool,
+    student_has_neg_inf: bool,
 ) -> Tensor<1> {
     if !student_logits.is_autodiff() {
         return values;
     }
-    let z = if student_may_have_neg_inf {
+    let z = if student_has_neg_inf {
         student_logits.clone().clamp_min(f32::MIN)
     } else {
         student_logits.clone()
@@ -154,7 +154,7 @@ fn host_block(
             .into_iter()
             .map(|g| Tensor::<2>::from_data(TensorData::new(g, [rows, classes]), &device))
             .collect(),
-        student_may_have_neg_inf: out.student_has_neg_inf,
+        student_has_neg_inf: out.student_has_neg_inf,
     }
 }
 
@@ -164,7 +164,7 @@ fn concat_blocks(mut blocks: Vec<AnalyticTerms>) -> AnalyticTerms {
         return blocks.pop().expect("one block");
     }
     let n_grads = blocks[0].gradients.len();
-    let may_have_neg_inf = blocks.iter().any(|b| b.student_may_have_neg_inf);
+    let may_have_neg_inf = blocks.iter().any(|b| b.student_has_neg_inf);
     let has_hard = blocks[0].hard_rows.is_some();
     let mut soft = Vec::new();
     let mut hard = Vec::new();
@@ -180,7 +180,7 @@ fn concat_blocks(mut blocks: Vec<AnalyticTerms>) -> AnalyticTerms {
         soft_rows: Tensor::cat(soft, 0),
         hard_rows: has_hard.then(|| Tensor::cat(hard, 0)),
         gradients: grads.into_iter().map(|g| Tensor::cat(g, 0)).collect(),
-        student_may_have_neg_inf: may_have_neg_inf,
+        student_has_neg_inf: may_have_neg_inf,
     }
 }
 

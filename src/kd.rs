@@ -455,7 +455,7 @@ impl KdLoss {
             &[(1.0, 0.0), (0.0, 1.0)],
         )?;
         let mut gradients = terms.gradients.into_iter();
-        let neg_inf = terms.student_may_have_neg_inf;
+        let neg_inf = terms.student_has_neg_inf;
         let soft_grad = gradients.next().expect("soft gradient");
         let hard_grad = gradients.next().expect("hard gradient");
         let hard_rows = terms.hard_rows.expect("hard rows");
@@ -487,7 +487,7 @@ impl KdLoss {
             student_logits,
             values,
             gradient,
-            terms.student_may_have_neg_inf,
+            terms.student_has_neg_inf,
         ))
     }
 
@@ -559,7 +559,7 @@ impl KdLoss {
             &student_logits,
             terms.soft_rows,
             gradient,
-            terms.student_may_have_neg_inf,
+            terms.student_has_neg_inf,
         ))
     }
 
