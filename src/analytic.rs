@@ -73,7 +73,7 @@ pub(crate) fn analytic_terms(
     let chunk = params.chunk_rows.unwrap_or(batch).clamp(1, batch);
     let labels: Option<Vec<i64>> = targets.map(|t| t.clone().into_data().iter::<i64>().collect());
     if let Some(values) = &labels {
-        crate::kd::check_label_values(values, classes)?;
+        crate::kd::check_label_values("targets", values, classes)?;
     }
 
     let mut blocks = Vec::new();

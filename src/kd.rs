@@ -766,13 +766,27 @@ pub(crate) fn check_targets(
     classes: usize,
 ) -> Result<(), DistillError> {
     check_targets_length(targets, batch)?;
-    let bounds = Tensor::cat(vec![targets.clone().min(), targets.clone().max()], 0).into_data();
-    check_label_values(&bounds.iter::<i64>().collect::<Vec<_>>(), classes)
+    check_index_bounds("targets", targets, classes)
+}
+
+/// Every entry of `indices` lies in `0..classes`. Reads back only their
+/// minimum and maximum (one small transfer).
+pub(crate) fn check_index_bounds(
+    argument: &'static str,
+    indices: &Tensor<1, Int>,
+    classes: usize,
+) -> Result<(), DistillError> {
+    let bounds = Tensor::cat(vec![indices.clone().min(), indices.clone().max()], 0).into_data();
+    check_label_values(argument, &bounds.iter::<i64>().collect::<Vec<_>>(), classes)
 }
 
 /// Every label in `values` lies in `0..classes`; otherwise the smallest negative
 /// label, or else the largest too-large one, is reported.
-pub(crate) fn check_label_values(values: &[i64], classes: usize) -> Result<(), DistillError> {
+pub(crate) fn check_label_values(
+    argument: &'static str,
+    values: &[i64],
+    classes: usize,
+) -> Result<(), DistillError> {
     let min = values.iter().copied().min().unwrap_or(0);
     let max = values.iter().copied().max().unwrap_or(0);
     let offending = if min < 0 {
@@ -784,7 +798,7 @@ pub(crate) fn check_label_values(values: &[i64], classes: usize) -> Result<(), D
     };
     match offending {
         Some(label) => Err(DistillError::LabelOutOfRange {
-            argument: "targets",
+            argument,
             label,
             num_classes: classes,
         }),

@@ -124,29 +124,25 @@ pub fn try_sparse_forward_kl(
             requirement: "between 1 and the student's number of classes",
         });
     }
-    let bounds: Vec<i64> = Tensor::cat(
-        vec![teacher.indices.clone().min(), teacher.indices.clone().max()],
-        0,
-    )
-    .into_data()
-    .iter::<i64>()
-    .collect();
-    if let Some(&bad) = bounds.iter().find(|&&i| i < 0 || i >= classes as i64) {
-        return Err(DistillError::LabelOutOfRange {
-            argument: "teacher.indices",
-            label: bad,
-            num_classes: classes,
-        });
-    }
+    crate::kd::check_index_bounds(
+        "teacher.indices",
+        &teacher.indices.clone().flatten::<1>(0, 1),
+        classes,
+    )?;
 
     let log_q = or_panic(try_log_softmax(student_logits.clone(), temperature, 1));
     let student_top = log_q.clone().gather(1, teacher.indices.clone());
-    let student_tail = if k == classes {
+    // With k = C nothing lies outside the teacher's classes: both tails are
+    // empty (for the teacher, 1 − Σp would only be rounding noise).
+    let empty_tail = || {
         Tensor::full(
             [rows, 1],
             f32::NEG_INFINITY,
             (&log_q.device(), log_q.dtype()),
         )
+    };
+    let student_tail = if k == classes {
+        empty_tail()
     } else {
         // Mark the teacher's classes, then log-sum-exp the student's other logits.
         let marks = Tensor::<2>::zeros([rows, classes], (&log_q.device(), log_q.dtype())).scatter(
@@ -162,12 +158,7 @@ pub fn try_sparse_forward_kl(
     };
     let teacher_log_probs = teacher.log_probs.clone().detach();
     let teacher_tail = if k == classes {
-        // Nothing lies outside the k classes: 1 − Σp would be rounding noise.
-        Tensor::full(
-            [rows, 1],
-            f32::NEG_INFINITY,
-            (&log_q.device(), log_q.dtype()),
-        )
+        empty_tail()
     } else {
         teacher_log_probs
             .clone()
