@@ -81,7 +81,10 @@ fn bench_kd(c: &mut Criterion) {
                         let z = student.clone().require_grad();
                         let loss = kd.forward(z.clone(), teacher.clone(), targets.clone());
                         let grads = loss.backward();
-                        black_box(z.grad(&grads))
+                        let grad = black_box(z.grad(&grads));
+                        // GPU backends queue work: wait for it (a no-op on the CPU ones).
+                        device.sync().expect("device sync");
+                        grad
                     })
                 });
             }
@@ -96,7 +99,9 @@ fn bench_kd(c: &mut Criterion) {
                     let hard = ce.forward(z.clone(), targets.clone());
                     let loss = soft.mul_scalar(0.9) + hard.mul_scalar(0.1);
                     let grads = loss.backward();
-                    black_box(z.grad(&grads))
+                    let grad = black_box(z.grad(&grads));
+                    device.sync().expect("device sync");
+                    grad
                 })
             });
         }
