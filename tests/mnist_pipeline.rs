@@ -274,7 +274,8 @@ fn a_missing_npm_gives_one_message_saying_what_was_tried() {
     ] {
         assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
     }
-    assert!(files_in(cache.path()).is_empty() || files_in(&cache.path().join("train")).is_empty());
+    assert!(files_in(&cache.path().join("train")).is_empty());
+    assert!(files_in(&cache.path().join("test")).is_empty());
 }
 
 #[test]
@@ -365,8 +366,8 @@ fn pipeline_on_synthetic_mnist_distillation_beats_the_baseline() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "child failed\n{stdout}\n{stderr}");
     assert!(
-        stdout.contains("1 passed"),
-        "the child test did not run\n{stdout}"
+        stdout.contains("1 passed") && stdout.contains("no 3s: bias"),
+        "the child test did not run to its end\n{stdout}"
     );
     println!("{stdout}");
 }
@@ -374,10 +375,14 @@ fn pipeline_on_synthetic_mnist_distillation_beats_the_baseline() {
 #[test]
 #[ignore = "run by pipeline_on_synthetic_mnist_distillation_beats_the_baseline, in a child process"]
 fn child_pipeline_on_synthetic_mnist() {
-    assert!(
-        std::env::var_os("BURN_DISTILL_MNIST_CHILD").is_some(),
-        "run through pipeline_on_synthetic_mnist_distillation_beats_the_baseline"
-    );
+    if std::env::var_os("BURN_DISTILL_MNIST_CHILD").is_none() {
+        // Only meaningful with a private cache directory; the parent test checks
+        // that this body ran to its end in its child process.
+        eprintln!(
+            "skipped: runs inside pipeline_on_synthetic_mnist_distillation_beats_the_baseline"
+        );
+        return;
+    }
     let (train_rows, test_rows) = (3000, 1000);
     let source = tempfile::tempdir().unwrap();
     let files = write_synthetic_mnist(source.path(), train_rows, test_rows);
