@@ -291,7 +291,7 @@ fn take_verified(
                 let dest = cache.join(&file.split).join(&file.name);
                 write_atomically(&dest, &bytes)?;
                 provenance.push(format!(
-                    "{}: verified and copied to {}",
+                    "{}: from {from}, verified, copied to {}",
                     file.name,
                     dest.display()
                 ));
