@@ -194,6 +194,14 @@ fn run(cli: &Cli) -> Result<(), String> {
         println!("wrote {}", png.display());
         return Ok(());
     }
+    if cli.batch == 0 {
+        return Err("--batch must be at least 1, got 0".into());
+    }
+    for (flag, lr) in [("--lr", cli.lr), ("--teacher-lr", cli.teacher_lr)] {
+        if !(lr.is_finite() && lr > 0.0) {
+            return Err(format!("{flag} must be a positive number, got {lr}"));
+        }
+    }
     let device = cli.backend.device()?;
     // Validate the loss settings before any data is touched or time spent.
     let kd = KdLossConfig::new()
