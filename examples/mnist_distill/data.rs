@@ -476,6 +476,14 @@ impl Split {
         self.labels.is_empty()
     }
 
+    /// The first `n` rows (all of them when there are fewer), without copying.
+    pub fn truncated(mut self, n: usize) -> Split {
+        let n = n.min(self.len());
+        self.images.truncate(n * PIXELS);
+        self.labels.truncate(n);
+        self
+    }
+
     /// The rows at `indices`, in that order.
     pub fn select(&self, indices: &[usize]) -> Split {
         let mut images = Vec::with_capacity(indices.len() * PIXELS);

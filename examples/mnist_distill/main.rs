@@ -219,11 +219,8 @@ fn run(cli: &Cli) -> Result<(), String> {
         println!("data: {line}");
     }
     let plan = Plan::new(cli);
-    let full_train = data::load("train");
-    let full_test = data::load("test");
-    let train_set =
-        full_train.select(&(0..plan.train_rows.min(full_train.len())).collect::<Vec<_>>());
-    let test = full_test.select(&(0..plan.test_rows.min(full_test.len())).collect::<Vec<_>>());
+    let train_set = data::load("train").truncated(plan.train_rows);
+    let test = data::load("test").truncated(plan.test_rows);
     println!(
         "MNIST: {} training and {} test images{}; backend {:?}",
         train_set.len(),
