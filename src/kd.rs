@@ -17,7 +17,7 @@ use burn::config::Config;
 use burn::module::{Content, DisplaySettings, Module, ModuleDisplay};
 use burn::tensor::{Bool, Int, Tensor};
 
-use crate::analytic::{AnalyticParams, analytic_terms, attach, uses_host_kernel};
+use crate::analytic::{AnalyticParams, analytic_columns, uses_host_kernel};
 use crate::divergence::forward_kl_unchecked;
 use crate::error::{
     DistillError, check_non_empty, check_same_shape, check_temperature, check_weight, or_panic,
@@ -447,22 +447,16 @@ impl KdLoss {
             let hard = hard_rows(student_logits.clone(), targets);
             return Ok((self.soft_rows(student_logits, teacher), hard));
         }
-        let terms = analytic_terms(
+        let columns = analytic_columns(
             &student_logits,
             &teacher.values,
             Some(&targets),
             &self.analytic_params(&teacher),
             &[(1.0, 0.0), (0.0, 1.0)],
         )?;
-        let mut gradients = terms.gradients.into_iter();
-        let neg_inf = terms.student_has_neg_inf;
-        let soft_grad = gradients.next().expect("soft gradient");
-        let hard_grad = gradients.next().expect("hard gradient");
-        let hard_rows = terms.hard_rows.expect("hard rows");
-        Ok((
-            attach(&student_logits, terms.soft_rows, soft_grad, neg_inf),
-            attach(&student_logits, hard_rows, hard_grad, neg_inf),
-        ))
+        let batch = columns.dims()[0];
+        let column = |k: usize| columns.clone().slice([0..batch, k..k + 1]).squeeze_dim(1);
+        Ok((column(0), column(1)))
     }
 
     /// The weighted per-row total through the closed-form backward.
@@ -472,23 +466,14 @@ impl KdLoss {
         teacher: &PreparedTeacher,
         targets: &Tensor<1, Int>,
     ) -> Result<Tensor<1>, DistillError> {
-        let terms = analytic_terms(
+        let columns = analytic_columns(
             student_logits,
             &teacher.values,
             Some(targets),
             &self.analytic_params(teacher),
             &[(self.soft_weight, self.hard_weight)],
         )?;
-        let hard_rows = terms.hard_rows.expect("hard rows");
-        let values =
-            terms.soft_rows.mul_scalar(self.soft_weight) + hard_rows.mul_scalar(self.hard_weight);
-        let gradient = terms.gradients.into_iter().next().expect("gradient");
-        Ok(attach(
-            student_logits,
-            values,
-            gradient,
-            terms.student_has_neg_inf,
-        ))
+        Ok(columns.squeeze_dim(1))
     }
 
     /// The soft term alone, `T² · KL(p_T ‖ q_T)` averaged over the batch, `[1]`:
@@ -547,20 +532,14 @@ impl KdLoss {
         if !self.fused(&student_logits, &teacher) {
             return Ok(self.soft_rows(student_logits, teacher));
         }
-        let terms = analytic_terms(
+        let columns = analytic_columns(
             &student_logits,
             &teacher.values,
             None,
             &self.analytic_params(&teacher),
             &[(1.0, 0.0)],
         )?;
-        let gradient = terms.gradients.into_iter().next().expect("gradient");
-        Ok(attach(
-            &student_logits,
-            terms.soft_rows,
-            gradient,
-            terms.student_has_neg_inf,
-        ))
+        Ok(columns.squeeze_dim(1))
     }
 
     /// Soft rows on the standardised student, hard rows on the raw one (Sun et

@@ -43,7 +43,10 @@ pub mod divergence;
 pub mod dkd;
 pub mod ensemble;
 mod error;
+#[cfg(feature = "flex")]
+mod fused;
 mod kd;
+#[cfg(feature = "flex")]
 mod kernel;
 pub mod sparse;
 pub mod specialist;

@@ -367,3 +367,93 @@ fn extreme_logits_stay_finite() {
         }
     }
 }
+
+/// The fused flex kernel reads burn's buffers in place; views must read the
+/// elements they show. A transposed student and a teacher cut out of a wider
+/// tensor (strided and offset views) give the closed-form loss and gradient of
+/// eq. 2 plus cross-entropy, with and without autodiff, and `forward_parts`'
+/// two columns each carry their own gradient.
+#[test]
+fn views_and_parts_match_the_closed_form() {
+    let mut rng = Rng::new(29);
+    let (batch, classes, t, ws, wh) = (6, 11, 2.5, 0.8, 0.2);
+    let z = rng.normals(batch * classes, 3.0);
+    let v = rng.normals(batch * classes, 3.0);
+    let y: Vec<i64> = (0..batch).map(|_| rng.below(classes) as i64).collect();
+    let (q, p, q1) = (
+        reference_softmax(&z, classes, t),
+        reference_softmax(&v, classes, t),
+        reference_softmax(&z, classes, 1.0),
+    );
+    let row = |b: usize| b * classes..(b + 1) * classes;
+    let kl: Vec<f64> = (0..batch)
+        .map(|b| row(b).map(|i| p[i] * (p[i] / q[i]).ln()).sum())
+        .collect();
+    let ce: Vec<f64> = (0..batch)
+        .map(|b| -q1[row(b).start + y[b] as usize].ln())
+        .collect();
+    let mean = |x: &[f64]| x.iter().sum::<f64>() / batch as f64;
+    let (soft, hard) = (t * t * mean(&kl), mean(&ce));
+    let grad = |w_soft: f64, w_hard: f64| -> Vec<f64> {
+        (0..batch * classes)
+            .map(|i| {
+                let onehot = if i % classes == y[i / classes] as usize {
+                    1.0
+                } else {
+                    0.0
+                };
+                (w_soft * t * (q[i] - p[i]) + w_hard * (q1[i] - onehot)) / batch as f64
+            })
+            .collect()
+    };
+    // z laid out transposed ([classes, batch]) and v inside a [batch, classes + 3] tensor.
+    let z_t: Vec<f64> = (0..classes * batch)
+        .map(|i| z[(i % batch) * classes + i / batch])
+        .collect();
+    let v_wide: Vec<f64> = (0..batch * (classes + 3))
+        .map(|i| match i % (classes + 3) {
+            c if c >= 3 => v[(i / (classes + 3)) * classes + c - 3],
+            _ => 99.0,
+        })
+        .collect();
+    let kd = KdLossConfig::new()
+        .with_temperature(t)
+        .with_soft_weight(ws)
+        .with_hard_weight(wh)
+        .init();
+    for (name, device) in devices() {
+        let inputs = |device: &burn::tensor::Device| {
+            let student = tensor2(&z_t, [classes, batch], device).transpose();
+            let teacher =
+                tensor2(&v_wide, [batch, classes + 3], device).slice([0..batch, 3..classes + 3]);
+            (student, teacher)
+        };
+        // Inference: values only.
+        let (student, teacher) = inputs(&device);
+        let total = scalar(kd.forward(student, teacher, labels(&y, &device)));
+        assert_close(name, &[total], &[ws * soft + wh * hard], 1e-5);
+
+        let device = device.autodiff();
+        let (student, teacher) = inputs(&device);
+        let student = student.require_grad();
+        let loss = kd.forward(student.clone(), teacher, labels(&y, &device));
+        assert_close(
+            name,
+            &[scalar(loss.clone())],
+            &[ws * soft + wh * hard],
+            1e-5,
+        );
+        let got = values(student.grad(&loss.backward()).unwrap());
+        assert_close(name, &got, &grad(ws, wh), 1e-5);
+
+        // Each part, and a combination the config's weights do not give.
+        let (student, teacher) = inputs(&device);
+        let student = student.require_grad();
+        let parts = kd.forward_parts(student.clone(), teacher, labels(&y, &device));
+        assert_close(name, &[scalar(parts.soft.clone())], &[soft], 1e-5);
+        assert_close(name, &[scalar(parts.hard.clone())], &[hard], 1e-5);
+        let mixed = parts.soft.mul_scalar(0.3) - parts.hard.mul_scalar(2.0);
+        let got = values(student.grad(&mixed.backward()).unwrap());
+        assert_close(name, &got, &grad(0.3, -2.0), 1e-5);
+    }
+}
