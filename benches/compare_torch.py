@@ -79,7 +79,10 @@ def main():
         grad = make_step(mode)(*inputs(batch, classes))
         print(f"{mode} {batch}x{classes}: sum|grad| {grad.abs().sum().item():.4f}")
         return
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, f32, T={T}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"CPU capability {torch.backends.cpu.get_cpu_capability()}, f32, T={T}"
+    )
     print("| B×C | torch eager | torch.compile |")
     print("|---|---|---|")
     for batch, classes in SIZES:

@@ -15,8 +15,8 @@ cargo bench --bench combiner 2>&1 | grep -E "^combiner:|^specialist_combiner|tim
 echo "== cargo bench --bench divergences"
 cargo bench --bench divergences 2>&1 | grep -E "^divergences|time:"
 echo "== peak memory (max resident set), 512x32000"
-for mode in inputs analytic chunked autodiff; do
-  /usr/bin/time -f "$mode: %M KiB" target/release/examples/kd_memory "$mode" 512 32000 2>&1 | tail -1
+for mode in inputs analytic autodiff; do
+  /usr/bin/time -f "$mode: %M KiB" "${CARGO_TARGET_DIR:-target}"/release/examples/kd_memory "$mode" 512 32000 2>&1 | tail -1
 done
 if [ -n "$python" ]; then
   echo "== PyTorch"

@@ -6,16 +6,15 @@
 //! /usr/bin/time -v target/release/examples/kd_memory analytic 512 32000
 //! ```
 //!
-//! Arguments: `analytic | chunked | autodiff | inputs`, batch, classes. `inputs`
-//! only creates the logits, to measure the baseline the others add to;
-//! `chunked` is the analytic path in blocks of 64 rows.
+//! Arguments: `analytic | autodiff | inputs`, batch, classes. `inputs` only
+//! creates the logits, to measure the baseline the others add to.
 
 use burn::tensor::{Device, Distribution, Int, Tensor};
 use burn_distill::KdLossConfig;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: kd_memory analytic|chunked|autodiff|inputs BATCH CLASSES";
+    let usage = "usage: kd_memory analytic|autodiff|inputs BATCH CLASSES";
     let mode = args.get(1).expect(usage).as_str();
     let batch: usize = args.get(2).expect(usage).parse().expect(usage);
     let classes: usize = args.get(3).expect(usage).parse().expect(usage);
@@ -28,7 +27,6 @@ fn main() {
     let config = KdLossConfig::new().with_temperature(4.0);
     let kd = match mode {
         "analytic" | "inputs" => config.init(),
-        "chunked" => config.with_chunk_rows(Some(64)).init(),
         "autodiff" => config.with_analytic_backward(false).init(),
         _ => panic!("{usage}"),
     };

@@ -30,7 +30,6 @@ pub(crate) struct AnalyticParams {
     pub teacher_temperature: f64,
     /// T² or 1.
     pub soft_factor: f64,
-    pub chunk_rows: Option<usize>,
 }
 
 /// Whether `device` is a flex device (with or without autodiff), whose tensors
@@ -63,36 +62,19 @@ pub(crate) fn analytic_columns(
     params: &AnalyticParams,
     weights: &[(f64, f64)],
 ) -> Result<Tensor<2>, DistillError> {
-    let [batch, classes] = student_logits.dims();
+    let classes = student_logits.dims()[1];
     let labels: Option<Vec<i64>> = targets.map(|t| t.clone().into_data().iter::<i64>().collect());
     if let Some(values) = &labels {
         crate::kd::check_label_values("targets", values, classes)?;
     }
-    let chunk = params.chunk_rows.unwrap_or(batch).clamp(1, batch);
-    let mut blocks = Vec::new();
-    for start in (0..batch).step_by(chunk) {
-        let rows = start..(start + chunk).min(batch);
-        let slice = |t: &Tensor<2>| match chunk == batch {
-            true => t.clone(),
-            false => t.clone().slice([rows.clone(), 0..classes]),
-        };
-        let spec = FusedSpec {
-            temperature: params.temperature,
-            teacher_temperature: params.teacher_temperature,
-            soft_factor: params.soft_factor,
-            targets: labels.as_ref().map(|l| l[rows.clone()].into()),
-            weights: weights.to_vec(),
-        };
-        blocks.push(fused_kd_columns(
-            &slice(student_logits),
-            &slice(teacher_logits),
-            spec,
-        ));
-    }
-    Ok(match blocks.len() {
-        1 => blocks.pop().expect("one block"),
-        _ => Tensor::cat(blocks, 0),
-    })
+    let spec = FusedSpec {
+        temperature: params.temperature,
+        teacher_temperature: params.teacher_temperature,
+        soft_factor: params.soft_factor,
+        targets: labels.map(Into::into),
+        weights: weights.to_vec(),
+    };
+    Ok(fused_kd_columns(student_logits, teacher_logits, spec))
 }
 
 /// Without the `flex` feature [`uses_host_kernel`] is always false.

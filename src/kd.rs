@@ -50,20 +50,24 @@ pub struct KdLossConfig {
     /// `T` (the paper's recommendation). Default: true.
     #[config(default = true)]
     pub scale_by_t_squared: bool,
-    /// On flex with f32 tensors, compute the values and the gradient with respect
-    /// to the student in closed form — `soft_weight·(f/T)(q − p) +
-    /// hard_weight·(softmax(z) − onehot)` per row, `f` = T² or 1 — in one fused,
-    /// multi-threaded CPU kernel, and hand autodiff a single node carrying that
-    /// gradient instead of letting it walk back through every softmax, log and
-    /// product. Same values and gradients, about half the time. On other devices
-    /// and dtypes, and with `false`, the loss is plain burn ops differentiated by
-    /// autodiff (the reference the fast path is tested against). Default: true.
+    /// On flex with f32 tensors (and this crate's default `flex` feature),
+    /// compute the values and the gradient with respect to the student in closed
+    /// form — `soft_weight·(f/T)(q − p) + hard_weight·(softmax(z) − onehot)` per
+    /// row, `f` = T² or 1 — in one fused, multi-threaded CPU kernel that reads
+    /// burn's buffers in place, and register a single autodiff node whose
+    /// backward is that gradient instead of letting autodiff walk back through
+    /// every softmax, log and product. Same values and gradients, an order of
+    /// magnitude faster at large vocabularies (BENCHMARKS.md). On other devices and dtypes, and with
+    /// `false`, the loss is plain burn ops differentiated by autodiff (the
+    /// reference the fast path is tested against). Default: true.
     #[config(default = true)]
     pub analytic_backward: bool,
-    /// Process the batch in blocks of this many rows, so that the host copies of
-    /// the logits stay bounded by `chunk_rows × classes` for huge
-    /// `batch × classes` (the gradient itself is still `[batch, classes]`).
-    /// `None` (default): one block. Applies to the fused path.
+    /// Retired; kept so that existing configs still load. It split the fused
+    /// path's work into row blocks to bound the host copies of the logits. The
+    /// kernel now reads the logits in burn's own buffers, and its only
+    /// `[batch, classes]` allocation is the gradient itself (one buffer of extra
+    /// peak memory at 512×32000, see BENCHMARKS.md), so blocks have nothing
+    /// left to bound. Checked (at least 1), otherwise ignored. Default: None.
     #[config(default = "None")]
     pub chunk_rows: Option<usize>,
     /// Rows whose target equals this label (e.g. `-100` for padding tokens, as
@@ -115,7 +119,6 @@ impl KdLossConfig {
             hard_weight: self.hard_weight,
             scale_by_t_squared: self.scale_by_t_squared,
             analytic_backward: self.analytic_backward,
-            chunk_rows: self.chunk_rows,
             ignore_index: self.ignore_index,
             truncate_teacher_classes: self.truncate_teacher_classes,
             logit_standardization: self.logit_standardization,
@@ -179,7 +182,6 @@ pub struct KdLoss {
     hard_weight: f64,
     scale_by_t_squared: bool,
     analytic_backward: bool,
-    chunk_rows: Option<usize>,
     ignore_index: Option<i64>,
     truncate_teacher_classes: bool,
     logit_standardization: bool,
@@ -631,7 +633,6 @@ impl KdLoss {
             temperature: self.temperature,
             teacher_temperature: teacher.temperature,
             soft_factor: self.soft_factor(),
-            chunk_rows: self.chunk_rows,
         }
     }
 

@@ -59,22 +59,16 @@ fn decode(logits: &[Option<f64>]) -> Vec<f64> {
 
 /// The implementations under test: the default (the fused CPU kernel with its
 /// closed-form backward for f32 on flex; burn ops and autodiff for f64 and on
-/// ndarray), the same in blocks of 2 rows, and plain burn ops and autodiff
-/// everywhere.
-const VARIANTS: [(&str, bool, Option<usize>); 3] = [
-    ("analytic", true, None),
-    ("analytic_chunked", true, Some(2)),
-    ("autodiff", false, None),
-];
+/// ndarray), and plain burn ops and autodiff everywhere.
+const VARIANTS: [(&str, bool); 2] = [("analytic", true), ("autodiff", false)];
 
-fn loss_for(case: &Case, analytic_backward: bool, chunk_rows: Option<usize>) -> KdLoss {
+fn loss_for(case: &Case, analytic_backward: bool) -> KdLoss {
     KdLossConfig::new()
         .with_temperature(case.temperature)
         .with_soft_weight(case.soft_weight)
         .with_hard_weight(case.hard_weight)
         .with_scale_by_t_squared(case.scale_by_t_squared)
         .with_analytic_backward(analytic_backward)
-        .with_chunk_rows(chunk_rows)
         .init()
 }
 
@@ -86,16 +80,8 @@ fn check_case(
     make: fn(&[f64], [usize; 2], &Device) -> burn::tensor::Tensor<2>,
     rtol: f64,
 ) {
-    for (variant, analytic_backward, chunk_rows) in VARIANTS {
-        check_variant(
-            case,
-            device,
-            make,
-            rtol,
-            variant,
-            analytic_backward,
-            chunk_rows,
-        );
+    for (variant, analytic_backward) in VARIANTS {
+        check_variant(case, device, make, rtol, variant, analytic_backward);
     }
 }
 
@@ -106,13 +92,12 @@ fn check_variant(
     rtol: f64,
     variant: &str,
     analytic_backward: bool,
-    chunk_rows: Option<usize>,
 ) {
     let shape = [case.batch, case.classes];
     let student = decode(&case.student_logits);
     let teacher = decode(&case.teacher_logits);
     let device = device.clone().autodiff();
-    let kd = loss_for(case, analytic_backward, chunk_rows);
+    let kd = loss_for(case, analytic_backward);
     let what = |part: &str| format!("{} [{variant}] {part}", case.name);
 
     // The total through `forward` and its gradient.
