@@ -16,10 +16,11 @@ use crate::error::DistillError;
 use crate::fused::{FusedSpec, fused_kd_columns};
 
 /// Burn's dispatch id of the flex backend (see `burn_dispatch::DispatchDeviceId`),
-/// whose tensors live in host memory and read back as a plain copy. ndarray's
-/// also live there, but reading one back costs about 25 ns per element (51 ms
-/// for 64×32000, measured), more than the whole loss by autodiff, so ndarray
-/// takes the autodiff path.
+/// whose tensors live in host memory: the fused kernel reads them in place (as a
+/// flex backend extension) and the combiner reads them back as a plain copy.
+/// ndarray's also live there, but reading one back costs about 25 ns per element
+/// (51 ms for 64×32000, measured), more than the whole loss by autodiff, so
+/// ndarray takes the autodiff path.
 const FLEX_BACKEND_ID: u16 = 4;
 
 /// The loss's hyper-parameters, as the analytic path needs them.

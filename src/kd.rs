@@ -419,7 +419,7 @@ impl KdLoss {
         let ignored = self.kept_rows(&targets, None)?.map(|keep| keep.bool_not());
         let targets = self.usable_targets(targets);
         let rows = if self.fused(&student_logits, &teacher) && !self.logit_standardization {
-            // One gradient for the weighted total: one surrogate node, not two.
+            // One gradient buffer for the weighted total, not one per term.
             self.analytic_total_rows(&student_logits, &teacher, &targets)?
         } else {
             let (soft, hard) = self.split_rows(student_logits, teacher, targets)?;
