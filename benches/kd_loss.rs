@@ -1,13 +1,15 @@
 //! Forward + backward (w.r.t. the student logits) of the KD loss, f32.
 //!
 //! ```text
-//! cargo bench --bench kd_loss
+//! cargo bench --features ndarray --bench kd_loss
 //! ```
+//!
+//! (Without `--features ndarray` the ndarray `analytic` case is the autodiff path.)
 //!
 //! Three implementations side by side, in one run, on each CPU device, all
 //! computing the same loss (T = 4, 0.9 soft / 0.1 hard, T²):
-//! - `analytic`: `KdLoss::forward` as shipped — on flex the fused CPU kernel
-//!   with its closed-form backward; elsewhere the same as `autodiff`;
+//! - `analytic`: `KdLoss::forward` as shipped — on flex and ndarray the fused
+//!   CPU kernel with its closed-form backward; elsewhere the same as `autodiff`;
 //! - `autodiff`: `KdLoss` with `analytic_backward = false` — burn ops, autodiff
 //!   walks back through them (the crate's reference path);
 //! - `burn_nn_composed`: the same loss written with burn-nn's own pieces, as a user

@@ -12,7 +12,7 @@ use burn::backend::DeviceOps;
 use burn::tensor::{DType, Int, Tensor};
 
 use crate::error::DistillError;
-#[cfg(feature = "flex")]
+#[cfg(any(feature = "flex", feature = "ndarray"))]
 use crate::fused::{FusedSpec, fused_kd_columns};
 
 /// Burn's dispatch id of the flex backend (see `burn_dispatch::DispatchDeviceId`),
@@ -22,9 +22,11 @@ use crate::fused::{FusedSpec, fused_kd_columns};
 /// (51 ms for 64×32000, measured), more than the whole loss by autodiff, so
 /// ndarray takes the autodiff path.
 const FLEX_BACKEND_ID: u16 = 4;
+/// Burn's dispatch id of the ndarray backend.
+const NDARRAY_BACKEND_ID: u16 = 6;
 
 /// The loss's hyper-parameters, as the analytic path needs them.
-#[cfg_attr(not(feature = "flex"), allow(dead_code))] // only the fused kernel reads them
+#[cfg_attr(not(any(feature = "flex", feature = "ndarray")), allow(dead_code))] // only the fused kernel reads them
 pub(crate) struct AnalyticParams {
     pub temperature: f64,
     /// The temperature of the teacher's values: `T` for logits, 1 for log-probabilities.
@@ -39,13 +41,14 @@ pub(crate) fn is_flex(device: &burn::tensor::Device) -> bool {
     device.as_dispatch().id().type_id >> 8 == FLEX_BACKEND_ID
 }
 
-/// Whether the fused CPU kernel serves these tensors: f32 on flex, with this
-/// crate's `flex` feature (which compiles the kernel in as a flex backend extension).
+/// Whether the fused CPU kernel serves these tensors: f32 on flex with this
+/// crate's `flex` feature, or on ndarray with its `ndarray` feature (each
+/// compiles the kernel in as a backend extension for that backend).
 pub(crate) fn uses_host_kernel(student_logits: &Tensor<2>, teacher_logits: &Tensor<2>) -> bool {
-    cfg!(feature = "flex")
-        && is_flex(&student_logits.device())
-        && student_logits.dtype() == DType::F32
-        && teacher_logits.dtype() == DType::F32
+    let backend = student_logits.device().as_dispatch().id().type_id >> 8;
+    let compiled_in = (cfg!(feature = "flex") && backend == FLEX_BACKEND_ID)
+        || (cfg!(feature = "ndarray") && backend == NDARRAY_BACKEND_ID);
+    compiled_in && student_logits.dtype() == DType::F32 && teacher_logits.dtype() == DType::F32
 }
 
 /// The KD terms by the fused kernel (the caller has checked
@@ -55,7 +58,7 @@ pub(crate) fn uses_host_kernel(student_logits: &Tensor<2>, teacher_logits: &Tens
 /// student through its closed-form gradient.
 ///
 /// Shapes must already be checked; labels are checked here.
-#[cfg(feature = "flex")]
+#[cfg(any(feature = "flex", feature = "ndarray"))]
 pub(crate) fn analytic_columns(
     student_logits: &Tensor<2>,
     teacher_logits: &Tensor<2>,
@@ -78,8 +81,8 @@ pub(crate) fn analytic_columns(
     Ok(fused_kd_columns(student_logits, teacher_logits, spec))
 }
 
-/// Without the `flex` feature [`uses_host_kernel`] is always false.
-#[cfg(not(feature = "flex"))]
+/// Without the `flex` and `ndarray` features [`uses_host_kernel`] is always false.
+#[cfg(not(any(feature = "flex", feature = "ndarray")))]
 pub(crate) fn analytic_columns(
     _: &Tensor<2>,
     _: &Tensor<2>,
@@ -87,7 +90,7 @@ pub(crate) fn analytic_columns(
     _: &AnalyticParams,
     _: &[(f64, f64)],
 ) -> Result<Tensor<2>, DistillError> {
-    unreachable!("the fused kernel needs the `flex` feature")
+    unreachable!("the fused kernel needs the `flex` or `ndarray` feature")
 }
 
 #[cfg(test)]
@@ -95,26 +98,23 @@ mod tests {
     use super::*;
     use burn::tensor::Device;
 
-    /// f32 tensors on flex (with or without autodiff) take the fused kernel when
-    /// it is compiled in;
-    /// other dtypes, and ndarray, take the tensor-op path.
+    /// f32 tensors on flex and ndarray (with or without autodiff) take the fused
+    /// kernel when this crate's feature for that backend compiles it in;
+    /// other dtypes take the tensor-op path.
     #[test]
     #[allow(deprecated)] // Device::ndarray
-    fn host_kernel_serves_f32_on_flex() {
-        for device in [Device::flex(), Device::flex().autodiff()] {
+    fn host_kernel_serves_f32_on_cpu_backends() {
+        let cases = [
+            (Device::flex(), cfg!(feature = "flex")),
+            (Device::flex().autodiff(), cfg!(feature = "flex")),
+            (Device::ndarray(), cfg!(feature = "ndarray")),
+            (Device::ndarray().autodiff(), cfg!(feature = "ndarray")),
+        ];
+        for (device, compiled_in) in cases {
             let f32s = Tensor::<2>::zeros([2, 3], &device);
-            // Only with the `flex` feature, which compiles the kernel in.
-            assert_eq!(
-                uses_host_kernel(&f32s, &f32s),
-                cfg!(feature = "flex"),
-                "{device:?}"
-            );
+            assert_eq!(uses_host_kernel(&f32s, &f32s), compiled_in, "{device:?}");
             let f64s = Tensor::<2>::zeros([2, 3], (&device, DType::F64));
             assert!(!uses_host_kernel(&f64s, &f64s), "{device:?}");
-        }
-        for device in [Device::ndarray(), Device::ndarray().autodiff()] {
-            let f32s = Tensor::<2>::zeros([2, 3], &device);
-            assert!(!uses_host_kernel(&f32s, &f32s), "{device:?}");
         }
     }
 }

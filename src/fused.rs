@@ -1,8 +1,11 @@
-//! The fused KD kernel as a burn backend extension on flex: it reads the logits
-//! in flex's own buffers (no copy out of burn) and, under autodiff, registers one
+//! The fused KD kernel as a burn backend extension on the CPU backends (flex,
+//! and ndarray with this crate's `ndarray` feature): it reads the logits in the
+//! backend's own buffers (no copy out of burn) and, under autodiff, registers one
 //! graph node whose backward is the closed-form gradient the kernel computed in
-//! the forward pass (no autodiff through softmax, log and products, and no
-//! surrogate node).
+//! the forward pass (no autodiff through softmax, log and products).
+
+// burn-ndarray is deprecated in burn 0.22 but still supported, and still used.
+#![allow(deprecated)]
 
 use std::sync::Arc;
 
@@ -10,9 +13,8 @@ use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
-use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{Autodiff, Backend, Dispatch, Flex, backend_extension};
+use burn::backend::{Autodiff, Backend, Dispatch, TensorMetadata, backend_extension};
 use burn::tensor::{Tensor, TensorData};
 
 use crate::kernel::{KernelSpec, kd_rows, weighted_gradient};
@@ -34,7 +36,8 @@ pub(crate) struct FusedSpec {
 
 /// `[batch, weights.len()]`: for each row and each weight pair `(w_s, w_h)`,
 /// `w_s · soft_factor · KL(p‖q) + w_h · CE`, differentiable with respect to
-/// the student (the teacher gets no gradient). Flex tensors only.
+/// the student (the teacher gets no gradient). f32 tensors on a backend the
+/// extension lists (see [`crate::analytic::uses_host_kernel`]).
 pub(crate) fn fused_kd_columns(
     student_logits: &Tensor<2>,
     teacher_values: &Tensor<2>,
@@ -48,7 +51,11 @@ pub(crate) fn fused_kd_columns(
     Tensor::from_dispatch(out)
 }
 
-#[backend_extension(Flex, Autodiff)]
+#[backend_extension(
+    Flex: cfg(feature = "flex"),
+    NdArray: cfg(feature = "ndarray"),
+    Autodiff
+)]
 pub(crate) trait FusedKd: Backend {
     /// See [`fused_kd_columns`].
     fn fused_kd_columns(
@@ -58,13 +65,61 @@ pub(crate) trait FusedKd: Backend {
     ) -> FloatTensor<Self>;
 }
 
-impl FusedKd for Flex {
-    fn fused_kd_columns(student: FlexTensor, teacher: FlexTensor, spec: FusedSpec) -> FlexTensor {
-        run(&student, &teacher, &spec, false).0
+/// A backend whose f32 tensors live in host memory and can be read in place.
+pub(crate) trait HostBackend: Backend {
+    /// Calls `f` with the elements of an f32 tensor, row-major: in place for a
+    /// plain tensor, through a row-major copy for a strided or offset view.
+    fn with_f32<R>(tensor: &FloatTensor<Self>, f: impl FnOnce(&[f32]) -> R) -> R;
+    /// A row-major f32 tensor that takes over `values` (no copy).
+    fn from_f32(values: Vec<f32>, shape: [usize; 2]) -> FloatTensor<Self>;
+}
+
+#[cfg(feature = "flex")]
+impl HostBackend for burn::backend::Flex {
+    fn with_f32<R>(tensor: &FloatTensor<Self>, f: impl FnOnce(&[f32]) -> R) -> R {
+        let tensor = tensor.to_contiguous(); // a handle on the same buffer unless a view
+        f(tensor.as_slice().expect("contiguous f32 tensor"))
+    }
+
+    fn from_f32(values: Vec<f32>, shape: [usize; 2]) -> FloatTensor<Self> {
+        burn::backend::flex::FlexTensor::from_data(TensorData::new(values, shape))
     }
 }
 
-impl<C: CheckpointStrategy> FusedKd for Autodiff<Flex, C> {
+#[cfg(feature = "ndarray")]
+impl HostBackend for burn::backend::NdArray {
+    fn with_f32<R>(tensor: &FloatTensor<Self>, f: impl FnOnce(&[f32]) -> R) -> R {
+        match tensor {
+            burn::backend::ndarray::NdArrayTensor::F32(storage) => {
+                let view = storage.view();
+                let standard = view.as_standard_layout(); // borrowed unless a view
+                f(standard.as_slice().expect("standard-layout f32 tensor"))
+            }
+            other => unreachable!(
+                "the fused kernel takes f32 tensors, got {:?}",
+                other.dtype()
+            ),
+        }
+    }
+
+    fn from_f32(values: Vec<f32>, shape: [usize; 2]) -> FloatTensor<Self> {
+        burn::backend::ndarray::NdArrayTensor::from_data(TensorData::new(values, shape))
+    }
+}
+
+/// Without autodiff: the values only.
+impl<B: HostBackend> FusedKd for B {
+    fn fused_kd_columns(
+        student: FloatTensor<Self>,
+        teacher: FloatTensor<Self>,
+        spec: FusedSpec,
+    ) -> FloatTensor<Self> {
+        run::<Self>(&student, &teacher, &spec, false).0
+    }
+}
+
+/// With autodiff: the values, and one node whose backward is the kernel's gradient.
+impl<B: HostBackend, C: CheckpointStrategy> FusedKd for Autodiff<B, C> {
     fn fused_kd_columns(
         student: FloatTensor<Self>,
         teacher: FloatTensor<Self>,
@@ -72,17 +127,16 @@ impl<C: CheckpointStrategy> FusedKd for Autodiff<Flex, C> {
     ) -> FloatTensor<Self> {
         // The teacher was detached by the caller: only the student is a parent.
         let teacher = teacher.into_primitive();
-        match FusedKdBackward
-            .prepare::<C>([student.node()])
+        match Backward::<B, 1>::prepare::<C>(FusedKdBackward, [student.node()])
             .compute_bound()
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                let (values, gradients) = run(student.primitive(), &teacher, &spec, true);
+                let (values, gradients) = run::<B>(student.primitive(), &teacher, &spec, true);
                 prep.finish(gradients, values)
             }
             OpsKind::UnTracked(prep) => {
-                prep.finish(run(student.primitive(), &teacher, &spec, false).0)
+                prep.finish(run::<B>(student.primitive(), &teacher, &spec, false).0)
             }
         }
     }
@@ -109,50 +163,47 @@ impl std::fmt::Debug for ColumnGradients {
 #[derive(Debug)]
 struct FusedKdBackward;
 
-impl Backward<Flex, 1> for FusedKdBackward {
+impl<B: HostBackend> Backward<B, 1> for FusedKdBackward {
     type State = ColumnGradients;
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
         let state = ops.state;
-        unary::<Flex, _>(ops.parents, ops.node, grads, |upstream| {
-            let upstream = upstream.to_contiguous();
-            let upstream: &[f32] = upstream.as_slice().expect("contiguous f32 gradient");
+        unary::<B, _>(ops.parents, ops.node, grads, |upstream| {
             // Normally the only owner by now, so the first buffer is scaled in place.
             let buffers = Arc::try_unwrap(state.buffers).unwrap_or_else(|shared| (*shared).clone());
-            let rows = upstream.len() / buffers.len();
-            let gradient = weighted_gradient(buffers, upstream, state.classes);
-            FlexTensor::from_data(TensorData::new(gradient, [rows, state.classes]))
+            let rows = upstream.shape()[0];
+            let gradient = B::with_f32(&upstream, |upstream| {
+                weighted_gradient(buffers, upstream, state.classes)
+            });
+            B::from_f32(gradient, [rows, state.classes])
         });
     }
 }
 
-/// Runs the kernel on the buffers of two flex tensors; returns the value
+/// Runs the kernel on the buffers of two host tensors; returns the value
 /// columns and, when asked, the gradient of each column.
-fn run(
-    student: &FlexTensor,
-    teacher: &FlexTensor,
+fn run<B: HostBackend>(
+    student: &FloatTensor<B>,
+    teacher: &FloatTensor<B>,
     spec: &FusedSpec,
     with_gradients: bool,
-) -> (FlexTensor, ColumnGradients) {
-    let shape = student.layout().shape();
+) -> (FloatTensor<B>, ColumnGradients) {
+    let shape = student.shape();
     let (rows, classes) = (shape[0], shape[1]);
-    // Views (slices, transposes) are copied to row-major first; plain tensors are read in place.
-    let (student, teacher) = (student.to_contiguous(), teacher.to_contiguous());
-    let z: &[f32] = student.as_slice().expect("f32 student logits");
-    let v: &[f32] = teacher.as_slice().expect("f32 teacher values");
     let gradient_weights: &[(f64, f64)] = if with_gradients { &spec.weights } else { &[] };
-    let out = kd_rows(
-        z,
-        v,
-        &KernelSpec {
-            classes,
-            temperature: spec.temperature,
-            teacher_temperature: spec.teacher_temperature,
-            soft_factor: spec.soft_factor,
-            targets: spec.targets.as_deref(),
-            gradient_weights,
-        },
-    );
+    let out = B::with_f32(student, |z| {
+        B::with_f32(teacher, |v| {
+            let kernel_spec = KernelSpec {
+                classes,
+                temperature: spec.temperature,
+                teacher_temperature: spec.teacher_temperature,
+                soft_factor: spec.soft_factor,
+                targets: spec.targets.as_deref(),
+                gradient_weights,
+            };
+            kd_rows(z, v, &kernel_spec)
+        })
+    });
     let columns = spec.weights.len();
     let mut values = Vec::with_capacity(rows * columns);
     for row in 0..rows {
@@ -165,7 +216,7 @@ fn run(
         }));
     }
     (
-        FlexTensor::from_data(TensorData::new(values, [rows, columns])),
+        B::from_f32(values, [rows, columns]),
         ColumnGradients {
             classes,
             buffers: Arc::new(out.gradients),

@@ -50,8 +50,8 @@ pub struct KdLossConfig {
     /// `T` (the paper's recommendation). Default: true.
     #[config(default = true)]
     pub scale_by_t_squared: bool,
-    /// On flex with f32 tensors (and this crate's default `flex` feature),
-    /// compute the values and the gradient with respect to the student in closed
+    /// On flex and ndarray with f32 tensors (with this crate's `flex` feature,
+    /// on by default, or its `ndarray` feature), compute the values and the gradient with respect to the student in closed
     /// form — `soft_weight·(f/T)(q − p) + hard_weight·(softmax(z) − onehot)` per
     /// row, `f` = T² or 1 — in one fused, multi-threaded CPU kernel that reads
     /// burn's buffers in place, and register a single autodiff node whose

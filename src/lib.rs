@@ -43,10 +43,10 @@ pub mod divergence;
 pub mod dkd;
 pub mod ensemble;
 mod error;
-#[cfg(feature = "flex")]
+#[cfg(any(feature = "flex", feature = "ndarray"))]
 mod fused;
 mod kd;
-#[cfg(feature = "flex")]
+#[cfg(any(feature = "flex", feature = "ndarray"))]
 mod kernel;
 pub mod sparse;
 pub mod specialist;

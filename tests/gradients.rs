@@ -368,7 +368,7 @@ fn extreme_logits_stay_finite() {
     }
 }
 
-/// The fused flex kernel reads burn's buffers in place; views must read the
+/// The fused CPU kernel reads burn's buffers in place; views must read the
 /// elements they show. A transposed student and a teacher cut out of a wider
 /// tensor (strided and offset views) give the closed-form loss and gradient of
 /// eq. 2 plus cross-entropy, with and without autodiff, and `forward_parts`'
