@@ -1,12 +1,12 @@
 //! The KD loss with a closed-form backward.
 //!
-//! On flex with f32 tensors, the per-row soft and hard terms and their
-//! gradients with respect to the student logits are computed by the fused CPU
-//! kernel ([`crate::kernel`]), run inside burn as a flex backend extension
-//! ([`crate::fused`]) whose single autodiff node hands back the closed-form
-//! gradient. Elsewhere `KdLoss` uses burn ops and autodiff: a tensor-op version
-//! of this closed form was measured 1.8× slower than autodiff on ndarray (1.41 s
-//! vs 0.79 s at 512×32000).
+//! On flex and ndarray with f32 tensors (with this crate's feature for that
+//! backend), the per-row soft and hard terms and their gradients with respect to
+//! the student logits are computed by the fused CPU kernel ([`crate::kernel`]),
+//! run inside burn as a backend extension ([`crate::fused`]) whose single
+//! autodiff node hands back the closed-form gradient. Elsewhere `KdLoss` uses
+//! burn ops and autodiff: a tensor-op version of this closed form was measured
+//! 1.8× slower than autodiff on ndarray (1.41 s vs 0.79 s at 512×32000).
 
 use burn::backend::DeviceOps;
 use burn::tensor::{DType, Int, Tensor};
@@ -16,13 +16,13 @@ use crate::error::DistillError;
 use crate::fused::{FusedSpec, fused_kd_columns};
 
 /// Burn's dispatch id of the flex backend (see `burn_dispatch::DispatchDeviceId`),
-/// whose tensors live in host memory: the fused kernel reads them in place (as a
-/// flex backend extension) and the combiner reads them back as a plain copy.
-/// ndarray's also live there, but reading one back costs about 25 ns per element
-/// (51 ms for 64×32000, measured), more than the whole loss by autodiff, so
-/// ndarray takes the autodiff path.
+/// whose tensors live in host memory: the fused kernel reads them in place and
+/// the combiner reads them back as a plain copy.
 const FLEX_BACKEND_ID: u16 = 4;
-/// Burn's dispatch id of the ndarray backend.
+/// Burn's dispatch id of the ndarray backend. Its tensors live in host memory too;
+/// the fused kernel reads them in place, but reading one back through burn's API
+/// costs about 25 ns per element (51 ms for 64×32000, measured), so the combiner
+/// does not.
 const NDARRAY_BACKEND_ID: u16 = 6;
 
 /// The loss's hyper-parameters, as the analytic path needs them.
@@ -38,14 +38,19 @@ pub(crate) struct AnalyticParams {
 /// Whether `device` is a flex device (with or without autodiff), whose tensors
 /// live in host memory and read back cheaply.
 pub(crate) fn is_flex(device: &burn::tensor::Device) -> bool {
-    device.as_dispatch().id().type_id >> 8 == FLEX_BACKEND_ID
+    backend_id(device) == FLEX_BACKEND_ID
+}
+
+/// The dispatch id of the backend behind `device` (autodiff or not).
+fn backend_id(device: &burn::tensor::Device) -> u16 {
+    device.as_dispatch().id().type_id >> 8
 }
 
 /// Whether the fused CPU kernel serves these tensors: f32 on flex with this
 /// crate's `flex` feature, or on ndarray with its `ndarray` feature (each
 /// compiles the kernel in as a backend extension for that backend).
 pub(crate) fn uses_host_kernel(student_logits: &Tensor<2>, teacher_logits: &Tensor<2>) -> bool {
-    let backend = student_logits.device().as_dispatch().id().type_id >> 8;
+    let backend = backend_id(&student_logits.device());
     let compiled_in = (cfg!(feature = "flex") && backend == FLEX_BACKEND_ID)
         || (cfg!(feature = "ndarray") && backend == NDARRAY_BACKEND_ID);
     compiled_in && student_logits.dtype() == DType::F32 && teacher_logits.dtype() == DType::F32
