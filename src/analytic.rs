@@ -26,7 +26,8 @@ const FLEX_BACKEND_ID: u16 = 4;
 const NDARRAY_BACKEND_ID: u16 = 6;
 
 /// The loss's hyper-parameters, as the analytic path needs them.
-#[cfg_attr(not(any(feature = "flex", feature = "ndarray")), allow(dead_code))] // only the fused kernel reads them
+// Only the fused kernel reads them.
+#[cfg_attr(not(any(feature = "flex", feature = "ndarray")), allow(dead_code))]
 pub(crate) struct AnalyticParams {
     pub temperature: f64,
     /// The temperature of the teacher's values: `T` for logits, 1 for log-probabilities.

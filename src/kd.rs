@@ -51,15 +51,16 @@ pub struct KdLossConfig {
     #[config(default = true)]
     pub scale_by_t_squared: bool,
     /// On flex and ndarray with f32 tensors (with this crate's `flex` feature,
-    /// on by default, or its `ndarray` feature), compute the values and the gradient with respect to the student in closed
-    /// form — `soft_weight·(f/T)(q − p) + hard_weight·(softmax(z) − onehot)` per
-    /// row, `f` = T² or 1 — in one fused, multi-threaded CPU kernel that reads
-    /// burn's buffers in place, and register a single autodiff node whose
-    /// backward is that gradient instead of letting autodiff walk back through
-    /// every softmax, log and product. Same values and gradients, an order of
-    /// magnitude faster at large vocabularies (BENCHMARKS.md). On other devices and dtypes, and with
-    /// `false`, the loss is plain burn ops differentiated by autodiff (the
-    /// reference the fast path is tested against). Default: true.
+    /// on by default, or its `ndarray` feature), compute the values and the
+    /// gradient with respect to the student in closed form —
+    /// `soft_weight·(f/T)(q − p) + hard_weight·(softmax(z) − onehot)` per row,
+    /// `f` = T² or 1 — in one fused, multi-threaded CPU kernel that reads burn's
+    /// buffers in place, and register a single autodiff node whose backward is
+    /// that gradient instead of letting autodiff walk back through every
+    /// softmax, log and product. Same values and gradients, an order of magnitude
+    /// faster at large vocabularies (BENCHMARKS.md). On other devices and dtypes,
+    /// and with `false`, the loss is plain burn ops differentiated by autodiff
+    /// (the reference the fast path is tested against). Default: true.
     #[config(default = true)]
     pub analytic_backward: bool,
     /// Retired; kept so that existing configs still load. It split the fused
