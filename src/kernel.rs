@@ -305,22 +305,21 @@ fn sum(x: &[f32]) -> f64 {
     lanes.iter().sum::<f64>() + tail
 }
 
-/// Largest value of a slice (`−inf` if empty).
+/// Largest value of a slice (`−inf` if empty), in 8 independent lanes so that
+/// the loop vectorises.
 fn max(x: &[f32]) -> f32 {
-    fold_lanes(x, f32::NEG_INFINITY, |a, b| if b > a { b } else { a })
-}
-
-/// Folds a slice with `pick` in 8 independent lanes, so that the loop vectorises.
-#[inline(always)]
-fn fold_lanes(x: &[f32], init: f32, pick: impl Fn(f32, f32) -> f32 + Copy) -> f32 {
-    let mut lanes = [init; 8];
+    let pick = |a: f32, b: f32| if b > a { b } else { a };
+    let mut lanes = [f32::NEG_INFINITY; 8];
     let mut chunks = x.chunks_exact(8);
     for chunk in &mut chunks {
         for (l, &v) in lanes.iter_mut().zip(chunk) {
             *l = pick(*l, v);
         }
     }
-    let tail = chunks.remainder().iter().fold(init, |m, &v| pick(m, v));
+    let tail = chunks
+        .remainder()
+        .iter()
+        .fold(f32::NEG_INFINITY, |m, &v| pick(m, v));
     lanes.iter().fold(tail, |m, &v| pick(m, v))
 }
 
