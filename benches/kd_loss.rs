@@ -10,7 +10,7 @@
 //! computing the same loss (T = 4, 0.9 soft / 0.1 hard, T²):
 //! - `analytic`: `KdLoss::forward` as shipped — on flex and ndarray the fused
 //!   CPU kernel with its closed-form backward; elsewhere the same as `autodiff`;
-//! - `autodiff`: `KdLoss` with `analytic_backward = false` — burn ops, autodiff
+//! - `autodiff`: `KdLoss` with `fused_kernel = false` — burn ops, autodiff
 //!   walks back through them (the crate's reference path);
 //! - `burn_nn_composed`: the same loss written with burn-nn's own pieces, as a user
 //!   would without this crate: `log_softmax(z/T)`, `log_softmax(v/T)`,
@@ -46,7 +46,7 @@ fn bench_kd(c: &mut Criterion) {
     let analytic = KdLossConfig::new().with_temperature(T).init();
     let autodiff = KdLossConfig::new()
         .with_temperature(T)
-        .with_analytic_backward(false)
+        .with_fused_kernel(false)
         .init();
     let kl = KLDivLossConfig::new().with_log_target(true).init();
     for (device_name, device) in devices() {

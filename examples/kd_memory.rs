@@ -27,7 +27,7 @@ fn main() {
     let config = KdLossConfig::new().with_temperature(4.0);
     let kd = match mode {
         "analytic" | "inputs" => config.init(),
-        "autodiff" => config.with_analytic_backward(false).init(),
+        "autodiff" => config.with_fused_kernel(false).init(),
         _ => panic!("{usage}"),
     };
     if mode == "inputs" {

@@ -3,7 +3,7 @@
 //!
 //! Arguments are always named `student_*` and `teacher_*` — never `input` and
 //! `target` — so the direction of an asymmetric divergence cannot be swapped by
-//! argument order (the TRL bug in `shared/anchors.md`, item 8).
+//! argument order (a bug reported against TRL).
 //!
 //! All take normalised log-probabilities at whatever temperature the caller
 //! chose (e.g. [`temperature::log_softmax`](crate::temperature::log_softmax)),
@@ -22,10 +22,129 @@
 //! | [`generalized_jsd`] | `β·KL(p ‖ m) + (1−β)·KL(q ‖ m)`, `m = βp + (1−β)q`; β = 0 and 1 are forward and reverse KL (the TRL/Liger convention) | 0 |
 //! | [`skew_forward_kl`] | `KL(p ‖ αp + (1−α)q)` (DistiLLM) | 0 |
 //! | [`skew_reverse_kl`] | `KL(q ‖ αq + (1−α)p)` | 0 |
+//! | [`total_variation`] | `½ Σ |q − p|` (DistillKit, Liger) | 0 |
+//!
+//! [`Divergence`] names one of them as a setting of
+//! [`KdLossConfig`](crate::KdLossConfig), which adds the temperature, `T²`,
+//! the hard term, masks and the reduction; these functions are the small pure
+//! reference the loss is tested against.
 
+use burn::config::Config;
 use burn::tensor::{Bool, Tensor};
 
-use crate::error::{DistillError, check_non_empty, check_same_shape, or_panic};
+use crate::check::{check_mask_length, check_non_empty, check_same_shape};
+use crate::error::{DistillError, or_panic};
+use crate::targets::{Normalizer, reduce_rows};
+
+/// Which divergence between the teacher's distribution `p` and the student's
+/// `q` a loss minimises, per row, at the loss's temperature.
+///
+/// | variant | value | notes |
+/// |---|---|---|
+/// | `ForwardKl` | `KL(p ‖ q)` | Hinton et al.'s soft loss (mode-covering); the default |
+/// | `ReverseKl` | `KL(q ‖ p)` | mode-seeking (MiniLLM) |
+/// | `Jsd { beta }` | `β·KL(p‖m) + (1−β)·KL(q‖m)`, `m = βp + (1−β)q` | TRL's and Liger's generalised JSD, for parity with them: β = 0 and β = 1 are *defined* as forward and reverse KL, while the formula itself tends to 0 there, so the value jumps at both ends |
+/// | `JsdNormalized { beta }` | the above `/ (β(1−β))` | tends continuously to forward KL as β → 0 and to reverse KL as β → 1 (which it equals there) |
+/// | `SkewForwardKl { alpha }` | `KL(p ‖ αp + (1−α)q)` | DistiLLM; α in [0, 1), α = 0 is forward KL |
+/// | `SkewReverseKl { alpha }` | `KL(q ‖ αq + (1−α)p)` | α in [0, 1), α = 0 is reverse KL |
+/// | `Tvd` | `½ Σ |q − p|` | total variation (DistillKit, Liger) |
+///
+/// ```
+/// use burn::tensor::{Device, Tensor};
+/// use burn_distill::divergence::Divergence;
+/// use burn_distill::temperature::log_softmax;
+///
+/// let device = Device::flex();
+/// let q = log_softmax(Tensor::<2>::from_floats([[1.0, 0.0, -1.0]], &device), 1.0, 1);
+/// let p = log_softmax(Tensor::<2>::from_floats([[0.0, 2.0, -1.0]], &device), 1.0, 1);
+/// // Near β = 0 the normalised JSD is close to forward KL; TRL's form is near 0.
+/// let near_forward = Divergence::JsdNormalized { beta: 1e-4 }.rows(q.clone(), p.clone());
+/// let forward = Divergence::ForwardKl.rows(q.clone(), p.clone());
+/// let trl = Divergence::Jsd { beta: 1e-4 }.rows(q, p);
+/// let (a, b, c) = (
+///     near_forward.into_scalar::<f32>(),
+///     forward.into_scalar::<f32>(),
+///     trl.into_scalar::<f32>(),
+/// );
+/// assert!((a - b).abs() < 1e-3 * b && c < 1e-3 * b);
+/// ```
+#[derive(Config, Debug, Copy, PartialEq)]
+pub enum Divergence {
+    /// `KL(p ‖ q)`.
+    ForwardKl,
+    /// `KL(q ‖ p)`.
+    ReverseKl,
+    /// TRL's generalised JSD with weight `beta` in [0, 1] on the teacher.
+    Jsd {
+        /// Weight of the teacher in the mixture, in [0, 1].
+        beta: f64,
+    },
+    /// The generalised JSD divided by `β(1−β)`: continuous in `beta` on [0, 1].
+    JsdNormalized {
+        /// Weight of the teacher in the mixture, in [0, 1].
+        beta: f64,
+    },
+    /// `KL(p ‖ αp + (1−α)q)`.
+    SkewForwardKl {
+        /// Weight of the teacher in the mixture, in [0, 1).
+        alpha: f64,
+    },
+    /// `KL(q ‖ αq + (1−α)p)`.
+    SkewReverseKl {
+        /// Weight of the student in the mixture, in [0, 1).
+        alpha: f64,
+    },
+    /// Total variation distance `½ Σ |q − p|`.
+    Tvd,
+}
+
+impl Divergence {
+    /// Checks the variant's parameter: β in [0, 1], α in [0, 1).
+    pub fn check(&self) -> Result<(), DistillError> {
+        match *self {
+            Self::Jsd { beta } | Self::JsdNormalized { beta } => check_unit_interval("beta", beta),
+            Self::SkewForwardKl { alpha } | Self::SkewReverseKl { alpha } => {
+                check_skew("alpha", alpha)
+            }
+            Self::ForwardKl | Self::ReverseKl | Self::Tvd => Ok(()),
+        }
+    }
+
+    /// The divergence per row from normalised log-probabilities, `[batch]`.
+    ///
+    /// # Panics
+    /// If the parameter is out of range ([`check`](Self::check)), or the shapes
+    /// differ or are empty.
+    ///
+    /// # Shapes
+    /// - `student_log_probs`, `teacher_log_probs`: `[batch, classes]`; output `[batch]`.
+    pub fn rows(&self, student_log_probs: Tensor<2>, teacher_log_probs: Tensor<2>) -> Tensor<1> {
+        or_panic(self.check());
+        or_panic(check_log_prob_pair(&student_log_probs, &teacher_log_probs));
+        self.rows_unchecked(student_log_probs, teacher_log_probs)
+    }
+
+    /// [`rows`](Self::rows) for callers that made the checks.
+    pub(crate) fn rows_unchecked(
+        &self,
+        student_log_probs: Tensor<2>,
+        teacher_log_probs: Tensor<2>,
+    ) -> Tensor<1> {
+        let (q, p) = (student_log_probs, teacher_log_probs);
+        match *self {
+            Self::ForwardKl => forward_kl_unchecked(q, p),
+            Self::ReverseKl => forward_kl_unchecked(p, q),
+            Self::Jsd { beta } => jsd_unchecked(q, p, beta),
+            Self::JsdNormalized { beta } if beta == 0.0 || beta == 1.0 => jsd_unchecked(q, p, beta),
+            Self::JsdNormalized { beta } => {
+                jsd_unchecked(q, p, beta).mul_scalar(1.0 / (beta * (1.0 - beta)))
+            }
+            Self::SkewForwardKl { alpha } => skew_kl(p, q, alpha),
+            Self::SkewReverseKl { alpha } => skew_kl(q, p, alpha),
+            Self::Tvd => total_variation_unchecked(q, p),
+        }
+    }
+}
 
 /// Forward KL divergence per row: `KL(p‖q) = Σ_i p_i (log p_i − log q_i)`, with
 /// `p = exp(teacher_log_probs)` and `log q = student_log_probs`.
@@ -104,18 +223,8 @@ pub fn try_masked_mean(
     rows: Tensor<1>,
     keep_rows: Tensor<1, Bool>,
 ) -> Result<Tensor<1>, DistillError> {
-    let [found] = keep_rows.dims();
-    let [expected] = rows.dims();
-    if found != expected {
-        return Err(DistillError::MaskLength { found, expected });
-    }
-    let count = keep_rows
-        .clone()
-        .float()
-        .cast(rows.dtype())
-        .sum()
-        .clamp_min(1.0);
-    Ok(rows.mask_fill(keep_rows.bool_not(), 0.0).sum() / count)
+    check_mask_length(&keep_rows, rows.dims()[0])?;
+    Ok(reduce_rows(rows, Some(keep_rows), Normalizer::KeptRows))
 }
 
 /// Shape checks shared by the divergences: same `[batch, classes]`, non-empty.
@@ -228,16 +337,60 @@ pub fn try_generalized_jsd(
 ) -> Result<Tensor<1>, DistillError> {
     check_unit_interval("beta", beta)?;
     check_log_prob_pair(&student_log_probs, &teacher_log_probs)?;
+    Ok(jsd_unchecked(student_log_probs, teacher_log_probs, beta))
+}
+
+/// [`generalized_jsd`] without the checks.
+fn jsd_unchecked(
+    student_log_probs: Tensor<2>,
+    teacher_log_probs: Tensor<2>,
+    beta: f64,
+) -> Tensor<1> {
     if beta == 0.0 {
-        return Ok(forward_kl_unchecked(student_log_probs, teacher_log_probs));
+        return forward_kl_unchecked(student_log_probs, teacher_log_probs);
     }
     if beta == 1.0 {
-        return Ok(forward_kl_unchecked(teacher_log_probs, student_log_probs));
+        return forward_kl_unchecked(teacher_log_probs, student_log_probs);
     }
     let mixture = log_mixture(teacher_log_probs.clone(), beta, student_log_probs.clone());
     let teacher_part = forward_kl_unchecked(mixture.clone(), teacher_log_probs).mul_scalar(beta);
     let student_part = forward_kl_unchecked(mixture, student_log_probs).mul_scalar(1.0 - beta);
-    Ok(teacher_part + student_part)
+    teacher_part + student_part
+}
+
+/// Total variation distance per row: `½ Σ_i |q_i − p_i|`, in [0, 1], from
+/// log-probabilities (as DistillKit and Liger compute it on probabilities).
+/// Its gradient with respect to `q_i` is `½ sign(q_i − p_i)` (0 where equal).
+///
+/// # Panics
+/// If the shapes differ or are empty.
+///
+/// # Example
+/// ```
+/// use burn::tensor::{Device, Tensor};
+/// use burn_distill::divergence::total_variation;
+///
+/// let device = Device::flex();
+/// let p = Tensor::<2>::from_floats([[0.5f32.ln(), 0.5f32.ln()]], &device);
+/// let q = Tensor::<2>::from_floats([[0.25f32.ln(), 0.75f32.ln()]], &device);
+/// let tvd = total_variation(q, p).into_scalar::<f32>();
+/// assert!((tvd - 0.25).abs() < 1e-6);
+/// ```
+pub fn total_variation(student_log_probs: Tensor<2>, teacher_log_probs: Tensor<2>) -> Tensor<1> {
+    or_panic(check_log_prob_pair(&student_log_probs, &teacher_log_probs));
+    total_variation_unchecked(student_log_probs, teacher_log_probs)
+}
+
+fn total_variation_unchecked(
+    student_log_probs: Tensor<2>,
+    teacher_log_probs: Tensor<2>,
+) -> Tensor<1> {
+    let difference = student_log_probs.exp() - teacher_log_probs.exp();
+    difference
+        .abs()
+        .sum_dim(1)
+        .squeeze_dim::<1>(1)
+        .mul_scalar(0.5)
 }
 
 /// Skew forward KL per row: `KL(p ‖ α·p + (1−α)·q)` (Ko et al., DistiLLM, 2024).
@@ -320,7 +473,7 @@ fn log_mixture(log_a: Tensor<2>, w: f64, log_b: Tensor<2>) -> Tensor<2> {
 }
 
 /// A mixing weight in [0, 1].
-fn check_unit_interval(argument: &'static str, value: f64) -> Result<(), DistillError> {
+pub(crate) fn check_unit_interval(argument: &'static str, value: f64) -> Result<(), DistillError> {
     if (0.0..=1.0).contains(&value) {
         Ok(())
     } else {

@@ -25,11 +25,12 @@ use burn::config::Config;
 use burn::module::Module;
 use burn::tensor::{Bool, Int, Tensor};
 
-use crate::divergence::{forward_kl_unchecked, masked_mean};
-use crate::error::{
-    DistillError, check_non_empty, check_same_shape, check_temperature, check_weight, or_panic,
-};
-use crate::temperature::{scaled_logsumexp, standardize, try_log_softmax};
+use crate::check::{check_temperature, check_weight};
+use crate::divergence::forward_kl_unchecked;
+use crate::error::{DistillError, or_panic};
+use crate::targets::{Targets, reduce_rows};
+use crate::teacher::{PreparedTeacher, TeacherOutput};
+use crate::temperature::{compute_dtype, scaled_logsumexp, standardize, try_log_softmax};
 
 /// Configuration of a [`DkdLoss`].
 #[derive(Config, Debug)]
@@ -86,9 +87,16 @@ pub struct DkdLossOutput {
 
 /// Decoupled KD loss; see the module documentation.
 ///
+/// Its forwards take the same [`TeacherOutput`] (logits, probabilities or
+/// log-probabilities; not top-k, whose non-target distribution is unknown) and
+/// [`Targets`] (labels required; row masks and the normaliser apply) as
+/// [`KdLoss`](crate::KdLoss), and panic on bad input with the message of
+/// [`check`](DkdLoss::check).
+///
 /// # Shapes
-/// - `student_logits`, `teacher_logits`: `[batch, classes]`, classes ≥ 2
-/// - `targets`: `[batch]`
+/// - `student_logits`: `[batch, classes]`, classes ≥ 2
+/// - `teacher`: the same shape
+/// - `targets`: `[batch]` labels
 ///
 /// # Example
 /// ```
@@ -111,29 +119,17 @@ pub struct DkdLoss {
 }
 
 impl DkdLoss {
-    /// `α · TCKD + β · NCKD`, `T²`-scaled, batch-averaged, `[1]`.
+    /// `α · TCKD + β · NCKD`, `T²`-scaled, averaged over the kept rows, `[1]`.
     ///
     /// # Panics
-    /// On bad shapes or labels (see [`try_forward`](Self::try_forward)).
+    /// On bad input, with the message of [`check`](Self::check).
     pub fn forward(
         &self,
         student_logits: Tensor<2>,
-        teacher_logits: Tensor<2>,
-        targets: Tensor<1, Int>,
+        teacher: impl Into<TeacherOutput>,
+        targets: impl Into<Targets>,
     ) -> Tensor<1> {
-        or_panic(self.try_forward(student_logits, teacher_logits, targets))
-    }
-
-    /// Fallible [`forward`](Self::forward).
-    pub fn try_forward(
-        &self,
-        student_logits: Tensor<2>,
-        teacher_logits: Tensor<2>,
-        targets: Tensor<1, Int>,
-    ) -> Result<Tensor<1>, DistillError> {
-        Ok(self
-            .try_forward_parts(student_logits, teacher_logits, targets)?
-            .total)
+        self.forward_parts(student_logits, teacher, targets).total
     }
 
     /// The total and its two parts.
@@ -143,85 +139,61 @@ impl DkdLoss {
     pub fn forward_parts(
         &self,
         student_logits: Tensor<2>,
-        teacher_logits: Tensor<2>,
-        targets: Tensor<1, Int>,
+        teacher: impl Into<TeacherOutput>,
+        targets: impl Into<Targets>,
     ) -> DkdLossOutput {
-        or_panic(self.try_forward_parts(student_logits, teacher_logits, targets))
+        let targets = targets.into();
+        let keep = targets.kept_rows(None);
+        let normalizer = targets.normalizer;
+        let dtype = student_logits.dtype();
+        let (tckd, nckd) = or_panic(self.rows(student_logits, teacher.into(), targets));
+        let tckd = reduce_rows(tckd, keep.clone(), normalizer);
+        let nckd = reduce_rows(nckd, keep, normalizer);
+        let total = tckd.clone().mul_scalar(self.alpha) + nckd.clone().mul_scalar(self.beta);
+        DkdLossOutput {
+            total: total.cast(dtype),
+            tckd: tckd.cast(dtype),
+            nckd: nckd.cast(dtype),
+        }
     }
 
-    /// Fallible [`forward_parts`](Self::forward_parts).
-    pub fn try_forward_parts(
-        &self,
-        student_logits: Tensor<2>,
-        teacher_logits: Tensor<2>,
-        targets: Tensor<1, Int>,
-    ) -> Result<DkdLossOutput, DistillError> {
-        let (tckd_rows, nckd_rows) = self.rows(student_logits, teacher_logits, targets)?;
-        Ok(self.combine(tckd_rows.mean(), nckd_rows.mean()))
-    }
-
-    /// The total and its parts averaged over the rows where `keep_rows` is true
-    /// (token-level distillation with padding); no row kept gives exactly 0 and
-    /// a zero gradient.
+    /// `α · T²·TCKD + β · T²·NCKD` per row, `[batch]`; rows that do not count are 0.
     ///
     /// # Panics
-    /// As [`try_forward_parts_masked`](Self::try_forward_parts_masked).
-    pub fn forward_parts_masked(
+    /// As [`forward`](Self::forward).
+    pub fn forward_no_reduction(
         &self,
         student_logits: Tensor<2>,
-        teacher_logits: Tensor<2>,
-        targets: Tensor<1, Int>,
-        keep_rows: Tensor<1, Bool>,
-    ) -> DkdLossOutput {
-        or_panic(self.try_forward_parts_masked(student_logits, teacher_logits, targets, keep_rows))
+        teacher: impl Into<TeacherOutput>,
+        targets: impl Into<Targets>,
+    ) -> Tensor<1> {
+        let targets = targets.into();
+        let keep = targets.kept_rows(None);
+        let dtype = student_logits.dtype();
+        let (tckd, nckd) = or_panic(self.rows(student_logits, teacher.into(), targets));
+        let rows = tckd.mul_scalar(self.alpha) + nckd.mul_scalar(self.beta);
+        match keep {
+            Some(keep) => rows.mask_fill(keep.bool_not(), 0.0),
+            None => rows,
+        }
+        .cast(dtype)
     }
 
-    /// Fallible [`forward_parts_masked`](Self::forward_parts_masked); also
-    /// reports [`DistillError::MaskLength`]. Labels of dropped rows must still be
-    /// valid class indices.
-    pub fn try_forward_parts_masked(
+    /// Checks everything the forwards check, without computing the loss.
+    pub fn check(
         &self,
-        student_logits: Tensor<2>,
-        teacher_logits: Tensor<2>,
-        targets: Tensor<1, Int>,
-        keep_rows: Tensor<1, Bool>,
-    ) -> Result<DkdLossOutput, DistillError> {
-        let [batch] = targets.dims();
-        let [found] = keep_rows.dims();
-        if found != batch {
-            return Err(DistillError::MaskLength {
-                found,
-                expected: batch,
+        student_logits: &Tensor<2>,
+        teacher: &TeacherOutput,
+        targets: &Targets,
+    ) -> Result<(), DistillError> {
+        let [_, classes] = student_logits.dims();
+        if let TeacherOutput::TopK(_) = teacher {
+            return Err(DistillError::UnsupportedTeacher {
+                teacher: "teacher.log_probs",
+                reason: "DKD needs the teacher's whole distribution, not its top-k classes",
             });
         }
-        let (tckd_rows, nckd_rows) = self.rows(student_logits, teacher_logits, targets)?;
-        Ok(self.combine(
-            masked_mean(tckd_rows, keep_rows.clone()),
-            masked_mean(nckd_rows, keep_rows),
-        ))
-    }
-
-    fn combine(&self, tckd: Tensor<1>, nckd: Tensor<1>) -> DkdLossOutput {
-        let total = tckd.clone().mul_scalar(self.alpha) + nckd.clone().mul_scalar(self.beta);
-        DkdLossOutput { total, tckd, nckd }
-    }
-
-    /// `T²·TCKD` and `T²·NCKD` per row, `[batch]` each, after the checks.
-    fn rows(
-        &self,
-        student_logits: Tensor<2>,
-        teacher_logits: Tensor<2>,
-        targets: Tensor<1, Int>,
-    ) -> Result<(Tensor<1>, Tensor<1>), DistillError> {
-        let shape = student_logits.dims();
-        check_same_shape(
-            "student_logits",
-            &shape,
-            "teacher_logits",
-            &teacher_logits.dims(),
-        )?;
-        check_non_empty("student_logits", &shape)?;
-        let [batch, classes] = shape;
+        teacher.check(student_logits, false)?;
         if classes < 2 {
             return Err(DistillError::InvalidParameter {
                 argument: "classes",
@@ -229,21 +201,49 @@ impl DkdLoss {
                 requirement: "at least 2 (DKD splits target and non-target classes)",
             });
         }
-        crate::kd::check_targets(&targets, batch, classes)?;
-        let (z, v) = if self.logit_standardization {
-            (
-                standardize(student_logits),
-                standardize(teacher_logits.detach()),
-            )
-        } else {
-            (student_logits, teacher_logits.detach())
-        };
+        if self.logit_standardization && !matches!(teacher, TeacherOutput::Logits(_)) {
+            return Err(DistillError::UnsupportedTeacher {
+                teacher: teacher.tensor().1,
+                reason: "logit_standardization needs the teacher's logits",
+            });
+        }
+        if targets.labels.is_none() {
+            return Err(DistillError::MissingLabels);
+        }
+        targets.check(student_logits, None)
+    }
+
+    /// `T²·TCKD` and `T²·NCKD` per row, `[batch]` each, after the checks, in
+    /// the compute dtype (f32 for half-precision input).
+    fn rows(
+        &self,
+        student_logits: Tensor<2>,
+        teacher: TeacherOutput,
+        targets: Targets,
+    ) -> Result<(Tensor<1>, Tensor<1>), DistillError> {
+        self.check(&student_logits, &teacher, &targets)?;
+        let [batch, classes] = student_logits.dims();
+        let compute = compute_dtype(student_logits.dtype());
+        let z = student_logits.cast(compute);
         let t = self.temperature;
-        let target_mask: Tensor<2, Bool> = targets.clone().one_hot::<2>(classes).equal_elem(1);
-        let index = targets.reshape([batch, 1]);
+        let PreparedTeacher::Dense {
+            values,
+            temperature: teacher_t,
+            ..
+        } = teacher.prepare(classes, t, compute)
+        else {
+            unreachable!("checked: DKD takes a dense teacher");
+        };
+        let (z, v) = match self.logit_standardization {
+            true => (standardize(z), standardize(values)),
+            false => (z, values),
+        };
+        let labels = targets.labels.expect("checked: DKD has labels");
+        let target_mask: Tensor<2, Bool> = labels.clone().one_hot::<2>(classes).equal_elem(1);
+        let index = labels.reshape([batch, 1]);
 
         let (student_binary, student_rest) = split(z, t, target_mask.clone(), index.clone());
-        let (teacher_binary, teacher_rest) = split(v, t, target_mask, index);
+        let (teacher_binary, teacher_rest) = split(v, teacher_t, target_mask, index);
         let scale = t * t;
         let tckd = forward_kl_unchecked(student_binary, teacher_binary).mul_scalar(scale);
         let nckd = forward_kl_unchecked(student_rest, teacher_rest).mul_scalar(scale);
@@ -253,8 +253,12 @@ impl DkdLoss {
 
 /// From logits at temperature `t`: the binary log-distribution
 /// `[log p_t, log(1 − p_t)]` `[B, 2]` and the non-target log-distribution
-/// `log p̂` `[B, C]` (`−inf` at the target). `log(1 − p_t)` is the difference of
-/// two log-sum-exps, free of the cancellation in `1 − p_t`.
+/// `log p̂` `[B, C]` (`−inf` at the target).
+///
+/// `log(1 − p_t)` is `log1p(−p_t)` where `p_t < ½`, accurate however small
+/// `p_t` is (a difference of two log-sum-exps loses it: 20% relative error at
+/// `p_t = 2e-5`), and that difference where `p_t ≥ ½`, where it has no
+/// cancellation and `log1p(−p_t)` would (as `p_t → 1`).
 fn split(
     logits: Tensor<2>,
     t: f64,
@@ -265,6 +269,13 @@ fn split(
     let masked = logits.clone().mask_fill(target_mask, f32::NEG_INFINITY);
     let log_others = scaled_logsumexp(masked.clone(), t, 1);
     let log_target = logits.gather(1, targets).mul_scalar(1.0 / t) - log_all.clone();
-    let binary = Tensor::cat(vec![log_target, log_others - log_all], 1);
+    let half = -std::f64::consts::LN_2;
+    let small_target = log_target.clone().lower_elem(half);
+    // Clamped so that the branch not taken has a finite gradient (it is
+    // multiplied by 0, and 0·inf would be NaN).
+    let by_log1p = log_target.clone().clamp_max(half).exp().neg().log1p();
+    let by_difference = log_others - log_all;
+    let log_rest = by_difference.mask_where(small_target, by_log1p);
+    let binary = Tensor::cat(vec![log_target, log_rest], 1);
     (binary, or_panic(try_log_softmax(masked, t, 1)))
 }

@@ -1,6 +1,6 @@
 //! Combining several teachers into one soft target.
 //!
-//! Two combinators, named for what they compute (anchors.md, bug 10: averaging
+//! Two combinators, named for what they compute (a common mistake: averaging
 //! logits is often called "the ensemble" when the mean of probabilities was
 //! meant). With teacher distributions `p^m = softmax(v^m / T)` and weights `w_m`
 //! (normalised to sum to 1):
@@ -18,7 +18,8 @@
 
 use burn::tensor::Tensor;
 
-use crate::error::{DistillError, check_non_empty, check_temperature, check_weight, or_panic};
+use crate::check::{check_non_empty, check_temperature, check_weight};
+use crate::error::{DistillError, or_panic};
 use crate::temperature::try_log_softmax;
 
 /// `Σ_m w_m softmax(v^m / T)` (weights normalised), `[batch, classes]`.
@@ -216,11 +217,10 @@ fn check_teachers(
         }
     };
     let total: f64 = weights.iter().sum();
-    if total <= 0.0 {
-        return Err(DistillError::InvalidWeight {
-            argument: "weights (sum)",
-            value: total,
-        });
+    // Each weight is ≥ 0 and finite (checked), so a sum that is not > 0 means
+    // every weight is 0; a sum that overflowed is reported as such.
+    if !(total > 0.0 && total.is_finite()) {
+        return Err(DistillError::InvalidWeightSum { total });
     }
     Ok(weights.into_iter().map(|w| w / total).collect())
 }

@@ -149,10 +149,45 @@ pub enum DistillError {
         /// Number of rows.
         expected: usize,
     },
-    /// A row-chunk size of zero.
-    InvalidChunkRows {
+    /// Probabilities with a negative (or NaN) entry.
+    InvalidProbabilities {
+        /// The argument that held them (e.g. `"teacher_probs"`).
+        argument: &'static str,
+        /// The smallest entry found.
+        value: f64,
+    },
+    /// Per-teacher weights that are all 0 (or whose sum overflows), so they
+    /// cannot be normalised.
+    InvalidWeightSum {
+        /// Their sum.
+        total: f64,
+    },
+    /// A loss that needs labels was given [`Targets::unlabelled`](crate::Targets::unlabelled).
+    MissingLabels,
+    /// A number that must be finite is not.
+    NotFinite {
+        /// The argument that held it.
+        argument: &'static str,
         /// The value given.
-        value: usize,
+        value: f64,
+    },
+    /// A teacher form a loss or setting cannot use.
+    UnsupportedTeacher {
+        /// The teacher argument given (e.g. `"teacher.log_probs"` for a top-k teacher).
+        teacher: &'static str,
+        /// Why it cannot be used.
+        reason: &'static str,
+    },
+    /// Two tensors that must be on one device are not.
+    DeviceMismatch {
+        /// The first argument.
+        left_argument: &'static str,
+        /// Its device.
+        left_device: String,
+        /// The second argument.
+        right_argument: &'static str,
+        /// Its device.
+        right_device: String,
     },
     /// A class label that is negative or not below the number of classes.
     LabelOutOfRange {
@@ -252,7 +287,7 @@ impl fmt::Display for DistillError {
                 expected,
             } => write!(
                 f,
-                "{argument} has a batch of {found} rows but the generalist's has {expected}"
+                "{argument} has a batch of {found} rows but {expected} were expected"
             ),
             Self::InvalidParameter {
                 argument,
@@ -274,9 +309,34 @@ impl fmt::Display for DistillError {
                 f,
                 "keep_rows has {found} entries but there are {expected} rows; give one per row"
             ),
-            Self::InvalidChunkRows { value } => write!(
+            Self::InvalidProbabilities { argument, value } => write!(
                 f,
-                "chunk_rows must be at least 1 (or None for one block), got {value}"
+                "{argument} must hold probabilities (every entry ≥ 0), but its smallest entry is {value}"
+            ),
+            Self::InvalidWeightSum { total } => write!(
+                f,
+                "weights sum to {total}: at least one teacher needs a weight above 0, \
+                 and the sum must be finite"
+            ),
+            Self::MissingLabels => write!(
+                f,
+                "targets has no labels, but this loss needs one label per row"
+            ),
+            Self::NotFinite { argument, value } => {
+                write!(f, "{argument} must be a finite number, got {value}")
+            }
+            Self::UnsupportedTeacher { teacher, reason } => {
+                write!(f, "{teacher} cannot be used here: {reason}")
+            }
+            Self::DeviceMismatch {
+                left_argument,
+                left_device,
+                right_argument,
+                right_device,
+            } => write!(
+                f,
+                "{left_argument} is on {left_device} but {right_argument} is on {right_device}; \
+                 move them to one device"
             ),
             Self::LabelOutOfRange {
                 argument,
@@ -292,72 +352,6 @@ impl fmt::Display for DistillError {
 }
 
 impl std::error::Error for DistillError {}
-
-/// Checks that a temperature is finite and strictly positive.
-pub(crate) fn check_temperature(argument: &'static str, value: f64) -> Result<(), DistillError> {
-    if value.is_finite() && value > 0.0 {
-        Ok(())
-    } else {
-        Err(DistillError::InvalidTemperature { argument, value })
-    }
-}
-
-/// Checks that a loss weight is finite and non-negative.
-pub(crate) fn check_weight(argument: &'static str, value: f64) -> Result<(), DistillError> {
-    if value.is_finite() && value >= 0.0 {
-        Ok(())
-    } else {
-        Err(DistillError::InvalidWeight { argument, value })
-    }
-}
-
-/// Checks that `dim` indexes a dimension of a rank-`rank` tensor.
-pub(crate) fn check_dim(
-    argument: &'static str,
-    dim: usize,
-    rank: usize,
-) -> Result<(), DistillError> {
-    if dim < rank {
-        Ok(())
-    } else {
-        Err(DistillError::InvalidDim {
-            argument,
-            dim,
-            rank,
-        })
-    }
-}
-
-/// Checks that no dimension of `shape` is zero.
-pub(crate) fn check_non_empty(argument: &'static str, shape: &[usize]) -> Result<(), DistillError> {
-    if shape.contains(&0) {
-        Err(DistillError::EmptyTensor {
-            argument,
-            shape: shape.to_vec(),
-        })
-    } else {
-        Ok(())
-    }
-}
-
-/// Checks that two tensors have identical shapes.
-pub(crate) fn check_same_shape(
-    left_argument: &'static str,
-    left_shape: &[usize],
-    right_argument: &'static str,
-    right_shape: &[usize],
-) -> Result<(), DistillError> {
-    if left_shape == right_shape {
-        Ok(())
-    } else {
-        Err(DistillError::ShapeMismatch {
-            left_argument,
-            left_shape: left_shape.to_vec(),
-            right_argument,
-            right_shape: right_shape.to_vec(),
-        })
-    }
-}
 
 /// Unwraps a checked result, panicking with the error's message.
 ///

@@ -38,19 +38,24 @@
 //! Reference: G. Hinton, O. Vinyals, J. Dean, *Distilling the Knowledge in a Neural
 //! Network*, NIPS 2014 Deep Learning Workshop, arXiv:1503.02531 (2015).
 
-mod analytic;
+mod backend;
+mod check;
 pub mod divergence;
 pub mod dkd;
 pub mod ensemble;
 mod error;
-#[cfg(any(feature = "flex", feature = "ndarray"))]
 mod fused;
 mod kd;
-#[cfg(any(feature = "flex", feature = "ndarray"))]
-mod kernel;
 pub mod sparse;
 pub mod specialist;
+mod targets;
+mod teacher;
 pub mod temperature;
 
+pub use divergence::Divergence;
+pub use dkd::{DkdLoss, DkdLossConfig, DkdLossOutput};
 pub use error::DistillError;
-pub use kd::{KdLoss, KdLossConfig, KdLossOutput, TeacherOutput};
+pub use kd::{KdLoss, KdLossConfig, KdLossOutput};
+pub use sparse::SparseTeacher;
+pub use targets::{Normalizer, Targets};
+pub use teacher::TeacherOutput;

@@ -4,12 +4,15 @@
 //!
 //! The divergence is then taken over `k + 1` buckets: the teacher's `k` classes
 //! and "everything else", for both models. With `k = C` it is the dense
-//! [`forward_kl`](crate::divergence::forward_kl).
+//! [`forward_kl`](crate::divergence::forward_kl). [`TeacherOutput::TopK`](crate::TeacherOutput::TopK)
+//! gives a [`SparseTeacher`] to [`KdLoss`](crate::KdLoss) with any divergence.
 
 use burn::tensor::{Int, Tensor};
 
+use crate::check::check_temperature;
 use crate::divergence::forward_kl_unchecked;
-use crate::error::{DistillError, check_temperature, or_panic};
+use crate::error::{DistillError, or_panic};
+use crate::teacher::check_top_k;
 use crate::temperature::{scaled_logsumexp, try_log_softmax};
 
 /// A teacher's top-k classes per row and their log-probabilities (normalised
@@ -48,7 +51,8 @@ impl SparseTeacher {
     /// cache a teacher's outputs in `k/C` of the memory.
     ///
     /// # Panics
-    /// If `k` is 0 or exceeds the number of classes, or `T` is invalid.
+    /// If `k` is 0 or exceeds the number of classes, or `T` is invalid (see
+    /// [`try_top_k`](Self::try_top_k)).
     ///
     /// ```
     /// use burn::tensor::{Device, Tensor};
@@ -66,14 +70,45 @@ impl SparseTeacher {
     /// assert!((a - b).abs() < 1e-6);
     /// ```
     pub fn top_k(teacher_logits: Tensor<2>, k: usize, temperature: f64) -> Self {
+        or_panic(Self::try_top_k(teacher_logits, k, temperature))
+    }
+
+    /// Fallible [`top_k`](Self::top_k).
+    pub fn try_top_k(
+        teacher_logits: Tensor<2>,
+        k: usize,
+        temperature: f64,
+    ) -> Result<Self, DistillError> {
         let [_, classes] = teacher_logits.dims();
-        assert!(
-            k >= 1 && k <= classes,
-            "k = {k} must be between 1 and the number of classes ({classes})"
-        );
-        let log_p = or_panic(try_log_softmax(teacher_logits.detach(), temperature, 1));
+        if k == 0 || k > classes {
+            return Err(DistillError::InvalidParameter {
+                argument: "k",
+                value: k,
+                requirement: "between 1 and the teacher's number of classes",
+            });
+        }
+        let log_p = try_log_softmax(teacher_logits.detach(), temperature, 1)?;
         let (log_probs, indices) = log_p.topk_with_indices(k, 1);
-        Self { indices, log_probs }
+        Ok(Self { indices, log_probs })
+    }
+
+    /// The stored classes, `[N, k]`.
+    pub fn indices(&self) -> &Tensor<2, Int> {
+        &self.indices
+    }
+
+    /// Their log-probabilities, `[N, k]`.
+    pub fn log_probs(&self) -> &Tensor<2> {
+        &self.log_probs
+    }
+
+    pub(crate) fn into_parts(self) -> (Tensor<2, Int>, Tensor<2>) {
+        (self.indices, self.log_probs)
+    }
+
+    /// Checks the stored rows against a student's `[batch, classes]`.
+    pub(crate) fn check_against(&self, batch: usize, classes: usize) -> Result<(), DistillError> {
+        check_top_k(&self.indices, batch, classes)
     }
 
     /// Number of stored classes per row.
@@ -109,67 +144,63 @@ pub fn try_sparse_forward_kl(
 ) -> Result<Tensor<1>, DistillError> {
     check_temperature("temperature", temperature)?;
     let [rows, classes] = student_logits.dims();
-    let [teacher_rows, k] = teacher.indices.dims();
-    if teacher_rows != rows {
-        return Err(DistillError::BatchMismatch {
-            argument: "teacher.indices",
-            found: teacher_rows,
-            expected: rows,
-        });
-    }
-    if k == 0 || k > classes {
-        return Err(DistillError::InvalidParameter {
-            argument: "k",
-            value: k,
-            requirement: "between 1 and the student's number of classes",
-        });
-    }
-    crate::kd::check_index_bounds(
-        "teacher.indices",
-        &teacher.indices.clone().flatten::<1>(0, 1),
-        classes,
-    )?;
+    teacher.check_against(rows, classes)?;
+    let (student, teacher) = bucket_log_probs(
+        student_logits,
+        teacher.indices.clone(),
+        teacher.log_probs.clone().detach(),
+        temperature,
+    );
+    Ok(forward_kl_unchecked(student, teacher))
+}
 
+/// The student's and the teacher's log-probabilities over the teacher's `k`
+/// classes plus a tail bucket, `[N, k + 1]` each, with
+/// `q = softmax(student_logits / T)`. The student's tail is the log-sum-exp of
+/// its logits outside the teacher's classes (exact, no `1 − Σ` cancellation);
+/// the teacher's is `1 − Σ p_k`, clamped at 0. With `k = C` both tails are
+/// empty (`−inf`).
+pub(crate) fn bucket_log_probs(
+    student_logits: Tensor<2>,
+    indices: Tensor<2, Int>,
+    teacher_log_probs: Tensor<2>,
+    temperature: f64,
+) -> (Tensor<2>, Tensor<2>) {
+    let [rows, classes] = student_logits.dims();
+    let k = indices.dims()[1];
     let log_q = or_panic(try_log_softmax(student_logits.clone(), temperature, 1));
-    let student_top = log_q.clone().gather(1, teacher.indices.clone());
+    let student_top = log_q.clone().gather(1, indices.clone());
+    let options = (&log_q.device(), log_q.dtype());
     // With k = C nothing lies outside the teacher's classes: both tails are
     // empty (for the teacher, 1 − Σp would only be rounding noise).
-    let empty_tail = || {
-        Tensor::full(
-            [rows, 1],
-            f32::NEG_INFINITY,
-            (&log_q.device(), log_q.dtype()),
-        )
-    };
-    let student_tail = if k == classes {
-        empty_tail()
+    let empty_tail = || Tensor::full([rows, 1], f32::NEG_INFINITY, options);
+    let (student_tail, teacher_tail) = if k == classes {
+        (empty_tail(), empty_tail())
     } else {
         // Mark the teacher's classes, then log-sum-exp the student's other logits.
-        let marks = Tensor::<2>::zeros([rows, classes], (&log_q.device(), log_q.dtype())).scatter(
+        let marks = Tensor::<2>::zeros([rows, classes], options).scatter(
             1,
-            teacher.indices.clone(),
-            Tensor::ones([rows, k], (&log_q.device(), log_q.dtype())),
+            indices,
+            Tensor::ones([rows, k], options),
             burn::tensor::IndexingUpdateOp::Add,
         );
         let outside = student_logits
             .clone()
             .mask_fill(marks.greater_elem(0.0), f32::NEG_INFINITY);
-        scaled_logsumexp(outside, temperature, 1) - scaled_logsumexp(student_logits, temperature, 1)
-    };
-    let teacher_log_probs = teacher.log_probs.clone().detach();
-    let teacher_tail = if k == classes {
-        empty_tail()
-    } else {
-        teacher_log_probs
+        let student_tail = scaled_logsumexp(outside, temperature, 1)
+            - scaled_logsumexp(student_logits, temperature, 1);
+        let teacher_tail = teacher_log_probs
             .clone()
             .exp()
             .sum_dim(1)
             .neg()
             .add_scalar(1.0)
             .clamp_min(0.0)
-            .log()
+            .log();
+        (student_tail, teacher_tail)
     };
-    let student = Tensor::cat(vec![student_top, student_tail], 1);
-    let teacher = Tensor::cat(vec![teacher_log_probs, teacher_tail], 1);
-    Ok(forward_kl_unchecked(student, teacher))
+    (
+        Tensor::cat(vec![student_top, student_tail], 1),
+        Tensor::cat(vec![teacher_log_probs, teacher_tail], 1),
+    )
 }

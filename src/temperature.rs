@@ -10,9 +10,10 @@
 //! unaffected. Every row along `dim` needs at least one finite logit; a row of
 //! only `−inf` has no distribution and yields NaN.
 
-use burn::tensor::Tensor;
+use burn::tensor::{DType, Tensor};
 
-use crate::error::{DistillError, check_dim, check_temperature, or_panic};
+use crate::check::{check_dim, check_temperature};
+use crate::error::{DistillError, or_panic};
 
 /// `log_softmax(logits / temperature)` along `dim`, computed stably.
 ///
@@ -93,8 +94,11 @@ pub fn try_softmax<const D: usize>(
     Ok(unnormalised / normaliser)
 }
 
-/// `z/T − max(z/T)` along `dim`, and the max: the largest entry of each slice
-/// becomes 0, so `exp` cannot overflow.
+/// `(z − max z)/T` along `dim`, and `max z / T`: the largest entry of each
+/// slice becomes 0, so `exp` cannot overflow. The max is subtracted before the
+/// division, so that logits near `±f32::MAX` at `T < 1` do not overflow to
+/// `inf − inf = NaN` (a gap that overflows becomes `−inf`: probability 0, which
+/// is what it rounds to anyway).
 ///
 /// The max is detached: subtracting a per-row constant does not change the
 /// (log-)softmax, so its true gradient contribution is zero, and detaching
@@ -105,9 +109,9 @@ fn shifted_scaled_logits<const D: usize>(
     temperature: f64,
     dim: usize,
 ) -> (Tensor<D>, Tensor<D>) {
-    let scaled = scale(logits, temperature);
-    let row_max = scaled.clone().max_dim(dim).detach();
-    (scaled - row_max.clone(), row_max)
+    let row_max = logits.clone().max_dim(dim).detach();
+    let shifted = scale(logits - row_max.clone(), temperature);
+    (shifted, scale(row_max, temperature))
 }
 
 /// `log Σ exp(logits / T)` along `dim` (kept as a size-1 dimension), stably; its
@@ -157,10 +161,29 @@ pub fn standardize(logits: Tensor<2>) -> Tensor<2> {
     let [_, classes] = logits.dims();
     let mean = logits.clone().mean_dim(1);
     let centred = logits - mean;
-    let variance = centred
+    // Divided by the row's largest deviation first (at least 1), so that the
+    // squares cannot overflow (rows like [1e30, 0, −1e30] in f32). The z-score
+    // is the same for any such scale s: (c/s) / (σ/s + ε/s), so s carries no
+    // gradient and is detached.
+    let scale = centred.clone().abs().max_dim(1).clamp_min(1.0).detach();
+    let scaled = centred / scale.clone();
+    let variance = scaled
         .clone()
         .square()
         .sum_dim(1)
         .mul_scalar(1.0 / (classes.max(2) - 1) as f64);
-    centred / variance.sqrt().add_scalar(1e-7)
+    // A constant row has variance 0, where sqrt's derivative is infinite; the
+    // clamp (zero gradient below its floor) keeps the gradient finite, and
+    // sqrt(f32::MIN_POSITIVE) ≈ 1e-19 is far below ε.
+    let std = variance.clamp_min(f64::from(f32::MIN_POSITIVE)).sqrt();
+    scaled / (std + scale.recip().mul_scalar(1e-7))
+}
+
+/// f16 and bf16 are computed in f32: their range and precision lose the loss
+/// (a logit of 4000 at T = 0.05 overflows f16).
+pub(crate) fn compute_dtype(dtype: DType) -> DType {
+    match dtype {
+        DType::F16 | DType::BF16 => DType::F32,
+        other => other,
+    }
 }

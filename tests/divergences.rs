@@ -13,9 +13,10 @@ use burn_distill::divergence::{
 use burn_distill::dkd::DkdLossConfig;
 use burn_distill::sparse::{SparseTeacher, sparse_forward_kl, try_sparse_forward_kl};
 use burn_distill::temperature::log_softmax;
-use burn_distill::{DistillError, KdLossConfig};
+use burn_distill::{DistillError, Divergence, KdLossConfig, Targets, TeacherOutput};
 use common::{
-    Rng, assert_close, devices, devices_f64, labels, scalar, tensor2, tensor2_f64, values,
+    Normals, Rng, assert_close, devices, devices_f64, labels, scalar, soft_loss, soft_rows,
+    tensor2, tensor2_f64, values,
 };
 use serde::Deserialize;
 
@@ -61,10 +62,41 @@ fn matches_pytorch_references() {
             let y = labels(&f.targets, &device);
             let log_q = || log_softmax(z.clone(), t, 1);
             let log_p = || log_softmax(v.clone(), t, 1);
+            let what = format!("{name} {} {:?}", case.name, case.params);
+            // The same divergence through `KdLoss` (soft term per row, no T²).
+            let through = |divergence: Divergence, reference: Tensor<1>, teacher: TeacherOutput| {
+                assert_close(
+                    &format!("{what} (function)"),
+                    &values(reference),
+                    &case.value,
+                    1e-8,
+                );
+                let kd = KdLossConfig::new()
+                    .with_temperature(t)
+                    .with_scale_by_t_squared(false)
+                    .with_divergence(divergence)
+                    .init();
+                soft_rows(&kd, z.clone(), teacher)
+            };
+            let through_loss = |divergence, reference| {
+                through(divergence, reference, TeacherOutput::Logits(v.clone()))
+            };
             let value: Tensor<1> = match case.name.as_str() {
-                "jsd" => generalized_jsd(log_q(), log_p(), case.param("beta")),
-                "skew_forward" => skew_forward_kl(log_q(), log_p(), case.param("alpha")),
-                "skew_reverse" => skew_reverse_kl(log_q(), log_p(), case.param("alpha")),
+                "jsd" => {
+                    let beta = case.param("beta");
+                    let reference = generalized_jsd(log_q(), log_p(), beta);
+                    through_loss(Divergence::Jsd { beta }, reference)
+                }
+                "skew_forward" => {
+                    let alpha = case.param("alpha");
+                    let reference = skew_forward_kl(log_q(), log_p(), alpha);
+                    through_loss(Divergence::SkewForwardKl { alpha }, reference)
+                }
+                "skew_reverse" => {
+                    let alpha = case.param("alpha");
+                    let reference = skew_reverse_kl(log_q(), log_p(), alpha);
+                    through_loss(Divergence::SkewReverseKl { alpha }, reference)
+                }
                 "dkd" => DkdLossConfig::new().init().forward(z.clone(), v.clone(), y),
                 "dkd_tckd" => {
                     DkdLossConfig::new()
@@ -85,7 +117,13 @@ fn matches_pytorch_references() {
                     .forward(z.clone(), v.clone(), y),
                 "topk" => {
                     let k = case.param("k") as usize;
-                    sparse_forward_kl(z.clone(), &SparseTeacher::top_k(v.clone(), k, t), t)
+                    let sparse = SparseTeacher::top_k(v.clone(), k, t);
+                    let reference = sparse_forward_kl(z.clone(), &sparse, t);
+                    through(
+                        Divergence::ForwardKl,
+                        reference,
+                        TeacherOutput::TopK(sparse),
+                    )
                 }
                 "masked_kd" => KdLossConfig::new()
                     .with_temperature(t)
@@ -94,7 +132,6 @@ fn matches_pytorch_references() {
                     .forward(z.clone(), v.clone(), labels(&f.masked_targets, &device)),
                 other => panic!("unknown case {other}"),
             };
-            let what = format!("{name} {} {:?}", case.name, case.params);
             assert_close(&what, &values(value.clone()), &case.value, 1e-8);
             let grad = values(z.grad(&value.sum().backward()).unwrap());
             assert_close(&format!("{what} grad"), &grad, &case.grad, 1e-8);
@@ -203,7 +240,8 @@ fn dkd_parts_decompose_kd() {
                     tensor2(&v, [1, classes], &device),
                     labels(&[y as i64], &device),
                 );
-            let kd = KdLossConfig::new().with_temperature(t).init().soft_loss(
+            let kd = soft_loss(
+                &KdLossConfig::new().with_temperature(t).init(),
                 tensor2(&z, [1, classes], &device),
                 tensor2(&v, [1, classes], &device),
             );
@@ -222,11 +260,12 @@ fn all_masked_rows_give_zero_and_zero_gradient() {
         let v = tensor2(&[0.0, 1.0, 2.0, 1.0, 0.0, 0.0], [2, 3], &device);
         for analytic in [true, false] {
             let kd = KdLossConfig::new()
-                .with_analytic_backward(analytic)
+                .with_fused_kernel(analytic)
                 .with_ignore_index(Some(-100))
                 .init();
             let none = Tensor::<1, Bool>::from_data([false, false], &device);
-            let loss = kd.forward_masked(z.clone(), v.clone(), labels(&[0, 1], &device), none);
+            let masked = Targets::new(labels(&[0, 1], &device)).with_keep_rows(none);
+            let loss = kd.forward(z.clone(), v.clone(), masked);
             assert_eq!(scalar(loss.clone()), 0.0, "{name}");
             let g = values(z.grad(&loss.backward()).unwrap());
             assert!(g.iter().all(|&x| x == 0.0), "{name}: {g:?}");
@@ -272,11 +311,10 @@ fn dkd_row_mask() {
         let v_values = rng.normals(3 * 5, 2.0);
         let dkd = DkdLossConfig::new().init();
         let keep = Tensor::<1, Bool>::from_data([true, false, true], &device);
-        let masked = dkd.forward_parts_masked(
+        let masked = dkd.forward_parts(
             tensor2(&z_values, [3, 5], &device),
             tensor2(&v_values, [3, 5], &device),
-            labels(&[0, 1, 4], &device),
-            keep,
+            Targets::new(labels(&[0, 1, 4], &device)).with_keep_rows(keep),
         );
         let pick = |x: &[f64]| -> Vec<f64> { x[..5].iter().chain(&x[10..]).copied().collect() };
         let kept = dkd.forward_parts(
@@ -288,11 +326,10 @@ fn dkd_row_mask() {
         let z = tensor2(&z_values, [3, 5], &device).require_grad();
         let none = Tensor::<1, Bool>::from_data([false, false, false], &device);
         let total = dkd
-            .forward_parts_masked(
+            .forward_parts(
                 z.clone(),
                 tensor2(&v_values, [3, 5], &device),
-                labels(&[0, 1, 4], &device),
-                none,
+                Targets::new(labels(&[0, 1, 4], &device)).with_keep_rows(none),
             )
             .total;
         assert_eq!(scalar(total.clone()), 0.0, "{name}");
@@ -330,7 +367,11 @@ fn vocabulary_mismatch_error_or_explicit_truncation() {
         let v = tensor2(&v_wide, [2, 7], &device);
         let err = KdLossConfig::new()
             .init()
-            .try_soft_loss(z.clone(), v.clone())
+            .check(
+                &z,
+                &TeacherOutput::Logits(v.clone()),
+                &Targets::unlabelled(),
+            )
             .unwrap_err();
         assert!(
             err.to_string().contains("[2, 5]") && err.to_string().contains("[2, 7]"),
@@ -340,12 +381,12 @@ fn vocabulary_mismatch_error_or_explicit_truncation() {
             .with_truncate_teacher_classes(true)
             .init();
         let cut: Vec<f64> = v_wide.chunks(7).flat_map(|r| r[..5].to_vec()).collect();
-        let expected = values(
-            KdLossConfig::new()
-                .init()
-                .soft_loss(z.clone(), tensor2(&cut, [2, 5], &device)),
-        );
-        assert_close(name, &values(truncating.soft_loss(z, v)), &expected, 1e-6);
+        let expected = values(soft_loss(
+            &KdLossConfig::new().init(),
+            z.clone(),
+            tensor2(&cut, [2, 5], &device),
+        ));
+        assert_close(name, &values(soft_loss(&truncating, z, v)), &expected, 1e-6);
     }
 }
 

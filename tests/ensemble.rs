@@ -8,7 +8,7 @@ use burn_distill::ensemble::{
     arithmetic_mean, arithmetic_mean_log, geometric_mean, geometric_mean_log, try_arithmetic_mean,
     try_geometric_mean,
 };
-use common::{Rng, assert_close, devices, reference_softmax, tensor2, values};
+use common::{Normals, Rng, assert_close, devices, reference_softmax, tensor2, values};
 
 const B: usize = 4;
 const C: usize = 7;
@@ -146,6 +146,11 @@ fn ensemble_errors() {
             "{err:?}"
         );
         let err = try_arithmetic_mean(&[a.clone(), a], 1.0, Some(&[0.0, 0.0])).unwrap_err();
-        assert!(err.to_string().contains("weights (sum)"), "{err}");
+        assert_eq!(err, DistillError::InvalidWeightSum { total: 0.0 });
+        let text = err.to_string();
+        assert!(
+            text.contains("weights sum to 0") && !text.contains("≥ 0, got 0"),
+            "{text}"
+        );
     }
 }

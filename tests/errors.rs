@@ -1,13 +1,18 @@
-//! Bad input: every `DistillError` variant from its `try_*` form, and the
-//! panicking form's message equal to the error's text.
+//! Bad input: every `DistillError` variant from `check` or a `try_*` form, and
+//! the panicking forms' message equal to the error's text.
 
 mod common;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Bool, Device, Int, Tensor};
+use burn_distill::sparse::try_sparse_forward_kl;
+use burn_distill::specialist::{ClassSubset, Specialist};
 use burn_distill::temperature::{softmax, try_log_softmax, try_softmax};
-use burn_distill::{DistillError, KdLossConfig};
+use burn_distill::{
+    DistillError, Divergence, DkdLossConfig, KdLoss, KdLossConfig, SparseTeacher, Targets,
+    TeacherOutput,
+};
 use common::{labels, tensor2};
 
 fn device() -> Device {
@@ -123,36 +128,51 @@ fn invalid_dim() {
     assert_eq!(panic_message(|| drop(softmax(z, 1.0, 2))), err.to_string());
 }
 
+/// The error `check` gives, after asserting that every forward panics with
+/// exactly its message.
+fn kd_error(kd: &KdLoss, z: &Tensor<2>, teacher: TeacherOutput, targets: Targets) -> DistillError {
+    let err = kd.check(z, &teacher, &targets).unwrap_err();
+    let text = err.to_string();
+    let (t, y) = (teacher.clone(), targets.clone());
+    assert_eq!(panic_message(|| drop(kd.forward(z.clone(), t, y))), text);
+    let (t, y) = (teacher.clone(), targets.clone());
+    assert_eq!(
+        panic_message(|| drop(kd.forward_parts(z.clone(), t, y))),
+        text
+    );
+    assert_eq!(
+        panic_message(|| drop(kd.forward_no_reduction(z.clone(), teacher, targets))),
+        text
+    );
+    err
+}
+
 #[test]
 fn empty_tensor() {
     let kd = KdLossConfig::new().init();
     let empty = Tensor::<2>::zeros([0, 5], &device());
-    let err = kd.try_soft_loss(empty.clone(), empty.clone()).unwrap_err();
-    assert_eq!(
-        err,
-        DistillError::EmptyTensor {
-            argument: "student_logits",
-            shape: vec![0, 5]
-        }
-    );
-    assert!(err.to_string().contains("[0, 5]"), "{err}");
-    assert_eq!(
-        panic_message(|| drop(kd.soft_loss(empty.clone(), empty))),
-        err.to_string()
-    );
+    for targets in [Targets::unlabelled(), Targets::new(labels(&[], &device()))] {
+        let err = kd_error(&kd, &empty, TeacherOutput::Logits(empty.clone()), targets);
+        assert_eq!(
+            err,
+            DistillError::EmptyTensor {
+                argument: "student_logits",
+                shape: vec![0, 5]
+            }
+        );
+        assert!(err.to_string().contains("[0, 5]"), "{err}");
+    }
 }
 
-/// The vocabulary-size mismatch of anchors.md (151936 vs 152064 classes) is
+/// The vocabulary-size mismatch users report (151936 vs 152064 classes) is
 /// reported by shape, naming both arguments, before any tensor op.
 #[test]
 fn shape_mismatch_names_both_shapes() {
     let kd = KdLossConfig::new().init();
     let student = Tensor::<2>::zeros([2, 151936], &device());
     let teacher = Tensor::<2>::zeros([2, 152064], &device());
-    let targets = labels(&[0, 1], &device());
-    let err = kd
-        .try_forward(student.clone(), teacher.clone(), targets.clone())
-        .unwrap_err();
+    let targets = Targets::new(labels(&[0, 1], &device()));
+    let err = kd_error(&kd, &student, TeacherOutput::Logits(teacher), targets);
     assert_eq!(
         err,
         DistillError::ShapeMismatch {
@@ -168,24 +188,23 @@ fn shape_mismatch_names_both_shapes() {
             && text.contains("teacher_logits has shape [2, 152064]"),
         "{text}"
     );
-    assert_eq!(
-        panic_message(|| drop(kd.forward(student, teacher, targets))),
-        text
-    );
 
-    // A batch mismatch too, through every entry point.
+    // A batch mismatch too, for every teacher form.
     let s = Tensor::<2>::zeros([3, 4], &device());
     let t = Tensor::<2>::zeros([2, 4], &device());
-    for err in [
-        kd.try_soft_loss(s.clone(), t.clone()).unwrap_err(),
-        kd.try_soft_loss_no_reduction(s.clone(), t.clone())
-            .unwrap_err(),
-        kd.try_forward_parts(s.clone(), t.clone(), labels(&[0, 1, 2], &device()))
-            .unwrap_err(),
-        kd.try_forward_no_reduction(s.clone(), t.clone(), labels(&[0, 1, 2], &device()))
-            .unwrap_err(),
+    for (teacher, name) in [
+        (TeacherOutput::Logits(t.clone()), "teacher_logits"),
+        (
+            TeacherOutput::Probs(t.clone().add_scalar(0.25)),
+            "teacher_probs",
+        ),
+        (TeacherOutput::LogProbs(t), "teacher_log_probs"),
     ] {
-        assert!(matches!(err, DistillError::ShapeMismatch { .. }), "{err:?}");
+        let err = kd_error(&kd, &s, teacher, Targets::unlabelled());
+        assert!(
+            matches!(err, DistillError::ShapeMismatch { right_argument, .. } if right_argument == name),
+            "{err:?}"
+        );
     }
 }
 
@@ -193,9 +212,12 @@ fn shape_mismatch_names_both_shapes() {
 fn targets_length() {
     let kd = KdLossConfig::new().init();
     let z = Tensor::<2>::zeros([3, 4], &device());
-    let err = kd
-        .try_forward(z.clone(), z.clone(), labels(&[0, 1], &device()))
-        .unwrap_err();
+    let err = kd_error(
+        &kd,
+        &z,
+        TeacherOutput::Logits(z.clone()),
+        Targets::new(labels(&[0, 1], &device())),
+    );
     assert_eq!(
         err,
         DistillError::TargetsLength {
@@ -207,10 +229,6 @@ fn targets_length() {
         err.to_string().contains("2 labels") && err.to_string().contains("batch of 3"),
         "{err}"
     );
-    assert_eq!(
-        panic_message(|| drop(kd.forward(z.clone(), z, labels(&[0, 1], &device())))),
-        err.to_string()
-    );
 }
 
 #[test]
@@ -218,9 +236,12 @@ fn label_out_of_range() {
     let kd = KdLossConfig::new().init();
     let z = Tensor::<2>::zeros([3, 4], &device());
     for (targets, bad) in [([0i64, 4, 1], 4i64), ([0, -1, 3], -1), ([9, 0, 7], 9)] {
-        let err = kd
-            .try_forward(z.clone(), z.clone(), labels(&targets, &device()))
-            .unwrap_err();
+        let err = kd_error(
+            &kd,
+            &z,
+            TeacherOutput::Logits(z.clone()),
+            Targets::new(labels(&targets, &device())),
+        );
         assert_eq!(
             err,
             DistillError::LabelOutOfRange {
@@ -233,42 +254,33 @@ fn label_out_of_range() {
             err.to_string().contains(&format!("label {bad}")) && err.to_string().contains("0..4"),
             "{err}"
         );
-        assert_eq!(
-            panic_message(|| drop(kd.forward(z.clone(), z.clone(), labels(&targets, &device())))),
-            err.to_string()
-        );
     }
-}
-
-#[test]
-fn invalid_chunk_rows() {
-    let config = KdLossConfig::new().with_chunk_rows(Some(0));
-    let err = config.try_init().unwrap_err();
-    assert_eq!(err, DistillError::InvalidChunkRows { value: 0 });
-    assert!(err.to_string().contains("chunk_rows"), "{err}");
-    assert_eq!(
-        panic_message(|| {
-            let _ = config.init();
-        }),
-        err.to_string()
+    // ignore_index is allowed, and only it.
+    let kd = KdLossConfig::new().with_ignore_index(Some(-100)).init();
+    let ok = Targets::new(labels(&[0, -100, 3], &device()));
+    assert!(kd.check(&z, &TeacherOutput::Logits(z.clone()), &ok).is_ok());
+    let bad = Targets::new(labels(&[0, -100, -1], &device()));
+    let err = kd_error(&kd, &z, TeacherOutput::Logits(z.clone()), bad);
+    assert!(
+        matches!(err, DistillError::LabelOutOfRange { label: -1, .. }),
+        "{err:?}"
     );
 }
 
-/// Label errors come from the analytic path (labels read on the host for the
-/// fused kernel) exactly as from the autodiff path.
+/// Label errors come from the fused path (labels read on the host for the
+/// kernel) exactly as from the autodiff path.
 #[test]
 fn label_out_of_range_on_both_paths() {
     let z = Tensor::<2>::zeros([2, 3], &device());
-    for analytic in [true, false] {
-        let kd = KdLossConfig::new().with_analytic_backward(analytic).init();
-        for err in [
-            kd.try_forward(z.clone(), z.clone(), labels(&[0, 3], &device()))
-                .unwrap_err(),
-            kd.try_forward_parts(z.clone(), z.clone(), labels(&[-2, 1], &device()))
-                .unwrap_err(),
-            kd.try_forward_no_reduction(z.clone(), z.clone(), labels(&[0, 7], &device()))
-                .unwrap_err(),
-        ] {
+    for fused in [true, false] {
+        let kd = KdLossConfig::new().with_fused_kernel(fused).init();
+        for y in [[0, 3], [-2, 1], [0, 7]] {
+            let err = kd_error(
+                &kd,
+                &z,
+                TeacherOutput::Logits(z.clone()),
+                Targets::new(labels(&y, &device())),
+            );
             assert!(
                 matches!(err, DistillError::LabelOutOfRange { num_classes: 3, .. }),
                 "{err:?}"
@@ -278,10 +290,303 @@ fn label_out_of_range_on_both_paths() {
 }
 
 #[test]
+fn mask_length() {
+    let kd = KdLossConfig::new().init();
+    let z = Tensor::<2>::zeros([3, 4], &device());
+    let keep = Tensor::<1, Bool>::from_data([true, false], &device());
+    let targets = Targets::new(labels(&[0, 1, 2], &device())).with_keep_rows(keep);
+    let err = kd_error(&kd, &z, TeacherOutput::Logits(z.clone()), targets);
+    assert_eq!(
+        err,
+        DistillError::MaskLength {
+            found: 2,
+            expected: 3
+        }
+    );
+    assert!(err.to_string().contains("keep_rows has 2 entries"), "{err}");
+}
+
+#[test]
 fn errors_are_std_errors() {
     fn takes_error(_: &dyn std::error::Error) {}
     takes_error(&DistillError::AllWeightsZero {
         soft_weight: 0.0,
         hard_weight: 0.0,
     });
+}
+
+/// Probabilities with a negative (or NaN) entry are refused by name and value,
+/// instead of the NaN their logarithm would give.
+#[test]
+fn negative_teacher_probabilities() {
+    let kd = KdLossConfig::new().init();
+    let z = Tensor::<2>::zeros([1, 3], &device());
+    for (bad, shown) in [(-0.1f32, "-0.1"), (f32::NAN, "NaN")] {
+        let p = Tensor::<2>::from_floats([[0.6, bad, 0.5]], &device());
+        let err = kd_error(&kd, &z, TeacherOutput::Probs(p), Targets::unlabelled());
+        assert!(
+            matches!(
+                err,
+                DistillError::InvalidProbabilities {
+                    argument: "teacher_probs",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains("teacher_probs") && text.contains(shown),
+            "{text}"
+        );
+    }
+}
+
+/// Student and teacher (or labels, or the mask) on different backends: an
+/// error naming both devices, not a panic from inside burn.
+#[test]
+#[allow(deprecated)] // Device::ndarray
+fn device_mismatch_names_both_devices() {
+    let kd = KdLossConfig::new().init();
+    let (flex, ndarray) = (Device::flex(), Device::ndarray());
+    let z = Tensor::<2>::zeros([2, 3], &flex);
+    let elsewhere = Tensor::<2>::zeros([2, 3], &ndarray);
+    let err = kd_error(
+        &kd,
+        &z,
+        TeacherOutput::Logits(elsewhere),
+        Targets::unlabelled(),
+    );
+    match &err {
+        DistillError::DeviceMismatch {
+            left_argument: "student_logits",
+            right_argument: "teacher_logits",
+            left_device,
+            right_device,
+        } => assert_ne!(left_device, right_device),
+        other => panic!("unexpected {other:?}"),
+    }
+    let y = Targets::new(labels(&[0, 1], &ndarray));
+    let err = kd_error(&kd, &z, TeacherOutput::Logits(z.clone()), y);
+    assert!(
+        matches!(
+            err,
+            DistillError::DeviceMismatch {
+                right_argument: "targets",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let keep = Tensor::<1, Bool>::from_data([true, true], &ndarray);
+    let y = Targets::new(labels(&[0, 1], &flex)).with_keep_rows(keep);
+    let err = kd_error(&kd, &z, TeacherOutput::Logits(z.clone()), y);
+    assert!(
+        matches!(
+            err,
+            DistillError::DeviceMismatch {
+                right_argument: "keep_rows",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+/// Logit standardisation needs two classes per row (a z-score of one value is
+/// 0/0) and the teacher as logits.
+#[test]
+fn standardization_needs_two_classes_and_logits() {
+    let kd = KdLossConfig::new().with_logit_standardization(true).init();
+    let z = Tensor::<2>::from_floats([[1.0], [2.0]], &device());
+    let err = kd_error(
+        &kd,
+        &z,
+        TeacherOutput::Logits(z.clone()),
+        Targets::unlabelled(),
+    );
+    assert!(
+        matches!(
+            err,
+            DistillError::InvalidParameter {
+                argument: "classes",
+                value: 1,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let z = Tensor::<2>::zeros([1, 3], &device());
+    let p = TeacherOutput::Probs(Tensor::<2>::ones([1, 3], &device()).div_scalar(3.0));
+    let err = kd_error(&kd, &z, p, Targets::unlabelled());
+    assert!(
+        matches!(err, DistillError::UnsupportedTeacher { .. }),
+        "{err:?}"
+    );
+}
+
+/// Divergence parameters are checked by `try_init`.
+#[test]
+fn divergence_parameters() {
+    for (divergence, name) in [
+        (Divergence::Jsd { beta: 1.5 }, "beta"),
+        (Divergence::JsdNormalized { beta: -0.1 }, "beta"),
+        (Divergence::SkewForwardKl { alpha: 1.0 }, "alpha"),
+        (Divergence::SkewReverseKl { alpha: f64::NAN }, "alpha"),
+    ] {
+        let config = KdLossConfig::new().with_divergence(divergence);
+        let err = config.try_init().unwrap_err();
+        assert!(
+            matches!(err, DistillError::OutOfUnitInterval { argument, .. } if argument == name),
+            "{err:?}"
+        );
+        assert_eq!(
+            panic_message(|| {
+                let _ = config.init();
+            }),
+            err.to_string()
+        );
+    }
+}
+
+/// Top-k teachers: an empty batch, a batch or `k` that does not fit, indices out
+/// of range — each an error by name, for the loss and the free function.
+#[test]
+fn top_k_teacher_errors() {
+    let kd = KdLossConfig::new().init();
+    let empty = Tensor::<2>::zeros([0, 4], &device());
+    let sparse = SparseTeacher::new(
+        Tensor::<2, Int>::zeros([0, 2], &device()),
+        Tensor::<2>::zeros([0, 2], &device()),
+    );
+    let err = try_sparse_forward_kl(empty.clone(), &sparse, 1.0).unwrap_err();
+    assert!(matches!(err, DistillError::EmptyTensor { .. }), "{err:?}");
+    let err = kd_error(
+        &kd,
+        &empty,
+        TeacherOutput::TopK(sparse),
+        Targets::unlabelled(),
+    );
+    assert!(matches!(err, DistillError::EmptyTensor { .. }), "{err:?}");
+
+    let z = Tensor::<2>::zeros([2, 4], &device());
+    let indices = Tensor::<2, Int>::from_ints([[0, 4], [1, 2]], &device());
+    let sparse = SparseTeacher::new(indices, Tensor::<2>::full([2, 2], -1.0, &device()));
+    let err = kd_error(&kd, &z, TeacherOutput::TopK(sparse), Targets::unlabelled());
+    assert!(
+        matches!(
+            err,
+            DistillError::LabelOutOfRange {
+                argument: "teacher.indices",
+                label: 4,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let err = SparseTeacher::try_top_k(z.clone(), 5, 1.0).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            DistillError::InvalidParameter {
+                argument: "k",
+                value: 5,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let three_rows = SparseTeacher::top_k(Tensor::<2>::zeros([3, 4], &device()), 2, 1.0);
+    let err = kd_error(
+        &kd,
+        &z,
+        TeacherOutput::TopK(three_rows),
+        Targets::unlabelled(),
+    );
+    assert_eq!(
+        err,
+        DistillError::BatchMismatch {
+            argument: "teacher.indices",
+            found: 3,
+            expected: 2
+        }
+    );
+    assert!(!err.to_string().contains("generalist"), "{err}");
+}
+
+/// DKD: a top-k teacher and missing labels are refused by name.
+#[test]
+fn dkd_errors() {
+    let dkd = DkdLossConfig::new().init();
+    let z = Tensor::<2>::zeros([2, 4], &device());
+    let sparse = TeacherOutput::TopK(SparseTeacher::top_k(z.clone(), 2, 1.0));
+    let y = Targets::new(labels(&[0, 1], &device()));
+    let err = dkd.check(&z, &sparse, &y).unwrap_err();
+    assert!(
+        matches!(err, DistillError::UnsupportedTeacher { .. }),
+        "{err:?}"
+    );
+    assert_eq!(
+        panic_message(|| drop(dkd.forward(z.clone(), sparse, y))),
+        err.to_string()
+    );
+    let err = dkd
+        .check(
+            &z,
+            &TeacherOutput::Logits(z.clone()),
+            &Targets::unlabelled(),
+        )
+        .unwrap_err();
+    assert_eq!(err, DistillError::MissingLabels);
+    assert_eq!(
+        panic_message(|| drop(dkd.forward(z.clone(), z.clone(), Targets::unlabelled()))),
+        err.to_string()
+    );
+}
+
+/// The dustbin correction has a fallible form, and refuses a non-finite shift.
+#[test]
+fn dustbin_correction_errors() {
+    let s = Specialist::new(ClassSubset::new(vec![0, 1], 4).unwrap());
+    let logits = Tensor::<2>::zeros([2, 3], &device());
+    let err = s.try_correct_dustbin(logits.clone(), f64::NAN).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            DistillError::NotFinite {
+                argument: "correction",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let expected = DistillError::NotFinite {
+        argument: "correction",
+        value: f64::INFINITY,
+    };
+    assert_eq!(
+        panic_message(|| drop(s.correct_dustbin(logits, f64::INFINITY))),
+        expected.to_string()
+    );
+    let wide = Tensor::<2>::zeros([2, 4], &device());
+    let err = s.try_correct_dustbin(wide, 1.0).unwrap_err();
+    assert!(matches!(err, DistillError::WidthMismatch { .. }), "{err:?}");
+}
+
+/// `map_labels` names its own argument.
+#[test]
+fn specialist_labels_are_named_labels() {
+    let s = Specialist::new(ClassSubset::new(vec![0, 1], 4).unwrap());
+    let err = s.try_map_labels(labels(&[0, 4], &device())).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            DistillError::LabelOutOfRange {
+                argument: "labels",
+                label: 4,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
 }

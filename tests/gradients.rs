@@ -12,8 +12,8 @@ mod common;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn_distill::KdLossConfig;
 use common::{
-    Rng, assert_close, devices, devices_f64, labels, reference_softmax, scalar, tensor2,
-    tensor2_f64, values,
+    Normals, Rng, assert_close, devices, devices_f64, labels, reference_softmax, scalar, soft_loss,
+    tensor2, tensor2_f64, values,
 };
 
 /// Both implementations: the closed-form backward (default) and plain autodiff.
@@ -39,11 +39,11 @@ fn soft_gradient_matches_eq2() {
                 let kd = KdLossConfig::new()
                     .with_temperature(t)
                     .with_scale_by_t_squared(scale_by_t_squared)
-                    .with_analytic_backward(analytic)
+                    .with_fused_kernel(analytic)
                     .init();
                 let student = tensor2_f64(&z, [batch, classes], &device).require_grad();
                 let teacher = tensor2_f64(&v, [batch, classes], &device);
-                let grads = kd.soft_loss(student.clone(), teacher).backward();
+                let grads = soft_loss(&kd, student.clone(), teacher).backward();
                 let got = values(student.grad(&grads).unwrap());
                 let factor = if scale_by_t_squared {
                     t / batch as f64
@@ -89,7 +89,7 @@ fn total_gradient_adds_hard_term() {
             })
             .collect();
         let kd = KdLossConfig::new()
-            .with_analytic_backward(analytic)
+            .with_fused_kernel(analytic)
             .with_temperature(t)
             .with_soft_weight(soft_weight)
             .with_hard_weight(hard_weight)
@@ -133,13 +133,13 @@ fn high_temperature_limit_is_logit_matching() {
         let mut errors = Vec::new();
         for t in [10.0, 100.0, 1000.0] {
             let kd = KdLossConfig::new()
-                .with_analytic_backward(analytic)
+                .with_fused_kernel(analytic)
                 .with_temperature(t)
                 .with_scale_by_t_squared(false)
                 .init();
             let student = tensor2(&z, [batch, classes], &device).require_grad();
             let teacher = tensor2(&v, [batch, classes], &device);
-            let grads = kd.soft_loss(student.clone(), teacher).backward();
+            let grads = soft_loss(&kd, student.clone(), teacher).backward();
             let got = values(student.grad(&grads).unwrap());
             let limit: Vec<f64> = z
                 .iter()
@@ -185,7 +185,7 @@ fn teacher_is_detached_and_student_trains() {
             &device,
         )
         .require_grad();
-        let kd = KdLossConfig::new().with_analytic_backward(analytic).init();
+        let kd = KdLossConfig::new().with_fused_kernel(analytic).init();
         let grads = kd
             .forward(
                 student.clone(),
@@ -226,7 +226,7 @@ fn masked_classes_contribute_nothing() {
         let device = device.autodiff();
         for t in [0.5, 4.0, 20.0] {
             let kd = KdLossConfig::new()
-                .with_analytic_backward(analytic)
+                .with_fused_kernel(analytic)
                 .with_temperature(t)
                 .init();
             let zf = tensor2(&z_full, [2, 4], &device).require_grad();
@@ -286,10 +286,10 @@ fn student_minus_inf_where_teacher_finite_is_infinite_loss() {
         .flat_map(|d| both_paths().map(move |p| (d.clone(), p)))
     {
         let name: &str = &format!("{name}/{path}");
-        let kd = KdLossConfig::new().with_analytic_backward(analytic).init();
+        let kd = KdLossConfig::new().with_fused_kernel(analytic).init();
         let z = tensor2(&[1.0, f64::NEG_INFINITY, 0.0], [1, 3], &device);
         let v = tensor2(&[1.0, 0.5, 0.0], [1, 3], &device);
-        let soft = scalar(kd.soft_loss(z, v));
+        let soft = scalar(soft_loss(&kd, z, v));
         assert_eq!(soft, f64::INFINITY, "{name}");
     }
 }
@@ -309,7 +309,7 @@ fn hard_only_equals_burn_cross_entropy() {
         let v = rng.normals(batch * classes, 4.0);
         let y: Vec<i64> = (0..batch).map(|_| rng.below(classes) as i64).collect();
         let kd = KdLossConfig::new()
-            .with_analytic_backward(analytic)
+            .with_fused_kernel(analytic)
             .with_temperature(1.0)
             .with_soft_weight(0.0)
             .with_hard_weight(1.0)
@@ -351,7 +351,7 @@ fn extreme_logits_stay_finite() {
                 .map(|_| (rng.uniform() * 2.0 - 1.0) * 1e4)
                 .collect();
             let kd = KdLossConfig::new()
-                .with_analytic_backward(analytic)
+                .with_fused_kernel(analytic)
                 .with_temperature(t)
                 .init();
             let student = tensor2(&z, [batch, classes], &device).require_grad();

@@ -5,7 +5,7 @@ mod common;
 
 use burn_distill::KdLossConfig;
 use burn_distill::temperature::{log_softmax, softmax};
-use common::{devices, scalar, tensor2, values};
+use common::{devices, scalar, soft_loss, soft_rows, tensor2, values};
 use proptest::prelude::*;
 
 /// A `[rows, classes]` matrix of f32-representable logits in `±range`.
@@ -79,12 +79,12 @@ proptest! {
         let v: Vec<f64> = (0..z.len()).map(|_| ((rng.uniform() * 2.0 - 1.0) * 50.0) as f32 as f64).collect();
         let kd = KdLossConfig::new().with_temperature(t).with_scale_by_t_squared(false).init();
         for (name, device) in devices() {
-            let kl = values(kd.soft_loss_no_reduction(tensor2(&z, [rows, classes], &device), tensor2(&v, [rows, classes], &device)));
+            let kl = values(soft_rows(&kd, tensor2(&z, [rows, classes], &device), tensor2(&v, [rows, classes], &device)));
             // f32 rounding of log-probabilities of size up to 100/T can make a tiny KL
             // come out slightly negative; anything below that is a real error.
             let rounding = 4.0 * f32::EPSILON as f64 * (1.0 + 100.0 / t);
             prop_assert!(kl.iter().all(|&k| k >= -rounding), "{name}: negative KL {kl:?}");
-            let same = values(kd.soft_loss_no_reduction(tensor2(&z, [rows, classes], &device), tensor2(&z, [rows, classes], &device)));
+            let same = values(soft_rows(&kd, tensor2(&z, [rows, classes], &device), tensor2(&z, [rows, classes], &device)));
             prop_assert!(same.iter().all(|&k| k.abs() <= 1e-6), "{name}: KL(p‖p) = {same:?}");
         }
     }
@@ -114,7 +114,7 @@ proptest! {
             let q = values(log_softmax(tensor2(&z, [rows, classes], &device), t, 1));
             prop_assert!(q.iter().all(|x| x.is_finite()), "{name}: log_softmax");
             let student = tensor2(&z, [rows, classes], &device).require_grad();
-            let loss = kd.soft_loss(student.clone(), tensor2(&v, [rows, classes], &device));
+            let loss = soft_loss(&kd, student.clone(), tensor2(&v, [rows, classes], &device));
             let value = scalar(loss.clone());
             prop_assert!(value.is_finite(), "{name}: loss {value}");
             let grad = values(student.grad(&loss.backward()).unwrap());

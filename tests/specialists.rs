@@ -10,8 +10,8 @@ use burn_distill::specialist::{
     ClassSubset, ConfusableSubsetsConfig, Specialist, SpecialistCombinerConfig, SpecialistSampler,
 };
 use common::{
-    Rng, assert_close, devices, devices_f64, labels, reference_softmax, tensor2, tensor2_f64,
-    values,
+    Normals, Rng, assert_close, devices, devices_f64, labels, reference_softmax, tensor2,
+    tensor2_f64, values,
 };
 use serde::Deserialize;
 

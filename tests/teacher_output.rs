@@ -3,8 +3,10 @@
 
 mod common;
 
-use burn_distill::{KdLossConfig, TeacherOutput};
-use common::{Rng, assert_close, devices, labels, reference_softmax, scalar, tensor2, values};
+use burn_distill::{KdLossConfig, Targets, TeacherOutput};
+use common::{
+    Normals, Rng, assert_close, devices, labels, reference_softmax, scalar, tensor2, values,
+};
 
 #[test]
 fn probs_and_log_probs_equal_logits() {
@@ -21,7 +23,7 @@ fn probs_and_log_probs_equal_logits() {
         for analytic in [true, false] {
             let kd = KdLossConfig::new()
                 .with_temperature(t)
-                .with_analytic_backward(analytic)
+                .with_fused_kernel(analytic)
                 .init();
             let run = |teacher: TeacherOutput| {
                 let student = tensor2(&z, [batch, classes], &device).require_grad();
@@ -57,7 +59,9 @@ fn distribution_shape_mismatch_names_the_argument() {
         let kd = KdLossConfig::new().init();
         let z = tensor2(&[0.0; 6], [2, 3], &device);
         let p = tensor2(&[0.25; 8], [2, 4], &device);
-        let err = kd.try_soft_loss(z, TeacherOutput::Probs(p)).unwrap_err();
+        let err = kd
+            .check(&z, &TeacherOutput::Probs(p), &Targets::unlabelled())
+            .unwrap_err();
         assert!(
             err.to_string().contains("teacher_probs has shape [2, 4]"),
             "{err}"

@@ -16,26 +16,23 @@ use serde::{Deserialize, Serialize};
 use crate::data::{CLASSES, PIXELS, SIDE, Split};
 use crate::model::Mlp;
 
-/// A seeded generator (SplitMix64): shuffles and jitter are reproducible.
+#[path = "../../src/specialist/rng.rs"]
+mod rng;
+
+/// A seeded generator (the crate's SplitMix64): shuffles and jitter are
+/// reproducible. Its seeding and `below` are the example's own, kept so that
+/// the results quoted in the README stay reproducible.
 #[derive(Debug, Clone)]
-pub struct Rng(u64);
+pub struct Rng(rng::SplitMix64);
 
 impl Rng {
     pub fn new(seed: u64) -> Self {
-        Self(seed ^ 0x5851_F42D_4C95_7F2D)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        Self(rng::SplitMix64::new(seed ^ 0x5851_F42D_4C95_7F2D))
     }
 
     /// Uniform in `0..n`.
     pub fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
+        (self.0.next_u64() % n as u64) as usize
     }
 
     pub fn shuffle<T>(&mut self, items: &mut [T]) {

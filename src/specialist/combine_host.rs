@@ -1,6 +1,9 @@
 //! The eq. 5 combiner on the host, for flex: rows are independent, so each is
-//! solved on its own (in f64, across threads) and stops when its own objective
-//! settles. Same update and objective as the tensor version in `combine.rs`.
+//! solved on its own (in f64, across threads) and stops when its own `q`
+//! settles. Same update, objective, `TINY` and stopping rule as the tensor
+//! version in `combine.rs`.
+
+use super::combine::TINY;
 
 /// One specialist's data, flattened for the host.
 pub(crate) struct HostSpecialist<'a> {
@@ -20,9 +23,6 @@ pub(crate) struct HostCombined {
     pub iterations: usize,
     pub trace: Vec<f64>,
 }
-
-/// Densities below this are treated as this in denominators and logs.
-const TINY: f64 = 1e-300;
 
 pub(crate) fn combine_rows(
     generalist: &[f64],
@@ -191,13 +191,14 @@ fn solve_row(
                 next[c] += p[k] - q[c] * r;
             }
         }
+        let mut change = 0.0f64;
         for (qc, n) in q.iter_mut().zip(&next) {
-            *qc = n / denominator;
+            let updated = n / denominator;
+            change = change.max((updated - *qc).abs());
+            *qc = updated;
         }
-        let j = row_objective(pg, q, &active, specialists, &probs);
-        let previous = *trace.last().expect("initial objective");
-        trace.push(j);
-        if (previous - j).abs() < tolerance {
+        trace.push(row_objective(pg, q, &active, specialists, &probs));
+        if change < tolerance {
             break;
         }
     }

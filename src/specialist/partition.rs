@@ -9,7 +9,8 @@ use burn::tensor::{Int, Tensor, TensorData};
 
 use super::ClassSubset;
 use super::rng::SplitMix64;
-use crate::error::{DistillError, check_non_empty, or_panic};
+use crate::check::check_non_empty;
+use crate::error::{DistillError, or_panic};
 
 /// Covariance `[C, C]` of the classes' predicted probabilities over `N` examples
 /// (`probs`: `[N, C]`, `N ≥ 2`), with the unbiased `1/(N − 1)` normalisation.

@@ -1,6 +1,10 @@
 //! A small seeded generator (SplitMix64), so that clustering and sampling are
 //! deterministic for a seed on every platform without a `rand` dependency.
+//! The tests and the MNIST example compile this file in too (`#[path]`), so
+//! there is one implementation.
+#![allow(dead_code)] // each includer uses a different part
 
+#[derive(Debug, Clone)]
 pub(crate) struct SplitMix64(u64);
 
 impl SplitMix64 {

@@ -42,7 +42,7 @@ impl SpecialistSampler {
     /// Errors if there is no example inside, or none outside, the subset, or a
     /// label out of range.
     pub fn new(labels: &[i64], subset: &ClassSubset) -> Result<Self, DistillError> {
-        crate::kd::check_label_values("labels", labels, subset.num_classes())?;
+        crate::check::check_label_values("labels", labels, subset.num_classes())?;
         let (in_subset, rest): (Vec<usize>, Vec<usize>) =
             (0..labels.len()).partition(|&i| subset.contains(labels[i] as usize));
         if in_subset.is_empty() {

@@ -4,7 +4,8 @@
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use super::ClassSubset;
-use crate::error::{DistillError, check_temperature, or_panic};
+use crate::check::check_temperature;
+use crate::error::{DistillError, or_panic};
 
 /// A specialist for the classes of a [`ClassSubset`] `S`: output `k < |S|` is
 /// class `S[k]`, output `|S|` is the dustbin ("any other class").
@@ -72,8 +73,7 @@ impl Specialist {
     /// Fallible [`map_labels`](Self::map_labels); reads the labels' range back
     /// from the device to check it.
     pub fn try_map_labels(&self, labels: Tensor<1, Int>) -> Result<Tensor<1, Int>, DistillError> {
-        let [batch] = labels.dims();
-        crate::kd::check_targets(&labels, batch, self.subset.num_classes())?;
+        crate::check::check_index_bounds("labels", &labels, self.subset.num_classes())?;
         let table: Vec<i64> = self.output_of_class.iter().map(|&o| o as i64).collect();
         let table = Tensor::<1, Int>::from_data(
             TensorData::new(table, [self.subset.num_classes()]),
@@ -164,9 +164,25 @@ impl Specialist {
     /// to the dustbin logit undoes that prior shift (the paper's §5 correction).
     ///
     /// # Panics
-    /// If `logits` does not have `|S| + 1` columns.
+    /// If `logits` does not have `|S| + 1` columns or `correction` is not
+    /// finite (see [`try_correct_dustbin`](Self::try_correct_dustbin)).
     pub fn correct_dustbin(&self, logits: Tensor<2>, correction: f64) -> Tensor<2> {
-        or_panic(self.check_outputs("logits", &logits));
+        or_panic(self.try_correct_dustbin(logits, correction))
+    }
+
+    /// Fallible [`correct_dustbin`](Self::correct_dustbin).
+    pub fn try_correct_dustbin(
+        &self,
+        logits: Tensor<2>,
+        correction: f64,
+    ) -> Result<Tensor<2>, DistillError> {
+        self.check_outputs("logits", &logits)?;
+        if !correction.is_finite() {
+            return Err(DistillError::NotFinite {
+                argument: "correction",
+                value: correction,
+            });
+        }
         let [batch, k] = logits.dims();
         let mut bias = vec![0.0f32; k];
         bias[k - 1] = correction as f32;
@@ -174,7 +190,7 @@ impl Specialist {
             TensorData::new(bias, [1, k]),
             (&logits.device(), logits.dtype()),
         );
-        logits + bias.expand([batch, k])
+        Ok(logits + bias.expand([batch, k]))
     }
 
     /// The subset's classes as an index tensor.

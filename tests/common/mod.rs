@@ -75,45 +75,31 @@ pub fn scalar(tensor: Tensor<1>) -> f64 {
     v[0]
 }
 
-/// SplitMix64: a tiny seeded generator, so that test inputs are reproducible
-/// without a dependency on `rand`.
-pub struct Rng(u64);
+/// The crate's own seeded generator (SplitMix64), compiled into the tests too
+/// so that there is one implementation of it.
+#[path = "../../src/specialist/rng.rs"]
+mod rng;
+pub(crate) use rng::SplitMix64 as Rng;
 
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1).
-    pub fn uniform(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
+/// Normal draws for test inputs.
+pub trait Normals {
     /// Standard normal (Box–Muller).
-    pub fn normal(&mut self) -> f64 {
+    fn normal(&mut self) -> f64;
+    /// `n` normal values times `scale`, rounded to f32 so tensors see them exactly.
+    fn normals(&mut self, n: usize, scale: f64) -> Vec<f64>;
+}
+
+impl Normals for Rng {
+    fn normal(&mut self) -> f64 {
         let u1 = self.uniform().max(f64::MIN_POSITIVE);
         let u2 = self.uniform();
         (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
     }
 
-    /// `n` normal values times `scale`, rounded to f32 so tensors see them exactly.
-    pub fn normals(&mut self, n: usize, scale: f64) -> Vec<f64> {
+    fn normals(&mut self, n: usize, scale: f64) -> Vec<f64> {
         (0..n)
             .map(|_| (self.normal() * scale) as f32 as f64)
             .collect()
-    }
-
-    /// Uniform integer in `0..n`.
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.uniform() * n as f64) as usize % n
     }
 }
 
@@ -146,6 +132,43 @@ pub fn assert_close(what: &str, actual: &[f64], expected: &[f64], rtol: f64) {
         assert!(
             err <= rtol,
             "{what}[{i}]: got {a}, expected {e} (error {err:.3e} of scale {scale:.3e} > {rtol:.1e})"
+        );
+    }
+}
+
+/// The soft term alone, `T²·D` averaged over the rows, unweighted: the loss on
+/// a transfer set without labels (`forward_parts`' `soft`).
+pub fn soft_loss(
+    kd: &burn_distill::KdLoss,
+    student_logits: Tensor<2>,
+    teacher: impl Into<burn_distill::TeacherOutput>,
+) -> Tensor<1> {
+    kd.forward_parts(student_logits, teacher, burn_distill::Targets::unlabelled())
+        .soft
+}
+
+/// The soft term per row, `T²·D_b`, unweighted: `forward_no_reduction` without
+/// labels is `soft_weight` times it.
+pub fn soft_rows(
+    kd: &burn_distill::KdLoss,
+    student_logits: Tensor<2>,
+    teacher: impl Into<burn_distill::TeacherOutput>,
+) -> Tensor<1> {
+    kd.forward_no_reduction(student_logits, teacher, burn_distill::Targets::unlabelled())
+        .mul_scalar(1.0 / kd.soft_weight())
+}
+
+/// Asserts `|actual − expected| ≤ rtol·|expected| + atol` element by element
+/// (numpy's `allclose`), so that small entries are held to their own size.
+#[track_caller]
+pub fn assert_allclose(what: &str, actual: &[f64], expected: &[f64], rtol: f64, atol: f64) {
+    assert_eq!(actual.len(), expected.len(), "{what}: length");
+    for (i, (&a, &e)) in actual.iter().zip(expected).enumerate() {
+        let bound = rtol * e.abs() + atol;
+        assert!(
+            (a - e).abs() <= bound || a == e,
+            "{what}[{i}]: got {a}, expected {e} (|error| {:.3e} > {bound:.3e})",
+            (a - e).abs()
         );
     }
 }

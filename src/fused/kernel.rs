@@ -18,21 +18,21 @@
 /// thread costs more than the work.
 const PARALLEL_MIN_ELEMENTS: usize = 1 << 16;
 
-/// What the kernel is asked for.
-pub(crate) struct KernelSpec<'a> {
-    pub classes: usize,
-    pub temperature: f64,
-    /// The temperature applied to the teacher's values: `T` for logits, 1 for
-    /// log-probabilities.
-    pub teacher_temperature: f64,
-    /// Multiplies the KL divergence: T² or 1.
-    pub soft_factor: f64,
+use super::FusedSpec;
+
+/// What one call of the kernel works on: the settings, the labels, and the
+/// gradients asked for.
+#[derive(Clone, Copy)]
+struct Job<'a> {
+    classes: usize,
+    spec: &'a FusedSpec,
     /// Labels, one per row, already checked to lie in `0..classes`; `None` when
     /// there is no hard term.
-    pub targets: Option<&'a [i64]>,
+    targets: Option<&'a [i64]>,
     /// For each gradient to produce, the weights `(w_soft, w_hard)` of
-    /// `∂soft_row/∂z` and `∂hard_row/∂z` in it.
-    pub gradient_weights: &'a [(f64, f64)],
+    /// `∂soft_row/∂z` and `∂hard_row/∂z` in it: `spec.weights`, or none when
+    /// no gradient is needed.
+    gradient_weights: &'a [(f64, f64)],
 }
 
 /// The kernel's results for a block of rows.
@@ -45,9 +45,22 @@ pub(crate) struct KernelOutput {
     pub gradients: Vec<Vec<f32>>,
 }
 
-/// Runs the kernel over row-major `student` and `teacher` logits.
-pub(crate) fn kd_rows(student: &[f32], teacher: &[f32], spec: &KernelSpec) -> KernelOutput {
-    let classes = spec.classes;
+/// Runs the kernel over row-major `student` and `teacher` logits; the
+/// gradients of `spec.weights`' columns too when `with_gradients`.
+pub(crate) fn kd_rows(
+    student: &[f32],
+    teacher: &[f32],
+    classes: usize,
+    targets: Option<&[i64]>,
+    spec: &FusedSpec,
+    with_gradients: bool,
+) -> KernelOutput {
+    let spec = &Job {
+        classes,
+        spec,
+        targets,
+        gradient_weights: if with_gradients { &spec.weights } else { &[] },
+    };
     let rows = student.len() / classes;
     let n_grads = spec.gradient_weights.len();
     let mut out = KernelOutput {
@@ -173,7 +186,7 @@ impl RowBlock<'_> {
     /// Processes every row of the block, with the widest vector instructions
     /// this CPU has. The variants differ only in how the compiler vectorises the
     /// same code (it contracts nothing into FMAs), so their results are identical.
-    fn run(self, spec: &KernelSpec) {
+    fn run(self, spec: &Job) {
         #[cfg(target_arch = "x86_64")]
         {
             if std::arch::is_x86_feature_detected!("avx512f") {
@@ -190,22 +203,23 @@ impl RowBlock<'_> {
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
-    fn run_avx512(self, spec: &KernelSpec) {
+    fn run_avx512(self, spec: &Job) {
         self.run_rows(spec)
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
-    fn run_avx2(self, spec: &KernelSpec) {
+    fn run_avx2(self, spec: &Job) {
         self.run_rows(spec)
     }
 
     #[inline(always)]
-    fn run_rows(mut self, spec: &KernelSpec) {
+    fn run_rows(mut self, spec: &Job) {
         let classes = spec.classes;
-        let inv_t = (1.0 / spec.temperature) as f32;
-        let inv_t_teacher = (1.0 / spec.teacher_temperature) as f32;
-        let unit_temperature = spec.temperature == 1.0;
+        let settings = spec.spec;
+        let inv_t = (1.0 / settings.temperature) as f32;
+        let inv_t_teacher = (1.0 / settings.teacher_temperature) as f32;
+        let unit_temperature = settings.temperature == 1.0;
         let want_hard = spec.targets.is_some();
         let mut exp_teacher = vec![0.0f32; classes];
         let mut exp_student = vec![0.0f32; classes];
@@ -246,7 +260,7 @@ impl RowBlock<'_> {
             let sum_q = sum(&exp_student);
             let cross = sum(&cross_terms);
             let kl = cross / sum_p - sum_p.ln() + sum_q.ln();
-            self.soft[row] = (spec.soft_factor * kl) as f32;
+            self.soft[row] = (settings.soft_factor * kl) as f32;
 
             let mut sum_1 = sum_q;
             if want_hard && !unit_temperature {
@@ -271,7 +285,7 @@ impl RowBlock<'_> {
             };
             for (grad, &(ws, wh)) in self.grads.iter_mut().zip(spec.gradient_weights) {
                 let g = &mut grad[row * classes..(row + 1) * classes];
-                let soft_coef = (ws * spec.soft_factor / spec.temperature) as f32;
+                let soft_coef = (ws * settings.soft_factor / settings.temperature) as f32;
                 let hard_coef = wh as f32;
                 if want_hard && hard_coef != 0.0 {
                     for (((gi, &ep), &eq), &e1) in
@@ -385,15 +399,13 @@ mod tests {
         let z = [1.0f32, -0.5, 2.0, 0.25];
         let v = [0.5f32, 1.5, -1.0, 0.0];
         let t = 2.0;
-        let spec = KernelSpec {
-            classes: 4,
+        let spec = FusedSpec {
             temperature: t,
             teacher_temperature: t,
             soft_factor: t * t,
-            targets: Some(&[2]),
-            gradient_weights: &[(0.9, 0.1)],
+            weights: vec![(0.9, 0.1)],
         };
-        let out = kd_rows(&z, &v, &spec);
+        let out = kd_rows(&z, &v, 4, Some(&[2]), &spec, true);
         let softmax = |x: &[f32], t: f64| -> Vec<f64> {
             let e: Vec<f64> = x.iter().map(|&x| (x as f64 / t).exp()).collect();
             let s: f64 = e.iter().sum();
@@ -412,10 +424,10 @@ mod tests {
 
     /// Runs one block of rows through `variant`; returns (soft, hard, gradient).
     fn run_block(
-        variant: impl FnOnce(RowBlock, &KernelSpec),
+        variant: impl FnOnce(RowBlock, &Job),
         z: &[f32],
         v: &[f32],
-        spec: &KernelSpec,
+        spec: &Job,
     ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
         let rows = z.len() / spec.classes;
         let (mut soft, mut hard, mut grad) = (vec![0.0; rows], vec![0.0; rows], vec![0.0; z.len()]);
@@ -446,13 +458,17 @@ mod tests {
             .collect();
         v[3] = f32::NEG_INFINITY;
         let targets = [0, 36, 5, 17, 2];
-        let spec = KernelSpec {
-            classes,
+        let settings = FusedSpec {
             temperature: 3.0,
             teacher_temperature: 3.0,
             soft_factor: 9.0,
+            weights: vec![(0.7, 0.3)],
+        };
+        let spec = Job {
+            classes,
+            spec: &settings,
             targets: Some(&targets),
-            gradient_weights: &[(0.7, 0.3)],
+            gradient_weights: &settings.weights,
         };
         let baseline = run_block(|b, s| b.run_rows(s), &z, &v, &spec);
         assert!(baseline.2.iter().all(|g| g.is_finite()));

@@ -17,35 +17,24 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Dispatch, TensorMetadata, backend_extension};
 use burn::tensor::{Tensor, TensorData};
 
-use crate::kernel::{KernelSpec, kd_rows, weighted_gradient};
-
-/// The loss's settings as the kernel needs them, passed by value through
-/// burn's dispatch.
-#[derive(Debug, Clone)]
-pub(crate) struct FusedSpec {
-    pub temperature: f64,
-    /// The temperature of the teacher's values: `T` for logits, 1 for log-probabilities.
-    pub teacher_temperature: f64,
-    /// Multiplies the KL divergence: T² or 1.
-    pub soft_factor: f64,
-    /// Labels, already checked to lie in `0..classes`; `None`: no hard term.
-    pub targets: Option<Arc<[i64]>>,
-    /// Output column `k` is `w_s·soft_row + w_h·hard_row` for `(w_s, w_h) = weights[k]`.
-    pub weights: Vec<(f64, f64)>,
-}
+use super::FusedSpec;
+use super::kernel::{kd_rows, weighted_gradient};
 
 /// `[batch, weights.len()]`: for each row and each weight pair `(w_s, w_h)`,
 /// `w_s · soft_factor · KL(p‖q) + w_h · CE`, differentiable with respect to
 /// the student (the teacher gets no gradient). f32 tensors on a backend the
-/// extension lists (see [`crate::analytic::uses_host_kernel`]).
+/// extension lists (see [`super::serves`]). `targets`: labels already checked
+/// to lie in `0..classes`; `None`: no hard term.
 pub(crate) fn fused_kd_columns(
     student_logits: &Tensor<2>,
     teacher_values: &Tensor<2>,
+    targets: Option<Arc<[i64]>>,
     spec: FusedSpec,
 ) -> Tensor<2> {
     let out = <Dispatch as FusedKd>::fused_kd_columns(
         student_logits.clone().into_dispatch(),
         teacher_values.clone().into_dispatch(),
+        targets,
         spec,
     );
     Tensor::from_dispatch(out)
@@ -61,6 +50,7 @@ pub(crate) trait FusedKd: Backend {
     fn fused_kd_columns(
         student_logits: FloatTensor<Self>,
         teacher_values: FloatTensor<Self>,
+        targets: Option<Arc<[i64]>>,
         spec: FusedSpec,
     ) -> FloatTensor<Self>;
 }
@@ -112,9 +102,10 @@ impl<B: HostBackend> FusedKd for B {
     fn fused_kd_columns(
         student: FloatTensor<Self>,
         teacher: FloatTensor<Self>,
+        targets: Option<Arc<[i64]>>,
         spec: FusedSpec,
     ) -> FloatTensor<Self> {
-        run::<Self>(&student, &teacher, &spec, false).0
+        run::<Self>(&student, &teacher, targets.as_deref(), &spec, false).0
     }
 }
 
@@ -123,8 +114,10 @@ impl<B: HostBackend, C: CheckpointStrategy> FusedKd for Autodiff<B, C> {
     fn fused_kd_columns(
         student: FloatTensor<Self>,
         teacher: FloatTensor<Self>,
+        targets: Option<Arc<[i64]>>,
         spec: FusedSpec,
     ) -> FloatTensor<Self> {
+        let targets = targets.as_deref();
         // The teacher was detached by the caller: only the student is a parent.
         let teacher = teacher.into_primitive();
         match Backward::<B, 1>::prepare::<C>(FusedKdBackward, [student.node()])
@@ -132,11 +125,12 @@ impl<B: HostBackend, C: CheckpointStrategy> FusedKd for Autodiff<B, C> {
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                let (values, gradients) = run::<B>(student.primitive(), &teacher, &spec, true);
+                let (values, gradients) =
+                    run::<B>(student.primitive(), &teacher, targets, &spec, true);
                 prep.finish(gradients, values)
             }
             OpsKind::UnTracked(prep) => {
-                prep.finish(run::<B>(student.primitive(), &teacher, &spec, false).0)
+                prep.finish(run::<B>(student.primitive(), &teacher, targets, &spec, false).0)
             }
         }
     }
@@ -185,23 +179,15 @@ impl<B: HostBackend> Backward<B, 1> for FusedKdBackward {
 fn run<B: HostBackend>(
     student: &FloatTensor<B>,
     teacher: &FloatTensor<B>,
+    targets: Option<&[i64]>,
     spec: &FusedSpec,
     with_gradients: bool,
 ) -> (FloatTensor<B>, ColumnGradients) {
     let shape = student.shape();
     let (rows, classes) = (shape[0], shape[1]);
-    let gradient_weights: &[(f64, f64)] = if with_gradients { &spec.weights } else { &[] };
     let out = B::with_f32(student, |z| {
         B::with_f32(teacher, |v| {
-            let kernel_spec = KernelSpec {
-                classes,
-                temperature: spec.temperature,
-                teacher_temperature: spec.teacher_temperature,
-                soft_factor: spec.soft_factor,
-                targets: spec.targets.as_deref(),
-                gradient_weights,
-            };
-            kd_rows(z, v, &kernel_spec)
+            kd_rows(z, v, classes, targets, spec, with_gradients)
         })
     });
     let columns = spec.weights.len();

@@ -1,0 +1,113 @@
+//! The fused CPU path of the KD loss: values and the closed-form gradient with
+//! respect to the student, computed by one multi-threaded kernel
+//! ([`kernel`]) that runs inside burn as a backend extension ([`extension`])
+//! whose single autodiff node hands back that gradient.
+//!
+//! It serves f32 tensors on flex (with this crate's `flex` feature) and on
+//! ndarray (with its `ndarray` feature); [`try_columns`] answers `None`
+//! elsewhere and the loss uses burn ops and autodiff instead. A tensor-op
+//! version of the closed form was measured 1.8× slower than autodiff on ndarray
+//! (1.41 s vs 0.79 s at 512×32000), so other backends do not get one.
+
+#[cfg(any(feature = "flex", feature = "ndarray"))]
+mod extension;
+#[cfg(any(feature = "flex", feature = "ndarray"))]
+mod kernel;
+
+use burn::tensor::{DType, Int, Tensor};
+
+use crate::backend::{HostBackend, host_backend};
+use crate::error::DistillError;
+
+/// The loss's settings as the kernel needs them: built once per call by the
+/// loss, passed by value through burn's dispatch, borrowed by the kernel.
+#[derive(Debug, Clone)]
+// Only the kernel reads the fields; without the features nothing does.
+#[cfg_attr(not(any(feature = "flex", feature = "ndarray")), allow(dead_code))]
+pub(crate) struct FusedSpec {
+    /// The distillation temperature `T` applied to the student.
+    pub temperature: f64,
+    /// The temperature of the teacher's values: `T` for logits, 1 for log-probabilities.
+    pub teacher_temperature: f64,
+    /// Multiplies the KL divergence: T² or 1.
+    pub soft_factor: f64,
+    /// Output column `k` is `w_s·soft_row + w_h·hard_row` for `(w_s, w_h) = weights[k]`.
+    pub weights: Vec<(f64, f64)>,
+}
+
+/// Whether the kernel serves these tensors: f32 on a host backend whose
+/// feature compiled the kernel in.
+pub(crate) fn serves(student_logits: &Tensor<2>, teacher_values: &Tensor<2>) -> bool {
+    let compiled_in = match host_backend(&student_logits.device()) {
+        Some(HostBackend::Flex) => cfg!(feature = "flex"),
+        Some(HostBackend::NdArray) => cfg!(feature = "ndarray"),
+        None => false,
+    };
+    compiled_in && student_logits.dtype() == DType::F32 && teacher_values.dtype() == DType::F32
+}
+
+/// The KD terms by the fused kernel, `[batch, K]`: column `k` is
+/// `w_s·soft_row + w_h·hard_row` for `(w_s, w_h) = spec.weights[k]`, per row
+/// (not divided by the batch size), each column differentiable with respect to
+/// the student through its closed-form gradient. `None` when the kernel does
+/// not serve these tensors (see [`serves`]).
+///
+/// Shapes must already be checked; labels are read back and checked here.
+pub(crate) fn try_columns(
+    student_logits: &Tensor<2>,
+    teacher_values: &Tensor<2>,
+    targets: Option<&Tensor<1, Int>>,
+    spec: FusedSpec,
+) -> Option<Result<Tensor<2>, DistillError>> {
+    if !serves(student_logits, teacher_values) {
+        return None;
+    }
+    #[cfg(any(feature = "flex", feature = "ndarray"))]
+    {
+        let classes = student_logits.dims()[1];
+        let labels: Option<Vec<i64>> =
+            targets.map(|t| t.clone().into_data().iter::<i64>().collect());
+        if let Some(values) = &labels
+            && let Err(error) = crate::check::check_label_values("targets", values, classes)
+        {
+            return Some(Err(error));
+        }
+        Some(Ok(extension::fused_kd_columns(
+            student_logits,
+            teacher_values,
+            labels.map(Into::into),
+            spec,
+        )))
+    }
+    #[cfg(not(any(feature = "flex", feature = "ndarray")))]
+    {
+        let _ = (targets, spec);
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::Device;
+
+    /// f32 tensors on flex and ndarray (with or without autodiff) take the fused
+    /// kernel when this crate's feature for that backend compiles it in;
+    /// other dtypes take the tensor-op path.
+    #[test]
+    #[allow(deprecated)] // Device::ndarray
+    fn kernel_serves_f32_on_cpu_backends() {
+        let cases = [
+            (Device::flex(), cfg!(feature = "flex")),
+            (Device::flex().autodiff(), cfg!(feature = "flex")),
+            (Device::ndarray(), cfg!(feature = "ndarray")),
+            (Device::ndarray().autodiff(), cfg!(feature = "ndarray")),
+        ];
+        for (device, compiled_in) in cases {
+            let f32s = Tensor::<2>::zeros([2, 3], &device);
+            assert_eq!(serves(&f32s, &f32s), compiled_in, "{device:?}");
+            let f64s = Tensor::<2>::zeros([2, 3], (&device, DType::F64));
+            assert!(!serves(&f64s, &f64s), "{device:?}");
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! What the teacher provides to a loss: its logits, its distribution at the
+//! distillation temperature, or its top-k classes; checked and put in one
+//! form here for every loss.
+
+use burn::tensor::{DType, Int, Tensor};
+
+use crate::check::{check_device, check_index_bounds, check_non_empty, check_same_shape};
+use crate::error::DistillError;
+use crate::sparse::SparseTeacher;
+
+/// What the teacher provides to [`KdLoss`](crate::KdLoss) and
+/// [`DkdLoss`](crate::dkd::DkdLoss).
+///
+/// A `Tensor<2>` converts into [`TeacherOutput::Logits`] and a
+/// [`SparseTeacher`] into [`TeacherOutput::TopK`], so
+/// `kd.forward(student, teacher_logits, labels)` needs no wrapper. The teacher
+/// is detached inside: it never receives a gradient.
+///
+/// ```
+/// use burn::tensor::{Device, Tensor};
+/// use burn_distill::{KdLossConfig, TeacherOutput, Targets};
+///
+/// let device = Device::flex();
+/// let student = Tensor::<2>::from_floats([[1.0, 0.0]], &device);
+/// let kd = KdLossConfig::new().with_temperature(2.0).init();
+/// // The teacher's softened distribution itself, e.g. an ensemble's average.
+/// let soft_targets = Tensor::<2>::from_floats([[0.7, 0.3]], &device);
+/// let soft = |teacher: TeacherOutput| {
+///     let parts = kd.forward_parts(student.clone(), teacher, Targets::unlabelled());
+///     parts.soft.into_scalar::<f32>()
+/// };
+/// let a = soft(TeacherOutput::Probs(soft_targets));
+/// // The same targets as logits at T = 2: 2·ln(0.7), 2·ln(0.3).
+/// let logits = Tensor::<2>::from_floats([[2.0 * 0.7f32.ln(), 2.0 * 0.3f32.ln()]], &device);
+/// let b = soft(TeacherOutput::Logits(logits));
+/// assert!((a - b).abs() < 1e-5);
+/// ```
+#[derive(Debug, Clone)]
+// Built once per loss call and moved, never stored in bulk: boxing the larger
+// variant would buy nothing and cost every caller a `Box`.
+#[allow(clippy::large_enum_variant)]
+pub enum TeacherOutput {
+    /// Raw logits `v`, `[batch, classes]`: the soft targets are `softmax(v / T)`.
+    Logits(Tensor<2>),
+    /// Soft targets already at the distillation temperature, as probabilities
+    /// (each row summing to 1; zeros allowed, meaning classes ruled out;
+    /// negative or NaN entries are refused).
+    Probs(Tensor<2>),
+    /// The same as log-probabilities (`−inf` allowed).
+    LogProbs(Tensor<2>),
+    /// The teacher's top-k classes and their log-probabilities at the
+    /// distillation temperature, the rest lumped into one tail bucket: every
+    /// divergence is then taken over the `k + 1` buckets of both models
+    /// (equal to the dense loss at `k = classes`). Not with logit
+    /// standardisation, which needs the teacher's logits.
+    TopK(SparseTeacher),
+}
+
+impl From<Tensor<2>> for TeacherOutput {
+    fn from(logits: Tensor<2>) -> Self {
+        Self::Logits(logits)
+    }
+}
+
+impl From<SparseTeacher> for TeacherOutput {
+    fn from(teacher: SparseTeacher) -> Self {
+        Self::TopK(teacher)
+    }
+}
+
+/// The teacher in the form a loss computes with, detached, on the student's
+/// device and in its compute dtype.
+#[allow(clippy::large_enum_variant)] // one per loss call, moved (as above)
+pub(crate) enum PreparedTeacher {
+    /// `p = softmax(values / temperature)`.
+    Dense {
+        values: Tensor<2>,
+        /// `T` for logits, 1 for (log-)probabilities.
+        temperature: f64,
+        /// Whether `values` are logits (standardisation applies to them).
+        logits: bool,
+    },
+    /// Top-k indices and their log-probabilities at the distillation temperature.
+    TopK {
+        indices: Tensor<2, Int>,
+        log_probs: Tensor<2>,
+    },
+}
+
+impl TeacherOutput {
+    /// The dense tensor (or the top-k log-probabilities) and the argument name
+    /// errors use for it.
+    pub(crate) fn tensor(&self) -> (&Tensor<2>, &'static str) {
+        match self {
+            Self::Logits(t) => (t, "teacher_logits"),
+            Self::Probs(t) => (t, "teacher_probs"),
+            Self::LogProbs(t) => (t, "teacher_log_probs"),
+            Self::TopK(t) => (t.log_probs(), "teacher.log_probs"),
+        }
+    }
+
+    /// Checks the teacher against the student's `[batch, classes]` and device:
+    /// the same shape (or more classes, when `truncate` allows cutting them),
+    /// the same device, probabilities that are not negative (their minimum is
+    /// read back), top-k indices in range (their bounds are read back).
+    pub(crate) fn check(
+        &self,
+        student_logits: &Tensor<2>,
+        truncate: bool,
+    ) -> Result<(), DistillError> {
+        let student_shape = student_logits.dims();
+        let [batch, classes] = student_shape;
+        let (tensor, argument) = self.tensor();
+        check_device("student_logits", student_logits, argument, tensor)?;
+        if let Self::TopK(sparse) = self {
+            return sparse.check_against(batch, classes);
+        }
+        let shape = tensor.dims();
+        let cut = truncate && shape[0] == batch && shape[1] > classes;
+        if !cut {
+            check_same_shape("student_logits", &student_shape, argument, &shape)?;
+        }
+        check_non_empty("student_logits", &student_shape)?;
+        if let Self::Probs(probs) = self {
+            let min = probs.clone().min().cast(DType::F64).into_scalar::<f64>();
+            if min.is_nan() || min < 0.0 {
+                return Err(DistillError::InvalidProbabilities {
+                    argument,
+                    value: min,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The checked teacher, detached, cut to `classes` when it has more (the
+    /// caller checked that truncation is allowed), cast to `dtype`.
+    pub(crate) fn prepare(self, classes: usize, temperature: f64, dtype: DType) -> PreparedTeacher {
+        let cut = |t: Tensor<2>| {
+            let [batch, found] = t.dims();
+            let t = t.detach().cast(dtype);
+            if found > classes {
+                t.slice([0..batch, 0..classes])
+            } else {
+                t
+            }
+        };
+        // A cut distribution is renormalised by the log-softmax every path
+        // applies to the teacher.
+        match self {
+            Self::Logits(v) => PreparedTeacher::Dense {
+                values: cut(v),
+                temperature,
+                logits: true,
+            },
+            Self::Probs(p) => PreparedTeacher::Dense {
+                values: cut(p).log(),
+                temperature: 1.0,
+                logits: false,
+            },
+            Self::LogProbs(log_p) => PreparedTeacher::Dense {
+                values: cut(log_p),
+                temperature: 1.0,
+                logits: false,
+            },
+            Self::TopK(sparse) => {
+                let (indices, log_probs) = sparse.into_parts();
+                PreparedTeacher::TopK {
+                    indices,
+                    log_probs: log_probs.detach().cast(dtype),
+                }
+            }
+        }
+    }
+}
+
+/// Top-k indices are checked against the student's batch and classes.
+pub(crate) fn check_top_k(
+    indices: &Tensor<2, Int>,
+    batch: usize,
+    classes: usize,
+) -> Result<(), DistillError> {
+    let [rows, k] = indices.dims();
+    if rows != batch {
+        return Err(DistillError::BatchMismatch {
+            argument: "teacher.indices",
+            found: rows,
+            expected: batch,
+        });
+    }
+    check_non_empty("student_logits", &[batch, classes])?;
+    if k == 0 || k > classes {
+        return Err(DistillError::InvalidParameter {
+            argument: "k",
+            value: k,
+            requirement: "between 1 and the student's number of classes",
+        });
+    }
+    check_index_bounds(
+        "teacher.indices",
+        &indices.clone().flatten::<1>(0, 1),
+        classes,
+    )
+}

@@ -1,0 +1,403 @@
+//! Finite input gives finite output, and the numbers are right where plain
+//! formulas lose them: half precision, extreme logits and temperatures,
+//! standardisation of huge or constant rows, DKD's small target probability,
+//! the fused kernel's multi-threaded path, the JSD's limits, and a batch split
+//! into micro-batches.
+
+mod common;
+
+use burn::tensor::{DType, Device, Tensor, TensorData};
+use burn_distill::temperature::standardize;
+use burn_distill::{Divergence, DkdLossConfig, KdLossConfig, Normalizer, Targets, TeacherOutput};
+use common::{
+    Normals, Rng, assert_allclose, devices, devices_f64, labels, reference_softmax, tensor2,
+    tensor2_f64, values,
+};
+
+/// f16 and bf16 logits are computed in f32 inside and returned in their own
+/// dtype: ±4000 at T = 0.05 (a scaled logit of 8·10⁴, far past f16's 65504)
+/// gives the f32 loss and gradient of the same values, rounded.
+#[test]
+fn half_precision_is_computed_in_f32() {
+    let device = Device::flex().autodiff();
+    let z = [4000.0, -4000.0, 1000.0, 0.0, -2.0, 3.0];
+    let v = [3999.0, -4000.0, 1001.0, 1.0, -2.5, 2.0];
+    for dtype in [DType::F16, DType::BF16] {
+        if !device.supports_dtype(dtype) {
+            eprintln!("{device:?} has no {dtype:?}; skipped");
+            continue;
+        }
+        for fused in [true, false] {
+            let kd = KdLossConfig::new()
+                .with_temperature(0.05)
+                .with_fused_kernel(fused)
+                .init();
+            let half = |x: &[f64]| {
+                Tensor::<2>::from_data(TensorData::new(x.to_vec(), [2, 3]), (&device, dtype))
+            };
+            let zh = half(&z).require_grad();
+            let y = || labels(&[0, 2], &device);
+            let loss = kd.forward(zh.clone(), half(&v), y());
+            assert_eq!(loss.dtype(), dtype);
+            let grad = zh.grad(&loss.clone().backward()).expect("gradient");
+            assert_eq!(grad.dtype(), dtype);
+            // The same (rounded) inputs in f32.
+            let as_f32 = |t: Tensor<2>| t.cast(DType::F32);
+            let z32 = as_f32(half(&z)).require_grad();
+            let loss32 = kd.forward(z32.clone(), as_f32(half(&v)), y());
+            let grad32 = values(z32.grad(&loss32.clone().backward()).expect("gradient"));
+            let (l, l32) = (values(loss), values(loss32));
+            assert!(l[0].is_finite() && l32[0].is_finite(), "{dtype:?}: {l:?}");
+            let rounding = if dtype == DType::F16 { 1e-3 } else { 8e-3 };
+            assert_allclose(&format!("{dtype:?} loss"), &l, &l32, rounding, 0.0);
+            let g = values(grad);
+            assert!(g.iter().all(|g| g.is_finite()), "{dtype:?}: {g:?}");
+            assert_allclose(&format!("{dtype:?} gradient"), &g, &grad32, rounding, 1e-3);
+        }
+    }
+}
+
+/// Logits at ±f32::MAX at T = 0.5 (their difference overflows f32) on both
+/// paths: finite loss and gradient. The teacher agrees with the student, so
+/// the soft term is 0.
+#[test]
+fn extreme_logits_stay_finite() {
+    for (_, device) in devices() {
+        let device = device.autodiff();
+        for fused in [true, false] {
+            let kd = KdLossConfig::new()
+                .with_temperature(0.5)
+                .with_fused_kernel(fused)
+                .init();
+            let big = f32::MAX as f64;
+            let z = tensor2(&[big, -big, 0.0, -big, big, big], [2, 3], &device).require_grad();
+            let v = tensor2(&[big, -big, 0.0, -big, big, big], [2, 3], &device);
+            let parts = kd.forward_parts(z.clone(), v, labels(&[0, 1], &device));
+            let grad = values(z.grad(&parts.total.clone().backward()).expect("gradient"));
+            let (total, soft) = (values(parts.total), values(parts.soft));
+            assert!(total[0].is_finite(), "{device:?} fused {fused}: {total:?}");
+            assert!(soft[0].abs() < 1e-6, "{device:?} fused {fused}: {soft:?}");
+            assert!(
+                grad.iter().all(|g| g.is_finite()),
+                "{device:?} fused {fused}: {grad:?}"
+            );
+        }
+    }
+}
+
+/// Standardisation of rows whose variance overflows f32, and of constant rows
+/// (whose standard deviation is 0): the z-scores of the definition, and a
+/// finite gradient.
+#[test]
+fn standardization_of_huge_and_constant_rows() {
+    for (_, device) in devices() {
+        let s = values(standardize(tensor2(&[1e30, 0.0, -1e30], [1, 3], &device)));
+        // mean 0, unbiased std 1e30.
+        assert_allclose("huge row", &s, &[1.0, 0.0, -1.0], 1e-6, 1e-6);
+
+        let device = device.autodiff();
+        let kd = KdLossConfig::new().with_logit_standardization(true).init();
+        let z = tensor2(&[2.0, 2.0, 2.0, 1.0, 0.0, -1.0], [2, 3], &device).require_grad();
+        let v = tensor2(&[1.0, 1.0, 1.0, 0.5, 0.0, 3.0], [2, 3], &device);
+        let loss = kd.forward(z.clone(), v, labels(&[0, 2], &device));
+        let grad = values(z.grad(&loss.clone().backward()).expect("gradient"));
+        assert!(values(loss)[0].is_finite());
+        assert!(grad.iter().all(|g| g.is_finite()), "{device:?}: {grad:?}");
+    }
+}
+
+/// DKD's target-class term when the target's probability is ~5e-6: against the
+/// binary KL written out in f64 (a difference of two log-sum-exps for
+/// `log(1 − p_t)` was off by 20% at such sizes in f32).
+#[test]
+fn dkd_target_term_with_a_small_target_probability() {
+    let z = [-8.0, 2.0, 1.0, -9.5, 0.0, 3.0];
+    let v = [-9.0, 1.0, 3.0, -10.0, 2.0, 1.0];
+    let y = [0usize, 0];
+    let t = 1.0;
+    // TCKD per row = KL([p_t, 1 − p_t] ‖ [q_t, 1 − q_t]), batch mean, × T².
+    let (p, q) = (reference_softmax(&v, 3, t), reference_softmax(&z, 3, t));
+    let mut expected = 0.0;
+    for (row, &target) in y.iter().enumerate() {
+        let (pt, qt) = (p[row * 3 + target], q[row * 3 + target]);
+        let (pr, qr) = ((-pt).ln_1p(), (-qt).ln_1p());
+        expected += pt * (pt.ln() - qt.ln()) + (1.0 - pt) * (pr - qr);
+    }
+    expected *= t * t / 2.0;
+    assert!(expected > 0.0 && expected < 1e-3, "{expected}");
+    for (_, device) in devices() {
+        let dkd = DkdLossConfig::new().with_temperature(t).init();
+        let parts = dkd.forward_parts(
+            tensor2(&z, [2, 3], &device),
+            tensor2(&v, [2, 3], &device),
+            labels(&[0, 0], &device),
+        );
+        assert_allclose(
+            &format!("{device:?} tckd"),
+            &values(parts.tckd),
+            &[expected],
+            1e-3,
+            0.0,
+        );
+    }
+}
+
+/// A teacher in another float dtype is cast to the student's: an f64 teacher
+/// with an f32 student gives the all-f32 loss.
+#[test]
+fn teacher_dtype_is_converted_to_the_students() {
+    for (_, device) in devices_f64() {
+        let kd = KdLossConfig::new().init();
+        let z = [0.5, -1.0, 2.0, 0.0];
+        let v = [1.0, 0.0, -1.0, 0.5];
+        let mixed = kd.forward(
+            tensor2(&z, [2, 2], &device),
+            tensor2_f64(&v, [2, 2], &device),
+            labels(&[0, 1], &device),
+        );
+        assert_eq!(mixed.dtype(), DType::F32);
+        let same = kd.forward(
+            tensor2(&z, [2, 2], &device),
+            tensor2(&v, [2, 2], &device),
+            labels(&[0, 1], &device),
+        );
+        assert_allclose("mixed dtypes", &values(mixed), &values(same), 1e-6, 0.0);
+    }
+}
+
+/// A student on an autodiff device with a teacher computed without autodiff
+/// (an inference-mode model): the usual training step works, on both paths.
+#[test]
+fn teacher_without_autodiff() {
+    for (_, device) in devices() {
+        for fused in [true, false] {
+            let kd = KdLossConfig::new().with_fused_kernel(fused).init();
+            let z =
+                tensor2(&[0.5, -1.0, 2.0, 0.0], [2, 2], &device.clone().autodiff()).require_grad();
+            let v = tensor2(&[1.0, 0.0, -1.0, 0.5], [2, 2], &device);
+            let loss = kd.forward(z.clone(), v, labels(&[0, 1], &device.clone().autodiff()));
+            assert!(
+                z.grad(&loss.backward()).is_some(),
+                "{device:?} fused {fused}"
+            );
+        }
+    }
+}
+
+/// The fused kernel's multi-threaded path (≥ 65,536 elements, rows that do
+/// not divide between threads) against the closed form in f64, with
+/// `forward_parts` and `ignore_index`, element by element.
+#[test]
+fn fused_kernel_multithreaded_matches_the_closed_form() {
+    let mut rng = Rng::new(31);
+    for [rows, classes] in [[7usize, 10007usize], [3, 65537]] {
+        let z = rng.normals(rows * classes, 3.0);
+        let v = rng.normals(rows * classes, 3.0);
+        let mut y: Vec<i64> = (0..rows).map(|_| rng.below(classes) as i64).collect();
+        y[1] = -100;
+        let (t, ws, wh) = (2.5, 0.8, 0.2);
+        // Closed form: rows kept = all but row 1; gradient (ws·T(q − p) + wh(q1 − onehot)) / kept.
+        let (p, q, q1) = (
+            reference_softmax(&v, classes, t),
+            reference_softmax(&z, classes, t),
+            reference_softmax(&z, classes, 1.0),
+        );
+        let kept = (rows - 1) as f64;
+        let mut soft = 0.0;
+        let mut hard = 0.0;
+        let mut grad = vec![0.0; rows * classes];
+        for r in (0..rows).filter(|&r| r != 1) {
+            let range = r * classes..(r + 1) * classes;
+            soft += t
+                * t
+                * range
+                    .clone()
+                    .map(|i| {
+                        if p[i] > 0.0 {
+                            p[i] * (p[i].ln() - q[i].ln())
+                        } else {
+                            0.0
+                        }
+                    })
+                    .sum::<f64>();
+            hard -= q1[r * classes + y[r] as usize].ln();
+            for i in range {
+                let onehot = if i == r * classes + y[r] as usize {
+                    1.0
+                } else {
+                    0.0
+                };
+                grad[i] = (ws * t * (q[i] - p[i]) + wh * (q1[i] - onehot)) / kept;
+            }
+        }
+        let (soft, hard) = (soft / kept, hard / kept);
+        for (_, device) in devices_f64() {
+            let device = device.autodiff();
+            let kd = KdLossConfig::new()
+                .with_temperature(t)
+                .with_soft_weight(ws)
+                .with_hard_weight(wh)
+                .with_ignore_index(Some(-100))
+                .init();
+            let zt = tensor2(&z, [rows, classes], &device).require_grad();
+            let parts = kd.forward_parts(
+                zt.clone(),
+                tensor2(&v, [rows, classes], &device),
+                labels(&y, &device),
+            );
+            let what = |s: &str| format!("{rows}×{classes} {s} {device:?}");
+            assert_allclose(&what("soft"), &values(parts.soft), &[soft], 1e-5, 0.0);
+            assert_allclose(&what("hard"), &values(parts.hard), &[hard], 1e-5, 0.0);
+            let total = kd.forward(
+                zt.clone(),
+                tensor2(&v, [rows, classes], &device),
+                labels(&y, &device),
+            );
+            let g = values(zt.grad(&total.backward()).expect("gradient"));
+            assert_allclose(&what("gradient"), &g, &grad, 1e-4, 1e-9);
+            let sums: Vec<f64> = g.chunks(classes).map(|row| row.iter().sum()).collect();
+            assert_allclose(
+                &what("gradient row sums"),
+                &sums,
+                &vec![0.0; rows],
+                0.0,
+                1e-6,
+            );
+        }
+    }
+}
+
+/// The normalised JSD tends to forward KL as β → 0 and to reverse KL as β → 1,
+/// continuously; TRL's form tends to 0 there (and jumps at the ends).
+#[test]
+fn normalized_jsd_limits() {
+    for (_, device) in devices_f64() {
+        let mut rng = Rng::new(4);
+        let z = tensor2_f64(&rng.normals(12, 2.0), [3, 4], &device);
+        let v = tensor2_f64(&rng.normals(12, 2.0), [3, 4], &device);
+        let kd = |divergence: Divergence| {
+            let kd = KdLossConfig::new().with_divergence(divergence).init();
+            values(
+                kd.forward_parts(z.clone(), v.clone(), Targets::unlabelled())
+                    .soft,
+            )[0]
+        };
+        let (forward, reverse) = (kd(Divergence::ForwardKl), kd(Divergence::ReverseKl));
+        for eps in [1e-3, 1e-5] {
+            let near_zero = kd(Divergence::JsdNormalized { beta: eps });
+            let near_one = kd(Divergence::JsdNormalized { beta: 1.0 - eps });
+            assert!(
+                (near_zero - forward).abs() < 10.0 * eps * forward,
+                "{near_zero} vs {forward}"
+            );
+            assert!(
+                (near_one - reverse).abs() < 10.0 * eps * reverse,
+                "{near_one} vs {reverse}"
+            );
+            assert!(kd(Divergence::Jsd { beta: eps }) < 10.0 * eps * forward);
+        }
+        assert_eq!(kd(Divergence::JsdNormalized { beta: 0.0 }), forward);
+        assert_eq!(kd(Divergence::JsdNormalized { beta: 1.0 }), reverse);
+        // At β = ½ the normalised JSD is 4 × the symmetric JSD.
+        let half = kd(Divergence::Jsd { beta: 0.5 });
+        let normalized = kd(Divergence::JsdNormalized { beta: 0.5 });
+        assert!((normalized - 4.0 * half).abs() < 1e-12 * normalized);
+    }
+}
+
+/// Any split of a batch into micro-batches, each normalised by the global count
+/// of kept rows, sums to the full batch's loss and gradient (to 1e-6), for
+/// every divergence, with masks and ignored labels.
+#[test]
+fn micro_batches_sum_to_the_full_batch() {
+    let (rows, classes) = (10, 6);
+    let mut rng = Rng::new(77);
+    let z = rng.normals(rows * classes, 2.0);
+    let v = rng.normals(rows * classes, 2.0);
+    let mut y: Vec<i64> = (0..rows).map(|_| rng.below(classes) as i64).collect();
+    y[3] = -100;
+    y[8] = -100;
+    let keep: Vec<bool> = (0..rows).map(|r| r != 5).collect();
+    let kept = (0..rows).filter(|&r| keep[r] && y[r] != -100).count();
+    for (_, device) in devices_f64() {
+        let device = device.autodiff();
+        for divergence in [
+            Divergence::ForwardKl,
+            Divergence::ReverseKl,
+            Divergence::Jsd { beta: 0.5 },
+            Divergence::Tvd,
+        ] {
+            for fused in [true, false] {
+                let kd = KdLossConfig::new()
+                    .with_divergence(divergence)
+                    .with_fused_kernel(fused)
+                    .with_ignore_index(Some(-100))
+                    .init();
+                let run = |range: std::ops::Range<usize>, normalizer: Normalizer| {
+                    let n = range.len();
+                    let zt = tensor2_f64(
+                        &z[range.start * classes..range.end * classes],
+                        [n, classes],
+                        &device,
+                    )
+                    .require_grad();
+                    let vt = tensor2_f64(
+                        &v[range.start * classes..range.end * classes],
+                        [n, classes],
+                        &device,
+                    );
+                    let mask = Tensor::<1, burn::tensor::Bool>::from_data(
+                        TensorData::new(keep[range.clone()].to_vec(), [n]),
+                        &device,
+                    );
+                    let targets = Targets::new(labels(&y[range], &device))
+                        .with_keep_rows(mask)
+                        .with_normalizer(normalizer);
+                    let loss = kd.forward(zt.clone(), TeacherOutput::Logits(vt), targets);
+                    let grad = values(zt.grad(&loss.clone().backward()).expect("gradient"));
+                    (values(loss)[0], grad)
+                };
+                let (whole, whole_grad) = run(0..rows, Normalizer::KeptRows);
+                for cuts in [vec![0, 4, 10], vec![0, 1, 2, 7, 10], vec![0, 3, 6, 9, 10]] {
+                    let mut sum = 0.0;
+                    let mut grad = Vec::new();
+                    for pair in cuts.windows(2) {
+                        let (loss, g) = run(pair[0]..pair[1], Normalizer::GlobalCount(kept));
+                        sum += loss;
+                        grad.extend(g);
+                    }
+                    let what = format!("{divergence:?} fused {fused} cuts {cuts:?}");
+                    assert_allclose(&what, &[sum], &[whole], 1e-6, 1e-12);
+                    assert_allclose(&what, &grad, &whole_grad, 1e-6, 1e-12);
+                }
+            }
+        }
+    }
+}
+
+/// Top-k with `k = C` is the dense loss for every divergence.
+#[test]
+fn top_k_with_every_class_is_dense() {
+    for (_, device) in devices_f64() {
+        let mut rng = Rng::new(8);
+        let z = tensor2_f64(&rng.normals(15, 2.0), [3, 5], &device);
+        let v = tensor2_f64(&rng.normals(15, 2.0), [3, 5], &device);
+        for divergence in [
+            Divergence::ForwardKl,
+            Divergence::ReverseKl,
+            Divergence::Jsd { beta: 0.3 },
+            Divergence::SkewReverseKl { alpha: 0.2 },
+            Divergence::Tvd,
+        ] {
+            let kd = KdLossConfig::new()
+                .with_divergence(divergence)
+                .with_temperature(2.0)
+                .init();
+            let y = || labels(&[0, 4, 2], &device);
+            let sparse = burn_distill::SparseTeacher::top_k(v.clone(), 5, 2.0);
+            let a = values(kd.forward(z.clone(), sparse, y()));
+            let b = values(kd.forward(z.clone(), v.clone(), y()));
+            assert_allclose(&format!("{divergence:?}"), &a, &b, 1e-12, 1e-14);
+        }
+    }
+}
