@@ -9,8 +9,10 @@ Optional: it needs torch, which CI does not install. To reproduce BENCHMARKS.md:
     /usr/bin/time -v /tmp/torchenv/bin/python benches/compare_torch.py --once eager 512 32000
 
 Timing: each case is warmed up (torch.compile compiles there), then timed over
-repeated runs for at least 3 s (at least 10 runs); the median is printed, as
-criterion reports for the Rust side.
+repeated runs for at least 3 s (at least 10 runs). The mean time per run is
+printed first — criterion's point estimate for the Rust side is a mean per
+iteration too — and the median after it. Torch's thread count is in the header;
+the Rust benches print the threads they may use.
 """
 
 import statistics
@@ -66,7 +68,7 @@ def time_case(mode, batch, classes):
         t0 = time.perf_counter()
         step(*args)
         times.append(time.perf_counter() - t0)
-    return statistics.median(times), len(times)
+    return statistics.mean(times), statistics.median(times), len(times)
 
 
 def fmt(seconds):
@@ -83,12 +85,14 @@ def main():
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"CPU capability {torch.backends.cpu.get_cpu_capability()}, f32, T={T}"
     )
-    print("| B×C | torch eager | torch.compile |")
+    print("| B×C | torch eager: mean (median) | torch.compile: mean (median) |")
     print("|---|---|---|")
     for batch, classes in SIZES:
-        eager, n_eager = time_case("eager", batch, classes)
-        compiled, n_compiled = time_case("compile", batch, classes)
-        print(f"| {batch}×{classes} | {fmt(eager)} (n={n_eager}) | {fmt(compiled)} (n={n_compiled}) |")
+        cells = []
+        for mode in ["eager", "compile"]:
+            mean, median, n = time_case(mode, batch, classes)
+            cells.append(f"{fmt(mean)} ({fmt(median)}, n={n})")
+        print(f"| {batch}×{classes} | {cells[0]} | {cells[1]} |")
 
 
 if __name__ == "__main__":

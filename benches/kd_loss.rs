@@ -8,7 +8,8 @@
 //!
 //! Three implementations side by side, in one run, on each CPU device, all
 //! computing the same loss (T = 4, 0.9 soft / 0.1 hard, T²):
-//! - `analytic`: `KdLoss::forward` as shipped — on flex and ndarray the fused
+//! - `analytic`: `KdLoss::forward` as shipped (the name is kept from 0.1 so
+//!   that BENCHMARKS.md's runs compare) — on flex and ndarray the fused
 //!   CPU kernel with its closed-form backward; elsewhere the same as `autodiff`;
 //! - `autodiff`: `KdLoss` with `fused_kernel = false` — burn ops, autodiff
 //!   walks back through them (the crate's reference path);
@@ -43,6 +44,12 @@ fn devices() -> Vec<(&'static str, Device)> {
 }
 
 fn bench_kd(c: &mut Criterion) {
+    // Beside torch's thread count (benches/compare_torch.py prints it): the
+    // fused kernel uses every available core for inputs of 65,536 elements and up.
+    println!(
+        "threads available: {}",
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
     let analytic = KdLossConfig::new().with_temperature(T).init();
     let autodiff = KdLossConfig::new()
         .with_temperature(T)

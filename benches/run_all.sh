@@ -10,11 +10,11 @@ echo "== machine"; nproc; grep -m1 "model name" /proc/cpuinfo || true; free -g |
 cargo build --release --example kd_memory --quiet
 echo "== cargo bench --features ndarray --bench kd_loss"
 # `ndarray` compiles the fused kernel in for ndarray too (flex has it by default).
-cargo bench --features ndarray --bench kd_loss 2>&1 | grep -E "^kd_loss|time:"
+cargo bench --features ndarray --bench kd_loss 2>&1 | grep -E "^threads|^kd_loss|time:"
 echo "== cargo bench --bench combiner"
 cargo bench --bench combiner 2>&1 | grep -E "^combiner:|^specialist_combiner|time:"
 echo "== cargo bench --bench divergences"
-cargo bench --bench divergences 2>&1 | grep -E "^divergences|time:"
+cargo bench --bench divergences 2>&1 | grep -E "^threads|^divergences|time:"
 echo "== peak memory (max resident set), 512x32000"
 for mode in inputs analytic autodiff; do
   /usr/bin/time -f "$mode: %M KiB" "${CARGO_TARGET_DIR:-target}"/release/examples/kd_memory "$mode" 512 32000 2>&1 | tail -1

@@ -8,7 +8,8 @@
 #   bash scripts/gpu-check.sh run       # there (carry .gpu and .gl): each test binary on
 #                                       # flex, ndarray and the GPU; a missing adapter fails
 # A tree that travels is limited to 64 MiB and each binary is ~9 MB compressed, so
-# `prepare` takes the test files named in GPU_TESTS (default: six of them).
+# `prepare` takes the test binaries named in GPU_TESTS (default: the integration
+# suite and the unit tests).
 # Both folders are listed in .git/info/exclude by `prepare`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,7 +18,7 @@ case "${1:-}" in
 prepare)
   for d in .gpu .gl; do grep -qx "/$d/" .git/info/exclude 2>/dev/null || echo "/$d/" >>.git/info/exclude; done
   rm -rf .gpu && mkdir -p .gpu .gl
-  wanted=" ${GPU_TESTS:-devices torch_parity gradients properties errors teacher_output} "
+  wanted=" ${GPU_TESTS:-suite burn_distill} "
   cargo test --release --features vulkan --no-run --message-format=json 2>/dev/null |
     python3 -c '
 import json, sys

@@ -1,6 +1,6 @@
 //! Multi-teacher combinators against closed forms computed here in f64.
 
-mod common;
+use crate::common;
 
 use burn::tensor::Tensor;
 use burn_distill::DistillError;

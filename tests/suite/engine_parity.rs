@@ -5,7 +5,7 @@
 //! values and student gradients, through `forward`, `forward_parts` and
 //! `forward_no_reduction`, on every device, fused kernel on and off.
 
-mod common;
+use crate::common;
 
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use burn_distill::{
@@ -47,7 +47,7 @@ struct Case {
 }
 
 fn fixtures() -> Fixtures {
-    let text = include_str!("fixtures/engine_numpy.json");
+    let text = include_str!("../fixtures/engine_numpy.json");
     serde_json::from_str(text).expect("engine_numpy.json parses")
 }
 

@@ -1,7 +1,7 @@
 //! Which devices the device-generic tests run on (printed with `--nocapture`),
 //! and a check that `BURN_DISTILL_REQUIRE_WGPU` really puts wgpu in the list.
 
-mod common;
+use crate::common;
 
 use burn::tensor::Tensor;
 use common::devices;

@@ -3,7 +3,7 @@
 //! `F.log_softmax` and `F.cross_entropy` (see the script for how masked classes
 //! are handled independently of this crate's masking). CI only reads the JSON.
 
-mod common;
+use crate::common;
 
 use burn::tensor::Device;
 use burn_distill::{KdLoss, KdLossConfig};
@@ -43,7 +43,7 @@ struct Case {
 }
 
 fn fixtures() -> Fixtures {
-    let text = include_str!("fixtures/kd_torch.json");
+    let text = include_str!("../fixtures/kd_torch.json");
     let fixtures: Fixtures = serde_json::from_str(text).expect("parse kd_torch.json");
     assert!(
         fixtures.torch_version.starts_with('2'),

@@ -2,7 +2,7 @@
 //! and the eq. 5 combiner, against closed forms and `combiner_torch.json`
 //! (`scripts/gen_combiner_fixtures.py`: L-BFGS on q = softmax(r), float64).
 
-mod common;
+use crate::common;
 
 use burn::tensor::{DType, Device, Tensor, TensorData};
 use burn_distill::DistillError;
@@ -10,8 +10,8 @@ use burn_distill::specialist::{
     ClassSubset, ConfusableSubsetsConfig, Specialist, SpecialistCombinerConfig, SpecialistSampler,
 };
 use common::{
-    Normals, Rng, assert_close, devices, devices_f64, labels, reference_softmax, tensor2,
-    tensor2_f64, values,
+    Normals, Rng, assert_allclose, assert_close, devices, devices_f64, labels, reference_softmax,
+    tensor2, tensor2_f64, values,
 };
 use serde::Deserialize;
 
@@ -391,7 +391,7 @@ struct CombinerCase {
 #[test]
 fn combiner_matches_reference_and_is_monotone() {
     let fixtures: CombinerFixtures =
-        serde_json::from_str(include_str!("fixtures/combiner_torch.json")).unwrap();
+        serde_json::from_str(include_str!("../fixtures/combiner_torch.json")).unwrap();
     assert!(fixtures.cases.len() >= 4);
     for case in &fixtures.cases {
         let specialists: Vec<Specialist> = case
@@ -434,6 +434,53 @@ fn combiner_matches_reference_and_is_monotone() {
                 );
             }
         }
+    }
+}
+
+/// With the default settings both solvers — the host one (flex) and the tensor
+/// one (ndarray, f64) — reach the L-BFGS minimiser to 1e-6 in every entry of
+/// `q`, and agree with each other to 1e-6.
+#[test]
+fn default_settings_reach_the_minimiser_on_both_solvers() {
+    let fixtures: CombinerFixtures =
+        serde_json::from_str(include_str!("../fixtures/combiner_torch.json")).unwrap();
+    for case in &fixtures.cases {
+        let specialists: Vec<Specialist> = case
+            .subsets
+            .iter()
+            .map(|s| specialist(s, case.classes))
+            .collect();
+        let expected_q: Vec<f64> = case.q.iter().flatten().copied().collect();
+        let mut solutions = Vec::new();
+        for (name, device) in devices_f64() {
+            let probs: Vec<Tensor<2>> = specialists
+                .iter()
+                .zip(&case.specialist_probs)
+                .map(|(s, p)| tensor2_f64(p, [case.batch, s.num_outputs()], &device))
+                .collect();
+            let out = SpecialistCombinerConfig::new()
+                .with_top_n(case.top_n)
+                .init()
+                .combine(
+                    tensor2_f64(&case.generalist_probs, [case.batch, case.classes], &device),
+                    &specialists,
+                    &probs,
+                );
+            let q = values(out.probs);
+            let what = format!(
+                "{} {name} (defaults, {} iterations)",
+                case.name, out.iterations
+            );
+            assert_allclose(&what, &q, &expected_q, 0.0, 1e-6);
+            solutions.push(q);
+        }
+        assert_allclose(
+            &format!("{}: host vs tensor solver", case.name),
+            &solutions[0],
+            &solutions[1],
+            0.0,
+            1e-6,
+        );
     }
 }
 

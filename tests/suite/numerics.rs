@@ -4,7 +4,7 @@
 //! the fused kernel's multi-threaded path, the JSD's limits, and a batch split
 //! into micro-batches.
 
-mod common;
+use crate::common;
 
 use burn::tensor::{DType, Device, Tensor, TensorData};
 use burn_distill::temperature::standardize;

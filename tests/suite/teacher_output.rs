@@ -1,7 +1,7 @@
 //! A teacher given as a distribution (probabilities or log-probabilities at the
 //! distillation temperature) is the same teacher as its logits.
 
-mod common;
+use crate::common;
 
 use burn_distill::{KdLossConfig, Targets, TeacherOutput};
 use common::{

@@ -77,7 +77,7 @@ pub fn scalar(tensor: Tensor<1>) -> f64 {
 
 /// The crate's own seeded generator (SplitMix64), compiled into the tests too
 /// so that there is one implementation of it.
-#[path = "../../src/specialist/rng.rs"]
+#[path = "../../../src/specialist/rng.rs"]
 mod rng;
 pub(crate) use rng::SplitMix64 as Rng;
 

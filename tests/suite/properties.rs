@@ -1,7 +1,7 @@
 //! Property tests (proptest, 256 cases each) of the temperature softmax and the
 //! KD soft loss, on f32 tensors on flex and ndarray.
 
-mod common;
+use crate::common;
 
 use burn_distill::KdLossConfig;
 use burn_distill::temperature::{log_softmax, softmax};

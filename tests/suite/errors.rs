@@ -1,7 +1,7 @@
 //! Bad input: every `DistillError` variant from `check` or a `try_*` form, and
 //! the panicking forms' message equal to the error's text.
 
-mod common;
+use crate::common;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 

@@ -7,7 +7,7 @@
 //! - masked (−inf) classes give exactly zero gradient, never NaN;
 //! - T = 1 with only the hard term is burn-nn's `CrossEntropyLoss`.
 
-mod common;
+use crate::common;
 
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn_distill::KdLossConfig;

@@ -3,7 +3,7 @@
 //! (`scripts/gen_divergence_fixtures.py`, each written as its source library
 //! writes it) and against identities.
 
-mod common;
+use crate::common;
 
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use burn_distill::divergence::{
@@ -50,7 +50,8 @@ impl Case {
 /// gradient of its sum with respect to the student within 1e-8.
 #[test]
 fn matches_pytorch_references() {
-    let f: Fixtures = serde_json::from_str(include_str!("fixtures/divergence_torch.json")).unwrap();
+    let f: Fixtures =
+        serde_json::from_str(include_str!("../fixtures/divergence_torch.json")).unwrap();
     assert_eq!(f.cases.len(), 17);
     let shape = [f.batch, f.classes];
     let t = f.temperature;

@@ -1,0 +1,18 @@
+//! The integration tests, in one binary so that burn is linked once (the MNIST
+//! pipeline, which runs itself as a child process, is its own binary).
+//! Each module is one concern; `common` holds the devices, the seeded
+//! generator, tensor helpers and tolerance checks they share.
+
+mod common;
+
+mod devices;
+mod divergences;
+mod engine_parity;
+mod ensemble;
+mod errors;
+mod gradients;
+mod numerics;
+mod properties;
+mod specialists;
+mod teacher_output;
+mod torch_parity;
