@@ -160,7 +160,7 @@ impl Divergence {
 /// `+inf` divergence and is returned as such.
 ///
 /// # Panics
-/// If the shapes differ or are empty (see [`try_forward_kl`]).
+/// If the shapes differ or are empty, naming both shapes.
 ///
 /// # Shapes
 /// - `student_log_probs`, `teacher_log_probs`: `[batch, classes]`, normalised
@@ -181,17 +181,7 @@ impl Divergence {
 /// assert!((kl[0] - expected).abs() < 1e-6);
 /// ```
 pub fn forward_kl(student_log_probs: Tensor<2>, teacher_log_probs: Tensor<2>) -> Tensor<1> {
-    or_panic(try_forward_kl(student_log_probs, teacher_log_probs))
-}
-
-/// Fallible [`forward_kl`]: returns [`DistillError::ShapeMismatch`] or
-/// [`DistillError::EmptyTensor`] instead of panicking.
-pub fn try_forward_kl(
-    student_log_probs: Tensor<2>,
-    teacher_log_probs: Tensor<2>,
-) -> Result<Tensor<1>, DistillError> {
-    check_log_prob_pair(&student_log_probs, &teacher_log_probs)?;
-    Ok(forward_kl_unchecked(student_log_probs, teacher_log_probs))
+    Divergence::ForwardKl.rows(student_log_probs, teacher_log_probs)
 }
 
 /// Mean of per-row values over the rows where `keep_rows` is true: the
@@ -264,7 +254,7 @@ pub(crate) fn forward_kl_unchecked(
 /// distillation). Classes the student gives probability 0 contribute 0.
 ///
 /// # Panics
-/// If the shapes differ or are empty (see [`try_reverse_kl`]).
+/// If the shapes differ or are empty, naming both shapes.
 ///
 /// # Shapes
 /// - `student_log_probs`, `teacher_log_probs`: `[batch, classes]`; output `[batch]`.
@@ -283,17 +273,7 @@ pub(crate) fn forward_kl_unchecked(
 /// assert!((a - b).abs() < 1e-7);
 /// ```
 pub fn reverse_kl(student_log_probs: Tensor<2>, teacher_log_probs: Tensor<2>) -> Tensor<1> {
-    or_panic(try_reverse_kl(student_log_probs, teacher_log_probs))
-}
-
-/// Fallible [`reverse_kl`].
-pub fn try_reverse_kl(
-    student_log_probs: Tensor<2>,
-    teacher_log_probs: Tensor<2>,
-) -> Result<Tensor<1>, DistillError> {
-    check_log_prob_pair(&student_log_probs, &teacher_log_probs)?;
-    // KL(q‖p) is forward KL with the roles exchanged.
-    Ok(forward_kl_unchecked(teacher_log_probs, student_log_probs))
+    Divergence::ReverseKl.rows(student_log_probs, teacher_log_probs)
 }
 
 /// Generalised Jensen–Shannon divergence per row, as in TRL's GKD and
@@ -303,7 +283,7 @@ pub fn try_reverse_kl(
 /// tends to 0 at both ends). At `β = 0.5` it is the symmetric JSD, bounded by `ln 2`.
 ///
 /// # Panics
-/// If `beta` is outside [0, 1] or the shapes differ (see [`try_generalized_jsd`]).
+/// If `beta` is outside [0, 1] or the shapes differ (see [`Divergence::check`]).
 ///
 /// # Example
 /// ```
@@ -322,22 +302,7 @@ pub fn generalized_jsd(
     teacher_log_probs: Tensor<2>,
     beta: f64,
 ) -> Tensor<1> {
-    or_panic(try_generalized_jsd(
-        student_log_probs,
-        teacher_log_probs,
-        beta,
-    ))
-}
-
-/// Fallible [`generalized_jsd`].
-pub fn try_generalized_jsd(
-    student_log_probs: Tensor<2>,
-    teacher_log_probs: Tensor<2>,
-    beta: f64,
-) -> Result<Tensor<1>, DistillError> {
-    check_unit_interval("beta", beta)?;
-    check_log_prob_pair(&student_log_probs, &teacher_log_probs)?;
-    Ok(jsd_unchecked(student_log_probs, teacher_log_probs, beta))
+    Divergence::Jsd { beta }.rows(student_log_probs, teacher_log_probs)
 }
 
 /// [`generalized_jsd`] without the checks.
@@ -377,8 +342,7 @@ fn jsd_unchecked(
 /// assert!((tvd - 0.25).abs() < 1e-6);
 /// ```
 pub fn total_variation(student_log_probs: Tensor<2>, teacher_log_probs: Tensor<2>) -> Tensor<1> {
-    or_panic(check_log_prob_pair(&student_log_probs, &teacher_log_probs));
-    total_variation_unchecked(student_log_probs, teacher_log_probs)
+    Divergence::Tvd.rows(student_log_probs, teacher_log_probs)
 }
 
 fn total_variation_unchecked(
@@ -398,55 +362,25 @@ fn total_variation_unchecked(
 /// student gives a teacher-possible class probability 0, and bounds it by `−ln α`.
 ///
 /// # Panics
-/// If `alpha` is outside [0, 1) or the shapes differ (see [`try_skew_forward_kl`]).
+/// If `alpha` is outside [0, 1) or the shapes differ (see [`Divergence::check`]).
 pub fn skew_forward_kl(
     student_log_probs: Tensor<2>,
     teacher_log_probs: Tensor<2>,
     alpha: f64,
 ) -> Tensor<1> {
-    or_panic(try_skew_forward_kl(
-        student_log_probs,
-        teacher_log_probs,
-        alpha,
-    ))
-}
-
-/// Fallible [`skew_forward_kl`].
-pub fn try_skew_forward_kl(
-    student_log_probs: Tensor<2>,
-    teacher_log_probs: Tensor<2>,
-    alpha: f64,
-) -> Result<Tensor<1>, DistillError> {
-    check_skew("alpha", alpha)?;
-    check_log_prob_pair(&student_log_probs, &teacher_log_probs)?;
-    Ok(skew_kl(teacher_log_probs, student_log_probs, alpha))
+    Divergence::SkewForwardKl { alpha }.rows(student_log_probs, teacher_log_probs)
 }
 
 /// Skew reverse KL per row: `KL(q ‖ α·q + (1−α)·p)`; `α = 0` is [`reverse_kl`].
 ///
 /// # Panics
-/// If `alpha` is outside [0, 1) or the shapes differ (see [`try_skew_reverse_kl`]).
+/// If `alpha` is outside [0, 1) or the shapes differ (see [`Divergence::check`]).
 pub fn skew_reverse_kl(
     student_log_probs: Tensor<2>,
     teacher_log_probs: Tensor<2>,
     alpha: f64,
 ) -> Tensor<1> {
-    or_panic(try_skew_reverse_kl(
-        student_log_probs,
-        teacher_log_probs,
-        alpha,
-    ))
-}
-
-/// Fallible [`skew_reverse_kl`].
-pub fn try_skew_reverse_kl(
-    student_log_probs: Tensor<2>,
-    teacher_log_probs: Tensor<2>,
-    alpha: f64,
-) -> Result<Tensor<1>, DistillError> {
-    check_skew("alpha", alpha)?;
-    check_log_prob_pair(&student_log_probs, &teacher_log_probs)?;
-    Ok(skew_kl(student_log_probs, teacher_log_probs, alpha))
+    Divergence::SkewReverseKl { alpha }.rows(student_log_probs, teacher_log_probs)
 }
 
 /// `KL(a ‖ α·a + (1−α)·b)` per row from log-probabilities; `KL(a ‖ b)` at α = 0.

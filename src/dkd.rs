@@ -30,7 +30,7 @@ use crate::divergence::forward_kl_unchecked;
 use crate::error::{DistillError, or_panic};
 use crate::targets::{Targets, reduce_rows};
 use crate::teacher::{PreparedTeacher, TeacherOutput};
-use crate::temperature::{compute_dtype, scaled_logsumexp, standardize, try_log_softmax};
+use crate::temperature::{compute_dtype, log_softmax_unchecked, scaled_logsumexp, standardize};
 
 /// Configuration of a [`DkdLoss`].
 #[derive(Config, Debug)]
@@ -277,5 +277,5 @@ fn split(
     let by_difference = log_others - log_all;
     let log_rest = by_difference.mask_where(small_target, by_log1p);
     let binary = Tensor::cat(vec![log_target, log_rest], 1);
-    (binary, or_panic(try_log_softmax(masked, t, 1)))
+    (binary, log_softmax_unchecked(masked, t, 1))
 }

@@ -27,7 +27,7 @@ use crate::fused::{FusedSpec, serves, try_columns};
 use crate::sparse::bucket_log_probs;
 use crate::targets::{Targets, reduce_rows, usable_labels};
 use crate::teacher::{PreparedTeacher, TeacherOutput};
-use crate::temperature::{compute_dtype, standardize, try_log_softmax};
+use crate::temperature::{compute_dtype, log_softmax_unchecked, standardize};
 
 /// Configuration of a [`KdLoss`].
 ///
@@ -509,8 +509,8 @@ impl KdLoss {
                 };
                 // The temperatures were validated by try_init.
                 (
-                    or_panic(try_log_softmax(student, self.temperature, 1)),
-                    or_panic(try_log_softmax(values, temperature, 1)),
+                    log_softmax_unchecked(student, self.temperature, 1),
+                    log_softmax_unchecked(values, temperature, 1),
                 )
             }
             PreparedTeacher::TopK { indices, log_probs } => {
@@ -540,7 +540,7 @@ fn weighted(term: &Tensor<1>, weight: f64) -> Tensor<1> {
 /// Cross-entropy of `softmax(logits)` (T = 1) against integer labels, per row.
 pub(crate) fn hard_rows(student_logits: Tensor<2>, labels: Tensor<1, Int>) -> Tensor<1> {
     let [batch] = labels.dims();
-    let log_probs = or_panic(try_log_softmax(student_logits, 1.0, 1));
+    let log_probs = log_softmax_unchecked(student_logits, 1.0, 1);
     log_probs
         .gather(1, labels.reshape([batch, 1]))
         .reshape([batch])

@@ -4,7 +4,7 @@
 
 use burn::tensor::{DType, Int, Tensor};
 
-use crate::check::{check_device, check_index_bounds, check_non_empty, check_same_shape};
+use crate::check::{check_device, check_non_empty, check_same_shape};
 use crate::error::DistillError;
 use crate::sparse::SparseTeacher;
 
@@ -172,33 +172,4 @@ impl TeacherOutput {
             }
         }
     }
-}
-
-/// Top-k indices are checked against the student's batch and classes.
-pub(crate) fn check_top_k(
-    indices: &Tensor<2, Int>,
-    batch: usize,
-    classes: usize,
-) -> Result<(), DistillError> {
-    let [rows, k] = indices.dims();
-    if rows != batch {
-        return Err(DistillError::BatchMismatch {
-            argument: "teacher.indices",
-            found: rows,
-            expected: batch,
-        });
-    }
-    check_non_empty("student_logits", &[batch, classes])?;
-    if k == 0 || k > classes {
-        return Err(DistillError::InvalidParameter {
-            argument: "k",
-            value: k,
-            requirement: "between 1 and the student's number of classes",
-        });
-    }
-    check_index_bounds(
-        "teacher.indices",
-        &indices.clone().flatten::<1>(0, 1),
-        classes,
-    )
 }

@@ -74,9 +74,19 @@ pub fn try_log_softmax<const D: usize>(
 ) -> Result<Tensor<D>, DistillError> {
     check_temperature("temperature", temperature)?;
     check_dim("dim", dim, D)?;
+    Ok(log_softmax_unchecked(logits, temperature, dim))
+}
+
+/// [`log_softmax`] for callers that validated the temperature and `dim` once
+/// (the losses, at `try_init`).
+pub(crate) fn log_softmax_unchecked<const D: usize>(
+    logits: Tensor<D>,
+    temperature: f64,
+    dim: usize,
+) -> Tensor<D> {
     let (shifted, _) = shifted_scaled_logits(logits, temperature, dim);
     let log_normaliser = shifted.clone().exp().sum_dim(dim).log();
-    Ok(shifted - log_normaliser)
+    shifted - log_normaliser
 }
 
 /// Fallible [`softmax`]: returns [`DistillError::InvalidTemperature`] or
