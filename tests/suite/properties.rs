@@ -180,8 +180,8 @@ proptest! {
         let b = rows as f64;
         let mut loss = 0.0;
         let mut grad = vec![0.0; rows * classes];
-        for r in 0..rows {
-            let label = r * classes + y[r] as usize;
+        for (r, &y_r) in y.iter().enumerate() {
+            let label = r * classes + y_r as usize;
             for i in r * classes..(r + 1) * classes {
                 if p[i] > 0.0 {
                     loss += ws * t * t * p[i] * (log_p[i] - log_q[i]) / b;
