@@ -1,10 +1,11 @@
 //! # burn-distill
 //!
 //! Knowledge-distillation losses for [burn](https://burn.dev): temperature softmax,
-//! the Hinton KD loss with its `T²` scaling, and the divergences they are built on.
-//! The crate is functional at its core — small pure functions over `Tensor`s —
-//! with thin [`Config`](burn::config::Config)/[`Module`](burn::module::Module)
-//! wrappers in burn's style.
+//! the Hinton KD loss with its `T²` scaling and any of seven divergences
+//! ([`Divergence`]), decoupled KD, top-k teachers, ensembles and the paper's
+//! generalist/specialist machinery. At its core are small pure functions over
+//! `Tensor`s (the reference), with [`Config`](burn::config::Config)/[`Module`](burn::module::Module)
+//! losses in burn's style on top, and a fused CPU kernel for forward KL.
 //!
 //! It chooses no device: every function runs on the device of the tensors it is
 //! given (flex, ndarray, wgpu, cuda, …), with or without autodiff.
@@ -16,8 +17,13 @@
 //! - The soft term is multiplied by `T²` (configurable) so its gradient's size does
 //!   not depend on the temperature.
 //! - Arguments are named `student_*` and `teacher_*`; the teacher never gets a gradient.
-//! - Bad input is reported before any tensor operation, as a [`DistillError`] from the
-//!   `try_*` functions or a panic with the same message from the others.
+//! - Bad input is reported before any tensor operation, as a [`DistillError`]: the
+//!   losses' forwards panic with its message (as burn-nn's do), and
+//!   [`KdLoss::check`] returns it for input that must not panic; configs have
+//!   `try_init`.
+//! - Every forward takes `(student_logits, teacher, targets)`: the teacher as a
+//!   [`TeacherOutput`] (or logits), the targets as [`Targets`] (or labels), which
+//!   also carry a row mask and the [`Normalizer`] of the mean.
 //!
 //! ## Example
 //! ```
