@@ -15,8 +15,8 @@ use burn_distill::sparse::{SparseTeacher, sparse_forward_kl, try_sparse_forward_
 use burn_distill::temperature::log_softmax;
 use burn_distill::{DistillError, Divergence, KdLossConfig, Targets, TeacherOutput};
 use common::{
-    Normals, Rng, assert_close, devices, devices_f64, labels, scalar, soft_loss, soft_rows,
-    tensor2, tensor2_f64, values,
+    Normals, Rng, assert_allclose, assert_close, devices, devices_f64, labels, scalar, soft_loss,
+    soft_rows, tensor2, tensor2_f64, values,
 };
 use serde::Deserialize;
 
@@ -218,6 +218,38 @@ fn mixtures_stay_finite_with_masked_classes() {
             let g = values(z.grad(&value.backward()).unwrap());
             assert!(g.iter().all(|x| x.is_finite()), "{name}: {g:?}");
             assert_eq!(g[1], 0.0, "{name}: masked class gradient");
+        }
+    }
+}
+
+/// Logit standardisation in f32, through the fused kernel (the student's
+/// standardisation differentiated by autodiff, the KD term by the kernel's
+/// node) and through autodiff alone, against the same PyTorch reference.
+#[test]
+fn standardized_kd_in_f32_on_both_paths() {
+    let f: Fixtures =
+        serde_json::from_str(include_str!("../fixtures/divergence_torch.json")).unwrap();
+    let case = f
+        .cases
+        .iter()
+        .find(|c| c.name == "kd_standardized")
+        .unwrap();
+    let shape = [f.batch, f.classes];
+    for (name, device) in devices() {
+        let device = device.autodiff();
+        for fused in [true, false] {
+            let kd = KdLossConfig::new()
+                .with_temperature(f.temperature)
+                .with_logit_standardization(true)
+                .with_fused_kernel(fused)
+                .init();
+            let z = tensor2(&f.student_logits, shape, &device).require_grad();
+            let v = tensor2(&f.teacher_logits, shape, &device);
+            let loss = kd.forward(z.clone(), v, labels(&f.targets, &device));
+            let grad = values(z.grad(&loss.clone().backward()).unwrap());
+            let what = format!("{name} fused {fused}");
+            assert_allclose(&what, &values(loss), &case.value, 1e-5, 0.0);
+            assert_allclose(&what, &grad, &case.grad, 1e-4, 1e-7);
         }
     }
 }

@@ -401,3 +401,85 @@ fn top_k_with_every_class_is_dense() {
         }
     }
 }
+
+/// Central finite differences (f64) of every loss's value against its student
+/// gradient: each divergence with a dense and a top-k teacher, with masks and
+/// `ignore_index`, logit standardisation, and DKD.
+#[test]
+fn finite_differences_match_every_gradient() {
+    let (rows, classes) = (3, 5);
+    let mut rng = Rng::new(123);
+    let z = rng.normals(rows * classes, 2.0);
+    let v = rng.normals(rows * classes, 2.0);
+    let y = [1i64, -100, 4];
+    let keep = [true, true, false];
+    let device = Device::flex().autodiff();
+    type Loss = Box<dyn Fn(Tensor<2>) -> Tensor<1>>;
+    let mut losses: Vec<(String, Loss)> = Vec::new();
+    for divergence in [
+        Divergence::ForwardKl,
+        Divergence::ReverseKl,
+        Divergence::Jsd { beta: 0.3 },
+        Divergence::JsdNormalized { beta: 0.7 },
+        Divergence::SkewForwardKl { alpha: 0.2 },
+        Divergence::SkewReverseKl { alpha: 0.2 },
+        Divergence::Tvd,
+    ] {
+        for top_k in [None, Some(3)] {
+            let kd = KdLossConfig::new()
+                .with_temperature(1.5)
+                .with_divergence(divergence)
+                .with_ignore_index(Some(-100))
+                .init();
+            let (v, device) = (v.clone(), device.clone());
+            losses.push((
+                format!("{divergence:?} top-k {top_k:?}"),
+                Box::new(move |z| {
+                    let vt = tensor2_f64(&v, [rows, classes], &device);
+                    let teacher: TeacherOutput = match top_k {
+                        Some(k) => burn_distill::SparseTeacher::top_k(vt, k, 1.5).into(),
+                        None => vt.into(),
+                    };
+                    let mask = Tensor::<1, burn::tensor::Bool>::from_data(keep, &device);
+                    let targets = Targets::new(labels(&y, &device)).with_keep_rows(mask);
+                    kd.forward(z, teacher, targets)
+                }),
+            ));
+        }
+    }
+    let standardized = KdLossConfig::new().with_logit_standardization(true).init();
+    let (vs, ds) = (v.clone(), device.clone());
+    losses.push((
+        "standardised".into(),
+        Box::new(move |z| {
+            let vt = tensor2_f64(&vs, [rows, classes], &ds);
+            standardized.forward(z, vt, labels(&[0, 2, 4], &ds))
+        }),
+    ));
+    let dkd = DkdLossConfig::new().init();
+    let (vd, dd) = (v.clone(), device.clone());
+    losses.push((
+        "dkd".into(),
+        Box::new(move |z| {
+            let vt = tensor2_f64(&vd, [rows, classes], &dd);
+            dkd.forward(z, vt, labels(&[0, 2, 4], &dd))
+        }),
+    ));
+    for (name, loss) in &losses {
+        let zt = tensor2_f64(&z, [rows, classes], &device).require_grad();
+        let value = loss(zt.clone());
+        let grad = values(zt.grad(&value.backward()).expect("gradient"));
+        let eps = 1e-6;
+        let numeric: Vec<f64> = (0..z.len())
+            .map(|i| {
+                let at = |delta: f64| {
+                    let mut shifted = z.clone();
+                    shifted[i] += delta;
+                    values(loss(tensor2_f64(&shifted, [rows, classes], &device)))[0]
+                };
+                (at(eps) - at(-eps)) / (2.0 * eps)
+            })
+            .collect();
+        assert_allclose(name, &grad, &numeric, 1e-5, 1e-8);
+    }
+}
