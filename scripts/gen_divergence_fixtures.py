@@ -14,7 +14,10 @@ Each reference is written the way its source library writes it:
   torch.std unbiased) before the KD loss, CE on the raw logits;
 - top-k: the student's log-probabilities gathered at the teacher's top-k classes
   plus one tail bucket log(1 − Σ) on both sides (DistillKit / TRL style);
-- masked KD: the mean over rows whose label is not -100 (PyTorch's ignore_index).
+- masked KD: the mean over rows whose label is not -100 (PyTorch's ignore_index);
+- total variation: Liger-Kernel's `LigerTVDLoss` reference, 0.5 * |p - q| summed
+  over classes per row, on softmax(logits / T);
+- normalised JSD: TRL's generalized JSD divided by beta * (1 - beta).
 """
 
 import json
@@ -61,6 +64,12 @@ def skew(student_logits, teacher_logits, alpha, T, reverse):
         return (q * (torch.log(q) - torch.log(m))).sum(-1)
     m = alpha * p + (1 - alpha) * q
     return (p * (torch.log(p) - torch.log(m))).sum(-1)
+
+
+def tvd_liger(student_logits, teacher_logits, T):
+    p = F.softmax(teacher_logits / T, dim=-1)
+    q = F.softmax(student_logits / T, dim=-1)
+    return 0.5 * (p - q).abs().sum(-1)
 
 
 def dkd_mdistiller(logits_student, logits_teacher, target, alpha, beta, temperature):
@@ -142,6 +151,8 @@ def main():
 
     for beta in [0.0, 0.1, 0.5, 0.9, 1.0]:
         add("jsd", lambda s, b=beta: jsd_trl(s, v, b, T), beta=beta)
+    add("tvd", lambda s: tvd_liger(s, v, T))
+    add("jsd_normalized", lambda s: jsd_trl(s, v, 0.3, T) / (0.3 * 0.7), beta=0.3)
     for alpha in [0.1, 0.5]:
         add("skew_forward", lambda s, a=alpha: skew(s, v, a, T, False), alpha=alpha)
         add("skew_reverse", lambda s, a=alpha: skew(s, v, a, T, True), alpha=alpha)
