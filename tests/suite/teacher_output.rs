@@ -68,3 +68,44 @@ fn distribution_shape_mismatch_names_the_argument() {
         );
     }
 }
+
+/// DKD takes the same teacher forms: its distribution at T, as probabilities or
+/// log-probabilities, is the same teacher as its logits.
+#[test]
+fn dkd_takes_probs_and_log_probs() {
+    let mut rng = Rng::new(22);
+    let (batch, classes, t) = (4, 6, 4.0);
+    let z = rng.normals(batch * classes, 2.0);
+    let v = rng.normals(batch * classes, 2.0);
+    let p = reference_softmax(&v, classes, t);
+    let log_p: Vec<f64> = p.iter().map(|p| p.ln()).collect();
+    let y = [0i64, 5, 2, 3];
+    for (name, device) in devices() {
+        let device = device.autodiff();
+        let dkd = burn_distill::DkdLossConfig::new()
+            .with_temperature(t)
+            .init();
+        let run = |teacher: TeacherOutput| {
+            let student = tensor2(&z, [batch, classes], &device).require_grad();
+            let loss = dkd.forward(student.clone(), teacher, labels(&y, &device));
+            (
+                scalar(loss.clone()),
+                values(student.grad(&loss.backward()).unwrap()),
+            )
+        };
+        let (l, g) = run(TeacherOutput::Logits(tensor2(
+            &v,
+            [batch, classes],
+            &device,
+        )));
+        let (lp, gp) = run(TeacherOutput::Probs(tensor2(&p, [batch, classes], &device)));
+        let (ll, gl) = run(TeacherOutput::LogProbs(tensor2(
+            &log_p,
+            [batch, classes],
+            &device,
+        )));
+        assert_close(name, &[lp, ll], &[l, l], 1e-5);
+        assert_close(name, &gp, &g, 1e-5);
+        assert_close(name, &gl, &g, 1e-5);
+    }
+}
