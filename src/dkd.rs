@@ -32,6 +32,9 @@ use crate::targets::{Targets, reduce_rows};
 use crate::teacher::{PreparedTeacher, TeacherOutput};
 use crate::temperature::{compute_dtype, log_softmax_unchecked, scaled_logsumexp, standardize};
 
+/// Why DKD refuses a top-k teacher.
+const TOP_K_REASON: &str = "DKD needs the teacher's whole distribution, not its top-k classes";
+
 /// Configuration of a [`DkdLoss`].
 #[derive(Config, Debug)]
 pub struct DkdLossConfig {
@@ -190,7 +193,7 @@ impl DkdLoss {
         if let TeacherOutput::TopK(_) = teacher {
             return Err(DistillError::UnsupportedTeacher {
                 teacher: "teacher.log_probs",
-                reason: "DKD needs the teacher's whole distribution, not its top-k classes",
+                reason: TOP_K_REASON,
             });
         }
         teacher.check(student_logits, false)?;
@@ -226,17 +229,20 @@ impl DkdLoss {
         let compute = compute_dtype(student_logits.dtype());
         let z = student_logits.cast(compute);
         let t = self.temperature;
-        let PreparedTeacher::Dense {
-            values,
-            temperature: teacher_t,
-            ..
-        } = teacher.prepare(classes, t, compute)
-        else {
-            unreachable!("checked: DKD takes a dense teacher");
+        let (v, teacher_t) = match teacher.prepare(classes, t, compute) {
+            PreparedTeacher::Dense(dense) => {
+                (dense.values(self.logit_standardization), dense.temperature)
+            }
+            PreparedTeacher::TopK { .. } => {
+                return Err(DistillError::UnsupportedTeacher {
+                    teacher: "teacher.log_probs",
+                    reason: TOP_K_REASON,
+                });
+            }
         };
-        let (z, v) = match self.logit_standardization {
-            true => (standardize(z), standardize(values)),
-            false => (z, values),
+        let z = match self.logit_standardization {
+            true => standardize(z),
+            false => z,
         };
         let labels = targets.labels.expect("checked: DKD has labels");
         let target_mask: Tensor<2, Bool> = labels.clone().one_hot::<2>(classes).equal_elem(1);

@@ -26,7 +26,7 @@ use crate::error::{DistillError, or_panic};
 use crate::fused::{FusedSpec, serves, try_columns};
 use crate::sparse::bucket_log_probs;
 use crate::targets::{Targets, reduce_rows, usable_labels};
-use crate::teacher::{PreparedTeacher, TeacherOutput};
+use crate::teacher::{DenseTeacher, PreparedTeacher, TeacherOutput};
 use crate::temperature::{compute_dtype, log_softmax_unchecked, standardize};
 
 /// Configuration of a [`KdLoss`].
@@ -390,7 +390,7 @@ impl KdLoss {
         columns: Columns,
     ) -> Result<Rows, DistillError> {
         self.check(&student_logits, &teacher, &targets)?;
-        let [batch, classes] = student_logits.dims();
+        let classes = student_logits.dims()[1];
         let dtype = student_logits.dtype();
         let compute = compute_dtype(dtype);
         let student = student_logits.cast(compute);
@@ -401,50 +401,15 @@ impl KdLoss {
         let labels = targets
             .labels
             .map(|labels| usable_labels(labels, self.ignore_index));
-        let fused = match &teacher {
-            PreparedTeacher::Dense { values, .. } => {
-                self.fused_kernel
-                    && self.divergence == Divergence::ForwardKl
-                    && serves(&student, values)
+        let (total_or_soft, hard) = match teacher {
+            PreparedTeacher::Dense(dense) if self.uses_kernel(&student, &dense) => {
+                self.kernel_rows(student, &dense, labels, columns)?
             }
-            PreparedTeacher::TopK { .. } => false,
-        };
-        let (total_or_soft, hard) = if fused && !self.logit_standardization {
-            // Both terms in the kernel: one gradient buffer for the total.
-            let weights = match (columns, labels.is_some()) {
-                (Columns::Total, _) => vec![(self.soft_weight, self.hard_weight)],
-                (Columns::Parts, true) => vec![(1.0, 0.0), (0.0, 1.0)],
-                (Columns::Parts, false) => vec![(1.0, 0.0)],
-            };
-            let out = self.fused_columns(&student, &teacher, labels.as_ref(), weights)?;
-            let column = |k: usize| out.clone().slice([0..batch, k..k + 1]).squeeze_dim(1);
-            match (columns, labels.is_some()) {
-                (Columns::Parts, true) => (column(0), Some(column(1))),
-                _ => (column(0), None),
-            }
-        } else {
-            let view = match self.logit_standardization {
-                true => standardize(student.clone()),
-                false => student.clone(),
-            };
-            let soft = if fused {
-                self.fused_columns(&view, &teacher, None, vec![(1.0, 0.0)])?
-                    .squeeze_dim(1)
-            } else {
-                self.soft_rows(view, teacher)
-            };
-            let hard = labels.map(|labels| hard_rows(student, labels));
-            match columns {
-                Columns::Parts => (soft, hard),
-                Columns::Total => {
-                    let total = match hard {
-                        Some(hard) => {
-                            weighted(&soft, self.soft_weight) + weighted(&hard, self.hard_weight)
-                        }
-                        None => weighted(&soft, self.soft_weight),
-                    };
-                    (total, None)
-                }
+            teacher => {
+                let view = self.student_view(student.clone());
+                let soft = self.soft_rows(view, teacher);
+                let hard = labels.map(|labels| hard_rows(student, labels));
+                self.arrange(soft, hard, columns)
             }
         };
         Ok(Rows {
@@ -464,55 +429,95 @@ impl KdLoss {
         }
     }
 
-    /// Columns by the fused kernel (the caller checked that it serves).
-    fn fused_columns(
+    /// Whether the fused kernel computes the soft term: forward KL, f32 on a
+    /// host backend that has it compiled in, and the setting on.
+    fn uses_kernel(&self, student: &Tensor<2>, teacher: &DenseTeacher) -> bool {
+        self.fused_kernel
+            && self.divergence == Divergence::ForwardKl
+            && serves(student, &teacher.values)
+    }
+
+    /// The student's logits as the soft term sees them: standardised when
+    /// `logit_standardization` is on (inside the graph, so autodiff carries the
+    /// gradient through it).
+    fn student_view(&self, student: Tensor<2>) -> Tensor<2> {
+        match self.logit_standardization {
+            true => standardize(student),
+            false => student,
+        }
+    }
+
+    /// The per-row terms by the fused kernel. Without standardisation both
+    /// terms come from it (one gradient buffer for the total); with it, the
+    /// kernel takes the standardised student for the soft term and the hard
+    /// term is autodiff on the raw logits.
+    fn kernel_rows(
         &self,
-        student: &Tensor<2>,
-        teacher: &PreparedTeacher,
-        labels: Option<&Tensor<1, Int>>,
-        weights: Vec<(f64, f64)>,
-    ) -> Result<Tensor<2>, DistillError> {
-        let PreparedTeacher::Dense {
-            values,
-            temperature,
-            logits,
-        } = teacher
-        else {
-            unreachable!("the fused kernel takes a dense teacher");
-        };
-        let values = match self.logit_standardization && *logits {
-            true => standardize(values.clone()),
-            false => values.clone(),
-        };
-        let spec = FusedSpec {
+        student: Tensor<2>,
+        teacher: &DenseTeacher,
+        labels: Option<Tensor<1, Int>>,
+        columns: Columns,
+    ) -> Result<(Tensor<1>, Option<Tensor<1>>), DistillError> {
+        let batch = student.dims()[0];
+        let spec = |weights| FusedSpec {
             temperature: self.temperature,
-            teacher_temperature: *temperature,
+            teacher_temperature: teacher.temperature,
             soft_factor: self.soft_factor(),
             weights,
         };
-        try_columns(student, &values, labels, spec)
-            .expect("the caller checked that the fused kernel serves these tensors")
+        let values = teacher.values(self.logit_standardization);
+        let kernel = |student: &Tensor<2>, labels: Option<&Tensor<1, Int>>, weights| {
+            try_columns(student, &values, labels, spec(weights))
+                .expect("uses_kernel checked that the kernel serves these tensors")
+        };
+        if self.logit_standardization {
+            let soft = kernel(&self.student_view(student.clone()), None, vec![(1.0, 0.0)])?;
+            let hard = labels.map(|labels| hard_rows(student, labels));
+            return Ok(self.arrange(soft.squeeze_dim(1), hard, columns));
+        }
+        let weights = match (columns, labels.is_some()) {
+            (Columns::Total, _) => vec![(self.soft_weight, self.hard_weight)],
+            (Columns::Parts, true) => vec![(1.0, 0.0), (0.0, 1.0)],
+            (Columns::Parts, false) => vec![(1.0, 0.0)],
+        };
+        let out = kernel(&student, labels.as_ref(), weights)?;
+        let column = |k: usize| out.clone().slice([0..batch, k..k + 1]).squeeze_dim(1);
+        Ok(match (columns, labels.is_some()) {
+            (Columns::Parts, true) => (column(0), Some(column(1))),
+            _ => (column(0), None),
+        })
+    }
+
+    /// The unweighted terms as `columns` asks: both, or their weighted sum.
+    fn arrange(
+        &self,
+        soft: Tensor<1>,
+        hard: Option<Tensor<1>>,
+        columns: Columns,
+    ) -> (Tensor<1>, Option<Tensor<1>>) {
+        match (columns, hard) {
+            (Columns::Parts, hard) => (soft, hard),
+            (Columns::Total, Some(hard)) => (
+                weighted(&soft, self.soft_weight) + weighted(&hard, self.hard_weight),
+                None,
+            ),
+            (Columns::Total, None) => (weighted(&soft, self.soft_weight), None),
+        }
     }
 
     /// `T² · D(p, q)` per row from burn ops, differentiated by autodiff (the
     /// reference path), for a dense or a top-k teacher.
     fn soft_rows(&self, student: Tensor<2>, teacher: PreparedTeacher) -> Tensor<1> {
         let (student_log_probs, teacher_log_probs) = match teacher {
-            PreparedTeacher::Dense {
-                values,
-                temperature,
-                logits,
-            } => {
-                let values = match self.logit_standardization && logits {
-                    true => standardize(values),
-                    false => values,
-                };
-                // The temperatures were validated by try_init.
-                (
-                    log_softmax_unchecked(student, self.temperature, 1),
-                    log_softmax_unchecked(values, temperature, 1),
-                )
-            }
+            // The temperatures were validated by try_init.
+            PreparedTeacher::Dense(dense) => (
+                log_softmax_unchecked(student, self.temperature, 1),
+                log_softmax_unchecked(
+                    dense.values(self.logit_standardization),
+                    dense.temperature,
+                    1,
+                ),
+            ),
             PreparedTeacher::TopK { indices, log_probs } => {
                 bucket_log_probs(student, indices, log_probs, self.temperature)
             }

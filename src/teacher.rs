@@ -7,6 +7,7 @@ use burn::tensor::{DType, Int, Tensor};
 use crate::check::{check_device, check_non_empty, check_same_shape};
 use crate::error::DistillError;
 use crate::sparse::SparseTeacher;
+use crate::temperature::standardize;
 
 /// What the teacher provides to [`KdLoss`](crate::KdLoss) and
 /// [`DkdLoss`](crate::dkd::DkdLoss).
@@ -72,19 +73,33 @@ impl From<SparseTeacher> for TeacherOutput {
 /// device and in its compute dtype.
 #[allow(clippy::large_enum_variant)] // one per loss call, moved (as above)
 pub(crate) enum PreparedTeacher {
-    /// `p = softmax(values / temperature)`.
-    Dense {
-        values: Tensor<2>,
-        /// `T` for logits, 1 for (log-)probabilities.
-        temperature: f64,
-        /// Whether `values` are logits (standardisation applies to them).
-        logits: bool,
-    },
+    /// A distribution over every class.
+    Dense(DenseTeacher),
     /// Top-k indices and their log-probabilities at the distillation temperature.
     TopK {
         indices: Tensor<2, Int>,
         log_probs: Tensor<2>,
     },
+}
+
+/// A dense teacher: `p = softmax(values / temperature)`.
+pub(crate) struct DenseTeacher {
+    pub values: Tensor<2>,
+    /// `T` for logits, 1 for (log-)probabilities.
+    pub temperature: f64,
+    /// Whether `values` are logits (standardisation applies to them).
+    pub logits: bool,
+}
+
+impl DenseTeacher {
+    /// The values to softmax at `temperature`: standardised first when asked
+    /// and they are logits.
+    pub(crate) fn values(&self, standardized: bool) -> Tensor<2> {
+        match standardized && self.logits {
+            true => standardize(self.values.clone()),
+            false => self.values.clone(),
+        }
+    }
 }
 
 impl TeacherOutput {
@@ -148,21 +163,21 @@ impl TeacherOutput {
         // A cut distribution is renormalised by the log-softmax every path
         // applies to the teacher.
         match self {
-            Self::Logits(v) => PreparedTeacher::Dense {
+            Self::Logits(v) => PreparedTeacher::Dense(DenseTeacher {
                 values: cut(v),
                 temperature,
                 logits: true,
-            },
-            Self::Probs(p) => PreparedTeacher::Dense {
+            }),
+            Self::Probs(p) => PreparedTeacher::Dense(DenseTeacher {
                 values: cut(p).log(),
                 temperature: 1.0,
                 logits: false,
-            },
-            Self::LogProbs(log_p) => PreparedTeacher::Dense {
+            }),
+            Self::LogProbs(log_p) => PreparedTeacher::Dense(DenseTeacher {
                 values: cut(log_p),
                 temperature: 1.0,
                 logits: false,
-            },
+            }),
             Self::TopK(sparse) => {
                 let (indices, log_probs) = sparse.into_parts();
                 PreparedTeacher::TopK {
