@@ -254,15 +254,12 @@ fn fused_kernel_multithreaded_matches_the_closed_form() {
                 labels(&y, &device),
             );
             let g = values(zt.grad(&total.backward()).expect("gradient"));
-            assert_allclose(&what("gradient"), &g, &grad, 1e-4, 1e-9);
+            assert_allclose(&what("gradient"), &g, &grad, 1e-4, 1e-8);
             let sums: Vec<f64> = g.chunks(classes).map(|row| row.iter().sum()).collect();
-            assert_allclose(
-                &what("gradient row sums"),
-                &sums,
-                &vec![0.0; rows],
-                0.0,
-                1e-6,
-            );
+            // f32 rounding of a sum of `classes` entries (the autodiff path, without
+            // the kernel, reaches 1e-6 at 10007 classes).
+            let rounding = 1e-9 * classes as f64;
+            assert_allclose(&what("row sums"), &sums, &vec![0.0; rows], 0.0, rounding);
         }
     }
 }
