@@ -23,7 +23,7 @@ use burn::tensor::{Bool, DType, Int, Tensor};
 use crate::check::{check_temperature, check_weight};
 use crate::divergence::Divergence;
 use crate::error::{DistillError, or_panic};
-use crate::fused::{FusedSpec, serves, try_columns};
+use crate::fused::{self, FusedSpec, serves};
 use crate::sparse::bucket_log_probs;
 use crate::targets::{Targets, reduce_rows, usable_labels};
 use crate::teacher::{DenseTeacher, PreparedTeacher, TeacherOutput};
@@ -403,7 +403,7 @@ impl KdLoss {
             .map(|labels| usable_labels(labels, self.ignore_index));
         let (total_or_soft, hard) = match teacher {
             PreparedTeacher::Dense(dense) if self.uses_kernel(&student, &dense) => {
-                self.kernel_rows(student, &dense, labels, columns)?
+                self.kernel_rows(student, &dense, labels, columns)
             }
             teacher => {
                 let view = self.student_view(student.clone());
@@ -457,7 +457,7 @@ impl KdLoss {
         teacher: &DenseTeacher,
         labels: Option<Tensor<1, Int>>,
         columns: Columns,
-    ) -> Result<(Tensor<1>, Option<Tensor<1>>), DistillError> {
+    ) -> (Tensor<1>, Option<Tensor<1>>) {
         let batch = student.dims()[0];
         let spec = |weights| FusedSpec {
             temperature: self.temperature,
@@ -467,25 +467,25 @@ impl KdLoss {
         };
         let values = teacher.values(self.logit_standardization);
         let kernel = |student: &Tensor<2>, labels: Option<&Tensor<1, Int>>, weights| {
-            try_columns(student, &values, labels, spec(weights))
+            fused::columns(student, &values, labels, spec(weights))
                 .expect("uses_kernel checked that the kernel serves these tensors")
         };
         if self.logit_standardization {
-            let soft = kernel(&self.student_view(student.clone()), None, vec![(1.0, 0.0)])?;
+            let soft = kernel(&self.student_view(student.clone()), None, vec![(1.0, 0.0)]);
             let hard = labels.map(|labels| hard_rows(student, labels));
-            return Ok(self.arrange(soft.squeeze_dim(1), hard, columns));
+            return self.arrange(soft.squeeze_dim(1), hard, columns);
         }
         let weights = match (columns, labels.is_some()) {
             (Columns::Total, _) => vec![(self.soft_weight, self.hard_weight)],
             (Columns::Parts, true) => vec![(1.0, 0.0), (0.0, 1.0)],
             (Columns::Parts, false) => vec![(1.0, 0.0)],
         };
-        let out = kernel(&student, labels.as_ref(), weights)?;
+        let out = kernel(&student, labels.as_ref(), weights);
         let column = |k: usize| out.clone().slice([0..batch, k..k + 1]).squeeze_dim(1);
-        Ok(match (columns, labels.is_some()) {
+        match (columns, labels.is_some()) {
             (Columns::Parts, true) => (column(0), Some(column(1))),
             _ => (column(0), None),
-        })
+        }
     }
 
     /// The unweighted terms as `columns` asks: both, or their weighted sum.
