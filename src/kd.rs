@@ -61,17 +61,19 @@ pub struct KdLossConfig {
     /// The divergence of the soft term. Default: [`Divergence::ForwardKl`].
     #[config(default = "Divergence::ForwardKl")]
     pub divergence: Divergence,
-    /// Where it serves — forward KL on f32 tensors on flex (with this crate's
-    /// `flex` feature, on by default) or ndarray (with its `ndarray`
-    /// feature) — compute the values and the gradient with respect to the
-    /// student in closed form, `soft_weight·(f/T)(q − p) + hard_weight·(softmax(z) − onehot)`
-    /// per row (`f` = T² or 1), in one fused, multi-threaded CPU kernel that
-    /// reads burn's buffers in place and registers a single autodiff node,
-    /// instead of letting autodiff walk back through every softmax, log and
-    /// product. Same values and gradients, an order of magnitude faster at
-    /// large vocabularies (BENCHMARKS.md). Elsewhere, and with `false`, the
-    /// loss is burn ops differentiated by autodiff (the reference the kernel
-    /// is tested against). Default: true.
+    /// Where it serves — f32 compute (f32, f16 and bf16 inputs) on flex
+    /// (with this crate's `flex` feature, on by default) or ndarray (with
+    /// its `ndarray` feature), with a dense teacher — compute the values and
+    /// the gradient with respect to the student in closed form for every
+    /// [`Divergence`], `soft_weight·(f/T)·(h − q·Σh) + hard_weight·(softmax(z) − onehot)`
+    /// per row (`f` = T² or 1, `h_j = q_j·∂D/∂q_j` the divergence's own
+    /// factor), in one fused, multi-threaded CPU kernel that reads burn's
+    /// buffers in place and registers a single autodiff node, instead of
+    /// letting autodiff walk back through every softmax, log and product.
+    /// Same values and gradients, an order of magnitude faster at large
+    /// vocabularies (BENCHMARKS.md). Elsewhere, and with `false`, the loss is
+    /// burn ops differentiated by autodiff (the reference the kernel is
+    /// tested against). Default: true.
     #[config(default = true)]
     pub fused_kernel: bool,
     /// Rows whose label equals this (e.g. `-100` for padding tokens, as in
@@ -429,12 +431,10 @@ impl KdLoss {
         }
     }
 
-    /// Whether the fused kernel computes the soft term: forward KL, f32 on a
-    /// host backend that has it compiled in, and the setting on.
+    /// Whether the fused kernel computes the soft term: f32 on a host backend
+    /// that has it compiled in, and the setting on.
     fn uses_kernel(&self, student: &Tensor<2>, teacher: &DenseTeacher) -> bool {
-        self.fused_kernel
-            && self.divergence == Divergence::ForwardKl
-            && serves(student, &teacher.values)
+        self.fused_kernel && serves(student, &teacher.values)
     }
 
     /// The student's logits as the soft term sees them: standardised when
@@ -464,6 +464,7 @@ impl KdLoss {
             teacher_temperature: teacher.temperature,
             soft_factor: self.soft_factor(),
             weights,
+            divergence: self.divergence,
         };
         let values = teacher.values(self.logit_standardization);
         let kernel = |student: &Tensor<2>, labels: Option<&Tensor<1, Int>>, weights| {

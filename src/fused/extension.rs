@@ -21,7 +21,7 @@ use super::FusedSpec;
 use super::kernel::{kd_rows, weighted_gradient};
 
 /// `[batch, weights.len()]`: for each row and each weight pair `(w_s, w_h)`,
-/// `w_s · soft_factor · KL(p‖q) + w_h · CE`, differentiable with respect to
+/// `w_s · soft_factor · D(p‖q) + w_h · CE` (`D` the spec's divergence), differentiable with respect to
 /// the student (the teacher gets no gradient). f32 tensors on a backend the
 /// extension lists (see [`super::serves`]). `targets`: labels already checked
 /// to lie in `0..classes`; `None`: no hard term.

@@ -1,24 +1,29 @@
 //! The fused CPU kernel of the KD loss: values and analytic gradients of every
-//! row in three passes over the row, with no `[batch, classes]` temporaries
-//! besides the gradients it returns.
+//! row, for every divergence, with no `[batch, classes]` temporaries besides
+//! the gradients it returns.
 //!
-//! Per row, with `a = (v − max v)/T`, `b = (z − max z)/T`, `c = z − max z`:
+//! One row loop serves every divergence: the divergence is a plug-in
+//! ([`super::pointwise`]) giving per class its value term `t` and gradient
+//! factor `h = q·∂D/∂q`; the loop does the rest. Per row, with
+//! `a = (v − max v)/T_v`, `b = (z − max z)/T`:
 //! - pass 1: `max z`, `max v`;
-//! - pass 2: `e^a`, `e^b`, `e^c` into per-thread scratch, their sums, and
-//!   `Σ e^a·(a − b)` (skipping classes the teacher gives probability 0);
-//! - then `KL = Σ e^a(a − b)/Σe^a − log Σe^a + log Σe^b`,
-//!   `CE = log Σe^c − c_y`;
-//! - pass 3: each requested gradient `w_s·(f/T)(q − p) + w_h·(softmax(z) − onehot)`
-//!   with `f` the soft factor (T² or 1).
+//! - pass 2: `e^a`, `e^b` into per-thread scratch and their sums `S_p`, `S_q`;
+//! - pass 3: `p = e^a/S_p`, `log p = a − ln S_p` (and the same for `q`), the
+//!   plug-in's `t` and `h`; the soft value is `f · Σ t` (`f` = T² or 1);
+//! - the hard term `CE = ln Σ e^{z − max z} − (z_y − max z)` (at T = 1);
+//! - pass 4: each requested gradient
+//!   `w_s·(f/T)(h − q Σh) + w_h·(softmax(z) − onehot)`.
 //!
-//! `exp` is a branch-free polynomial (Cephes' `expf`, about 1 ulp on the range
-//! used here) that the compiler vectorises; sums are accumulated in f64.
+//! `exp` and `ln` are branch-free polynomials ([`super::math`]) that the
+//! compiler vectorises; sums are accumulated in f64.
 
 /// Rows below this many elements in total are done on the calling thread: a
 /// thread costs more than the work.
 const PARALLEL_MIN_ELEMENTS: usize = 1 << 16;
 
 use super::FusedSpec;
+use super::math::exp;
+use super::pointwise::{Plugin, Pointwise, with_plugin};
 
 /// What one call of the kernel works on: the settings, the labels, and the
 /// gradients asked for.
@@ -33,6 +38,8 @@ struct Job<'a> {
     /// `∂soft_row/∂z` and `∂hard_row/∂z` in it: `spec.weights`, or none when
     /// no gradient is needed.
     gradient_weights: &'a [(f64, f64)],
+    /// The soft term's divergence.
+    plugin: Plugin,
 }
 
 /// The kernel's results for a block of rows.
@@ -60,6 +67,7 @@ pub(crate) fn kd_rows(
         spec,
         targets,
         gradient_weights: if with_gradients { &spec.weights } else { &[] },
+        plugin: Plugin::of(spec.divergence),
     };
     let rows = student.len() / classes;
     let n_grads = spec.gradient_weights.len();
@@ -213,17 +221,26 @@ impl RowBlock<'_> {
         self.run_rows(spec)
     }
 
+    /// The row loop with the job's divergence plugged in.
     #[inline(always)]
-    fn run_rows(mut self, spec: &Job) {
+    fn run_rows(self, spec: &Job) {
+        with_plugin!(spec.plugin, |divergence| self
+            .run_rows_with(spec, divergence))
+    }
+
+    /// Every row of the block, in four passes over the row (see the module docs).
+    #[inline(always)]
+    fn run_rows_with<D: Pointwise>(mut self, spec: &Job, divergence: D) {
         let classes = spec.classes;
         let settings = spec.spec;
         let inv_t = (1.0 / settings.temperature) as f32;
         let inv_t_teacher = (1.0 / settings.teacher_temperature) as f32;
         let unit_temperature = settings.temperature == 1.0;
         let want_hard = spec.targets.is_some();
+        // e^a, then h once the terms are known.
         let mut exp_teacher = vec![0.0f32; classes];
         let mut exp_student = vec![0.0f32; classes];
-        let mut cross_terms = vec![0.0f32; classes];
+        let mut value_terms = vec![0.0f32; classes];
         let mut exp_student_t1 = vec![
             0.0f32;
             if want_hard && !unit_temperature {
@@ -241,26 +258,36 @@ impl RowBlock<'_> {
 
             // Pass 2: exponentials (element-wise, so it vectorises), then the sums
             // in independent lanes (a single running sum would serialise the loop).
-            for ((((&zi, &vi), ep), eq), term) in z
+            for (((&zi, &vi), ep), eq) in z
                 .iter()
                 .zip(v)
                 .zip(exp_teacher.iter_mut())
                 .zip(exp_student.iter_mut())
-                .zip(cross_terms.iter_mut())
             {
-                let a = (vi - max_v) * inv_t_teacher;
-                let b = (zi - max_z) * inv_t;
-                let ea = exp(a);
-                *ep = ea;
-                *eq = exp(b);
-                // 0·log 0 = 0: a class the teacher rules out contributes nothing.
-                *term = if ea > 0.0 { ea * (a - b) } else { 0.0 };
+                *ep = exp((vi - max_v) * inv_t_teacher);
+                *eq = exp((zi - max_z) * inv_t);
             }
             let sum_p = sum(&exp_teacher);
             let sum_q = sum(&exp_student);
-            let cross = sum(&cross_terms);
-            let kl = cross / sum_p - sum_p.ln() + sum_q.ln();
-            self.soft[row] = (settings.soft_factor * kl) as f32;
+            let (rp, rq) = ((1.0 / sum_p) as f32, (1.0 / sum_q) as f32);
+            let (ln_sum_p, ln_sum_q) = (sum_p.ln() as f32, sum_q.ln() as f32);
+
+            // Pass 3: the divergence's terms t and gradient factors h (over e^a).
+            for ((((&zi, &vi), ep_h), &eq), t) in z
+                .iter()
+                .zip(v)
+                .zip(exp_teacher.iter_mut())
+                .zip(&exp_student)
+                .zip(value_terms.iter_mut())
+            {
+                let log_p = (vi - max_v) * inv_t_teacher - ln_sum_p;
+                let log_q = (zi - max_z) * inv_t - ln_sum_q;
+                let (term, h) = divergence.terms(*ep_h * rp, log_p, eq * rq, log_q);
+                *t = term;
+                *ep_h = h;
+            }
+            let factors = exp_teacher.as_slice();
+            self.soft[row] = (settings.soft_factor * sum(&value_terms)) as f32;
 
             let mut sum_1 = sum_q;
             if want_hard && !unit_temperature {
@@ -273,10 +300,12 @@ impl RowBlock<'_> {
             if let (Some(hard), Some(y)) = (self.hard.as_deref_mut(), label) {
                 hard[row] = (sum_1.ln() - (z[y] - max_z) as f64) as f32;
             }
+            if self.grads.is_empty() {
+                continue;
+            }
 
-            // Pass 3: gradients.
-            let rp = (1.0 / sum_p) as f32;
-            let rq = (1.0 / sum_q) as f32;
+            // Pass 4: gradients, (f/T)(h − q Σh) for the soft term.
+            let sum_h = sum(factors) as f32;
             let r1 = (1.0 / sum_1) as f32;
             let exp_t1: &[f32] = if unit_temperature {
                 &exp_student
@@ -288,17 +317,17 @@ impl RowBlock<'_> {
                 let soft_coef = (ws * settings.soft_factor / settings.temperature) as f32;
                 let hard_coef = wh as f32;
                 if want_hard && hard_coef != 0.0 {
-                    for (((gi, &ep), &eq), &e1) in
-                        g.iter_mut().zip(&exp_teacher).zip(&exp_student).zip(exp_t1)
+                    for (((gi, &h), &eq), &e1) in
+                        g.iter_mut().zip(factors).zip(&exp_student).zip(exp_t1)
                     {
-                        *gi = soft_coef * (eq * rq - ep * rp) + hard_coef * e1 * r1;
+                        *gi = soft_coef * (h - eq * rq * sum_h) + hard_coef * e1 * r1;
                     }
                     if let Some(y) = label {
                         g[y] -= hard_coef;
                     }
                 } else {
-                    for ((gi, &ep), &eq) in g.iter_mut().zip(&exp_teacher).zip(&exp_student) {
-                        *gi = soft_coef * (eq * rq - ep * rp);
+                    for ((gi, &h), &eq) in g.iter_mut().zip(factors).zip(&exp_student) {
+                        *gi = soft_coef * (h - eq * rq * sum_h);
                     }
                 }
             }
@@ -337,61 +366,10 @@ fn max(x: &[f32]) -> f32 {
     lanes.iter().fold(tail, |m, &v| pick(m, v))
 }
 
-/// `e^x` for `x ≤ 0` (the kernel only exponentiates shifted logits), `−inf` → 0.
-///
-/// Cephes `expf`: `x = n·ln 2 + r` with `|r| ≤ ln 2 / 2`, a degree-5 polynomial
-/// for `e^r`, and `2^n` built in the exponent bits. Rounding uses the 1.5·2²³
-/// trick instead of `floor`, which baseline x86-64 cannot vectorise. Below
-/// `−87.3` (where f32 goes subnormal) it returns 0.
-#[inline(always)]
-fn exp(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    const ROUND: f32 = 12_582_912.0; // 1.5 · 2^23
-    const LOWEST: f32 = -87.336_55;
-    let clamped = if x < LOWEST { LOWEST } else { x };
-    let shifted = clamped * LOG2E + ROUND;
-    let n = shifted - ROUND;
-    let r = clamped - n * LN2_HI - n * LN2_LO;
-    let r2 = r * r;
-    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
-        + 1.666_666_5e-1)
-        * r
-        + 0.5;
-    let e_r = p * r2 + r + 1.0;
-    // `shifted` holds n in its low mantissa bits (offset by 2^22): reading n from
-    // the bits avoids a float-to-int conversion, which does not vectorise.
-    let n_bits = shifted.to_bits().wrapping_sub(ROUND.to_bits());
-    let scale = f32::from_bits(n_bits.wrapping_add(127) << 23);
-    // NaN compares false and stays NaN through the polynomial.
-    if x < LOWEST { 0.0 } else { e_r * scale }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The polynomial exp against the standard library over the range it serves.
-    #[test]
-    fn exp_is_accurate_to_a_few_ulp() {
-        let mut worst = 0.0f64;
-        let mut x = -87.0f32;
-        while x <= 0.0 {
-            let got = exp(x) as f64;
-            let want = (x as f64).exp();
-            worst = worst.max((got - want).abs() / want);
-            x += 0.0137;
-        }
-        assert!(
-            worst < 4.0 * f32::EPSILON as f64,
-            "relative error {worst:e}"
-        );
-        assert_eq!(exp(f32::NEG_INFINITY), 0.0);
-        assert_eq!(exp(-200.0), 0.0);
-        assert_eq!(exp(0.0), 1.0);
-        assert!(exp(f32::NAN).is_nan());
-    }
+    use crate::divergence::Divergence;
 
     /// One row, checked against the definitions in f64.
     #[test]
@@ -404,6 +382,7 @@ mod tests {
             teacher_temperature: t,
             soft_factor: t * t,
             weights: vec![(0.9, 0.1)],
+            divergence: Divergence::ForwardKl,
         };
         let out = kd_rows(&z, &v, 4, Some(&[2]), &spec, true);
         let softmax = |x: &[f32], t: f64| -> Vec<f64> {
@@ -463,12 +442,14 @@ mod tests {
             teacher_temperature: 3.0,
             soft_factor: 9.0,
             weights: vec![(0.7, 0.3)],
+            divergence: Divergence::Jsd { beta: 0.3 },
         };
         let spec = Job {
             classes,
             spec: &settings,
             targets: Some(&targets),
             gradient_weights: &settings.weights,
+            plugin: Plugin::of(settings.divergence),
         };
         let baseline = run_block(|b, s| b.run_rows(s), &z, &v, &spec);
         assert!(baseline.2.iter().all(|g| g.is_finite()));

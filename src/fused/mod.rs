@@ -13,10 +13,15 @@
 mod extension;
 #[cfg(any(feature = "flex", feature = "ndarray"))]
 mod kernel;
+#[cfg(any(feature = "flex", feature = "ndarray"))]
+mod math;
+#[cfg(any(feature = "flex", feature = "ndarray"))]
+mod pointwise;
 
 use burn::tensor::{DType, Int, Tensor};
 
 use crate::backend::{HostBackend, host_backend};
+use crate::divergence::Divergence;
 
 /// The loss's settings as the kernel needs them: built once per call by the
 /// loss, passed by value through burn's dispatch, borrowed by the kernel.
@@ -32,6 +37,8 @@ pub(crate) struct FusedSpec {
     pub soft_factor: f64,
     /// Output column `k` is `w_s·soft_row + w_h·hard_row` for `(w_s, w_h) = weights[k]`.
     pub weights: Vec<(f64, f64)>,
+    /// The soft term's divergence (already checked).
+    pub divergence: Divergence,
 }
 
 /// Whether the kernel serves these tensors: f32 on a host backend whose

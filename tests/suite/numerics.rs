@@ -264,6 +264,81 @@ fn fused_kernel_multithreaded_matches_the_closed_form() {
     }
 }
 
+/// Every divergence through the fused f32 kernel against the reference
+/// functions (burn ops, autodiff) in f64, on rows that break plain formulas:
+/// logits up to ±1e4, classes both models rule out (`−inf`), a near-match, at
+/// T = 0.05, 1 and 100, with a row mask and an ignored label: value and
+/// gradient, element by element.
+#[test]
+fn every_divergence_fused_matches_f64_reference_at_extremes() {
+    let ninf = f64::NEG_INFINITY;
+    let classes = 6;
+    #[rustfmt::skip]
+    let z = [
+        1e4, -1e4, 9999.5, 3.0, -2.0, 9998.0,
+        2.0, 0.5, ninf, -1.0, 0.0, ninf,
+        0.3, -0.2, 0.1, 0.0, -0.4, 0.25,
+        -3.0, 4.0, 1.5, -0.5, 2.5, 0.0,
+        5.0, -1e4, 0.0, 2.0, 1e4, -5.0,
+    ];
+    #[rustfmt::skip]
+    let v = [
+        9999.0, -9999.0, 1e4, 2.0, -1.0, 9997.0,
+        1.0, 1.5, ninf, 0.0, -0.5, ninf,
+        0.3, -0.2, 0.1, 0.0, -0.4, 0.2501,
+        -2.0, 3.0, 2.5, -1.5, 0.5, 1.0,
+        -1e4, 4.0, 1e4, 9999.0, 3.0, -2.0,
+    ];
+    let rows = z.len() / classes;
+    let y = [0i64, 3, -100, 1, 4];
+    let keep = [true, true, true, false, true];
+    let divergences = [
+        Divergence::ForwardKl,
+        Divergence::ReverseKl,
+        Divergence::Jsd { beta: 0.5 },
+        Divergence::Jsd { beta: 0.1 },
+        Divergence::JsdNormalized { beta: 0.9 },
+        Divergence::SkewForwardKl { alpha: 0.1 },
+        Divergence::SkewReverseKl { alpha: 0.3 },
+        Divergence::Tvd,
+    ];
+    for (_, device) in devices_f64() {
+        let device = device.autodiff();
+        let keep_rows = || {
+            Tensor::<1, burn::tensor::Bool>::from_data(
+                TensorData::new(keep.to_vec(), [rows]),
+                &device,
+            )
+        };
+        let targets = || Targets::new(labels(&y, &device)).with_keep_rows(keep_rows());
+        for divergence in divergences {
+            for t in [0.05, 1.0, 100.0] {
+                let kd = |fused: bool| {
+                    KdLossConfig::new()
+                        .with_temperature(t)
+                        .with_divergence(divergence)
+                        .with_ignore_index(Some(-100))
+                        .with_fused_kernel(fused)
+                        .init()
+                };
+                let run = |fused: bool, make: fn(&[f64], [usize; 2], &Device) -> Tensor<2>| {
+                    let zt = make(&z, [rows, classes], &device).require_grad();
+                    let vt = make(&v, [rows, classes], &device);
+                    let loss = kd(fused).forward(zt.clone(), vt, targets());
+                    let grad = values(zt.grad(&loss.clone().backward()).expect("gradient"));
+                    (values(loss), grad)
+                };
+                let (loss, grad) = run(true, tensor2);
+                let (want_loss, want_grad) = run(false, tensor2_f64);
+                let what = |s: &str| format!("{divergence:?} T={t} {s} {device:?}");
+                let scale = want_grad.iter().fold(0.0f64, |m, g| m.max(g.abs()));
+                assert_allclose(&what("loss"), &loss, &want_loss, 1e-4, 1e-6);
+                assert_allclose(&what("gradient"), &grad, &want_grad, 1e-4, 1e-5 * scale);
+            }
+        }
+    }
+}
+
 /// The normalised JSD tends to forward KL as β → 0 and to reverse KL as β → 1,
 /// continuously; TRL's form tends to 0 there (and jumps at the ends).
 #[test]
