@@ -26,7 +26,7 @@ use crate::error::{DistillError, or_panic};
 use crate::fused::{self, FusedSpec, serves};
 use crate::sparse::bucket_log_probs;
 use crate::targets::{Targets, reduce_rows, usable_labels};
-use crate::teacher::{DenseTeacher, PreparedTeacher, TeacherOutput};
+use crate::teacher::{PreparedTeacher, TeacherOutput};
 use crate::temperature::{compute_dtype, log_softmax_unchecked, standardize};
 
 /// Configuration of a [`KdLoss`].
@@ -404,8 +404,8 @@ impl KdLoss {
             .labels
             .map(|labels| usable_labels(labels, self.ignore_index));
         let (total_or_soft, hard) = match teacher {
-            PreparedTeacher::Dense(dense) if self.uses_kernel(&student, &dense) => {
-                self.kernel_rows(student, &dense, labels, columns)
+            teacher if self.uses_kernel(&student, &teacher) => {
+                self.kernel_rows(student, &teacher, labels, columns)
             }
             teacher => {
                 let view = self.student_view(student.clone());
@@ -433,8 +433,12 @@ impl KdLoss {
 
     /// Whether the fused kernel computes the soft term: f32 on a host backend
     /// that has it compiled in, and the setting on.
-    fn uses_kernel(&self, student: &Tensor<2>, teacher: &DenseTeacher) -> bool {
-        self.fused_kernel && serves(student, &teacher.values)
+    fn uses_kernel(&self, student: &Tensor<2>, teacher: &PreparedTeacher) -> bool {
+        let values = match teacher {
+            PreparedTeacher::Dense(dense) => &dense.values,
+            PreparedTeacher::TopK { log_probs, .. } => log_probs,
+        };
+        self.fused_kernel && serves(student, values)
     }
 
     /// The student's logits as the soft term sees them: standardised when
@@ -454,21 +458,29 @@ impl KdLoss {
     fn kernel_rows(
         &self,
         student: Tensor<2>,
-        teacher: &DenseTeacher,
+        teacher: &PreparedTeacher,
         labels: Option<Tensor<1, Int>>,
         columns: Columns,
     ) -> (Tensor<1>, Option<Tensor<1>>) {
         let batch = student.dims()[0];
+        // A top-k teacher's log-probabilities are already at the temperature.
+        let (values, indices, teacher_temperature) = match teacher {
+            PreparedTeacher::Dense(dense) => (
+                dense.values(self.logit_standardization),
+                None,
+                dense.temperature,
+            ),
+            PreparedTeacher::TopK { indices, log_probs } => (log_probs.clone(), Some(indices), 1.0),
+        };
         let spec = |weights| FusedSpec {
             temperature: self.temperature,
-            teacher_temperature: teacher.temperature,
+            teacher_temperature,
             soft_factor: self.soft_factor(),
             weights,
             divergence: self.divergence,
         };
-        let values = teacher.values(self.logit_standardization);
         let kernel = |student: &Tensor<2>, labels: Option<&Tensor<1, Int>>, weights| {
-            fused::columns(student, &values, labels, spec(weights))
+            fused::columns(student, &values, indices, labels, spec(weights))
                 .expect("uses_kernel checked that the kernel serves these tensors")
         };
         if self.logit_standardization {

@@ -18,22 +18,27 @@ use burn::backend::{Autodiff, Backend, Dispatch, TensorMetadata, backend_extensi
 use burn::tensor::{Tensor, TensorData};
 
 use super::FusedSpec;
-use super::kernel::{kd_rows, weighted_gradient};
+use super::FusedTeacher;
+use super::kernel::{TeacherRows, kd_rows, weighted_gradient};
 
 /// `[batch, weights.len()]`: for each row and each weight pair `(w_s, w_h)`,
 /// `w_s · soft_factor · D(p‖q) + w_h · CE` (`D` the spec's divergence), differentiable with respect to
 /// the student (the teacher gets no gradient). f32 tensors on a backend the
 /// extension lists (see [`super::serves`]). `targets`: labels already checked
 /// to lie in `0..classes`; `None`: no hard term.
+///
+/// The teacher is dense (`indices` `None`: `values` `[batch, classes]`) or a
+/// stored top-k (`values` `[batch, k]` log-probabilities and their classes).
 pub(crate) fn fused_kd_columns(
     student_logits: &Tensor<2>,
-    teacher_values: &Tensor<2>,
+    teacher: FusedTeacher,
     targets: Option<Arc<[i64]>>,
     spec: FusedSpec,
 ) -> Tensor<2> {
     let out = <Dispatch as FusedKd>::fused_kd_columns(
         student_logits.clone().into_dispatch(),
-        teacher_values.clone().into_dispatch(),
+        teacher.values.clone().into_dispatch(),
+        teacher.indices,
         targets,
         spec,
     );
@@ -50,6 +55,7 @@ pub(crate) trait FusedKd: Backend {
     fn fused_kd_columns(
         student_logits: FloatTensor<Self>,
         teacher_values: FloatTensor<Self>,
+        teacher_indices: Option<Arc<[i64]>>,
         targets: Option<Arc<[i64]>>,
         spec: FusedSpec,
     ) -> FloatTensor<Self>;
@@ -102,10 +108,12 @@ impl<B: HostBackend> FusedKd for B {
     fn fused_kd_columns(
         student: FloatTensor<Self>,
         teacher: FloatTensor<Self>,
+        indices: Option<Arc<[i64]>>,
         targets: Option<Arc<[i64]>>,
         spec: FusedSpec,
     ) -> FloatTensor<Self> {
-        run::<Self>(&student, &teacher, targets.as_deref(), &spec, false).0
+        let teacher = (&teacher, indices.as_deref());
+        run::<Self>(&student, teacher, targets.as_deref(), &spec, false).0
     }
 }
 
@@ -114,23 +122,25 @@ impl<B: HostBackend, C: CheckpointStrategy> FusedKd for Autodiff<B, C> {
     fn fused_kd_columns(
         student: FloatTensor<Self>,
         teacher: FloatTensor<Self>,
+        indices: Option<Arc<[i64]>>,
         targets: Option<Arc<[i64]>>,
         spec: FusedSpec,
     ) -> FloatTensor<Self> {
         let targets = targets.as_deref();
         // The teacher was detached by the caller: only the student is a parent.
-        let teacher = teacher.into_primitive();
+        let values = teacher.into_primitive();
+        let teacher = (&values, indices.as_deref());
         match Backward::<B, 1>::prepare::<C>(FusedKdBackward, [student.node()])
             .compute_bound()
             .stateful()
         {
             OpsKind::Tracked(prep) => {
                 let (values, gradients) =
-                    run::<B>(student.primitive(), &teacher, targets, &spec, true);
+                    run::<B>(student.primitive(), teacher, targets, &spec, true);
                 prep.finish(gradients, values)
             }
             OpsKind::UnTracked(prep) => {
-                prep.finish(run::<B>(student.primitive(), &teacher, targets, &spec, false).0)
+                prep.finish(run::<B>(student.primitive(), teacher, targets, &spec, false).0)
             }
         }
     }
@@ -178,16 +188,25 @@ impl<B: HostBackend> Backward<B, 1> for FusedKdBackward {
 /// columns and, when asked, the gradient of each column.
 fn run<B: HostBackend>(
     student: &FloatTensor<B>,
-    teacher: &FloatTensor<B>,
+    (teacher, indices): (&FloatTensor<B>, Option<&[i64]>),
     targets: Option<&[i64]>,
     spec: &FusedSpec,
     with_gradients: bool,
 ) -> (FloatTensor<B>, ColumnGradients) {
     let shape = student.shape();
     let (rows, classes) = (shape[0], shape[1]);
+    let k = teacher.shape()[1];
     let out = B::with_f32(student, |z| {
         B::with_f32(teacher, |v| {
-            kd_rows(z, v, classes, targets, spec, with_gradients)
+            let teacher = match indices {
+                None => TeacherRows::Dense(v),
+                Some(indices) => TeacherRows::TopK {
+                    indices,
+                    log_probs: v,
+                    k,
+                },
+            };
+            kd_rows(z, teacher, classes, targets, spec, with_gradients)
         })
     });
     let columns = spec.weights.len();

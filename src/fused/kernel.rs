@@ -52,11 +52,54 @@ pub(crate) struct KernelOutput {
     pub gradients: Vec<Vec<f32>>,
 }
 
-/// Runs the kernel over row-major `student` and `teacher` logits; the
-/// gradients of `spec.weights`' columns too when `with_gradients`.
+/// The teacher's rows as the kernel reads them, row-major.
+#[derive(Clone, Copy)]
+pub(crate) enum TeacherRows<'a> {
+    /// `[rows × classes]` logits (or log-probabilities) at `teacher_temperature`.
+    Dense(&'a [f32]),
+    /// The stored top-k: `[rows × k]` classes (checked to lie in
+    /// `0..classes`) and their log-probabilities at the distillation
+    /// temperature, normalised over the whole vocabulary.
+    TopK {
+        indices: &'a [i64],
+        log_probs: &'a [f32],
+        k: usize,
+    },
+}
+
+impl<'a> TeacherRows<'a> {
+    /// Values per row.
+    fn width(&self, classes: usize) -> usize {
+        match self {
+            Self::Dense(_) => classes,
+            Self::TopK { k, .. } => *k,
+        }
+    }
+
+    /// Rows `first..first + count`.
+    fn rows(&self, first: usize, count: usize, classes: usize) -> Self {
+        let w = self.width(classes);
+        let range = first * w..(first + count) * w;
+        match *self {
+            Self::Dense(values) => Self::Dense(&values[range]),
+            Self::TopK {
+                indices,
+                log_probs,
+                k,
+            } => Self::TopK {
+                indices: &indices[range.clone()],
+                log_probs: &log_probs[range],
+                k,
+            },
+        }
+    }
+}
+
+/// Runs the kernel over row-major `student` logits and the `teacher`'s rows;
+/// the gradients of `spec.weights`' columns too when `with_gradients`.
 pub(crate) fn kd_rows(
     student: &[f32],
-    teacher: &[f32],
+    teacher: TeacherRows,
     classes: usize,
     targets: Option<&[i64]>,
     spec: &FusedSpec,
@@ -110,8 +153,8 @@ pub(crate) fn kd_rows(
             let count = soft.len();
             let range = first * classes..(first + count) * classes;
             let job = RowBlock {
-                student: &student[range.clone()],
-                teacher: &teacher[range],
+                student: &student[range],
+                teacher: teacher.rows(first, count, classes),
                 targets: spec.targets.map(|t| &t[first..first + count]),
                 soft,
                 hard: hard_iter.next().map(|h| &mut **h),
@@ -183,7 +226,7 @@ pub(crate) fn weighted_gradient(
 /// A block of consecutive rows and the output slices they write.
 struct RowBlock<'a> {
     student: &'a [f32],
-    teacher: &'a [f32],
+    teacher: TeacherRows<'a>,
     targets: Option<&'a [i64]>,
     soft: &'a mut [f32],
     hard: Option<&'a mut [f32]>,
@@ -234,13 +277,14 @@ impl RowBlock<'_> {
         let classes = spec.classes;
         let settings = spec.spec;
         let inv_t = (1.0 / settings.temperature) as f32;
-        let inv_t_teacher = (1.0 / settings.teacher_temperature) as f32;
         let unit_temperature = settings.temperature == 1.0;
         let want_hard = spec.targets.is_some();
-        // e^a, then h once the terms are known.
-        let mut exp_teacher = vec![0.0f32; classes];
-        let mut exp_student = vec![0.0f32; classes];
-        let mut value_terms = vec![0.0f32; classes];
+        let mut scratch = Scratch {
+            exp_student: vec![0.0f32; classes],
+            factors: vec![0.0f32; classes],
+            other: vec![0.0f32; classes],
+            buckets: Vec::new(),
+        };
         let mut exp_student_t1 = vec![
             0.0f32;
             if want_hard && !unit_temperature {
@@ -252,42 +296,35 @@ impl RowBlock<'_> {
 
         for row in 0..self.soft.len() {
             let z = &self.student[row * classes..(row + 1) * classes];
-            let v = &self.teacher[row * classes..(row + 1) * classes];
             let max_z = max(z);
-            let max_v = max(v);
-
-            // Pass 2: exponentials (element-wise, so it vectorises), then the sums
-            // in independent lanes (a single running sum would serialise the loop).
-            for (((&zi, &vi), ep), eq) in z
-                .iter()
-                .zip(v)
-                .zip(exp_teacher.iter_mut())
-                .zip(exp_student.iter_mut())
-            {
-                *ep = exp((vi - max_v) * inv_t_teacher);
+            for (&zi, eq) in z.iter().zip(scratch.exp_student.iter_mut()) {
                 *eq = exp((zi - max_z) * inv_t);
             }
-            let sum_p = sum(&exp_teacher);
-            let sum_q = sum(&exp_student);
-            let (rp, rq) = ((1.0 / sum_p) as f32, (1.0 / sum_q) as f32);
-            let (ln_sum_p, ln_sum_q) = (sum_p.ln() as f32, sum_q.ln() as f32);
-
-            // Pass 3: the divergence's terms t and gradient factors h (over e^a).
-            for ((((&zi, &vi), ep_h), &eq), t) in z
-                .iter()
-                .zip(v)
-                .zip(exp_teacher.iter_mut())
-                .zip(&exp_student)
-                .zip(value_terms.iter_mut())
-            {
-                let log_p = (vi - max_v) * inv_t_teacher - ln_sum_p;
-                let log_q = (zi - max_z) * inv_t - ln_sum_q;
-                let (term, h) = divergence.terms(*ep_h * rp, log_p, eq * rq, log_q);
-                *t = term;
-                *ep_h = h;
-            }
-            let factors = exp_teacher.as_slice();
-            self.soft[row] = (settings.soft_factor * sum(&value_terms)) as f32;
+            let sum_q = sum(&scratch.exp_student);
+            let student = StudentRow {
+                z,
+                max_z,
+                inv_t,
+                rq: (1.0 / sum_q) as f32,
+                ln_sum_q: sum_q.ln(),
+            };
+            // The divergence's Σt and Σh; the factors h per class in `scratch.factors`.
+            let (value, sum_h) = match self.teacher {
+                TeacherRows::Dense(values) => {
+                    let v = &values[row * classes..(row + 1) * classes];
+                    dense_terms(&student, v, settings, &mut scratch, divergence)
+                }
+                TeacherRows::TopK {
+                    indices,
+                    log_probs,
+                    k,
+                } => {
+                    let top = &indices[row * k..(row + 1) * k];
+                    let lp = &log_probs[row * k..(row + 1) * k];
+                    top_k_terms(&student, top, lp, &mut scratch, divergence)
+                }
+            };
+            self.soft[row] = (settings.soft_factor * value) as f32;
 
             let mut sum_1 = sum_q;
             if want_hard && !unit_temperature {
@@ -305,10 +342,12 @@ impl RowBlock<'_> {
             }
 
             // Pass 4: gradients, (f/T)(h − q Σh) for the soft term.
-            let sum_h = sum(factors) as f32;
+            let sum_h = sum_h as f32;
+            let rq = student.rq;
             let r1 = (1.0 / sum_1) as f32;
+            let (exp_q, factors) = (&scratch.exp_student, &scratch.factors);
             let exp_t1: &[f32] = if unit_temperature {
-                &exp_student
+                exp_q
             } else {
                 &exp_student_t1
             };
@@ -317,22 +356,183 @@ impl RowBlock<'_> {
                 let soft_coef = (ws * settings.soft_factor / settings.temperature) as f32;
                 let hard_coef = wh as f32;
                 if want_hard && hard_coef != 0.0 {
-                    for (((gi, &h), &eq), &e1) in
-                        g.iter_mut().zip(factors).zip(&exp_student).zip(exp_t1)
-                    {
+                    for (((gi, &h), &eq), &e1) in g.iter_mut().zip(factors).zip(exp_q).zip(exp_t1) {
                         *gi = soft_coef * (h - eq * rq * sum_h) + hard_coef * e1 * r1;
                     }
                     if let Some(y) = label {
                         g[y] -= hard_coef;
                     }
                 } else {
-                    for ((gi, &h), &eq) in g.iter_mut().zip(factors).zip(&exp_student) {
+                    for ((gi, &h), &eq) in g.iter_mut().zip(factors).zip(exp_q) {
                         *gi = soft_coef * (h - eq * rq * sum_h);
                     }
                 }
             }
         }
     }
+}
+
+/// Per-thread buffers of one row's length, reused from row to row.
+struct Scratch {
+    /// `e^b`, `b = (z − max z)/T`.
+    exp_student: Vec<f32>,
+    /// The divergence's gradient factor per class (`h`, see [`super::pointwise`]).
+    factors: Vec<f32>,
+    /// Dense: `e^a`, then the value terms. Top-k: `e^b` outside the teacher's classes.
+    other: Vec<f32>,
+    /// Top-k: the bucket probabilities and log-probabilities.
+    buckets: Vec<[f32; 4]>,
+}
+
+/// One row of the student: its logits, `max z`, `1/T`, `1/S_q` and `ln S_q`.
+struct StudentRow<'a> {
+    z: &'a [f32],
+    max_z: f32,
+    inv_t: f32,
+    rq: f32,
+    ln_sum_q: f64,
+}
+
+/// A dense teacher row: pass 2 for the teacher (`e^a` and `S_p`), pass 3
+/// (`t` and `h` per class); returns `(Σt, Σh)` with `h` in `scratch.factors`.
+#[inline(always)]
+fn dense_terms<D: Pointwise>(
+    student: &StudentRow,
+    v: &[f32],
+    settings: &FusedSpec,
+    scratch: &mut Scratch,
+    divergence: D,
+) -> (f64, f64) {
+    let inv_t_teacher = (1.0 / settings.teacher_temperature) as f32;
+    let max_v = max(v);
+    let exp_teacher = &mut scratch.other;
+    for (&vi, ep) in v.iter().zip(exp_teacher.iter_mut()) {
+        *ep = exp((vi - max_v) * inv_t_teacher);
+    }
+    let sum_p = sum(exp_teacher);
+    let rp = (1.0 / sum_p) as f32;
+    let (ln_sum_p, ln_sum_q) = (sum_p.ln() as f32, student.ln_sum_q as f32);
+    let (max_z, inv_t, rq) = (student.max_z, student.inv_t, student.rq);
+    for ((((&zi, &vi), ep_t), &eq), h) in student
+        .z
+        .iter()
+        .zip(v)
+        .zip(exp_teacher.iter_mut())
+        .zip(&scratch.exp_student)
+        .zip(scratch.factors.iter_mut())
+    {
+        let log_p = (vi - max_v) * inv_t_teacher - ln_sum_p;
+        let log_q = (zi - max_z) * inv_t - ln_sum_q;
+        let (term, factor) = divergence.terms(*ep_t * rp, log_p, eq * rq, log_q);
+        // e^a is not needed past this point: its slot takes the value term.
+        *ep_t = term;
+        *h = factor;
+    }
+    (sum(exp_teacher), sum(&scratch.factors))
+}
+
+/// A top-k teacher row: the divergence over the `k` stored classes and the
+/// tail bucket ("everything else"); returns `(Σt, Σh)` with, in
+/// `scratch.factors`, each class's share of `h`.
+///
+/// With bucket probabilities `Q_b` and `H = Σ_b h_b` (`h_b = Q_b ∂D/∂Q_b`),
+/// the chain rule through `Q_b = Σ_{i∈b} q_i` gives
+/// `∂D/∂z_i = (1/T)(Σ_{b∋i} q_i h_b/Q_b − q_i H)`: a stored class gets
+/// `h_b` of its bucket (summed if it is stored twice), a tail class
+/// `q_i · h_tail/Q_tail`. So the same gradient pass as the dense teacher
+/// applies, with these as the factors. The student's tail is summed over the
+/// classes outside the teacher's (exact, no `1 − Σ q` cancellation); the
+/// teacher's is `1 − Σ p`, clamped at 0; with `k = C` both tails are empty.
+#[inline(always)]
+fn top_k_terms<D: Pointwise>(
+    student: &StudentRow,
+    indices: &[i64],
+    log_probs: &[f32],
+    scratch: &mut Scratch,
+    divergence: D,
+) -> (f64, f64) {
+    let classes = student.z.len();
+    let (max_z, inv_t, rq) = (student.max_z, student.inv_t, student.rq);
+    let ln_sum_q = student.ln_sum_q;
+    // e^b outside the teacher's classes.
+    let outside = &mut scratch.other;
+    outside.copy_from_slice(&scratch.exp_student);
+    for &i in indices {
+        outside[i as usize] = 0.0;
+    }
+    let buckets = &mut scratch.buckets;
+    buckets.clear();
+    let mut teacher_mass = 0.0f64;
+    for (&i, &lp) in indices.iter().zip(log_probs) {
+        let i = i as usize;
+        let p = lp.exp();
+        teacher_mass += p as f64;
+        let q = scratch.exp_student[i] * rq;
+        let lq = ((student.z[i] - max_z) * inv_t) as f64 - ln_sum_q;
+        buckets.push([p, lp, q, lq as f32]);
+    }
+    // The student's tail as `s_out · e^{shift} / S_q`: the sum of the outside
+    // classes' e^b, rescaled by their own maximum when it underflows (a tail far
+    // below the top classes still has a gradient, spread by its own softmax).
+    let mut s_out = sum(outside);
+    let mut shift = 0.0f64;
+    if s_out < 1e-30 && indices.len() < classes {
+        for (o, &zi) in outside.iter_mut().zip(student.z) {
+            *o = zi;
+        }
+        for &i in indices {
+            outside[i as usize] = f32::NEG_INFINITY;
+        }
+        let max_out = max(outside);
+        if max_out > f32::NEG_INFINITY {
+            for o in outside.iter_mut() {
+                *o = exp((*o - max_out) * inv_t);
+            }
+            s_out = sum(outside);
+            shift = ((max_out - max_z) * inv_t) as f64;
+        } else {
+            outside.fill(0.0);
+            s_out = 0.0;
+        }
+    }
+    let tail = if indices.len() == classes {
+        [0.0, f32::NEG_INFINITY, 0.0, f32::NEG_INFINITY]
+    } else {
+        let p_tail = (1.0 - teacher_mass).max(0.0);
+        let ln_q_tail = s_out.ln() + shift - ln_sum_q;
+        [
+            p_tail as f32,
+            p_tail.ln() as f32,
+            ln_q_tail.exp() as f32,
+            ln_q_tail as f32,
+        ]
+    };
+    buckets.push(tail);
+
+    let (mut value, mut sum_h) = (0.0f64, 0.0f64);
+    let mut bucket_factors = vec![0.0f32; buckets.len()];
+    for (&[p, lp, q, lq], f) in buckets.iter().zip(bucket_factors.iter_mut()) {
+        let (t, h) = divergence.terms(p, lp, q, lq);
+        value += t as f64;
+        sum_h += h as f64;
+        *f = h;
+    }
+    // Tail classes: q_i · h_tail/Q_tail = outside_i · h_tail/s_out (0 when the
+    // tail is empty); stored classes, whose `outside` entry is 0: their
+    // buckets' h.
+    let h_tail = bucket_factors[indices.len()];
+    let scale = if s_out > 0.0 {
+        (h_tail as f64 / s_out) as f32
+    } else {
+        0.0
+    };
+    for (f, &e) in scratch.factors.iter_mut().zip(outside.iter()) {
+        *f = e * scale;
+    }
+    for (&i, &h) in indices.iter().zip(&bucket_factors) {
+        scratch.factors[i as usize] += h;
+    }
+    (value, sum_h)
 }
 
 /// Sum of a slice in f64, accumulated in 8 independent lanes so it vectorises.
@@ -384,7 +584,7 @@ mod tests {
             weights: vec![(0.9, 0.1)],
             divergence: Divergence::ForwardKl,
         };
-        let out = kd_rows(&z, &v, 4, Some(&[2]), &spec, true);
+        let out = kd_rows(&z, TeacherRows::Dense(&v), 4, Some(&[2]), &spec, true);
         let softmax = |x: &[f32], t: f64| -> Vec<f64> {
             let e: Vec<f64> = x.iter().map(|&x| (x as f64 / t).exp()).collect();
             let s: f64 = e.iter().sum();
@@ -412,7 +612,7 @@ mod tests {
         let (mut soft, mut hard, mut grad) = (vec![0.0; rows], vec![0.0; rows], vec![0.0; z.len()]);
         let block = RowBlock {
             student: z,
-            teacher: v,
+            teacher: TeacherRows::Dense(v),
             targets: spec.targets,
             soft: &mut soft,
             hard: Some(&mut hard),

@@ -18,6 +18,8 @@ mod math;
 #[cfg(any(feature = "flex", feature = "ndarray"))]
 mod pointwise;
 
+use std::sync::Arc;
+
 use burn::tensor::{DType, Int, Tensor};
 
 use crate::backend::{HostBackend, host_backend};
@@ -52,17 +54,33 @@ pub(crate) fn serves(student_logits: &Tensor<2>, teacher_values: &Tensor<2>) -> 
     compiled_in && student_logits.dtype() == DType::F32 && teacher_values.dtype() == DType::F32
 }
 
+/// The teacher as the extension takes it: dense values, or top-k
+/// log-probabilities with their classes read back to the host.
+#[cfg_attr(not(any(feature = "flex", feature = "ndarray")), allow(dead_code))]
+pub(crate) struct FusedTeacher {
+    /// `[batch, classes]` logits or log-probabilities, or `[batch, k]` top-k log-probabilities.
+    pub values: Tensor<2>,
+    /// The top-k classes, row-major `[batch × k]`; `None` for a dense teacher.
+    pub indices: Option<Arc<[i64]>>,
+}
+
 /// The KD terms by the fused kernel, `[batch, K]`: column `k` is
 /// `w_s·soft_row + w_h·hard_row` for `(w_s, w_h) = spec.weights[k]`, per row
 /// (not divided by the batch size), each column differentiable with respect to
 /// the student through its closed-form gradient. `None` when the kernel does
 /// not serve these tensors (see [`serves`]).
 ///
-/// Shapes and labels must already be checked (the losses' `check`); the labels
-/// are read back here because the kernel indexes with them on the host.
+/// `teacher_values` are dense `[batch, classes]` values at
+/// `spec.teacher_temperature`, or, with `teacher_indices`, the `[batch, k]`
+/// log-probabilities of a top-k teacher's classes.
+///
+/// Shapes, labels and indices must already be checked (the losses' `check`);
+/// labels and indices are read back here because the kernel indexes with them
+/// on the host.
 pub(crate) fn columns(
     student_logits: &Tensor<2>,
     teacher_values: &Tensor<2>,
+    teacher_indices: Option<&Tensor<2, Int>>,
     targets: Option<&Tensor<1, Int>>,
     spec: FusedSpec,
 ) -> Option<Tensor<2>> {
@@ -71,18 +89,21 @@ pub(crate) fn columns(
     }
     #[cfg(any(feature = "flex", feature = "ndarray"))]
     {
-        let labels: Option<Vec<i64>> =
-            targets.map(|t| t.clone().into_data().iter::<i64>().collect());
+        let host = |t: Tensor<1, Int>| -> Arc<[i64]> { t.into_data().iter::<i64>().collect() };
+        let teacher = FusedTeacher {
+            values: teacher_values.clone(),
+            indices: teacher_indices.map(|i| host(i.clone().flatten(0, 1))),
+        };
         Some(extension::fused_kd_columns(
             student_logits,
-            teacher_values,
-            labels.map(Into::into),
+            teacher,
+            targets.map(|t| host(t.clone())),
             spec,
         ))
     }
     #[cfg(not(any(feature = "flex", feature = "ndarray")))]
     {
-        let _ = (targets, spec);
+        let _ = (teacher_indices, targets, spec);
         None
     }
 }
