@@ -1,8 +1,11 @@
-//! Forward + backward (w.r.t. the student logits) of `KdLoss` with the other
-//! divergences, DKD and a top-k teacher, f32 on flex, at the KD bench's sizes.
+//! Forward + backward (w.r.t. the student logits) of `KdLoss` with every
+//! divergence, DKD and a top-k teacher, f32 on flex, at LLM-vocabulary sizes.
 //! Every loss is called as a user calls it — teacher logits in, the teacher's
-//! log-softmax computed inside the timed call — and all of these are burn ops
-//! differentiated by autodiff (only forward KL has the fused kernel).
+//! log-softmax computed inside the timed call, with the hard term (weights 0.9
+//! and 0.1, T = 4). Each divergence runs through the fused kernel (the
+//! default); `…/autodiff` rows are the same loss with `fused_kernel = false`
+//! (burn ops differentiated by autodiff), at 64×32000 only, to keep the run
+//! short. `benches/compare_torch.py --divergences` times the PyTorch forms.
 //!
 //! ```text
 //! cargo bench --bench divergences
@@ -13,8 +16,28 @@ use burn_distill::{Divergence, DkdLossConfig, KdLossConfig, SparseTeacher};
 use criterion::{BenchmarkId, Criterion, black_box, criterion_group, criterion_main};
 use std::time::Duration;
 
-const SIZES: [(usize, usize); 3] = [(128, 10), (256, 1000), (64, 32000)];
+const SIZES: [(usize, usize); 2] = [(64, 32000), (512, 32000)];
 const T: f64 = 4.0;
+
+/// The divergences timed, by the names `compare_torch.py` uses.
+const DIVERGENCES: [(&str, Divergence); 7] = [
+    ("forward_kl", Divergence::ForwardKl),
+    ("reverse_kl", Divergence::ReverseKl),
+    ("jsd_0.5", Divergence::Jsd { beta: 0.5 }),
+    (
+        "jsd_normalized_0.1",
+        Divergence::JsdNormalized { beta: 0.1 },
+    ),
+    (
+        "skew_forward_kl_0.1",
+        Divergence::SkewForwardKl { alpha: 0.1 },
+    ),
+    (
+        "skew_reverse_kl_0.1",
+        Divergence::SkewReverseKl { alpha: 0.1 },
+    ),
+    ("tvd", Divergence::Tvd),
+];
 
 fn bench(c: &mut Criterion) {
     let device = Device::flex().autodiff();
@@ -23,26 +46,17 @@ fn bench(c: &mut Criterion) {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
     let dkd = DkdLossConfig::new().init();
-    let losses = [
-        ("reverse_kl", Divergence::ReverseKl),
-        ("jsd_beta_0.5", Divergence::Jsd { beta: 0.5 }),
-        (
-            "skew_forward_kl_0.1",
-            Divergence::SkewForwardKl { alpha: 0.1 },
-        ),
-        ("tvd", Divergence::Tvd),
-    ]
-    .map(|(name, divergence)| {
-        let kd = KdLossConfig::new()
+    let kd = |divergence: Divergence, fused: bool| {
+        KdLossConfig::new()
             .with_temperature(T)
             .with_divergence(divergence)
-            .init();
-        (name, kd)
-    });
+            .with_fused_kernel(fused)
+            .init()
+    };
     let mut group = c.benchmark_group("divergences_fwd_bwd/flex");
     group.warm_up_time(Duration::from_secs(1));
-    group.sample_size(20);
-    group.measurement_time(Duration::from_secs(4));
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(3));
     for (batch, classes) in SIZES {
         let student =
             Tensor::<2>::random([batch, classes], Distribution::Normal(0.0, 3.0), &device);
@@ -59,15 +73,25 @@ fn bench(c: &mut Criterion) {
                 black_box(z.grad(&grads))
             })
         };
-        for (name, kd) in &losses {
-            group.bench_with_input(BenchmarkId::new(*name, &size), &(), |b, _| {
-                run(b, &|z| kd.forward(z, teacher.clone(), targets.clone()))
+        for (name, divergence) in DIVERGENCES {
+            let fused = kd(divergence, true);
+            group.bench_with_input(BenchmarkId::new(name, &size), &(), |b, _| {
+                run(b, &|z| fused.forward(z, teacher.clone(), targets.clone()))
             });
+            if batch == 64 {
+                let autodiff = kd(divergence, false);
+                let id = BenchmarkId::new(format!("{name}/autodiff"), &size);
+                group.bench_with_input(id, &(), |b, _| {
+                    run(b, &|z| {
+                        autodiff.forward(z, teacher.clone(), targets.clone())
+                    })
+                });
+            }
         }
         group.bench_with_input(BenchmarkId::new("dkd", &size), &(), |b, _| {
             run(b, &|z| dkd.forward(z, teacher.clone(), targets.clone()))
         });
-        let forward_kl = KdLossConfig::new().with_temperature(T).init();
+        let forward_kl = kd(Divergence::ForwardKl, true);
         group.bench_with_input(BenchmarkId::new("sparse_top64", &size), &(), |b, _| {
             run(b, &|z| {
                 forward_kl.forward(z, sparse.clone(), targets.clone())
