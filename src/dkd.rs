@@ -28,6 +28,7 @@ use burn::tensor::{Bool, Int, Tensor};
 use crate::check::{check_temperature, check_weight};
 use crate::divergence::forward_kl_unchecked;
 use crate::error::{DistillError, or_panic};
+use crate::fused::{self, FusedLoss, FusedSpec, serves};
 use crate::targets::{Targets, reduce_rows};
 use crate::teacher::{PreparedTeacher, TeacherOutput};
 use crate::temperature::{compute_dtype, log_softmax_unchecked, scaled_logsumexp, standardize};
@@ -54,6 +55,14 @@ pub struct DkdLossConfig {
     /// ([`standardize`], Sun et al. 2024). Default: false.
     #[config(default = false)]
     pub logit_standardization: bool,
+    /// Where it serves (f32 compute on flex or ndarray, as for
+    /// [`KdLossConfig::fused_kernel`](crate::KdLossConfig::fused_kernel)),
+    /// compute the values and the gradient in closed form in the fused CPU
+    /// kernel, `T·[α(q_y − p_y)(δ_iy − q̂_i) + β(q̂_i − p̂_i)]` per class, with
+    /// one autodiff node; elsewhere, and with `false`, burn ops and autodiff
+    /// (the reference). Default: true.
+    #[config(default = true)]
+    pub fused_kernel: bool,
 }
 
 impl DkdLossConfig {
@@ -75,6 +84,7 @@ impl DkdLossConfig {
             alpha: self.alpha,
             beta: self.beta,
             logit_standardization: self.logit_standardization,
+            fused_kernel: self.fused_kernel,
         })
     }
 }
@@ -122,6 +132,7 @@ pub struct DkdLoss {
     alpha: f64,
     beta: f64,
     logit_standardization: bool,
+    fused_kernel: bool,
 }
 
 impl DkdLoss {
@@ -135,7 +146,13 @@ impl DkdLoss {
         teacher: impl Into<TeacherOutput>,
         targets: impl Into<Targets>,
     ) -> Tensor<1> {
-        self.forward_parts(student_logits, teacher, targets).total
+        let targets = targets.into();
+        let keep = targets.kept_rows(None);
+        let normalizer = targets.normalizer;
+        let dtype = student_logits.dtype();
+        let weights = [(self.alpha, self.beta)];
+        let [rows] = or_panic(self.rows(student_logits, teacher.into(), targets, weights));
+        reduce_rows(rows, keep, normalizer).cast(dtype)
     }
 
     /// The total and its two parts.
@@ -152,7 +169,8 @@ impl DkdLoss {
         let keep = targets.kept_rows(None);
         let normalizer = targets.normalizer;
         let dtype = student_logits.dtype();
-        let (tckd, nckd) = or_panic(self.rows(student_logits, teacher.into(), targets));
+        let weights = [(1.0, 0.0), (0.0, 1.0)];
+        let [tckd, nckd] = or_panic(self.rows(student_logits, teacher.into(), targets, weights));
         let tckd = reduce_rows(tckd, keep.clone(), normalizer);
         let nckd = reduce_rows(nckd, keep, normalizer);
         let total = tckd.clone().mul_scalar(self.alpha) + nckd.clone().mul_scalar(self.beta);
@@ -176,8 +194,8 @@ impl DkdLoss {
         let targets = targets.into();
         let keep = targets.kept_rows(None);
         let dtype = student_logits.dtype();
-        let (tckd, nckd) = or_panic(self.rows(student_logits, teacher.into(), targets));
-        let rows = tckd.mul_scalar(self.alpha) + nckd.mul_scalar(self.beta);
+        let weights = [(self.alpha, self.beta)];
+        let [rows] = or_panic(self.rows(student_logits, teacher.into(), targets, weights));
         match keep {
             Some(keep) => rows.mask_fill(keep.bool_not(), 0.0),
             None => rows,
@@ -219,14 +237,16 @@ impl DkdLoss {
         targets.check(student_logits, None)
     }
 
-    /// `T²·TCKD` and `T²·NCKD` per row, `[batch]` each, after the checks, in
-    /// the compute dtype (f32 for half-precision input).
-    fn rows(
+    /// Per row, `[batch]` each, after the checks, in the compute dtype (f32
+    /// for half-precision input): for each `(w_t, w_n)` of `weights`,
+    /// `w_t·T²·TCKD + w_n·T²·NCKD`.
+    fn rows<const K: usize>(
         &self,
         student_logits: Tensor<2>,
         teacher: TeacherOutput,
         targets: Targets,
-    ) -> Result<(Tensor<1>, Tensor<1>), DistillError> {
+        weights: [(f64, f64); K],
+    ) -> Result<[Tensor<1>; K], DistillError> {
         self.check(&student_logits, &teacher, &targets)?;
         let [batch, classes] = student_logits.dims();
         let compute = compute_dtype(student_logits.dtype());
@@ -248,15 +268,34 @@ impl DkdLoss {
             false => z,
         };
         let labels = targets.labels.expect("checked: DKD has labels");
+        let scale = t * t;
+        if self.fused_kernel && serves(&z, &v) {
+            let spec = FusedSpec {
+                temperature: t,
+                teacher_temperature: teacher_t,
+                soft_factor: scale,
+                weights: weights.to_vec(),
+                loss: FusedLoss::Dkd,
+            };
+            let out =
+                fused::columns(&z, &v, None, Some(&labels), spec).expect("serves() was checked");
+            return Ok(std::array::from_fn(|k| {
+                out.clone().slice([0..batch, k..k + 1]).squeeze_dim(1)
+            }));
+        }
         let target_mask: Tensor<2, Bool> = labels.clone().one_hot::<2>(classes).equal_elem(1);
         let index = labels.reshape([batch, 1]);
 
         let (student_binary, student_rest) = split(z, t, target_mask.clone(), index.clone());
         let (teacher_binary, teacher_rest) = split(v, teacher_t, target_mask, index);
-        let scale = t * t;
         let tckd = forward_kl_unchecked(student_binary, teacher_binary).mul_scalar(scale);
         let nckd = forward_kl_unchecked(student_rest, teacher_rest).mul_scalar(scale);
-        Ok((tckd, nckd))
+        // A zero weight contributes nothing, even when its part is infinite.
+        let part = |w: f64, rows: &Tensor<1>| match w {
+            0.0 => rows.zeros_like(),
+            w => rows.clone().mul_scalar(w),
+        };
+        Ok(weights.map(|(wt, wn)| part(wt, &tckd) + part(wn, &nckd)))
     }
 }
 

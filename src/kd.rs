@@ -23,7 +23,7 @@ use burn::tensor::{Bool, DType, Int, Tensor};
 use crate::check::{check_temperature, check_weight};
 use crate::divergence::Divergence;
 use crate::error::{DistillError, or_panic};
-use crate::fused::{self, FusedSpec, serves};
+use crate::fused::{self, FusedLoss, FusedSpec, serves};
 use crate::sparse::bucket_log_probs;
 use crate::targets::{Targets, reduce_rows, usable_labels};
 use crate::teacher::{PreparedTeacher, TeacherOutput};
@@ -477,7 +477,7 @@ impl KdLoss {
             teacher_temperature,
             soft_factor: self.soft_factor(),
             weights,
-            divergence: self.divergence,
+            loss: FusedLoss::Kd(self.divergence),
         };
         let kernel = |student: &Tensor<2>, labels: Option<&Tensor<1, Int>>, weights| {
             fused::columns(student, &values, indices, labels, spec(weights))

@@ -21,9 +21,9 @@
 /// thread costs more than the work.
 const PARALLEL_MIN_ELEMENTS: usize = 1 << 16;
 
-use super::FusedSpec;
 use super::math::exp;
 use super::pointwise::{Plugin, Pointwise, with_plugin};
+use super::{FusedLoss, FusedSpec};
 
 /// What one call of the kernel works on: the settings, the labels, and the
 /// gradients asked for.
@@ -110,7 +110,7 @@ pub(crate) fn kd_rows(
         spec,
         targets,
         gradient_weights: if with_gradients { &spec.weights } else { &[] },
-        plugin: Plugin::of(spec.divergence),
+        plugin: Plugin::of(spec.loss.divergence()),
     };
     let rows = student.len() / classes;
     let n_grads = spec.gradient_weights.len();
@@ -267,8 +267,52 @@ impl RowBlock<'_> {
     /// The row loop with the job's divergence plugged in.
     #[inline(always)]
     fn run_rows(self, spec: &Job) {
-        with_plugin!(spec.plugin, |divergence| self
-            .run_rows_with(spec, divergence))
+        match spec.spec.loss {
+            FusedLoss::Kd(_) => with_plugin!(spec.plugin, |divergence| self
+                .run_rows_with(spec, divergence)),
+            FusedLoss::Dkd => self.run_dkd_rows(spec),
+        }
+    }
+
+    /// DKD's rows (see [`dkd_row`]): `T²·TCKD` into `soft`, `T²·NCKD` into
+    /// `hard`, and each column's gradient.
+    #[inline(always)]
+    fn run_dkd_rows(mut self, spec: &Job) {
+        let classes = spec.classes;
+        let mut scratch = Scratch {
+            exp_student: vec![0.0f32; classes],
+            factors: vec![0.0f32; classes],
+            other: vec![0.0f32; classes],
+            buckets: Vec::new(),
+        };
+        let labels = spec.targets.expect("DKD has labels (checked by the loss)");
+        let hard = self.hard.as_deref_mut().expect("DKD has labels");
+        for row in 0..self.soft.len() {
+            let range = row * classes..(row + 1) * classes;
+            let v = match self.teacher {
+                TeacherRows::Dense(values) => &values[range.clone()],
+                TeacherRows::TopK { .. } => {
+                    unreachable!("DKD refuses a top-k teacher in its check")
+                }
+            };
+            let y = labels[row] as usize;
+            let (tckd, nckd) = dkd_row(&self.student[range.clone()], v, y, spec, &mut scratch);
+            self.soft[row] = (spec.spec.soft_factor * tckd.value) as f32;
+            hard[row] = (spec.spec.soft_factor * nckd) as f32;
+            for (grad, &(wa, wb)) in self.grads.iter_mut().zip(spec.gradient_weights) {
+                let coef = spec.spec.soft_factor / spec.spec.temperature;
+                let (a, b) = ((coef * wa) as f32, (coef * wb) as f32);
+                let g = &mut grad[range.clone()];
+                // q̂ − p̂ sits in `factors`, q̂ in `exp_student` (both 0 at y).
+                let d = a * tckd.target_gap;
+                for ((gi, &gap), &q_hat) in
+                    g.iter_mut().zip(&scratch.factors).zip(&scratch.exp_student)
+                {
+                    *gi = b * gap - d * q_hat;
+                }
+                g[y] = d;
+            }
+        }
     }
 
     /// Every row of the block, in four passes over the row (see the module docs).
@@ -535,6 +579,93 @@ fn top_k_terms<D: Pointwise>(
     (value, sum_h)
 }
 
+/// DKD's target-class term for one row.
+struct Tckd {
+    /// `KL([p_y, 1 − p_y] ‖ [q_y, 1 − q_y])`.
+    value: f64,
+    /// `q_y − p_y`.
+    target_gap: f32,
+}
+
+/// DKD (Zhao et al. 2022) for one row with label `y`: TCKD, the binary KL of
+/// target vs the rest, and NCKD, `KL(p̂ ‖ q̂)` over the non-target classes
+/// renormalised. Leaves `q̂ − p̂` in `scratch.factors` and `q̂` in
+/// `scratch.exp_student` (both 0 at `y`) for the gradient, which is, per unit
+/// of `T²` (derived with `u_y = z_y/T`, `u_rest = logsumexp_{i≠y}(z_i/T)` the
+/// binary logits, `∂u_rest/∂z_i = q̂_i/T`):
+///
+/// ```text
+/// ∂TCKD/∂z_i = (1/T)(q_y − p_y)(δ_iy − q̂_i),    ∂NCKD/∂z_i = (1/T)(q̂_i − p̂_i)
+/// ```
+///
+/// (`q̂_y = p̂_y = 0`). The non-target classes are exponentiated against their
+/// own maximum, so `q̂` and `log(1 − q_y) = u_rest − logsumexp(u_y, u_rest)`
+/// stay exact however confident either model is (no `1 − q_y` cancellation).
+#[inline(always)]
+fn dkd_row(z: &[f32], v: &[f32], y: usize, spec: &Job, scratch: &mut Scratch) -> (Tckd, f64) {
+    let settings = spec.spec;
+    let inv_t = (1.0 / settings.temperature) as f32;
+    let inv_t_teacher = (1.0 / settings.teacher_temperature) as f32;
+    // The non-target distribution of one model into `out`: returns its
+    // log-sum-exp u_rest and the target's u_y, both relative to the same shift.
+    let rest = |x: &[f32], inv_t: f32, out: &mut [f32]| -> (f64, f64, f32, f32) {
+        let max_rest = max(&x[..y]).max(max(&x[y + 1..]));
+        if max_rest == f32::NEG_INFINITY {
+            out.fill(0.0);
+            return (f64::NEG_INFINITY, 0.0, max_rest, 0.0);
+        }
+        for (&xi, e) in x.iter().zip(out.iter_mut()) {
+            *e = exp((xi - max_rest) * inv_t);
+        }
+        out[y] = 0.0;
+        let sum_rest = sum(out);
+        let u_rest = sum_rest.ln();
+        let u_y = ((x[y] - max_rest) * inv_t) as f64;
+        (u_rest, u_y, max_rest, (1.0 / sum_rest) as f32)
+    };
+    let (q_rest, q_y, max_rest_z, rq) = rest(z, inv_t, &mut scratch.exp_student);
+    let (p_rest, p_y, max_rest_v, rp) = rest(v, inv_t_teacher, &mut scratch.other);
+    // Binary log-probabilities [log b_y, log b_rest] = u − logaddexp(u_y, u_rest).
+    let binary = |u_y: f64, u_rest: f64| {
+        let top = u_y.max(u_rest);
+        let all = top + ((u_y - top).exp() + (u_rest - top).exp()).ln();
+        (u_y - all, u_rest - all)
+    };
+    let (lq_y, lq_rest) = binary(q_y, q_rest);
+    let (lp_y, lp_rest) = binary(p_y, p_rest);
+    let xlog = |w: f64, log_ratio: f64| if w > 0.0 { w * log_ratio } else { 0.0 };
+    let tckd = Tckd {
+        value: xlog(lp_y.exp(), lp_y - lq_y) + xlog(lp_rest.exp(), lp_rest - lq_rest),
+        target_gap: (lq_y.exp() - lp_y.exp()) as f32,
+    };
+
+    // NCKD over the non-target classes; q̂, then q̂ − p̂, in place.
+    // log q̂_i = (z_i − max_rest)/T − u_rest.
+    let (ln_rq, ln_rp) = (-q_rest as f32, -p_rest as f32);
+    for ((((&zi, &vi), eq), ep), gap) in z
+        .iter()
+        .zip(v)
+        .zip(scratch.exp_student.iter_mut())
+        .zip(scratch.other.iter_mut())
+        .zip(scratch.factors.iter_mut())
+    {
+        let q_hat = *eq * rq;
+        let p_hat = *ep * rp;
+        let log_q = (zi - max_rest_z) * inv_t + ln_rq;
+        let log_p = (vi - max_rest_v) * inv_t_teacher + ln_rp;
+        // Forward KL's term; 0 where p̂ = 0 (the target among them).
+        *ep = if p_hat > 0.0 {
+            p_hat * (log_p - log_q)
+        } else {
+            0.0
+        };
+        *eq = q_hat;
+        *gap = q_hat - p_hat;
+    }
+    let nckd = sum(&scratch.other);
+    (tckd, nckd)
+}
+
 /// Sum of a slice in f64, accumulated in 8 independent lanes so it vectorises.
 fn sum(x: &[f32]) -> f64 {
     let mut lanes = [0.0f64; 8];
@@ -582,7 +713,7 @@ mod tests {
             teacher_temperature: t,
             soft_factor: t * t,
             weights: vec![(0.9, 0.1)],
-            divergence: Divergence::ForwardKl,
+            loss: FusedLoss::Kd(Divergence::ForwardKl),
         };
         let out = kd_rows(&z, TeacherRows::Dense(&v), 4, Some(&[2]), &spec, true);
         let softmax = |x: &[f32], t: f64| -> Vec<f64> {
@@ -642,14 +773,14 @@ mod tests {
             teacher_temperature: 3.0,
             soft_factor: 9.0,
             weights: vec![(0.7, 0.3)],
-            divergence: Divergence::Jsd { beta: 0.3 },
+            loss: FusedLoss::Kd(Divergence::Jsd { beta: 0.3 }),
         };
         let spec = Job {
             classes,
             spec: &settings,
             targets: Some(&targets),
             gradient_weights: &settings.weights,
-            plugin: Plugin::of(settings.divergence),
+            plugin: Plugin::of(settings.loss.divergence()),
         };
         let baseline = run_block(|b, s| b.run_rows(s), &z, &v, &spec);
         assert!(baseline.2.iter().all(|g| g.is_finite()));

@@ -39,8 +39,29 @@ pub(crate) struct FusedSpec {
     pub soft_factor: f64,
     /// Output column `k` is `w_s·soft_row + w_h·hard_row` for `(w_s, w_h) = weights[k]`.
     pub weights: Vec<(f64, f64)>,
-    /// The soft term's divergence (already checked).
-    pub divergence: Divergence,
+    /// Which loss: KD with a divergence, or DKD.
+    pub loss: FusedLoss,
+}
+
+/// The loss the kernel computes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum FusedLoss {
+    /// `f·D(p ‖ q)` (the soft column) and the cross-entropy (the hard column),
+    /// with the divergence already checked.
+    Kd(Divergence),
+    /// DKD: `f·TCKD` in the soft column and `f·NCKD` in the hard column.
+    Dkd,
+}
+
+impl FusedLoss {
+    /// The divergence of the per-class terms: NCKD is a forward KL.
+    #[cfg_attr(not(any(feature = "flex", feature = "ndarray")), allow(dead_code))]
+    pub(crate) fn divergence(self) -> Divergence {
+        match self {
+            Self::Kd(divergence) => divergence,
+            Self::Dkd => Divergence::ForwardKl,
+        }
+    }
 }
 
 /// Whether the kernel serves these tensors: f32 on a host backend whose

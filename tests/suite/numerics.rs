@@ -404,6 +404,74 @@ fn top_k_fused_matches_f64_reference_at_extremes() {
     }
 }
 
+/// DKD through the fused f32 kernel against its reference (burn ops,
+/// autodiff) in f64: a teacher sure of the target (`1 − p_y` below f32's
+/// resolution), a target the student gives ~e⁻²⁰, logits ±1e4, a class both
+/// rule out, at T = 0.05, 1 and 100, total and both parts, with a row mask.
+#[test]
+fn dkd_fused_matches_f64_reference_at_extremes() {
+    let ninf = f64::NEG_INFINITY;
+    let classes = 5;
+    #[rustfmt::skip]
+    let z = [
+        1e4, -1e4, 9999.0, 0.0, 9998.5,
+        -20.0, 0.0, 1.0, -0.5, 0.2,
+        0.5, ninf, 0.25, -1.0, 2.0,
+        1.0, 0.9, 1.1, 0.95, 1.05,
+    ];
+    #[rustfmt::skip]
+    let v = [
+        9999.0, 1e4, -1e4, 2.0, 9990.0,
+        30.0, 1.0, 2.0, 0.0, -1.0,
+        0.4, ninf, 0.3, -1.2, 1.5,
+        1.0, 0.9, 1.1, 0.95, 1.0501,
+    ];
+    let rows = z.len() / classes;
+    let y = [2i64, 0, 4, 1];
+    let keep = [true, true, true, false];
+    for (_, device) in devices_f64() {
+        let device = device.autodiff();
+        for t in [0.05, 1.0, 100.0] {
+            let run = |fused: bool, make: fn(&[f64], [usize; 2], &Device) -> Tensor<2>| {
+                let dkd = DkdLossConfig::new()
+                    .with_temperature(t)
+                    .with_alpha(1.0)
+                    .with_beta(8.0)
+                    .with_fused_kernel(fused)
+                    .init();
+                let keep_rows = Tensor::<1, burn::tensor::Bool>::from_data(
+                    TensorData::new(keep.to_vec(), [rows]),
+                    &device,
+                );
+                let targets =
+                    || Targets::new(labels(&y, &device)).with_keep_rows(keep_rows.clone());
+                let zt = make(&z, [rows, classes], &device).require_grad();
+                let vt = || make(&v, [rows, classes], &device);
+                let total = dkd.forward(zt.clone(), vt(), targets());
+                let grad = values(zt.grad(&total.clone().backward()).expect("gradient"));
+                let parts = dkd.forward_parts(zt.clone(), vt(), targets());
+                let tckd_grad = values(zt.grad(&parts.tckd.clone().backward()).expect("gradient"));
+                let values = [values(total), values(parts.tckd), values(parts.nckd)].concat();
+                (values, grad, tckd_grad)
+            };
+            let (got, grad, tckd_grad) = run(true, tensor2);
+            let (want, want_grad, want_tckd_grad) = run(false, tensor2_f64);
+            let what = |s: &str| format!("DKD T={t} {s} {device:?}");
+            assert_allclose(&what("total, tckd, nckd"), &got, &want, 1e-4, 1e-6);
+            let atol = f32_gradient_floor(&want_grad, t);
+            assert_allclose(&what("gradient"), &grad, &want_grad, 1e-4, atol);
+            let atol = f32_gradient_floor(&want_tckd_grad, t);
+            assert_allclose(
+                &what("tckd gradient"),
+                &tckd_grad,
+                &want_tckd_grad,
+                1e-4,
+                atol,
+            );
+        }
+    }
+}
+
 /// The normalised JSD tends to forward KL as β → 0 and to reverse KL as β → 1,
 /// continuously; TRL's form tends to 0 there (and jumps at the ends).
 #[test]
