@@ -7,6 +7,12 @@
 //! (burn ops differentiated by autodiff), at 64×32000 only, to keep the run
 //! short. `benches/compare_torch.py --divergences` times the PyTorch forms.
 //!
+//! `memory_floor/*` is the machine's floor for the fused path's traffic: a
+//! two-thread loop that reads two `[batch, classes]` f32 arrays and writes a
+//! third (`c = a + b`), into a new allocation each time (`fresh`: its pages are
+//! first touched, as the kernel's gradient's are) or into one reused buffer
+//! (`reused`: bandwidth alone).
+//!
 //! ```text
 //! cargo bench --bench divergences
 //! ```
@@ -97,8 +103,59 @@ fn bench(c: &mut Criterion) {
                 forward_kl.forward(z, sparse.clone(), targets.clone())
             })
         });
+        if batch == 64 {
+            let dkd = DkdLossConfig::new().with_fused_kernel(false).init();
+            let id = BenchmarkId::new("dkd/autodiff", &size);
+            group.bench_with_input(id, &(), |b, _| {
+                run(b, &|z| dkd.forward(z, teacher.clone(), targets.clone()))
+            });
+            let forward_kl = kd(Divergence::ForwardKl, false);
+            let id = BenchmarkId::new("sparse_top64/autodiff", &size);
+            group.bench_with_input(id, &(), |b, _| {
+                run(b, &|z| {
+                    forward_kl.forward(z, sparse.clone(), targets.clone())
+                })
+            });
+        }
+        let a = vec![1.0f32; batch * classes];
+        let b = vec![2.0f32; batch * classes];
+        let id = BenchmarkId::new("memory_floor/fresh", &size);
+        group.bench_with_input(id, &(), |bench, _| {
+            bench.iter(|| {
+                let mut c = Vec::with_capacity(a.len());
+                // SAFETY: every element is written by add_into before it is read.
+                #[allow(clippy::uninit_vec)]
+                unsafe {
+                    c.set_len(a.len())
+                };
+                add_into(&a, &b, &mut c);
+                black_box(c)
+            })
+        });
+        let mut c = vec![0.0f32; batch * classes];
+        let id = BenchmarkId::new("memory_floor/reused", &size);
+        group.bench_with_input(id, &(), |bench, _| {
+            bench.iter(|| {
+                add_into(&a, &b, &mut c);
+                black_box(&c);
+            })
+        });
     }
     group.finish();
+}
+
+/// `c = a + b` on two threads, halves of the arrays each.
+fn add_into(a: &[f32], b: &[f32], c: &mut [f32]) {
+    let half = a.len().div_ceil(2);
+    std::thread::scope(|scope| {
+        for ((a, b), c) in a.chunks(half).zip(b.chunks(half)).zip(c.chunks_mut(half)) {
+            scope.spawn(move || {
+                for ((x, y), z) in a.iter().zip(b).zip(c.iter_mut()) {
+                    *z = x + y;
+                }
+            });
+        }
+    });
 }
 
 criterion_group!(benches, bench);

@@ -19,9 +19,16 @@ echo "== peak memory (max resident set), 512x32000"
 for mode in inputs analytic autodiff; do
   /usr/bin/time -f "$mode: %M KiB" "${CARGO_TARGET_DIR:-target}"/release/examples/kd_memory "$mode" 512 32000 2>&1 | tail -1
 done
+echo "== peak memory of every loss, fused (max resident set), 512x32000"
+for loss in reverse_kl jsd_0.5 jsd_normalized_0.1 skew_forward_kl_0.1 skew_reverse_kl_0.1 tvd dkd sparse_top64; do
+  /usr/bin/time -f "analytic $loss: %M KiB" "${CARGO_TARGET_DIR:-target}"/release/examples/kd_memory analytic 512 32000 "$loss" 2>&1 | tail -1
+done
+# The top-k teacher's inputs are the student and [512, 64] values: its own baseline.
+/usr/bin/time -f "inputs sparse_top64: %M KiB" "${CARGO_TARGET_DIR:-target}"/release/examples/kd_memory inputs 512 32000 sparse_top64 2>&1 | tail -1
 if [ -n "$python" ]; then
   echo "== PyTorch"
   "$python" benches/compare_torch.py
+  "$python" benches/compare_torch.py --divergences
   for mode in eager compile; do
     /usr/bin/time -f "torch $mode: %M KiB" "$python" benches/compare_torch.py --once "$mode" 512 32000 2>&1 | tail -1
   done
