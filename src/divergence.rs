@@ -401,9 +401,13 @@ fn log_mixture(log_a: Tensor<2>, w: f64, log_b: Tensor<2>) -> Tensor<2> {
     let floor = f64::from(f32::MIN);
     let x = log_a.clamp_min(floor).add_scalar(w.ln());
     let y = log_b.clamp_min(floor).add_scalar((1.0 - w).ln());
-    // log(e^x + e^y) = max(x, y) + log(1 + e^−|x − y|).
-    let max = x.clone().max_pair(y.clone());
-    max + (x - y).abs().neg().exp().log1p()
+    // log(e^x + e^y) = m + log(e^(x−m) + e^(y−m)) with m = max(x, y), detached:
+    // the gradient then flows through the exponentials alone, e^(x−m)/(…) to x,
+    // which is right at a tie too. (Through `max_pair` and `|x − y|` it was not:
+    // at x = y — student and teacher agreeing on a class, which f32 rounding
+    // makes common — `max_pair` sends the whole gradient to x and `abs` none.)
+    let max = x.clone().max_pair(y.clone()).detach();
+    max.clone() + ((x - max.clone()).exp() + (y - max).exp()).log()
 }
 
 /// A mixing weight in [0, 1].
