@@ -63,9 +63,9 @@ pub struct KdLossConfig {
     pub divergence: Divergence,
     /// Where it serves — f32 compute (f32, f16 and bf16 inputs) on flex
     /// (with this crate's `flex` feature, on by default) or ndarray (with
-    /// its `ndarray` feature), with a dense teacher — compute the values and
-    /// the gradient with respect to the student in closed form for every
-    /// [`Divergence`], `soft_weight·(f/T)·(h − q·Σh) + hard_weight·(softmax(z) − onehot)`
+    /// its `ndarray` feature), with a dense or a top-k teacher — compute the
+    /// values and the gradient with respect to the student in closed form for
+    /// every [`Divergence`], `soft_weight·(f/T)·(h − q·Σh) + hard_weight·(softmax(z) − onehot)`
     /// per row (`f` = T² or 1, `h_j = q_j·∂D/∂q_j` the divergence's own
     /// factor), in one fused, multi-threaded CPU kernel that reads burn's
     /// buffers in place and registers a single autodiff node, instead of

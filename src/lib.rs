@@ -5,7 +5,8 @@
 //! ([`Divergence`]), decoupled KD, top-k teachers, ensembles and the paper's
 //! generalist/specialist machinery. At its core are small pure functions over
 //! `Tensor`s (the reference), with [`Config`](burn::config::Config)/[`Module`](burn::module::Module)
-//! losses in burn's style on top, and a fused CPU kernel for forward KL.
+//! losses in burn's style on top, and a fused CPU kernel for every divergence, the
+//! top-k teacher and DKD.
 //!
 //! It chooses no device: every function runs on the device of the tensors it is
 //! given (flex, ndarray, wgpu, cuda, …), with or without autodiff.

@@ -1,7 +1,13 @@
-//! The fused CPU path of the KD loss: values and the closed-form gradient with
+//! The fused CPU path of the losses: values and the closed-form gradient with
 //! respect to the student, computed by one multi-threaded kernel
 //! ([`kernel`]) that runs inside burn as a backend extension ([`extension`])
 //! whose single autodiff node hands back that gradient.
+//!
+//! One engine serves every loss: `KdLoss` with each [`Divergence`] (a
+//! plug-in giving per class the value term and the gradient factor
+//! `h = q·∂D/∂q`, [`pointwise`]; the softmax's chain rule, temperature, `T²`,
+//! weights, hard term and masks are shared), with a dense or a top-k teacher,
+//! and DKD, whose target/non-target split adds its own chain-rule factors.
 //!
 //! It serves f32 tensors on flex (with this crate's `flex` feature) and on
 //! ndarray (with its `ndarray` feature); [`columns`] answers `None`
