@@ -59,6 +59,66 @@ fn half_precision_is_computed_in_f32() {
     }
 }
 
+/// A loss of (student, teacher) logits, the labels bound in.
+type LossFn = Box<dyn Fn(Tensor<2>, Tensor<2>) -> Tensor<1>>;
+
+/// Every divergence and DKD with f16 and bf16 logits, on flex and ndarray
+/// (where they have the dtype): computed in f32 inside — so through the fused
+/// kernel — and returned in the input dtype, equal to the f32 loss and
+/// gradient of the same (rounded) values.
+#[test]
+fn every_loss_in_half_precision_is_computed_in_f32() {
+    let z = [2.0, -1.5, 0.25, 3.0, -0.5, 1.0, 0.0, 4.0, -2.0, 0.5];
+    let v = [1.5, -1.0, 0.5, 2.0, 0.0, 1.25, -0.5, 3.5, -1.0, 0.0];
+    let y = [3i64, 1];
+    for (_, device) in devices_f64() {
+        let device = device.autodiff();
+        for dtype in [DType::F16, DType::BF16] {
+            if !device.supports_dtype(dtype) {
+                eprintln!("{device:?} has no {dtype:?}; skipped");
+                continue;
+            }
+            let half = |x: &[f64]| {
+                Tensor::<2>::from_data(TensorData::new(x.to_vec(), [2, 5]), (&device, dtype))
+            };
+            let losses: Vec<(String, LossFn)> = EVERY_DIVERGENCE
+                .iter()
+                .map(|&divergence| {
+                    let kd = KdLossConfig::new()
+                        .with_temperature(2.0)
+                        .with_divergence(divergence)
+                        .init();
+                    let device = device.clone();
+                    let loss: LossFn = Box::new(move |z, v| kd.forward(z, v, labels(&y, &device)));
+                    (format!("{divergence:?}"), loss)
+                })
+                .chain(std::iter::once({
+                    let dkd = DkdLossConfig::new().with_temperature(2.0).init();
+                    let device = device.clone();
+                    let loss: LossFn = Box::new(move |z, v| dkd.forward(z, v, labels(&y, &device)));
+                    ("DKD".to_string(), loss)
+                }))
+                .collect();
+            for (name, loss) in &losses {
+                let zh = half(&z).require_grad();
+                let value = loss(zh.clone(), half(&v));
+                assert_eq!(value.dtype(), dtype, "{name}");
+                let grad = zh.grad(&value.clone().backward()).expect("gradient");
+                assert_eq!(grad.dtype(), dtype, "{name}");
+                let as_f32 = |t: Tensor<2>| t.cast(DType::F32);
+                let z32 = as_f32(half(&z)).require_grad();
+                let value32 = loss(z32.clone(), as_f32(half(&v)));
+                let grad32 = values(z32.grad(&value32.clone().backward()).expect("gradient"));
+                let rounding = if dtype == DType::F16 { 2e-3 } else { 1.6e-2 };
+                let what = format!("{name} {dtype:?} {device:?}");
+                assert_allclose(&what, &values(value), &values(value32), rounding, 1e-4);
+                let scale = grad32.iter().fold(0.0f64, |m, g| m.max(g.abs()));
+                assert_allclose(&what, &values(grad), &grad32, rounding, rounding * scale);
+            }
+        }
+    }
+}
+
 /// Logits at ±f32::MAX at T = 0.5 (their difference overflows f32) on both
 /// paths: finite loss and gradient. The teacher agrees with the student, so
 /// the soft term is 0.
