@@ -29,7 +29,7 @@ use crate::check::{check_temperature, check_weight};
 use crate::divergence::forward_kl_unchecked;
 use crate::error::{DistillError, or_panic};
 use crate::fused::{self, FusedLoss, FusedSpec, serves};
-use crate::targets::{Targets, reduce_rows};
+use crate::targets::{Targets, blank_left_out_rows, reduce_rows};
 use crate::teacher::{PreparedTeacher, TeacherOutput};
 use crate::temperature::{compute_dtype, log_softmax_unchecked, scaled_logsumexp, standardize};
 
@@ -267,6 +267,7 @@ impl DkdLoss {
             true => standardize(z),
             false => z,
         };
+        let keep = targets.kept_rows(None);
         let labels = targets.labels.expect("checked: DKD has labels");
         let scale = t * t;
         if self.fused_kernel && serves(&z, &v) {
@@ -283,6 +284,10 @@ impl DkdLoss {
                 out.clone().slice([0..batch, k..k + 1]).squeeze_dim(1)
             }));
         }
+        let (z, v) = (
+            blank_left_out_rows(z, keep.as_ref()),
+            blank_left_out_rows(v, keep.as_ref()),
+        );
         let target_mask: Tensor<2, Bool> = labels.clone().one_hot::<2>(classes).equal_elem(1);
         let index = labels.reshape([batch, 1]);
 

@@ -25,7 +25,7 @@ use crate::divergence::Divergence;
 use crate::error::{DistillError, or_panic};
 use crate::fused::{self, FusedLoss, FusedSpec, serves};
 use crate::sparse::bucket_log_probs;
-use crate::targets::{Targets, reduce_rows, usable_labels};
+use crate::targets::{Targets, blank_left_out_rows, reduce_rows, usable_labels};
 use crate::teacher::{PreparedTeacher, TeacherOutput};
 use crate::temperature::{compute_dtype, log_softmax_unchecked, standardize};
 
@@ -408,6 +408,8 @@ impl KdLoss {
                 self.kernel_rows(student, &teacher, labels, columns)
             }
             teacher => {
+                let student = blank_left_out_rows(student, keep.as_ref());
+                let teacher = teacher.blank_left_out_rows(keep.as_ref());
                 let view = self.student_view(student.clone());
                 let soft = self.soft_rows(view, teacher);
                 let hard = labels.map(|labels| hard_rows(student, labels));

@@ -166,6 +166,26 @@ impl Targets {
     }
 }
 
+/// `x` with the rows that do not count set to 0, for the autodiff path: a
+/// left-out row's values never reach the loss, but autodiff multiplies its zero
+/// upstream gradient by the local derivatives there, and `0·NaN` is NaN (a
+/// padding row of `−inf` logits). Zeroed first, the row is harmless, and
+/// `mask_fill` passes it no gradient. `None`: every row counts.
+pub(crate) fn blank_left_out_rows(x: Tensor<2>, keep: Option<&Tensor<1, Bool>>) -> Tensor<2> {
+    match keep {
+        Some(keep) => {
+            let [rows, columns] = x.dims();
+            let left_out = keep
+                .clone()
+                .bool_not()
+                .reshape([rows, 1])
+                .expand([rows, columns]);
+            x.mask_fill(left_out, 0.0)
+        }
+        None => x,
+    }
+}
+
 /// Labels with `ignore_index` replaced by class 0, so that ignored rows pass
 /// the range check and index safely; their rows are masked out.
 pub(crate) fn usable_labels(labels: Tensor<1, Int>, ignore_index: Option<i64>) -> Tensor<1, Int> {

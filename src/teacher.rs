@@ -2,11 +2,12 @@
 //! distillation temperature, or its top-k classes; checked and put in one
 //! form here for every loss.
 
-use burn::tensor::{DType, Int, Tensor};
+use burn::tensor::{Bool, DType, Int, Tensor};
 
 use crate::check::{check_device, check_non_empty, check_same_shape};
 use crate::error::DistillError;
 use crate::sparse::SparseTeacher;
+use crate::targets::blank_left_out_rows;
 use crate::temperature::standardize;
 
 /// What the teacher provides to [`KdLoss`](crate::KdLoss) and
@@ -80,6 +81,23 @@ pub(crate) enum PreparedTeacher {
         indices: Tensor<2, Int>,
         log_probs: Tensor<2>,
     },
+}
+
+impl PreparedTeacher {
+    /// The teacher with the rows that do not count set to 0 (see
+    /// [`blank_left_out_rows`]).
+    pub(crate) fn blank_left_out_rows(self, keep: Option<&Tensor<1, Bool>>) -> Self {
+        match self {
+            Self::Dense(dense) => Self::Dense(DenseTeacher {
+                values: blank_left_out_rows(dense.values, keep),
+                ..dense
+            }),
+            Self::TopK { indices, log_probs } => Self::TopK {
+                indices,
+                log_probs: blank_left_out_rows(log_probs, keep),
+            },
+        }
+    }
 }
 
 /// A dense teacher: `p = softmax(values / temperature)`.

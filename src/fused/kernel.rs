@@ -205,8 +205,18 @@ pub(crate) fn weighted_gradient(
                     let row = first_row + r;
                     let weights = &upstream[row * columns..(row + 1) * columns];
                     let range = row * classes..(row + 1) * classes;
-                    g.iter_mut().for_each(|x| *x *= weights[0]);
+                    // A zero weight (a row masked out, a part not trained on)
+                    // contributes exactly 0, even where the row's own gradient
+                    // is not finite (a padding row of −inf logits): 0·NaN would
+                    // be NaN.
+                    match weights[0] {
+                        0.0 => g.fill(0.0),
+                        w => g.iter_mut().for_each(|x| *x *= w),
+                    }
                     for (other, &w) in others.iter().zip(&weights[1..]) {
+                        if w == 0.0 {
+                            continue;
+                        }
                         for (x, &y) in g.iter_mut().zip(&other[range.clone()]) {
                             *x += w * y;
                         }

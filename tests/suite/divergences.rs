@@ -307,6 +307,67 @@ fn dkd_parts_decompose_kd() {
     }
 }
 
+/// Rows left out by the mask or by `ignore_index` whose logits are not
+/// usable (a padding row: the student all `−inf`, the teacher NaN) change
+/// nothing: the loss is the kept row's, finite, and their gradient is exactly 0,
+/// for every divergence and DKD, fused and not.
+#[test]
+fn left_out_padding_rows_stay_out() {
+    let ninf = f64::NEG_INFINITY;
+    for (name, device) in devices() {
+        let device = device.autodiff();
+        #[rustfmt::skip]
+        let z = [1.0, 2.0, 0.0, ninf, ninf, ninf, ninf, ninf, ninf];
+        #[rustfmt::skip]
+        let v = [0.0, 1.0, 2.0, f64::NAN, 0.0, 0.0, f64::NAN, f64::NAN, f64::NAN];
+        for divergence in [
+            Divergence::ForwardKl,
+            Divergence::ReverseKl,
+            Divergence::Jsd { beta: 0.5 },
+            Divergence::SkewReverseKl { alpha: 0.1 },
+            Divergence::Tvd,
+        ] {
+            for fused in [true, false] {
+                let kd = KdLossConfig::new()
+                    .with_divergence(divergence)
+                    .with_fused_kernel(fused)
+                    .with_ignore_index(Some(-100))
+                    .init();
+                let zt = tensor2(&z, [3, 3], &device).require_grad();
+                let keep = Tensor::<1, Bool>::from_data([true, false, true], &device);
+                let targets = Targets::new(labels(&[1, 0, -100], &device)).with_keep_rows(keep);
+                let loss = kd.forward(zt.clone(), tensor2(&v, [3, 3], &device), targets);
+                let g = values(zt.grad(&loss.clone().backward()).unwrap());
+                let what = format!("{name} {divergence:?} fused {fused}");
+                let alone = kd.forward(
+                    tensor2(&z[..3], [1, 3], &device),
+                    tensor2(&v[..3], [1, 3], &device),
+                    labels(&[1], &device),
+                );
+                assert_eq!(scalar(loss), scalar(alone), "{what}");
+                assert!(g[..3].iter().all(|x| x.is_finite()), "{what}: {g:?}");
+                assert_eq!(&g[3..], &[0.0; 6], "{what}");
+            }
+        }
+        for fused in [true, false] {
+            let dkd = DkdLossConfig::new().with_fused_kernel(fused).init();
+            let zt = tensor2(&z, [3, 3], &device).require_grad();
+            let keep = Tensor::<1, Bool>::from_data([true, false, false], &device);
+            let targets = Targets::new(labels(&[1, 0, 2], &device)).with_keep_rows(keep);
+            let loss = dkd.forward(zt.clone(), tensor2(&v, [3, 3], &device), targets);
+            let g = values(zt.grad(&loss.clone().backward()).unwrap());
+            let alone = dkd.forward(
+                tensor2(&z[..3], [1, 3], &device),
+                tensor2(&v[..3], [1, 3], &device),
+                labels(&[1], &device),
+            );
+            assert_eq!(scalar(loss), scalar(alone), "{name} DKD fused {fused}");
+            assert!(g[..3].iter().all(|x| x.is_finite()), "{name} DKD: {g:?}");
+            assert_eq!(&g[3..], &[0.0; 6], "{name} DKD fused {fused}");
+        }
+    }
+}
+
 #[test]
 fn all_masked_rows_give_zero_and_zero_gradient() {
     for (name, device) in devices() {
