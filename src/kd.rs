@@ -267,6 +267,11 @@ impl KdLoss {
         self.divergence
     }
 
+    /// Rows whose label equals this are left out (see [`KdLossConfig::ignore_index`]).
+    pub fn ignore_index(&self) -> Option<i64> {
+        self.ignore_index
+    }
+
     /// Whether the fused kernel is used where it serves (see [`KdLossConfig::fused_kernel`]).
     pub fn fused_kernel(&self) -> bool {
         self.fused_kernel

@@ -11,6 +11,7 @@ mod engine_parity;
 mod ensemble;
 mod errors;
 mod gradients;
+mod linear;
 mod numerics;
 mod properties;
 mod specialists;
