@@ -150,7 +150,27 @@ impl LinearTeacher {
         Ok(())
     }
 
-    /// The teacher of rows `start..end`, detached.
+    /// The teacher on the inner backend: it is never differentiated.
+    fn without_autodiff(self) -> Self {
+        match self {
+            Self::Hidden {
+                hidden,
+                weight,
+                bias,
+            } => Self::Hidden {
+                hidden: hidden.without_autodiff(),
+                weight: weight.without_autodiff(),
+                bias: bias.map(Tensor::without_autodiff),
+            },
+            Self::Logits(logits) => Self::Logits(logits.without_autodiff()),
+            Self::TopK(sparse) => Self::TopK(SparseTeacher::new(
+                sparse.indices().clone(),
+                sparse.log_probs().clone().without_autodiff(),
+            )),
+        }
+    }
+
+    /// The teacher of rows `start..end`.
     fn chunk(&self, start: usize, end: usize) -> TeacherOutput {
         match self {
             Self::Hidden {
@@ -158,19 +178,13 @@ impl LinearTeacher {
                 weight,
                 bias,
             } => {
-                let h = hidden.clone().detach().slice(start..end);
-                TeacherOutput::Logits(affine(
-                    h,
-                    weight.clone().detach(),
-                    bias.clone().map(Tensor::detach),
-                ))
+                let h = hidden.clone().slice(start..end);
+                TeacherOutput::Logits(affine(h, weight.clone(), bias.clone()))
             }
-            Self::Logits(logits) => {
-                TeacherOutput::Logits(logits.clone().detach().slice(start..end))
-            }
+            Self::Logits(logits) => TeacherOutput::Logits(logits.clone().slice(start..end)),
             Self::TopK(sparse) => TeacherOutput::TopK(SparseTeacher::new(
                 sparse.indices().clone().slice(start..end),
-                sparse.log_probs().clone().detach().slice(start..end),
+                sparse.log_probs().clone().slice(start..end),
             )),
         }
     }
@@ -276,22 +290,30 @@ impl FusedLinearKdLoss {
 
         let tracked = hidden.is_tracked() || weight.is_tracked();
         let tracked = tracked || bias.as_ref().is_some_and(Tensor::is_tracked);
-        let (w, b) = (weight.clone().detach(), bias.clone().map(Tensor::detach));
+        let autodiff = hidden.is_autodiff();
+        // Every [chunk, vocab] and [d, vocab] computation runs on the inner
+        // backend, outside autodiff's bookkeeping; only each chunk's loss is
+        // differentiated, with its logits as the one leaf.
+        let (h_all, w) = (
+            hidden.clone().without_autodiff(),
+            weight.clone().without_autodiff(),
+        );
+        let b = bias.clone().map(Tensor::without_autodiff);
+        let teacher = teacher.without_autodiff();
         let mut value: Option<Tensor<1>> = None;
         let mut grad_hidden = Vec::new();
         let mut grad_weight: Option<Tensor<2>> = None;
         let mut grad_bias: Option<Tensor<1>> = None;
         for start in (0..rows).step_by(self.chunk_size) {
             let end = (start + self.chunk_size).min(rows);
-            let h = hidden.clone().detach().slice(start..end);
+            let h = h_all.clone().slice(start..end);
             let logits = affine(h.clone(), w.clone(), b.clone());
             let chunk_targets = chunk_targets(&targets, start, end, kept);
             let chunk_teacher = teacher.chunk(start, end);
             self.kd.check(&logits, &chunk_teacher, &chunk_targets)?;
-            let logits = if tracked {
-                logits.detach().require_grad()
-            } else {
-                logits
+            let logits = match tracked {
+                true => logits.autodiff().require_grad(),
+                false => logits,
             };
             let loss = self
                 .kd
@@ -300,7 +322,8 @@ impl FusedLinearKdLoss {
                 let grads = loss.backward();
                 let g = logits
                     .grad(&grads)
-                    .expect("the chunk's logits require a gradient");
+                    .expect("the chunk's logits require a gradient")
+                    .without_autodiff();
                 grad_hidden.push(g.clone().matmul(w.clone().transpose()));
                 let gw = h.transpose().matmul(g.clone());
                 grad_weight = Some(match grad_weight {
@@ -313,24 +336,26 @@ impl FusedLinearKdLoss {
                     None => gb,
                 });
             }
-            let loss = loss.detach();
+            let loss = loss.without_autodiff();
             value = Some(match value {
                 Some(total) => total + loss,
                 None => loss,
             });
         }
         let value = value.expect("rows ≥ 1 (checked)");
+        let value = if autodiff { value.autodiff() } else { value };
         if !tracked {
             return Ok(value);
         }
-        // The surrogate: value 0, gradient (∂L/∂h, ∂L/∂W, ∂L/∂b).
-        let grad_hidden = Tensor::cat(grad_hidden, 0);
+        // The surrogate: value 0, gradient (∂L/∂h, ∂L/∂W, ∂L/∂b), the three
+        // constants brought back to autodiff untracked.
+        let grad_hidden = Tensor::cat(grad_hidden, 0).autodiff();
         let mut surrogate = (hidden * grad_hidden).sum();
         if let Some(gw) = grad_weight {
-            surrogate = surrogate + (weight * gw).sum();
+            surrogate = surrogate + (weight * gw.autodiff()).sum();
         }
         if let (Some(bias), Some(gb)) = (bias, grad_bias) {
-            surrogate = surrogate + (bias * gb).sum();
+            surrogate = surrogate + (bias * gb.autodiff()).sum();
         }
         Ok(value + (surrogate.clone() - surrogate.detach()))
     }
