@@ -25,6 +25,15 @@ for loss in reverse_kl jsd_0.5 jsd_normalized_0.1 skew_forward_kl_0.1 skew_rever
 done
 # The top-k teacher's inputs are the student and [512, 64] values: its own baseline.
 /usr/bin/time -f "inputs sparse_top64: %M KiB" "${CARGO_TARGET_DIR:-target}"/release/examples/kd_memory inputs 512 32000 sparse_top64 2>&1 | tail -1
+echo "== cargo bench --bench linear"
+cargo bench --bench linear 2>&1 | grep -E "^threads|^linear|time:"
+cargo build --release --example linear_memory --quiet
+echo "== peak memory of the linear paths (max resident set), 2048 tokens, d 512"
+for vocab in 32000 128256; do
+  for mode in inputs fused materialised autodiff; do
+    /usr/bin/time -f "$mode $vocab: %M KiB, %e s" "${CARGO_TARGET_DIR:-target}"/release/examples/linear_memory "$mode" 2048 512 "$vocab" 2>&1 | tail -1
+  done
+done
 if [ -n "$python" ]; then
   echo "== PyTorch"
   "$python" benches/compare_torch.py
@@ -33,4 +42,11 @@ if [ -n "$python" ]; then
     /usr/bin/time -f "torch $mode: %M KiB" "$python" benches/compare_torch.py --once "$mode" 512 32000 2>&1 | tail -1
   done
   /usr/bin/time -f "torch import + inputs only: %M KiB" "$python" -c "import torch; torch.randn(512, 32000); torch.randn(512, 32000)" 2>&1 | tail -1
+  "$python" benches/compare_torch_linear.py
+  for vocab in 32000 128256; do
+    for mode in materialised chunked; do
+      /usr/bin/time -f "torch $mode $vocab: %M KiB, %e s" "$python" benches/compare_torch_linear.py --once "$mode" 2048 512 "$vocab" 2>&1 | tail -1
+    done
+    /usr/bin/time -f "torch import + inputs $vocab: %M KiB" "$python" -c "import sys; sys.path.insert(0, 'benches'); import compare_torch_linear as c; c.inputs(2048, 512, $vocab)" 2>&1 | tail -1
+  done
 fi

@@ -265,3 +265,63 @@ fn inference_and_bad_input() {
         assert!(error.to_string().contains("chunk_size"), "{error}");
     }
 }
+
+/// A teacher with a padded vocabulary (3 classes more): refused by name
+/// without `truncate_teacher_classes`, cut to the student's classes with it —
+/// then equal to the materialised loss with the same setting.
+#[test]
+fn padded_teacher_vocabulary() {
+    let c = case();
+    let mut rng = Rng::new(5);
+    let wide = rng.normals(ROWS * (VOCAB + 3), 2.0);
+    for (_, device) in devices_f64() {
+        let device = device.autodiff();
+        let labels =
+            || Tensor::<1, Int>::from_data(TensorData::new(vec![2i64; ROWS], [ROWS]), &device);
+        let teacher = || tensor2_f64(&wide, [ROWS, VOCAB + 3], &device);
+        let hidden = || tensor2_f64(&c.hidden, [ROWS, D], &device).require_grad();
+        let weight = tensor2_f64(&c.weight, [D, VOCAB], &device);
+
+        let strict = FusedLinearKdLossConfig::new(KdLossConfig::new())
+            .with_chunk_size(4)
+            .init();
+        let error = strict
+            .try_forward(
+                hidden(),
+                weight.clone(),
+                None,
+                LinearTeacher::Logits(teacher()),
+                labels().into(),
+            )
+            .unwrap_err();
+        assert!(
+            matches!(error, DistillError::ShapeMismatch { .. }),
+            "{error}"
+        );
+        assert!(
+            error.to_string().contains(&(VOCAB + 3).to_string()),
+            "{error}"
+        );
+
+        let kd = KdLossConfig::new().with_truncate_teacher_classes(true);
+        let fused = FusedLinearKdLossConfig::new(kd.clone())
+            .with_chunk_size(4)
+            .init();
+        let h = hidden();
+        let got = fused.forward(
+            h.clone(),
+            weight.clone(),
+            None,
+            LinearTeacher::Logits(teacher()),
+            labels(),
+        );
+        let got_grad = values(h.grad(&got.clone().backward()).unwrap());
+        let h = hidden();
+        let want = kd
+            .init()
+            .forward(h.clone().matmul(weight.clone()), teacher(), labels());
+        let want_grad = values(h.grad(&want.clone().backward()).unwrap());
+        assert_allclose("truncated loss", &values(got), &values(want), 1e-9, 1e-12);
+        assert_allclose("truncated gradient", &got_grad, &want_grad, 1e-9, 1e-12);
+    }
+}
