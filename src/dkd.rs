@@ -263,14 +263,24 @@ impl DkdLoss {
                 });
             }
         };
+        let keep = targets.kept_rows(None);
+        let kernel = self.fused_kernel && serves(&z, &v);
+        // Wherever autodiff runs through the rows (its path, or standardisation
+        // before the kernel), left-out rows are zeroed first.
+        let (z, v) = match !kernel || self.logit_standardization {
+            true => (
+                blank_left_out_rows(z, keep.as_ref()),
+                blank_left_out_rows(v, keep.as_ref()),
+            ),
+            false => (z, v),
+        };
         let z = match self.logit_standardization {
             true => standardize(z),
             false => z,
         };
-        let keep = targets.kept_rows(None);
         let labels = targets.labels.expect("checked: DKD has labels");
         let scale = t * t;
-        if self.fused_kernel && serves(&z, &v) {
+        if kernel {
             let spec = FusedSpec {
                 temperature: t,
                 teacher_temperature: teacher_t,
@@ -284,10 +294,6 @@ impl DkdLoss {
                 out.clone().slice([0..batch, k..k + 1]).squeeze_dim(1)
             }));
         }
-        let (z, v) = (
-            blank_left_out_rows(z, keep.as_ref()),
-            blank_left_out_rows(v, keep.as_ref()),
-        );
         let target_mask: Tensor<2, Bool> = labels.clone().one_hot::<2>(classes).equal_elem(1);
         let index = labels.reshape([batch, 1]);
 

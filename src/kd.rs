@@ -408,13 +408,20 @@ impl KdLoss {
         let labels = targets
             .labels
             .map(|labels| usable_labels(labels, self.ignore_index));
+        let kernel = self.uses_kernel(&student, &teacher);
+        // Wherever autodiff runs through the rows (its path, or standardisation
+        // before the kernel), left-out rows are zeroed first (see
+        // `blank_left_out_rows`); the kernel alone needs no such copy.
+        let (student, teacher) = match !kernel || self.logit_standardization {
+            true => (
+                blank_left_out_rows(student, keep.as_ref()),
+                teacher.blank_left_out_rows(keep.as_ref()),
+            ),
+            false => (student, teacher),
+        };
         let (total_or_soft, hard) = match teacher {
-            teacher if self.uses_kernel(&student, &teacher) => {
-                self.kernel_rows(student, &teacher, labels, columns)
-            }
+            teacher if kernel => self.kernel_rows(student, &teacher, labels, columns),
             teacher => {
-                let student = blank_left_out_rows(student, keep.as_ref());
-                let teacher = teacher.blank_left_out_rows(keep.as_ref());
                 let view = self.student_view(student.clone());
                 let soft = self.soft_rows(view, teacher);
                 let hard = labels.map(|labels| hard_rows(student, labels));

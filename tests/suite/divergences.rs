@@ -310,7 +310,7 @@ fn dkd_parts_decompose_kd() {
 /// Rows left out by the mask or by `ignore_index` whose logits are not
 /// usable (a padding row: the student all `−inf`, the teacher NaN) change
 /// nothing: the loss is the kept row's, finite, and their gradient is exactly 0,
-/// for every divergence and DKD, fused and not.
+/// for every divergence and DKD, fused and not, with logit standardisation too.
 #[test]
 fn left_out_padding_rows_stay_out() {
     let ninf = f64::NEG_INFINITY;
@@ -349,8 +349,27 @@ fn left_out_padding_rows_stay_out() {
                 assert_eq!(&g[3..], &[0.0; 6], "{what}");
             }
         }
-        for fused in [true, false] {
-            let dkd = DkdLossConfig::new().with_fused_kernel(fused).init();
+        for (fused, standardized) in [(true, false), (false, false), (true, true), (false, true)] {
+            let kd = KdLossConfig::new()
+                .with_fused_kernel(fused)
+                .with_logit_standardization(standardized)
+                .with_ignore_index(Some(-100))
+                .init();
+            let zt = tensor2(&z, [3, 3], &device).require_grad();
+            let keep = Tensor::<1, Bool>::from_data([true, false, true], &device);
+            let targets = Targets::new(labels(&[1, 0, -100], &device)).with_keep_rows(keep);
+            let loss = kd.forward(zt.clone(), tensor2(&v, [3, 3], &device), targets);
+            let g = values(zt.grad(&loss.clone().backward()).unwrap());
+            let what = format!("{name} standardised {standardized} fused {fused}");
+            assert!(scalar(loss).is_finite(), "{what}");
+            assert!(g[..3].iter().all(|x| x.is_finite()), "{what}: {g:?}");
+            assert_eq!(&g[3..], &[0.0; 6], "{what}");
+        }
+        for (fused, standardized) in [(true, false), (false, false), (true, true), (false, true)] {
+            let dkd = DkdLossConfig::new()
+                .with_fused_kernel(fused)
+                .with_logit_standardization(standardized)
+                .init();
             let zt = tensor2(&z, [3, 3], &device).require_grad();
             let keep = Tensor::<1, Bool>::from_data([true, false, false], &device);
             let targets = Targets::new(labels(&[1, 0, 2], &device)).with_keep_rows(keep);
@@ -361,9 +380,10 @@ fn left_out_padding_rows_stay_out() {
                 tensor2(&v[..3], [1, 3], &device),
                 labels(&[1], &device),
             );
-            assert_eq!(scalar(loss), scalar(alone), "{name} DKD fused {fused}");
-            assert!(g[..3].iter().all(|x| x.is_finite()), "{name} DKD: {g:?}");
-            assert_eq!(&g[3..], &[0.0; 6], "{name} DKD fused {fused}");
+            let what = format!("{name} DKD standardised {standardized} fused {fused}");
+            assert_eq!(scalar(loss), scalar(alone), "{what}");
+            assert!(g[..3].iter().all(|x| x.is_finite()), "{what}: {g:?}");
+            assert_eq!(&g[3..], &[0.0; 6], "{what}");
         }
     }
 }
