@@ -314,76 +314,67 @@ fn dkd_parts_decompose_kd() {
 #[test]
 fn left_out_padding_rows_stay_out() {
     let ninf = f64::NEG_INFINITY;
+    #[rustfmt::skip]
+    let z = [1.0, 2.0, 0.0, ninf, ninf, ninf, ninf, ninf, ninf];
+    #[rustfmt::skip]
+    let v = [0.0, 1.0, 2.0, f64::NAN, 0.0, 0.0, f64::NAN, f64::NAN, f64::NAN];
     for (name, device) in devices() {
         let device = device.autodiff();
-        #[rustfmt::skip]
-        let z = [1.0, 2.0, 0.0, ninf, ninf, ninf, ninf, ninf, ninf];
-        #[rustfmt::skip]
-        let v = [0.0, 1.0, 2.0, f64::NAN, 0.0, 0.0, f64::NAN, f64::NAN, f64::NAN];
-        for divergence in [
+        // Row 0 kept; row 1 masked; row 2 masked (DKD) or labelled -100 (KD).
+        let check =
+            |what: String,
+             labels_: [i64; 3],
+             keep: [bool; 3],
+             loss: &dyn Fn(Tensor<2>, Tensor<2>, Targets) -> Tensor<1>| {
+                let zt = tensor2(&z, [3, 3], &device).require_grad();
+                let keep = Tensor::<1, Bool>::from_data(keep, &device);
+                let targets = Targets::new(labels(&labels_, &device)).with_keep_rows(keep);
+                let value = loss(zt.clone(), tensor2(&v, [3, 3], &device), targets);
+                let g = values(zt.grad(&value.clone().backward()).unwrap());
+                let alone = loss(
+                    tensor2(&z[..3], [1, 3], &device),
+                    tensor2(&v[..3], [1, 3], &device),
+                    Targets::new(labels(&labels_[..1], &device)),
+                );
+                assert_eq!(scalar(value), scalar(alone), "{what}");
+                assert!(g[..3].iter().all(|x| x.is_finite()), "{what}: {g:?}");
+                assert_eq!(&g[3..], &[0.0; 6], "{what}");
+            };
+        let divergences = [
             Divergence::ForwardKl,
             Divergence::ReverseKl,
             Divergence::Jsd { beta: 0.5 },
             Divergence::SkewReverseKl { alpha: 0.1 },
             Divergence::Tvd,
-        ] {
-            for fused in [true, false] {
+        ];
+        for fused in [true, false] {
+            for (divergence, standardized) in divergences
+                .iter()
+                .map(|&d| (d, false))
+                .chain([(Divergence::ForwardKl, true)])
+            {
                 let kd = KdLossConfig::new()
                     .with_divergence(divergence)
                     .with_fused_kernel(fused)
+                    .with_logit_standardization(standardized)
                     .with_ignore_index(Some(-100))
                     .init();
-                let zt = tensor2(&z, [3, 3], &device).require_grad();
-                let keep = Tensor::<1, Bool>::from_data([true, false, true], &device);
-                let targets = Targets::new(labels(&[1, 0, -100], &device)).with_keep_rows(keep);
-                let loss = kd.forward(zt.clone(), tensor2(&v, [3, 3], &device), targets);
-                let g = values(zt.grad(&loss.clone().backward()).unwrap());
-                let what = format!("{name} {divergence:?} fused {fused}");
-                let alone = kd.forward(
-                    tensor2(&z[..3], [1, 3], &device),
-                    tensor2(&v[..3], [1, 3], &device),
-                    labels(&[1], &device),
-                );
-                assert_eq!(scalar(loss), scalar(alone), "{what}");
-                assert!(g[..3].iter().all(|x| x.is_finite()), "{what}: {g:?}");
-                assert_eq!(&g[3..], &[0.0; 6], "{what}");
+                let what =
+                    format!("{name} {divergence:?} standardised {standardized} fused {fused}");
+                check(what, [1, 0, -100], [true, false, true], &|z, v, t| {
+                    kd.forward(z, v, t)
+                });
             }
-        }
-        for (fused, standardized) in [(true, false), (false, false), (true, true), (false, true)] {
-            let kd = KdLossConfig::new()
-                .with_fused_kernel(fused)
-                .with_logit_standardization(standardized)
-                .with_ignore_index(Some(-100))
-                .init();
-            let zt = tensor2(&z, [3, 3], &device).require_grad();
-            let keep = Tensor::<1, Bool>::from_data([true, false, true], &device);
-            let targets = Targets::new(labels(&[1, 0, -100], &device)).with_keep_rows(keep);
-            let loss = kd.forward(zt.clone(), tensor2(&v, [3, 3], &device), targets);
-            let g = values(zt.grad(&loss.clone().backward()).unwrap());
-            let what = format!("{name} standardised {standardized} fused {fused}");
-            assert!(scalar(loss).is_finite(), "{what}");
-            assert!(g[..3].iter().all(|x| x.is_finite()), "{what}: {g:?}");
-            assert_eq!(&g[3..], &[0.0; 6], "{what}");
-        }
-        for (fused, standardized) in [(true, false), (false, false), (true, true), (false, true)] {
-            let dkd = DkdLossConfig::new()
-                .with_fused_kernel(fused)
-                .with_logit_standardization(standardized)
-                .init();
-            let zt = tensor2(&z, [3, 3], &device).require_grad();
-            let keep = Tensor::<1, Bool>::from_data([true, false, false], &device);
-            let targets = Targets::new(labels(&[1, 0, 2], &device)).with_keep_rows(keep);
-            let loss = dkd.forward(zt.clone(), tensor2(&v, [3, 3], &device), targets);
-            let g = values(zt.grad(&loss.clone().backward()).unwrap());
-            let alone = dkd.forward(
-                tensor2(&z[..3], [1, 3], &device),
-                tensor2(&v[..3], [1, 3], &device),
-                labels(&[1], &device),
-            );
-            let what = format!("{name} DKD standardised {standardized} fused {fused}");
-            assert_eq!(scalar(loss), scalar(alone), "{what}");
-            assert!(g[..3].iter().all(|x| x.is_finite()), "{what}: {g:?}");
-            assert_eq!(&g[3..], &[0.0; 6], "{what}");
+            for standardized in [false, true] {
+                let dkd = DkdLossConfig::new()
+                    .with_fused_kernel(fused)
+                    .with_logit_standardization(standardized)
+                    .init();
+                let what = format!("{name} DKD standardised {standardized} fused {fused}");
+                check(what, [1, 0, 2], [true, false, false], &|z, v, t| {
+                    dkd.forward(z, v, t)
+                });
+            }
         }
     }
 }
