@@ -1,6 +1,6 @@
-//! The fused CPU kernel of the KD loss: values and analytic gradients of every
-//! row, for every divergence, with no `[batch, classes]` temporaries besides
-//! the gradients it returns.
+//! The fused CPU kernel of the losses: values and analytic gradients of every
+//! row, for every divergence (dense or top-k teacher) and for DKD, with no
+//! `[batch, classes]` temporaries besides the gradients it returns.
 //!
 //! One row loop serves every divergence: the divergence is a plug-in
 //! ([`super::pointwise`]) giving per class its value term `t` and gradient
@@ -14,8 +14,10 @@
 //! - pass 4: each requested gradient
 //!   `w_s·(f/T)(h − q Σh) + w_h·(softmax(z) − onehot)`.
 //!
-//! `exp` and `ln` are branch-free polynomials ([`super::math`]) that the
-//! compiler vectorises; sums are accumulated in f64.
+//! A top-k teacher runs the plug-in over its `k + 1` buckets instead
+//! ([`top_k_terms`]); DKD has its own row ([`dkd_row`]). `exp` and `ln` are
+//! branch-free polynomials ([`super::math`]) that the compiler vectorises; sums
+//! are accumulated in f64.
 
 /// Rows below this many elements in total are done on the calling thread: a
 /// thread costs more than the work.
@@ -44,9 +46,9 @@ struct Job<'a> {
 
 /// The kernel's results for a block of rows.
 pub(crate) struct KernelOutput {
-    /// `soft_factor · KL(p‖q)` per row.
+    /// `soft_factor · D(p‖q)` per row (DKD: `soft_factor · TCKD`).
     pub soft_rows: Vec<f32>,
-    /// Cross-entropy per row (empty without targets).
+    /// Cross-entropy per row (DKD: `soft_factor · NCKD`; empty without targets).
     pub hard_rows: Vec<f32>,
     /// One `[rows × classes]` buffer per entry of `gradient_weights`.
     pub gradients: Vec<Vec<f32>>,
