@@ -291,12 +291,7 @@ impl RowBlock<'_> {
     #[inline(always)]
     fn run_dkd_rows(mut self, spec: &Job) {
         let classes = spec.classes;
-        let mut scratch = Scratch {
-            exp_student: vec![0.0f32; classes],
-            factors: vec![0.0f32; classes],
-            other: vec![0.0f32; classes],
-            buckets: Vec::new(),
-        };
+        let mut scratch = Scratch::new(classes);
         let labels = spec.targets.expect("DKD has labels (checked by the loss)");
         let hard = self.hard.as_deref_mut().expect("DKD has labels");
         for row in 0..self.soft.len() {
@@ -335,12 +330,7 @@ impl RowBlock<'_> {
         let inv_t = (1.0 / settings.temperature) as f32;
         let unit_temperature = settings.temperature == 1.0;
         let want_hard = spec.targets.is_some();
-        let mut scratch = Scratch {
-            exp_student: vec![0.0f32; classes],
-            factors: vec![0.0f32; classes],
-            other: vec![0.0f32; classes],
-            buckets: Vec::new(),
-        };
+        let mut scratch = Scratch::new(classes);
         let mut exp_student_t1 = vec![
             0.0f32;
             if want_hard && !unit_temperature {
@@ -438,6 +428,21 @@ struct Scratch {
     other: Vec<f32>,
     /// Top-k: the bucket probabilities and log-probabilities.
     buckets: Vec<[f32; 4]>,
+    /// Top-k: each bucket's gradient factor `h_b`.
+    bucket_factors: Vec<f32>,
+}
+
+impl Scratch {
+    /// Buffers for rows of `classes` (the top-k ones grow to `k + 1` once).
+    fn new(classes: usize) -> Self {
+        Self {
+            exp_student: vec![0.0; classes],
+            factors: vec![0.0; classes],
+            other: vec![0.0; classes],
+            buckets: Vec::new(),
+            bucket_factors: Vec::new(),
+        }
+    }
 }
 
 /// One row of the student: its logits, `max z`, `1/T`, `1/S_q` and `ln S_q`.
@@ -566,12 +571,13 @@ fn top_k_terms<D: Pointwise>(
     buckets.push(tail);
 
     let (mut value, mut sum_h) = (0.0f64, 0.0f64);
-    let mut bucket_factors = vec![0.0f32; buckets.len()];
-    for (&[p, lp, q, lq], f) in buckets.iter().zip(bucket_factors.iter_mut()) {
+    let bucket_factors = &mut scratch.bucket_factors;
+    bucket_factors.clear();
+    for &[p, lp, q, lq] in buckets.iter() {
         let (t, h) = divergence.terms(p, lp, q, lq);
         value += t as f64;
         sum_h += h as f64;
-        *f = h;
+        bucket_factors.push(h);
     }
     // Tail classes: q_i · h_tail/Q_tail = outside_i · h_tail/s_out (0 when the
     // tail is empty); stored classes, whose `outside` entry is 0: their
@@ -585,7 +591,7 @@ fn top_k_terms<D: Pointwise>(
     for (f, &e) in scratch.factors.iter_mut().zip(outside.iter()) {
         *f = e * scale;
     }
-    for (&i, &h) in indices.iter().zip(&bucket_factors) {
+    for (&i, &h) in indices.iter().zip(bucket_factors.iter()) {
         scratch.factors[i as usize] += h;
     }
     (value, sum_h)
