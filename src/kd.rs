@@ -287,10 +287,20 @@ impl KdLoss {
         teacher: impl Into<TeacherOutput>,
         targets: impl Into<Targets>,
     ) -> Tensor<1> {
-        let targets = targets.into();
+        or_panic(self.try_forward(student_logits, teacher.into(), targets.into()))
+    }
+
+    /// [`forward`](Self::forward), with bad input as the `DistillError` of
+    /// [`check`](Self::check) (made once, here).
+    pub(crate) fn try_forward(
+        &self,
+        student_logits: Tensor<2>,
+        teacher: TeacherOutput,
+        targets: Targets,
+    ) -> Result<Tensor<1>, DistillError> {
         let normalizer = targets.normalizer;
-        let rows = or_panic(self.rows(student_logits, teacher.into(), targets, Columns::Total));
-        reduce_rows(rows.total_or_soft, rows.keep, normalizer).cast(rows.dtype)
+        let rows = self.rows(student_logits, teacher, targets, Columns::Total)?;
+        Ok(reduce_rows(rows.total_or_soft, rows.keep, normalizer).cast(rows.dtype))
     }
 
     /// The total and its two unweighted terms; see [`KdLossOutput`]. Each term

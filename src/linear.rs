@@ -262,7 +262,8 @@ impl FusedLinearKdLoss {
     }
 
     /// Fallible [`forward`](Self::forward): the shapes of the layers, and every
-    /// check of [`KdLoss::check`] on each chunk before its logits are used.
+    /// check of [`KdLoss::check`] on each chunk (an error stops at the first
+    /// chunk that has it).
     pub fn try_forward(
         &self,
         hidden: Tensor<2>,
@@ -310,14 +311,13 @@ impl FusedLinearKdLoss {
             let logits = affine(h.clone(), w.clone(), b.clone());
             let chunk_targets = chunk_targets(&targets, start, end, kept);
             let chunk_teacher = teacher.chunk(start, end);
-            self.kd.check(&logits, &chunk_teacher, &chunk_targets)?;
             let logits = match tracked {
                 true => logits.autodiff().require_grad(),
                 false => logits,
             };
             let loss = self
                 .kd
-                .forward(logits.clone(), chunk_teacher, chunk_targets);
+                .try_forward(logits.clone(), chunk_teacher, chunk_targets)?;
             if tracked {
                 let grads = loss.backward();
                 let g = logits
@@ -325,22 +325,13 @@ impl FusedLinearKdLoss {
                     .expect("the chunk's logits require a gradient")
                     .without_autodiff();
                 grad_hidden.push(g.clone().matmul(w.clone().transpose()));
-                let gw = h.transpose().matmul(g.clone());
-                grad_weight = Some(match grad_weight {
-                    Some(total) => total + gw,
-                    None => gw,
-                });
-                let gb = g.sum_dim(0).squeeze_dim::<1>(0);
-                grad_bias = Some(match grad_bias {
-                    Some(total) => total + gb,
-                    None => gb,
-                });
+                grad_weight = Some(accumulate(grad_weight, h.transpose().matmul(g.clone())));
+                if b.is_some() {
+                    let gb = g.sum_dim(0).squeeze_dim::<1>(0);
+                    grad_bias = Some(accumulate(grad_bias, gb));
+                }
             }
-            let loss = loss.without_autodiff();
-            value = Some(match value {
-                Some(total) => total + loss,
-                None => loss,
-            });
+            value = Some(accumulate(value, loss.without_autodiff()));
         }
         let value = value.expect("rows ≥ 1 (checked)");
         let value = if autodiff { value.autodiff() } else { value };
@@ -358,6 +349,14 @@ impl FusedLinearKdLoss {
             surrogate = surrogate + (bias * gb.autodiff()).sum();
         }
         Ok(value + (surrogate.clone() - surrogate.detach()))
+    }
+}
+
+/// `total + x` (in place where the backend can), or `x` as the first term.
+fn accumulate<const D: usize>(total: Option<Tensor<D>>, x: Tensor<D>) -> Tensor<D> {
+    match total {
+        Some(total) => total + x,
+        None => x,
     }
 }
 
