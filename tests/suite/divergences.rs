@@ -15,8 +15,8 @@ use burn_distill::sparse::{SparseTeacher, sparse_forward_kl, try_sparse_forward_
 use burn_distill::temperature::log_softmax;
 use burn_distill::{DistillError, Divergence, KdLossConfig, Targets, TeacherOutput};
 use common::{
-    Normals, Rng, assert_allclose, assert_close, devices, devices_f64, labels, scalar, soft_loss,
-    soft_rows, tensor2, tensor2_f64, values,
+    EVERY_DIVERGENCE, Normals, Rng, assert_allclose, assert_close, devices, devices_f64, labels,
+    scalar, soft_loss, soft_rows, tensor2, tensor2_f64, values,
 };
 use serde::Deserialize;
 
@@ -340,15 +340,8 @@ fn left_out_padding_rows_stay_out() {
                 assert!(g[..3].iter().all(|x| x.is_finite()), "{what}: {g:?}");
                 assert_eq!(&g[3..], &[0.0; 6], "{what}");
             };
-        let divergences = [
-            Divergence::ForwardKl,
-            Divergence::ReverseKl,
-            Divergence::Jsd { beta: 0.5 },
-            Divergence::SkewReverseKl { alpha: 0.1 },
-            Divergence::Tvd,
-        ];
         for fused in [true, false] {
-            for (divergence, standardized) in divergences
+            for (divergence, standardized) in EVERY_DIVERGENCE
                 .iter()
                 .map(|&d| (d, false))
                 .chain([(Divergence::ForwardKl, true)])

@@ -12,7 +12,10 @@ use burn_distill::{
     DistillError, Divergence, FusedLinearKdLossConfig, KdLossConfig, LinearTeacher, SparseTeacher,
     Targets,
 };
-use common::{Normals, Rng, assert_allclose, devices, devices_f64, tensor2, tensor2_f64, values};
+use common::{
+    EVERY_DIVERGENCE, Normals, Rng, assert_allclose, devices, devices_f64, tensor2, tensor2_f64,
+    values,
+};
 
 const ROWS: usize = 10;
 const D: usize = 5;
@@ -144,22 +147,12 @@ fn check_case(
     }
 }
 
-const DIVERGENCES: [Divergence; 7] = [
-    Divergence::ForwardKl,
-    Divergence::ReverseKl,
-    Divergence::Jsd { beta: 0.5 },
-    Divergence::JsdNormalized { beta: 0.3 },
-    Divergence::SkewForwardKl { alpha: 0.1 },
-    Divergence::SkewReverseKl { alpha: 0.2 },
-    Divergence::Tvd,
-];
-
 #[test]
 fn equals_the_materialised_loss_in_f64() {
     let c = case();
     for (_, device) in devices_f64() {
         let device = device.autodiff();
-        for divergence in DIVERGENCES {
+        for divergence in EVERY_DIVERGENCE {
             for form in [TeacherForm::Hidden, TeacherForm::Logits, TeacherForm::TopK] {
                 for chunk_size in [1, 3, 7, ROWS, 64] {
                     check_case(
@@ -182,7 +175,7 @@ fn equals_the_materialised_loss_in_f32() {
     let c = case();
     for (_, device) in devices() {
         let device = device.autodiff();
-        for divergence in DIVERGENCES {
+        for divergence in EVERY_DIVERGENCE {
             for form in [TeacherForm::Hidden, TeacherForm::TopK] {
                 for chunk_size in [3, 64] {
                     check_case(

@@ -12,8 +12,8 @@ use burn_distill::{
     Divergence, DkdLossConfig, KdLossConfig, Normalizer, SparseTeacher, Targets, TeacherOutput,
 };
 use common::{
-    Normals, Rng, assert_allclose, devices, devices_f64, labels, reference_softmax, tensor2,
-    tensor2_f64, values,
+    EVERY_DIVERGENCE, Normals, Rng, assert_allclose, devices, devices_f64, labels,
+    reference_softmax, tensor2, tensor2_f64, values,
 };
 
 /// f16 and bf16 logits are computed in f32 inside and returned in their own
@@ -326,18 +326,6 @@ fn fused_kernel_multithreaded_matches_the_closed_form() {
     }
 }
 
-/// Every divergence, with parameters away from the special-cased ends.
-const EVERY_DIVERGENCE: [Divergence; 8] = [
-    Divergence::ForwardKl,
-    Divergence::ReverseKl,
-    Divergence::Jsd { beta: 0.5 },
-    Divergence::Jsd { beta: 0.1 },
-    Divergence::JsdNormalized { beta: 0.9 },
-    Divergence::SkewForwardKl { alpha: 0.1 },
-    Divergence::SkewReverseKl { alpha: 0.3 },
-    Divergence::Tvd,
-];
-
 /// A row mask that also drops `near_tie` (a row where student and teacher
 /// agree to within f32 rounding at high T) for TVD: its gradient is
 /// `½ sign(q − p)`, which rounding decides there, on either path.
@@ -361,6 +349,30 @@ fn keep_rows<const N: usize>(
 fn f32_gradient_floor(reference: &[f64], t: f64) -> f64 {
     let scale = reference.iter().fold(0.0f64, |m, g| m.max(g.abs()));
     1e-5 * scale + 2e-8 * t
+}
+
+/// A loss's values and student gradients, on the device and dtype `make` gives.
+type Make = fn(&[f64], [usize; 2], &Device) -> Tensor<2>;
+
+/// `run(fused, make)` in f32 — on each path of `paths` (the fused kernel,
+/// autodiff) — against the autodiff path in f64: values to 1e-4 relative and
+/// 1e-6 absolute, each gradient to 1e-4 relative and [`f32_gradient_floor`].
+fn assert_f32_matches_f64(
+    what: &str,
+    t: f64,
+    paths: &[bool],
+    run: impl Fn(bool, Make) -> (Vec<f64>, Vec<Vec<f64>>),
+) {
+    let (want, want_grads) = run(false, tensor2_f64);
+    for &fused in paths {
+        let (got, grads) = run(fused, tensor2);
+        let what = |s: &str| format!("{what} T={t} {s} fused {fused}");
+        assert_allclose(&what("values"), &got, &want, 1e-4, 1e-6);
+        for (k, (grad, want_grad)) in grads.iter().zip(&want_grads).enumerate() {
+            let atol = f32_gradient_floor(want_grad, t);
+            assert_allclose(&what(&format!("gradient {k}")), grad, want_grad, 1e-4, atol);
+        }
+    }
 }
 
 /// Every divergence in f32, through the fused kernel and through autodiff,
@@ -407,23 +419,15 @@ fn every_divergence_fused_matches_f64_reference_at_extremes() {
                         .with_fused_kernel(fused)
                         .init()
                 };
-                let run = |fused: bool, make: fn(&[f64], [usize; 2], &Device) -> Tensor<2>| {
+                let run = |fused: bool, make: Make| {
                     let zt = make(&z, [rows, classes], &device).require_grad();
                     let vt = make(&v, [rows, classes], &device);
                     let loss = kd(fused).forward(zt.clone(), vt, targets());
                     let grad = values(zt.grad(&loss.clone().backward()).expect("gradient"));
-                    (values(loss), grad)
+                    (values(loss), vec![grad])
                 };
-                let (want_loss, want_grad) = run(false, tensor2_f64);
-                // The fused kernel, and the autodiff path in f32 too.
-                for fused in [true, false] {
-                    let (loss, grad) = run(fused, tensor2);
-                    let what =
-                        |s: &str| format!("{divergence:?} T={t} {s} {device:?} fused {fused}");
-                    assert_allclose(&what("loss"), &loss, &want_loss, 1e-4, 1e-6);
-                    let atol = f32_gradient_floor(&want_grad, t);
-                    assert_allclose(&what("gradient"), &grad, &want_grad, 1e-4, atol);
-                }
+                let what = format!("{divergence:?} {device:?}");
+                assert_f32_matches_f64(&what, t, &[true, false], run);
             }
         }
     }
@@ -459,7 +463,7 @@ fn top_k_fused_matches_f64_reference_at_extremes() {
         for divergence in EVERY_DIVERGENCE {
             let keep = keep_rows([true; 3], divergence, 2);
             for t in [0.05, 1.0, 100.0] {
-                let run = |fused: bool, make: fn(&[f64], [usize; 2], &Device) -> Tensor<2>| {
+                let run = |fused: bool, make: Make| {
                     let kd = KdLossConfig::new()
                         .with_temperature(t)
                         .with_divergence(divergence)
@@ -471,19 +475,10 @@ fn top_k_fused_matches_f64_reference_at_extremes() {
                     let targets = Targets::new(labels(&y, &device)).with_keep_rows(keep);
                     let loss = kd.forward(zt.clone(), teacher, targets);
                     let grad = values(zt.grad(&loss.clone().backward()).expect("gradient"));
-                    (values(loss), grad)
+                    (values(loss), vec![grad])
                 };
-                let (want_loss, want_grad) = run(false, tensor2_f64);
-                // The fused kernel, and the autodiff path in f32 too.
-                for fused in [true, false] {
-                    let (loss, grad) = run(fused, tensor2);
-                    let what = |s: &str| {
-                        format!("top-{k} {divergence:?} T={t} {s} {device:?} fused {fused}")
-                    };
-                    assert_allclose(&what("loss"), &loss, &want_loss, 1e-4, 1e-6);
-                    let atol = f32_gradient_floor(&want_grad, t);
-                    assert_allclose(&what("gradient"), &grad, &want_grad, 1e-4, atol);
-                }
+                let what = format!("top-{k} {divergence:?} {device:?}");
+                assert_f32_matches_f64(&what, t, &[true, false], run);
             }
         }
     }
@@ -517,7 +512,7 @@ fn dkd_fused_matches_f64_reference_at_extremes() {
     for (_, device) in devices_f64() {
         let device = device.autodiff();
         for t in [0.05, 1.0, 100.0] {
-            let run = |fused: bool, make: fn(&[f64], [usize; 2], &Device) -> Tensor<2>| {
+            let run = |fused: bool, make: Make| {
                 let dkd = DkdLossConfig::new()
                     .with_temperature(t)
                     .with_alpha(1.0)
@@ -537,22 +532,9 @@ fn dkd_fused_matches_f64_reference_at_extremes() {
                 let parts = dkd.forward_parts(zt.clone(), vt(), targets());
                 let tckd_grad = values(zt.grad(&parts.tckd.clone().backward()).expect("gradient"));
                 let values = [values(total), values(parts.tckd), values(parts.nckd)].concat();
-                (values, grad, tckd_grad)
+                (values, vec![grad, tckd_grad])
             };
-            let (got, grad, tckd_grad) = run(true, tensor2);
-            let (want, want_grad, want_tckd_grad) = run(false, tensor2_f64);
-            let what = |s: &str| format!("DKD T={t} {s} {device:?}");
-            assert_allclose(&what("total, tckd, nckd"), &got, &want, 1e-4, 1e-6);
-            let atol = f32_gradient_floor(&want_grad, t);
-            assert_allclose(&what("gradient"), &grad, &want_grad, 1e-4, atol);
-            let atol = f32_gradient_floor(&want_tckd_grad, t);
-            assert_allclose(
-                &what("tckd gradient"),
-                &tckd_grad,
-                &want_tckd_grad,
-                1e-4,
-                atol,
-            );
+            assert_f32_matches_f64(&format!("DKD {device:?}"), t, &[true], run);
         }
     }
 }

@@ -172,3 +172,18 @@ pub fn assert_allclose(what: &str, actual: &[f64], expected: &[f64], rtol: f64, 
         );
     }
 }
+
+/// Every divergence, with parameters away from the special-cased ends.
+pub const EVERY_DIVERGENCE: [burn_distill::Divergence; 8] = {
+    use burn_distill::Divergence;
+    [
+        Divergence::ForwardKl,
+        Divergence::ReverseKl,
+        Divergence::Jsd { beta: 0.5 },
+        Divergence::Jsd { beta: 0.1 },
+        Divergence::JsdNormalized { beta: 0.9 },
+        Divergence::SkewForwardKl { alpha: 0.1 },
+        Divergence::SkewReverseKl { alpha: 0.3 },
+        Divergence::Tvd,
+    ]
+};
