@@ -75,8 +75,8 @@ impl Pointwise for ReverseKl {
 /// `β KL(p ‖ m) + (1−β) KL(q ‖ m)`, `0 < β < 1`, both times `scale`.
 #[derive(Clone, Copy)]
 pub(super) struct Jsd {
-    beta: f32,
-    scale: f32,
+    pub(super) beta: f32,
+    pub(super) scale: f32,
 }
 
 impl Pointwise for Jsd {
@@ -92,7 +92,7 @@ impl Pointwise for Jsd {
 /// `KL(p ‖ αp + (1−α)q)`, `0 < α < 1`.
 #[derive(Clone, Copy)]
 pub(super) struct SkewForwardKl {
-    alpha: f32,
+    pub(super) alpha: f32,
 }
 
 impl Pointwise for SkewForwardKl {
@@ -112,7 +112,7 @@ impl Pointwise for SkewForwardKl {
 /// `KL(q ‖ αq + (1−α)p)`, `0 < α < 1`.
 #[derive(Clone, Copy)]
 pub(super) struct SkewReverseKl {
-    alpha: f32,
+    pub(super) alpha: f32,
 }
 
 impl Pointwise for SkewReverseKl {
@@ -212,15 +212,15 @@ macro_rules! with_plugin {
                 $body
             }
             $crate::fused::pointwise::Plugin::Jsd { beta, scale } => {
-                let $d = $crate::fused::pointwise::Jsd::new(beta, scale);
+                let $d = $crate::fused::pointwise::Jsd { beta, scale };
                 $body
             }
             $crate::fused::pointwise::Plugin::SkewForwardKl { alpha } => {
-                let $d = $crate::fused::pointwise::SkewForwardKl::new(alpha);
+                let $d = $crate::fused::pointwise::SkewForwardKl { alpha };
                 $body
             }
             $crate::fused::pointwise::Plugin::SkewReverseKl { alpha } => {
-                let $d = $crate::fused::pointwise::SkewReverseKl::new(alpha);
+                let $d = $crate::fused::pointwise::SkewReverseKl { alpha };
                 $body
             }
             $crate::fused::pointwise::Plugin::Tvd => {
@@ -231,24 +231,6 @@ macro_rules! with_plugin {
     };
 }
 pub(super) use with_plugin;
-
-impl Jsd {
-    pub(super) fn new(beta: f32, scale: f32) -> Self {
-        Self { beta, scale }
-    }
-}
-
-impl SkewForwardKl {
-    pub(super) fn new(alpha: f32) -> Self {
-        Self { alpha }
-    }
-}
-
-impl SkewReverseKl {
-    pub(super) fn new(alpha: f32) -> Self {
-        Self { alpha }
-    }
-}
 
 #[cfg(test)]
 mod tests {
