@@ -4,14 +4,15 @@ output layers (the teacher's too), forward + backward with respect to the
 student's hidden states and weight, f32 on the CPU:
 
 - eager, materialised: the full [tokens, vocab] logits, then the KD loss;
-- chunked: the Liger-style reference, rows in chunks of 256, each chunk's
-  logits and loss differentiated alone and the gradients of the hidden states
-  and weight accumulated (torch.autograd.grad per chunk).
+- chunked: the Liger-style reference, rows in chunks (128, 256 and 1024 rows —
+  Liger's default is 1024 — each timed), each chunk's logits and loss
+  differentiated alone and the gradients of the hidden states and weight
+  accumulated (torch.autograd.grad per chunk).
 
 Optional (needs torch, which CI does not install):
 
     /tmp/torchenv/bin/python benches/compare_torch_linear.py            # times
-    /usr/bin/time -f %M /tmp/torchenv/bin/python benches/compare_torch_linear.py --once chunked 2048 512 32000
+    /usr/bin/time -f %M /tmp/torchenv/bin/python benches/compare_torch_linear.py --once chunked 2048 512 32000 [CHUNK]
 
 Same loss as the Rust side: 0.9 · T² · KL(p‖q) + 0.1 · CE, T = 4, batchmean.
 """
@@ -24,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 T = 4.0
-CHUNK = 256
+CHUNKS = (128, 256, 1024)
 
 
 def kd(logits, teacher_logits, labels, count):
@@ -44,14 +45,14 @@ def materialised(h, w, th, tw, labels):
     return loss.detach()
 
 
-def chunked(h, w, th, tw, labels):
+def chunked(h, w, th, tw, labels, chunk=CHUNKS[0]):
     n = h.shape[0]
     total = torch.zeros(())
     gh = torch.zeros_like(h)
     gw = torch.zeros_like(w)
     hd, wd = h.detach(), w.detach()
-    for start in range(0, n, CHUNK):
-        end = min(start + CHUNK, n)
+    for start in range(0, n, chunk):
+        end = min(start + chunk, n)
         hc = hd[start:end].requires_grad_(True)
         wc = wd.requires_grad_(True)
         with torch.no_grad():
@@ -77,9 +78,14 @@ def inputs(tokens, d, vocab):
 
 
 def main():
-    paths = {"materialised": materialised, "chunked": chunked}
-    if len(sys.argv) == 6 and sys.argv[1] == "--once":
+    paths = {"materialised": materialised}
+    for chunk in CHUNKS:
+        paths[f"chunked_{chunk}"] = lambda *a, chunk=chunk: chunked(*a, chunk=chunk)
+    if len(sys.argv) in (6, 7) and sys.argv[1] == "--once":
         path, tokens, d, vocab = sys.argv[2], *map(int, sys.argv[3:6])
+        if path == "chunked":
+            path = f"chunked_{sys.argv[6] if len(sys.argv) == 7 else CHUNKS[0]}"
+            paths[path] = lambda *a: chunked(*a, chunk=int(path.split("_")[1]))
         print(f"{path} {tokens}x{d}x{vocab}: loss {paths[path](*inputs(tokens, d, vocab)).item():.5f}")
         return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, f32, T={T}")

@@ -7,7 +7,8 @@
 //! /usr/bin/time -f %M target/release/examples/linear_memory fused 2048 512 32000
 //! ```
 //!
-//! Arguments: the path — `fused` (`FusedLinearKdLoss`, chunks of `CHUNK` rows, 256 by default),
+//! Arguments: the path — `fused` (`FusedLinearKdLoss`, chunks of `CHUNK` rows, by default
+//! its own choice: `AUTO_CHUNK_ELEMENTS / VOCAB`),
 //! `materialised` (`Linear` forward to the full logits, then `KdLoss` with its
 //! fused kernel), `autodiff` (the same with `fused_kernel = false`) or `inputs`
 //! (only the hidden states and layers: the baseline the others add to) — then
@@ -23,7 +24,7 @@ fn main() {
     let mode = args.get(1).expect(usage).as_str();
     let arg = |i: usize| -> usize { args.get(i).expect(usage).parse().expect(usage) };
     let (tokens, d, vocab) = (arg(2), arg(3), arg(4));
-    let chunk = args.get(5).map_or(256, |c| c.parse().expect(usage));
+    let chunk = args.get(5).map(|c| c.parse::<usize>().expect(usage));
 
     let device = Device::flex().autodiff();
     let normal = |shape: [usize; 2], scale: f64| {
@@ -52,6 +53,7 @@ fn main() {
             let fused = FusedLinearKdLossConfig::new(kd)
                 .with_chunk_size(chunk)
                 .init();
+            println!("chunks of {} rows", fused.rows_per_chunk(vocab));
             fused.forward(hidden.clone(), weight.clone(), None, teacher, labels)
         }
         "materialised" | "autodiff" => {

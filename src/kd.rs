@@ -314,20 +314,29 @@ impl KdLoss {
         teacher: impl Into<TeacherOutput>,
         targets: impl Into<Targets>,
     ) -> KdLossOutput {
-        let targets = targets.into();
+        or_panic(self.try_forward_parts(student_logits, teacher.into(), targets.into()))
+    }
+
+    /// [`forward_parts`](Self::forward_parts), or the error of [`check`](Self::check).
+    pub(crate) fn try_forward_parts(
+        &self,
+        student_logits: Tensor<2>,
+        teacher: TeacherOutput,
+        targets: Targets,
+    ) -> Result<KdLossOutput, DistillError> {
         let normalizer = targets.normalizer;
-        let rows = or_panic(self.rows(student_logits, teacher.into(), targets, Columns::Parts));
+        let rows = self.rows(student_logits, teacher, targets, Columns::Parts)?;
         let soft = reduce_rows(rows.total_or_soft, rows.keep.clone(), normalizer);
         let hard = match rows.hard {
             Some(hard) => reduce_rows(hard, rows.keep, normalizer),
             None => soft.zeros_like(),
         };
         let total = weighted(&soft, self.soft_weight) + weighted(&hard, self.hard_weight);
-        KdLossOutput {
+        Ok(KdLossOutput {
             total: total.cast(rows.dtype),
             soft: soft.cast(rows.dtype),
             hard: hard.cast(rows.dtype),
-        }
+        })
     }
 
     /// The weighted total per row, `[batch]`; rows that do not count are 0.

@@ -64,7 +64,7 @@ pub use divergence::Divergence;
 pub use dkd::{DkdLoss, DkdLossConfig, DkdLossOutput};
 pub use error::DistillError;
 pub use kd::{KdLoss, KdLossConfig, KdLossOutput};
-pub use linear::{FusedLinearKdLoss, FusedLinearKdLossConfig, LinearTeacher};
+pub use linear::{AUTO_CHUNK_ELEMENTS, FusedLinearKdLoss, FusedLinearKdLossConfig, LinearTeacher};
 pub use sparse::SparseTeacher;
 pub use targets::{Normalizer, Targets};
 pub use teacher::TeacherOutput;

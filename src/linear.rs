@@ -15,15 +15,21 @@
 //!
 //! Each chunk is normalised by the rows kept in the whole batch
 //! ([`Normalizer::GlobalCount`]), so the chunks' losses and gradients sum to
-//! the unchunked loss's. The three gradients are attached to the result by a
-//! surrogate whose value is 0 and whose gradient is exactly them:
-//! `L + (s − detach(s))` with `s = Σ h ⊙ ∂L/∂h + Σ W ⊙ ∂L/∂W + Σ b ⊙ ∂L/∂b`
-//! (constants detached), so autodiff scales them by the incoming gradient and
-//! never sees a `[rows, V]` tensor. The teacher is never differentiated.
+//! the unchunked loss's. The teacher is never differentiated.
 //!
-//! It runs on every device through burn ops (bounded memory everywhere; the
-//! fused row kernel where it serves). Peak memory: a few `[chunk_size, V]`
-//! buffers, `∂L/∂W` (`[d, V]`, the size of the weight) and `∂L/∂h`.
+//! On flex and ndarray (f32, with this crate's feature for the backend) the
+//! three gradients are summed on the host — `∂L/∂W` in place, one `[d, V]`
+//! buffer for the whole call — and handed to autodiff by one node whose
+//! backward scales them by the incoming gradient. On every other device and
+//! dtype they are summed with tensor ops and attached by a surrogate whose
+//! value is 0 and whose gradient is exactly them:
+//! `L + (s − detach(s))` with `s = Σ h ⊙ ∂L/∂h + Σ W ⊙ ∂L/∂W + Σ b ⊙ ∂L/∂b`
+//! (constants detached), so autodiff never sees a `[rows, V]` tensor there either.
+//!
+//! Peak memory beyond the inputs: `∂L/∂W` (`[d, V]`, the size of the weight),
+//! `∂L/∂h`, and about four `[chunk_size, V]` buffers (both models' logits, their
+//! gradient, the kernel's scratch); on the other devices a second `[d, V]`
+//! buffer (each chunk's `h_cᵀ G_c` before it is added).
 
 use burn::config::Config;
 use burn::module::Module;
@@ -32,7 +38,8 @@ use burn::tensor::Tensor;
 
 use crate::check::{check_non_empty, check_same_shape};
 use crate::error::{DistillError, or_panic};
-use crate::kd::{KdLoss, KdLossConfig};
+use crate::fused;
+use crate::kd::{KdLoss, KdLossConfig, KdLossOutput};
 use crate::sparse::SparseTeacher;
 use crate::targets::{Normalizer, Targets};
 use crate::teacher::TeacherOutput;
@@ -43,8 +50,12 @@ use crate::teacher::TeacherOutput;
 /// use burn_distill::{Divergence, FusedLinearKdLossConfig, KdLossConfig};
 ///
 /// let kd = KdLossConfig::new().with_divergence(Divergence::Jsd { beta: 0.5 });
-/// let loss = FusedLinearKdLossConfig::new(kd).with_chunk_size(512).init();
-/// assert_eq!(loss.chunk_size(), 512);
+/// let loss = FusedLinearKdLossConfig::new(kd.clone()).with_chunk_size(Some(512)).init();
+/// assert_eq!(loss.rows_per_chunk(32_000), 512);
+/// // By default, rows for a [chunk, vocab] buffer of about 16 MB in f32, at least 128.
+/// let loss = FusedLinearKdLossConfig::new(kd).init();
+/// assert_eq!(loss.rows_per_chunk(32_000), 131);
+/// assert_eq!(loss.rows_per_chunk(128_256), 128);
 /// ```
 #[derive(Config, Debug)]
 pub struct FusedLinearKdLossConfig {
@@ -52,9 +63,14 @@ pub struct FusedLinearKdLossConfig {
     /// `ignore_index`, teacher truncation.
     pub kd: KdLossConfig,
     /// Rows (tokens) per chunk, ≥ 1: the logits exist `chunk_size` rows at a
-    /// time. Default: 1024.
-    #[config(default = 1024)]
-    pub chunk_size: usize,
+    /// time, and peak memory grows by about four `[chunk_size, vocab]` buffers.
+    /// `None` (the default): as many rows as fill [`AUTO_CHUNK_ELEMENTS`]
+    /// logits (16 MB in f32), but at least 128 — 131 rows at 32,000 classes,
+    /// 128 at 128,256, 4194 at 1000. Below about 128 rows each chunk's update of
+    /// the whole `[d, vocab]` weight gradient outweighs its matrix products
+    /// (32-row chunks at 128,256 classes took twice the time of 128-row ones).
+    #[config(default = "None")]
+    pub chunk_size: Option<usize>,
 }
 
 impl FusedLinearKdLossConfig {
@@ -69,7 +85,7 @@ impl FusedLinearKdLossConfig {
     /// Builds the loss, or says which field is invalid (those of
     /// [`KdLossConfig::try_init`], and a `chunk_size` of 0).
     pub fn try_init(&self) -> Result<FusedLinearKdLoss, DistillError> {
-        if self.chunk_size == 0 {
+        if self.chunk_size == Some(0) {
             return Err(DistillError::InvalidParameter {
                 argument: "chunk_size",
                 value: 0,
@@ -82,6 +98,13 @@ impl FusedLinearKdLossConfig {
         })
     }
 }
+
+/// Logits per chunk when [`FusedLinearKdLossConfig::chunk_size`] is `None`:
+/// 4,194,304 (16 MB in f32).
+pub const AUTO_CHUNK_ELEMENTS: usize = 1 << 22;
+
+/// The fewest rows per chunk chosen by default (see the config's `chunk_size`).
+const MIN_AUTO_CHUNK_ROWS: usize = 128;
 
 /// The teacher of a [`FusedLinearKdLoss`].
 #[derive(Debug, Clone)]
@@ -210,7 +233,7 @@ impl LinearTeacher {
 /// let teacher = Tensor::<2>::random([6, 10], Distribution::Normal(0.0, 1.0), &device);
 /// let labels = Tensor::<1, Int>::from_ints([0, 1, 2, 3, 4, 5], &device);
 ///
-/// let loss = FusedLinearKdLossConfig::new(KdLossConfig::new()).with_chunk_size(4).init();
+/// let loss = FusedLinearKdLossConfig::new(KdLossConfig::new()).with_chunk_size(Some(4)).init();
 /// let value = loss.forward(hidden.clone(), weight.clone(), None, LinearTeacher::Logits(teacher), labels);
 /// let grads = value.backward();
 /// assert!(hidden.grad(&grads).is_some() && weight.grad(&grads).is_some());
@@ -218,13 +241,23 @@ impl LinearTeacher {
 #[derive(Module, Debug)]
 pub struct FusedLinearKdLoss {
     kd: KdLoss,
-    chunk_size: usize,
+    chunk_size: Option<usize>,
 }
 
 impl FusedLinearKdLoss {
-    /// Rows per chunk.
-    pub fn chunk_size(&self) -> usize {
+    /// Rows per chunk as configured; `None`: chosen by the vocabulary (see
+    /// [`rows_per_chunk`](Self::rows_per_chunk)).
+    pub fn chunk_size(&self) -> Option<usize> {
         self.chunk_size
+    }
+
+    /// Rows per chunk for a vocabulary of `vocab` classes: the configured
+    /// `chunk_size`, or `AUTO_CHUNK_ELEMENTS / vocab` but at least 128.
+    pub fn rows_per_chunk(&self, vocab: usize) -> usize {
+        match self.chunk_size {
+            Some(rows) => rows.max(1),
+            None => (AUTO_CHUNK_ELEMENTS / vocab.max(1)).max(MIN_AUTO_CHUNK_ROWS),
+        }
     }
 
     /// The loss applied to each chunk's logits.
@@ -272,6 +305,57 @@ impl FusedLinearKdLoss {
         teacher: LinearTeacher,
         targets: Targets,
     ) -> Result<Tensor<1>, DistillError> {
+        let out = self.run(hidden, weight, bias, teacher, targets, false)?;
+        Ok(out.total)
+    }
+
+    /// The loss as [`forward`](Self::forward) gives it (`total`, differentiable)
+    /// and its two terms before weighting, as [`KdLoss::forward_parts`] defines
+    /// them, for logging: `soft` and `hard` carry no gradient here (each would
+    /// need its own `[d, vocab]` weight gradient). Each chunk's loss is
+    /// computed in parts, which costs the fused kernel a second gradient buffer
+    /// per chunk.
+    ///
+    /// ```
+    /// use burn::tensor::{Device, Distribution, Int, Tensor};
+    /// use burn_distill::{FusedLinearKdLossConfig, KdLossConfig, LinearTeacher};
+    ///
+    /// let device = Device::flex().autodiff();
+    /// let hidden = Tensor::<2>::random([6, 4], Distribution::Normal(0.0, 1.0), &device).require_grad();
+    /// let weight = Tensor::<2>::random([4, 10], Distribution::Normal(0.0, 1.0), &device).require_grad();
+    /// let teacher = Tensor::<2>::random([6, 10], Distribution::Normal(0.0, 1.0), &device);
+    /// let labels = Tensor::<1, Int>::from_ints([0, 1, 2, 3, 4, 5], &device);
+    ///
+    /// let kd = KdLossConfig::new().with_soft_weight(0.75).with_hard_weight(0.25);
+    /// let loss = FusedLinearKdLossConfig::new(kd).with_chunk_size(Some(4)).init();
+    /// let out = loss.forward_parts(hidden, weight, None, LinearTeacher::Logits(teacher), labels);
+    /// let [total, soft, hard] = [out.total, out.soft, out.hard].map(|t| t.into_scalar::<f32>());
+    /// assert!((total - (0.75 * soft + 0.25 * hard)).abs() < 1e-5);
+    /// ```
+    ///
+    /// # Panics
+    /// On bad input, with the message of [`try_forward`](Self::try_forward).
+    pub fn forward_parts(
+        &self,
+        hidden: Tensor<2>,
+        weight: Tensor<2>,
+        bias: Option<Tensor<1>>,
+        teacher: LinearTeacher,
+        targets: impl Into<Targets>,
+    ) -> KdLossOutput {
+        or_panic(self.run(hidden, weight, bias, teacher, targets.into(), true))
+    }
+
+    /// The loss, and with `parts` its two terms (detached; zeros without).
+    fn run(
+        &self,
+        hidden: Tensor<2>,
+        weight: Tensor<2>,
+        bias: Option<Tensor<1>>,
+        teacher: LinearTeacher,
+        targets: Targets,
+        parts: bool,
+    ) -> Result<KdLossOutput, DistillError> {
         let [rows, d] = hidden.dims();
         let [d_weight, vocab] = weight.dims();
         check_non_empty("hidden", &[rows, d])?;
@@ -301,12 +385,20 @@ impl FusedLinearKdLoss {
         );
         let b = bias.clone().map(Tensor::without_autodiff);
         let teacher = teacher.without_autodiff();
+        // On the CPU backends the layer's gradients are summed in place on the
+        // host; elsewhere with tensor ops, chunk by chunk.
+        let host_sums = match tracked {
+            true => fused::layer_gradients(&h_all, &w, b.as_ref()),
+            false => None,
+        };
         let mut value: Option<Tensor<1>> = None;
+        let (mut soft, mut hard): (Option<Tensor<1>>, Option<Tensor<1>>) = (None, None);
         let mut grad_hidden = Vec::new();
         let mut grad_weight: Option<Tensor<2>> = None;
         let mut grad_bias: Option<Tensor<1>> = None;
-        for start in (0..rows).step_by(self.chunk_size) {
-            let end = (start + self.chunk_size).min(rows);
+        let chunk_size = self.rows_per_chunk(vocab);
+        for start in (0..rows).step_by(chunk_size) {
+            let end = (start + chunk_size).min(rows);
             let h = h_all.clone().slice(start..end);
             let logits = affine(h.clone(), w.clone(), b.clone());
             let chunk_targets = chunk_targets(&targets, start, end, kept);
@@ -315,28 +407,50 @@ impl FusedLinearKdLoss {
                 true => logits.autodiff().require_grad(),
                 false => logits,
             };
-            let loss = self
-                .kd
-                .try_forward(logits.clone(), chunk_teacher, chunk_targets)?;
+            let loss = if parts {
+                let out =
+                    self.kd
+                        .try_forward_parts(logits.clone(), chunk_teacher, chunk_targets)?;
+                soft = Some(accumulate(soft, out.soft.without_autodiff()));
+                hard = Some(accumulate(hard, out.hard.without_autodiff()));
+                out.total
+            } else {
+                self.kd
+                    .try_forward(logits.clone(), chunk_teacher, chunk_targets)?
+            };
             if tracked {
                 let grads = loss.backward();
                 let g = logits
                     .grad(&grads)
                     .expect("the chunk's logits require a gradient")
                     .without_autodiff();
-                grad_hidden.push(g.clone().matmul(w.clone().transpose()));
-                grad_weight = Some(accumulate(grad_weight, h.transpose().matmul(g.clone())));
-                if b.is_some() {
-                    let gb = g.sum_dim(0).squeeze_dim::<1>(0);
-                    grad_bias = Some(accumulate(grad_bias, gb));
+                drop((grads, logits));
+                if let Some(sums) = &host_sums {
+                    sums.add_chunk(start, &h, &g, &w);
+                } else {
+                    grad_hidden.push(g.clone().matmul(w.clone().transpose()));
+                    grad_weight = Some(accumulate(grad_weight, h.transpose().matmul(g.clone())));
+                    if b.is_some() {
+                        let gb = g.sum_dim(0).squeeze_dim::<1>(0);
+                        grad_bias = Some(accumulate(grad_bias, gb));
+                    }
                 }
             }
             value = Some(accumulate(value, loss.without_autodiff()));
         }
         let value = value.expect("rows ≥ 1 (checked)");
-        let value = if autodiff { value.autodiff() } else { value };
+        let lift = |t: Tensor<1>| if autodiff { t.autodiff() } else { t };
+        let output = |total: Tensor<1>| KdLossOutput {
+            soft: lift(soft.unwrap_or_else(|| total.zeros_like().without_autodiff())),
+            hard: lift(hard.unwrap_or_else(|| total.zeros_like().without_autodiff())),
+            total,
+        };
+        if let Some(sums) = host_sums {
+            return Ok(output(sums.attach(value, hidden, weight, bias)));
+        }
+        let value = lift(value);
         if !tracked {
-            return Ok(value);
+            return Ok(output(value));
         }
         // The surrogate: value 0, gradient (∂L/∂h, ∂L/∂W, ∂L/∂b), the three
         // constants brought back to autodiff untracked.
@@ -348,7 +462,7 @@ impl FusedLinearKdLoss {
         if let (Some(bias), Some(gb)) = (bias, grad_bias) {
             surrogate = surrogate + (bias * gb.autodiff()).sum();
         }
-        Ok(value + (surrogate.clone() - surrogate.detach()))
+        Ok(output(value + (surrogate.clone() - surrogate.detach())))
     }
 }
 

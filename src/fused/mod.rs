@@ -20,6 +20,8 @@ mod extension;
 #[cfg(any(feature = "flex", feature = "ndarray"))]
 mod kernel;
 #[cfg(any(feature = "flex", feature = "ndarray"))]
+mod linear_host;
+#[cfg(any(feature = "flex", feature = "ndarray"))]
 mod math;
 #[cfg(any(feature = "flex", feature = "ndarray"))]
 mod pointwise;
@@ -133,6 +135,52 @@ pub(crate) fn columns(
         let _ = (teacher_indices, targets, spec);
         None
     }
+}
+
+#[cfg(any(feature = "flex", feature = "ndarray"))]
+pub(crate) use linear_host::LayerGradients;
+
+/// Without a CPU backend compiled in there are no host gradient sums.
+#[cfg(not(any(feature = "flex", feature = "ndarray")))]
+pub(crate) enum LayerGradients {}
+
+#[cfg(not(any(feature = "flex", feature = "ndarray")))]
+impl LayerGradients {
+    pub(crate) fn add_chunk(&self, _: usize, _: &Tensor<2>, _: &Tensor<2>, _: &Tensor<2>) {
+        match *self {}
+    }
+
+    pub(crate) fn attach(
+        self,
+        _: Tensor<1>,
+        _: Tensor<2>,
+        _: Tensor<2>,
+        _: Option<Tensor<1>>,
+    ) -> Tensor<1> {
+        match self {}
+    }
+}
+
+/// Host sums for the fused linear loss's gradients (`hidden` `[rows, d]`,
+/// `weight` `[d, vocab]`, `bias`), where the CPU engine serves these tensors:
+/// f32 on flex or ndarray with this crate's feature for it; `None` elsewhere
+/// (the loss then sums with tensor ops).
+pub(crate) fn layer_gradients(
+    hidden: &Tensor<2>,
+    weight: &Tensor<2>,
+    bias: Option<&Tensor<1>>,
+) -> Option<LayerGradients> {
+    let f32s = bias.is_none_or(|b| b.dtype() == DType::F32);
+    if !(f32s && serves(hidden, weight)) {
+        return None;
+    }
+    #[cfg(any(feature = "flex", feature = "ndarray"))]
+    {
+        let ([rows, d], [_, vocab]) = (hidden.dims(), weight.dims());
+        Some(LayerGradients::new(rows, d, vocab, bias.is_some()))
+    }
+    #[cfg(not(any(feature = "flex", feature = "ndarray")))]
+    None
 }
 
 #[cfg(test)]

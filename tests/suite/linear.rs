@@ -121,7 +121,7 @@ fn check_case(
     ];
 
     let fused = FusedLinearKdLossConfig::new(kd)
-        .with_chunk_size(chunk_size)
+        .with_chunk_size(Some(chunk_size))
         .init();
     let (h, w, b) = params();
     let got = fused.forward(h.clone(), w.clone(), Some(b.clone()), teacher(), targets());
@@ -177,7 +177,7 @@ fn equals_the_materialised_loss_in_f32() {
         let device = device.autodiff();
         for divergence in EVERY_DIVERGENCE {
             for form in [TeacherForm::Hidden, TeacherForm::TopK] {
-                for chunk_size in [3, 64] {
+                for chunk_size in [1, 3, 7, 64] {
                     check_case(
                         &c,
                         &device,
@@ -201,7 +201,7 @@ fn inference_and_bad_input() {
     for (_, device) in devices_f64() {
         let kd = KdLossConfig::new();
         let fused = FusedLinearKdLossConfig::new(kd.clone())
-            .with_chunk_size(4)
+            .with_chunk_size(Some(4))
             .init();
         let hidden = tensor2(&c.hidden, [ROWS, D], &device);
         let weight = tensor2(&c.weight, [D, VOCAB], &device);
@@ -252,7 +252,7 @@ fn inference_and_bad_input() {
             .unwrap_err();
         assert!(error.to_string().contains("teacher rows"), "{error}");
         let error = FusedLinearKdLossConfig::new(kd)
-            .with_chunk_size(0)
+            .with_chunk_size(Some(0))
             .try_init()
             .unwrap_err();
         assert!(error.to_string().contains("chunk_size"), "{error}");
@@ -276,7 +276,7 @@ fn padded_teacher_vocabulary() {
         let weight = tensor2_f64(&c.weight, [D, VOCAB], &device);
 
         let strict = FusedLinearKdLossConfig::new(KdLossConfig::new())
-            .with_chunk_size(4)
+            .with_chunk_size(Some(4))
             .init();
         let error = strict
             .try_forward(
@@ -298,7 +298,7 @@ fn padded_teacher_vocabulary() {
 
         let kd = KdLossConfig::new().with_truncate_teacher_classes(true);
         let fused = FusedLinearKdLossConfig::new(kd.clone())
-            .with_chunk_size(4)
+            .with_chunk_size(Some(4))
             .init();
         let h = hidden();
         let got = fused.forward(
@@ -316,5 +316,144 @@ fn padded_teacher_vocabulary() {
         let want_grad = values(h.grad(&want.clone().backward()).unwrap());
         assert_allclose("truncated loss", &values(got), &values(want), 1e-9, 1e-12);
         assert_allclose("truncated gradient", &got_grad, &want_grad, 1e-9, 1e-12);
+    }
+}
+
+/// Inside a larger graph: the loss scaled (`2.5·L`) and added to a term of
+/// the hidden states (`0.1·Σh²`), so each gradient is scaled by the incoming
+/// one and summed with another; with and without a bias, and with only the
+/// hidden states or only the layer trained (a frozen output layer, a frozen
+/// backbone) — each equal to the materialised loss in the same graph, on every
+/// device.
+#[test]
+fn gradients_inside_a_larger_graph() {
+    let c = case();
+    let kd = KdLossConfig::new()
+        .with_temperature(2.0)
+        .with_ignore_index(Some(-100));
+    let fused = FusedLinearKdLossConfig::new(kd.clone())
+        .with_chunk_size(Some(3))
+        .init();
+    for (_, device) in devices() {
+        let device = device.autodiff();
+        let labels =
+            || Tensor::<1, Int>::from_data(TensorData::new(c.labels.clone(), [ROWS]), &device);
+        let teacher = || {
+            tensor2(&c.teacher_hidden, [ROWS, D_TEACHER], &device).matmul(tensor2(
+                &c.teacher_weight,
+                [D_TEACHER, VOCAB],
+                &device,
+            ))
+        };
+        for (with_bias, train_hidden, train_layer) in [
+            (true, true, true),
+            (false, true, true),
+            (true, true, false),
+            (false, false, true),
+        ] {
+            let gradients = |fused_path: bool| {
+                let track = |t: Tensor<2>, on: bool| if on { t.require_grad() } else { t };
+                let h = track(tensor2(&c.hidden, [ROWS, D], &device), train_hidden);
+                let w = track(tensor2(&c.weight, [D, VOCAB], &device), train_layer);
+                let b = with_bias.then(|| {
+                    let b = vector(&c.bias, tensor2, &device);
+                    if train_layer { b.require_grad() } else { b }
+                });
+                let loss = if fused_path {
+                    let teacher = LinearTeacher::Logits(teacher());
+                    fused.forward(h.clone(), w.clone(), b.clone(), teacher, labels())
+                } else {
+                    let mut logits = h.clone().matmul(w.clone());
+                    if let Some(b) = &b {
+                        logits = logits + b.clone().unsqueeze_dim(0);
+                    }
+                    kd.init().forward(logits, teacher(), labels())
+                };
+                let total = loss.clone() * 2.5 + h.clone().powf_scalar(2.0).sum() * 0.1;
+                let grads = total.backward();
+                let grad = |t: Option<Tensor<2>>| t.map(values);
+                (
+                    values(loss),
+                    grad(h.grad(&grads)),
+                    grad(w.grad(&grads)),
+                    b.and_then(|b| b.grad(&grads)).map(values),
+                )
+            };
+            let (got, want) = (gradients(true), gradients(false));
+            let what = |s: &str| {
+                format!("bias {with_bias} h {train_hidden} W {train_layer} {s} {device:?}")
+            };
+            assert_allclose(&what("loss"), &got.0, &want.0, 1e-5, 1e-7);
+            for (name, g, e) in [("hidden", got.1, want.1), ("weight", got.2, want.2)] {
+                assert_eq!(g.is_some(), e.is_some(), "{}", what(name));
+                if let (Some(g), Some(e)) = (g, e) {
+                    assert_allclose(&what(name), &g, &e, 1e-4, 1e-6);
+                }
+            }
+            assert_eq!(got.3.is_some(), want.3.is_some(), "{}", what("bias"));
+            if let (Some(g), Some(e)) = (got.3, want.3) {
+                assert_allclose(&what("bias"), &g, &e, 1e-4, 1e-6);
+            }
+        }
+    }
+}
+
+/// `forward_parts`: the total, soft and hard terms equal `KdLoss::forward_parts`
+/// on the materialised logits (every divergence, masks, `ignore_index`), and
+/// the total's gradients equal the materialised total's.
+#[test]
+fn parts_equal_the_materialised_parts() {
+    let c = case();
+    for (_, device) in devices() {
+        let device = device.autodiff();
+        let labels =
+            || Tensor::<1, Int>::from_data(TensorData::new(c.labels.clone(), [ROWS]), &device);
+        let keep =
+            || Tensor::<1, Bool>::from_data(TensorData::new(c.keep.clone(), [ROWS]), &device);
+        let targets = || Targets::new(labels()).with_keep_rows(keep());
+        let teacher = || {
+            tensor2(&c.teacher_hidden, [ROWS, D_TEACHER], &device).matmul(tensor2(
+                &c.teacher_weight,
+                [D_TEACHER, VOCAB],
+                &device,
+            ))
+        };
+        for divergence in EVERY_DIVERGENCE {
+            let kd = KdLossConfig::new()
+                .with_temperature(3.0)
+                .with_soft_weight(0.7)
+                .with_hard_weight(0.3)
+                .with_divergence(divergence)
+                .with_ignore_index(Some(-100));
+            let fused = FusedLinearKdLossConfig::new(kd.clone())
+                .with_chunk_size(Some(4))
+                .init();
+            let hidden = || tensor2(&c.hidden, [ROWS, D], &device).require_grad();
+            let weight = tensor2(&c.weight, [D, VOCAB], &device);
+
+            let h = hidden();
+            let got = fused.forward_parts(
+                h.clone(),
+                weight.clone(),
+                None,
+                LinearTeacher::Logits(teacher()),
+                targets(),
+            );
+            let got_grad = values(h.grad(&got.total.backward()).unwrap());
+            let h = hidden();
+            let want =
+                kd.init()
+                    .forward_parts(h.clone().matmul(weight.clone()), teacher(), targets());
+            let want_grad = values(h.grad(&want.total.backward()).unwrap());
+            let what = |s: &str| format!("{divergence:?} {s} {device:?}");
+            for (name, g, e) in [
+                ("total", got.total, want.total),
+                ("soft", got.soft, want.soft),
+                ("hard", got.hard, want.hard),
+            ] {
+                assert_allclose(&what(name), &values(g), &values(e), 1e-5, 1e-7);
+            }
+            assert_allclose(&what("gradient"), &got_grad, &want_grad, 1e-4, 1e-6);
+        }
     }
 }
