@@ -27,9 +27,12 @@
 //! (constants detached), so autodiff never sees a `[rows, V]` tensor there either.
 //!
 //! Peak memory beyond the inputs: `∂L/∂W` (`[d, V]`, the size of the weight),
-//! `∂L/∂h`, and about four `[chunk_size, V]` buffers (both models' logits, their
-//! gradient, the kernel's scratch); on the other devices a second `[d, V]`
-//! buffer (each chunk's `h_cᵀ G_c` before it is added).
+//! `∂L/∂h`, and about four `[chunk_size, V]` buffers (measured: both models'
+//! logits and their gradient among them); on the other devices a second
+//! `[d, V]` buffer (each chunk's `h_cᵀ G_c` before it is added). The host path
+//! reads the weight in place when it is row-major; a transposed view (a weight
+//! tied to a `[V, d]` embedding) is copied for each chunk's products, so pass
+//! a row-major `[d, V]` weight where memory is tight.
 
 use burn::config::Config;
 use burn::module::Module;
