@@ -174,7 +174,7 @@ impl<B: HostBackend> Backward<B, 1> for FusedKdBackward {
         let state = ops.state;
         unary::<B, _>(ops.parents, ops.node, grads, |upstream| {
             // Normally the only owner by now, so the first buffer is scaled in place.
-            let buffers = Arc::try_unwrap(state.buffers).unwrap_or_else(|shared| (*shared).clone());
+            let buffers = Arc::unwrap_or_clone(state.buffers);
             let rows = upstream.shape()[0];
             let gradient = B::with_f32(&upstream, |upstream| {
                 weighted_gradient(buffers, upstream, state.classes)

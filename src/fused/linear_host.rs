@@ -25,12 +25,24 @@ use super::extension::HostBackend;
 /// The three gradients of a fused linear loss, filled chunk by chunk on the host.
 #[derive(Debug, Clone)]
 pub(crate) struct LayerGradients {
-    /// `∂L/∂h`, `[rows, d]` row-major.
-    hidden: Arc<Mutex<Vec<f32>>>,
-    /// `∂L/∂W`, `[d, vocab]` row-major.
-    weight: Arc<Mutex<Vec<f32>>>,
+    sums: Arc<Mutex<Sums>>,
+    shape: LayerShape,
+}
+
+/// The three gradient buffers, row-major.
+#[derive(Debug, Clone, Default)]
+struct Sums {
+    /// `∂L/∂h`, `[rows, d]`.
+    hidden: Vec<f32>,
+    /// `∂L/∂W`, `[d, vocab]`.
+    weight: Vec<f32>,
     /// `∂L/∂b`, `[vocab]`, when the layer has a bias.
-    bias: Option<Arc<Mutex<Vec<f32>>>>,
+    bias: Option<Vec<f32>>,
+}
+
+/// `rows` hidden states of width `d`, a `[d, vocab]` layer.
+#[derive(Debug, Clone, Copy)]
+struct LayerShape {
     rows: usize,
     d: usize,
     vocab: usize,
@@ -39,14 +51,14 @@ pub(crate) struct LayerGradients {
 impl LayerGradients {
     /// Zeroed sums for `rows` hidden states of width `d` and a `[d, vocab]` layer.
     pub(crate) fn new(rows: usize, d: usize, vocab: usize, bias: bool) -> Self {
-        let zeros = |n: usize| Arc::new(Mutex::new(vec![0.0f32; n]));
+        let sums = Sums {
+            hidden: vec![0.0; rows * d],
+            weight: vec![0.0; d * vocab],
+            bias: bias.then(|| vec![0.0; vocab]),
+        };
         Self {
-            hidden: zeros(rows * d),
-            weight: zeros(d * vocab),
-            bias: bias.then(|| zeros(vocab)),
-            rows,
-            d,
-            vocab,
+            sums: Arc::new(Mutex::new(sums)),
+            shape: LayerShape { rows, d, vocab },
         }
     }
 
@@ -80,42 +92,33 @@ impl LayerGradients {
     ) -> Tensor<1> {
         // A layer without a bias: a constant stands in for it (no parent, no gradient).
         let bias = bias.unwrap_or_else(|| Tensor::zeros([1], &hidden.device()));
+        // Every chunk is in: the sums are handed over (no copy).
+        let sums = std::mem::take(
+            &mut *self
+                .sums
+                .lock()
+                .expect("no chunk panicked holding the sums"),
+        );
+        let finished = FinishedGradients {
+            sums: Arc::new(sums),
+            shape: self.shape,
+        };
         let out = <Dispatch as AttachLayerGradients>::attach_layer_gradients(
             value.autodiff().into_dispatch(),
             hidden.into_dispatch(),
             weight.into_dispatch(),
             bias.into_dispatch(),
-            self.finished(),
+            finished,
         );
         Tensor::from_dispatch(out)
-    }
-
-    /// The sums, handed over (no copy) once every chunk is in.
-    fn finished(self) -> FinishedGradients {
-        let take = |sum: Arc<Mutex<Vec<f32>>>| {
-            let mut sum = sum.lock().expect("no chunk panicked holding the sums");
-            Arc::new(std::mem::take(&mut *sum))
-        };
-        FinishedGradients {
-            hidden: take(self.hidden),
-            weight: take(self.weight),
-            bias: self.bias.map(take),
-            rows: self.rows,
-            d: self.d,
-            vocab: self.vocab,
-        }
     }
 }
 
 /// The gradients, complete: the backward node's state.
 #[derive(Debug, Clone)]
 pub(crate) struct FinishedGradients {
-    hidden: Arc<Vec<f32>>,
-    weight: Arc<Vec<f32>>,
-    bias: Option<Arc<Vec<f32>>>,
-    rows: usize,
-    d: usize,
-    vocab: usize,
+    sums: Arc<Sums>,
+    shape: LayerShape,
 }
 
 #[backend_extension(Flex: cfg(feature = "flex"), NdArray: cfg(feature = "ndarray"))]
@@ -150,22 +153,24 @@ impl<B: HostBackend> LinearChunk for B {
         start: usize,
         sums: LayerGradients,
     ) -> FloatTensor<Self> {
-        let (d, vocab) = (sums.d, sums.vocab);
+        let LayerShape { d, vocab, .. } = sums.shape;
         let chunk = hidden.shape()[0];
+        let mut guard = sums.sums.lock().expect("sums not poisoned");
+        let Sums {
+            hidden: grad_hidden,
+            weight: grad_weight,
+            bias: grad_bias,
+        } = &mut *guard;
         B::with_f32(&hidden, |h| {
             B::with_f32(&logit_gradient, |g| {
                 B::with_f32(&weight, |w| {
-                    let mut grad_hidden = sums.hidden.lock().expect("sums not poisoned");
                     let rows = &mut grad_hidden[start * d..(start + chunk) * d];
                     // ∂L/∂h_c = G_c Wᵀ: [chunk, vocab] × [vocab, d].
                     gemm_f32(rows, [chunk, d, vocab], false, g, (vocab, 1), w, (1, vocab));
-                    drop(grad_hidden);
                     // ∂L/∂W += h_cᵀ G_c: [d, chunk] × [chunk, vocab], in place.
-                    let mut grad_weight = sums.weight.lock().expect("sums not poisoned");
                     let shape = [d, vocab, chunk];
-                    gemm_f32(&mut grad_weight, shape, true, h, (1, d), g, (vocab, 1));
-                    if let Some(bias) = &sums.bias {
-                        let mut grad_bias = bias.lock().expect("sums not poisoned");
+                    gemm_f32(grad_weight, shape, true, h, (1, d), g, (vocab, 1));
+                    if let Some(grad_bias) = grad_bias {
                         for row in g.chunks_exact(vocab) {
                             grad_bias.iter_mut().zip(row).for_each(|(s, &x)| *s += x);
                         }
@@ -173,6 +178,7 @@ impl<B: HostBackend> LinearChunk for B {
                 })
             })
         });
+        drop(guard);
         hidden
     }
 }
@@ -275,29 +281,30 @@ impl<B: HostBackend> Backward<B, 3> for LayerBackward {
     type State = FinishedGradients;
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let state = ops.state;
+        let FinishedGradients { sums, shape } = ops.state;
         let upstream = grads.consume::<B>(&ops.node);
         let scale = B::with_f32(&upstream, |u| u[0]);
         // Normally the only owner by now: handed over and scaled in place.
-        let scaled = |buffer: Arc<Vec<f32>>| {
-            let mut buffer = Arc::try_unwrap(buffer).unwrap_or_else(|shared| (*shared).clone());
+        let sums = Arc::unwrap_or_clone(sums);
+        let scaled = |mut buffer: Vec<f32>| {
             if scale != 1.0 {
                 buffer.iter_mut().for_each(|x| *x *= scale);
             }
             buffer
         };
+        let LayerShape { rows, d, vocab } = shape;
         let [hidden, weight, bias] = ops.parents;
         if let Some(node) = hidden {
-            let grad = B::from_f32(scaled(state.hidden), [state.rows, state.d]);
+            let grad = B::from_f32(scaled(sums.hidden), [rows, d]);
             grads.register::<B>(node.id, grad);
         }
         if let Some(node) = weight {
-            let grad = B::from_f32(scaled(state.weight), [state.d, state.vocab]);
+            let grad = B::from_f32(scaled(sums.weight), [d, vocab]);
             grads.register::<B>(node.id, grad);
         }
-        if let (Some(node), Some(sum)) = (bias, state.bias) {
-            let grad = B::from_f32(scaled(sum), [1, state.vocab]);
-            grads.register::<B>(node.id, B::float_reshape(grad, [state.vocab].into()));
+        if let (Some(node), Some(sum)) = (bias, sums.bias) {
+            let grad = B::from_f32(scaled(sum), [1, vocab]);
+            grads.register::<B>(node.id, B::float_reshape(grad, [vocab].into()));
         }
     }
 }
