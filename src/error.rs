@@ -198,6 +198,53 @@ pub enum DistillError {
         /// Number of classes of the logits.
         num_classes: usize,
     },
+    /// Top-k rows that cannot be a teacher's: a class index outside the
+    /// vocabulary, a class listed twice, a NaN log-probability, or
+    /// probabilities summing to more than 1.
+    InvalidTopK {
+        /// The argument that held them (e.g. `"teacher.indices"`).
+        argument: &'static str,
+        /// The first offending row.
+        row: usize,
+        /// What is wrong, with the values.
+        reason: String,
+    },
+    /// A teacher store could not be created, written or read.
+    StoreIo {
+        /// The file.
+        path: String,
+        /// What was being done (e.g. `"open"`, `"rename into place"`).
+        operation: &'static str,
+        /// The operating system's message.
+        message: String,
+    },
+    /// A teacher store whose bytes are not what was written: cut short,
+    /// a checksum that differs, a value no writer produces.
+    StoreDamaged {
+        /// The file.
+        path: String,
+        /// What was found, with the values.
+        what: String,
+    },
+    /// A teacher store written for something else than what the caller
+    /// expects: another vocabulary, temperature, dataset order or teacher.
+    StoreMismatch {
+        /// The file.
+        path: String,
+        /// The header field that differs (e.g. `"dataset_fingerprint"`).
+        field: &'static str,
+        /// Its value in the store.
+        stored: String,
+        /// The value expected.
+        expected: String,
+    },
+    /// An example index at or beyond the number of examples stored.
+    ExampleOutOfRange {
+        /// The index asked for.
+        example: usize,
+        /// Number of examples in the store.
+        examples: usize,
+    },
 }
 
 impl fmt::Display for DistillError {
@@ -346,6 +393,39 @@ impl fmt::Display for DistillError {
                 f,
                 "{argument} contains the label {label}, outside 0..{num_classes} \
                  (the logits have {num_classes} classes)"
+            ),
+            Self::InvalidTopK {
+                argument,
+                row,
+                reason,
+            } => write!(
+                f,
+                "{argument} row {row} is not a top-k teacher row: {reason}"
+            ),
+            Self::StoreIo {
+                path,
+                operation,
+                message,
+            } => write!(f, "teacher store {path}: could not {operation}: {message}"),
+            Self::StoreDamaged { path, what } => write!(
+                f,
+                "teacher store {path} is damaged: {what}; nothing was read from it \
+                 (write it again)"
+            ),
+            Self::StoreMismatch {
+                path,
+                field,
+                stored,
+                expected,
+            } => write!(
+                f,
+                "teacher store {path} was written for {field} = {stored}, but {expected} \
+                 is expected here; write a store for these settings"
+            ),
+            Self::ExampleOutOfRange { example, examples } => write!(
+                f,
+                "example {example} is out of range: the store holds {examples} examples \
+                 (valid: 0..{examples})"
             ),
         }
     }

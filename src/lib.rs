@@ -56,6 +56,8 @@ mod kd;
 pub mod linear;
 pub mod sparse;
 pub mod specialist;
+#[cfg(feature = "store")]
+pub mod store;
 mod targets;
 mod teacher;
 pub mod temperature;

@@ -15,5 +15,7 @@ mod linear;
 mod numerics;
 mod properties;
 mod specialists;
+#[cfg(feature = "store")]
+mod store;
 mod teacher_output;
 mod torch_parity;

@@ -1,0 +1,376 @@
+//! Writing a teacher store: rows appended in dataset order, shards
+//! checksummed as they fill, the file renamed into place when finished.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use burn::tensor::{DType, Tensor};
+
+use super::TeacherStoreConfig;
+use super::format::{FLAG_EXAMPLE_OFFSETS, Footer, Header, pack_indices};
+use crate::check::check_non_empty;
+use crate::error::DistillError;
+use crate::sparse::SparseTeacher;
+
+/// How far the `k` probabilities of a row may sum above 1 (rounding of an f32
+/// log-softmax, or of a teacher stored in half precision) before the row is
+/// refused.
+const SUM_TOLERANCE: f64 = 1e-3;
+
+/// A teacher store being written; made by [`TeacherStoreConfig::create`].
+///
+/// Examples are numbered in the order they are appended. Nothing appears at
+/// the store's path until [`finish`](Self::finish); dropping the writer
+/// unfinished deletes its temporary file. A call that returns an error
+/// appends nothing, and the writer can go on.
+#[derive(Debug)]
+pub struct TeacherStoreWriter {
+    header: Header,
+    path: PathBuf,
+    partial: PathBuf,
+    file: Option<BufWriter<File>>,
+    row_bytes: usize,
+    /// Rows written so far.
+    rows: u64,
+    /// The first row of every example.
+    example_starts: Vec<u64>,
+    shard: crc32fast::Hasher,
+    shard_crcs: Vec<u32>,
+    bytes: u64,
+    /// A write that failed half-way: the file can no longer be finished.
+    broken: Option<DistillError>,
+    /// Scratch for one call's encoded rows.
+    encoded: Vec<u8>,
+    /// Renamed into place: the temporary file is gone.
+    finished: bool,
+}
+
+/// What [`TeacherStoreWriter::finish`] wrote.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoreSummary {
+    /// The store's path.
+    pub path: PathBuf,
+    /// Examples stored.
+    pub examples: usize,
+    /// Rows stored (= examples, unless sequences were appended).
+    pub rows: u64,
+    /// Bytes of one row.
+    pub row_bytes: usize,
+    /// Size of the file.
+    pub file_bytes: u64,
+}
+
+fn io_error(path: &Path, operation: &'static str, error: std::io::Error) -> DistillError {
+    DistillError::StoreIo {
+        path: path.display().to_string(),
+        operation,
+        message: error.to_string(),
+    }
+}
+
+impl TeacherStoreWriter {
+    pub(super) fn create(config: &TeacherStoreConfig, path: &Path) -> Result<Self, DistillError> {
+        let header = config.header()?;
+        // A unique name beside the destination: renaming is then atomic (one
+        // file system), and two writers never share a temporary file.
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let mut name = path.file_name().unwrap_or_default().to_os_string();
+        name.push(format!(
+            ".partial-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let partial = path.with_file_name(name);
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&partial)
+            .map_err(|e| io_error(&partial, "create the temporary file", e))?;
+        let mut writer = Self {
+            row_bytes: header.row_bytes(),
+            header,
+            path: path.to_path_buf(),
+            partial,
+            file: Some(BufWriter::with_capacity(1 << 20, file)),
+            rows: 0,
+            example_starts: Vec::new(),
+            shard: crc32fast::Hasher::new(),
+            shard_crcs: Vec::new(),
+            bytes: 0,
+            broken: None,
+            encoded: Vec::new(),
+            finished: false,
+        };
+        let header_bytes = writer.header.encode();
+        writer.write(&header_bytes)?;
+        Ok(writer)
+    }
+
+    /// Appends one example per row: the top `k` classes of `teacher_logits`
+    /// (`[rows, vocab_size]`) at the store's temperature, as
+    /// [`SparseTeacher::top_k`] takes them.
+    pub fn append_logits(&mut self, teacher_logits: Tensor<2>) -> Result<(), DistillError> {
+        let teacher = self.top_k(teacher_logits)?;
+        self.append_rows(&teacher, false)
+    }
+
+    /// Appends one example per row of a top-k teacher (`[rows, k]`), whose
+    /// log-probabilities must be at the store's temperature.
+    pub fn append_top_k(&mut self, teacher: &SparseTeacher) -> Result<(), DistillError> {
+        self.append_rows(teacher, false)
+    }
+
+    /// Appends one example made of all the rows of `teacher_logits`
+    /// (`[tokens, vocab_size]`, one row per token of a sequence).
+    pub fn append_sequence_logits(
+        &mut self,
+        teacher_logits: Tensor<2>,
+    ) -> Result<(), DistillError> {
+        let teacher = self.top_k(teacher_logits)?;
+        self.append_rows(&teacher, true)
+    }
+
+    /// Appends one example made of all the rows of a top-k teacher
+    /// (`[tokens, k]`, one row per token of a sequence).
+    pub fn append_sequence_top_k(&mut self, teacher: &SparseTeacher) -> Result<(), DistillError> {
+        self.append_rows(teacher, true)
+    }
+
+    /// Examples appended so far.
+    pub fn examples(&self) -> usize {
+        self.example_starts.len()
+    }
+
+    fn top_k(&self, teacher_logits: Tensor<2>) -> Result<SparseTeacher, DistillError> {
+        let [_, classes] = teacher_logits.dims();
+        if classes != self.header.vocab_size as usize {
+            return Err(DistillError::WidthMismatch {
+                argument: "teacher_logits",
+                found: classes,
+                expected: self.header.vocab_size as usize,
+            });
+        }
+        SparseTeacher::try_top_k(
+            teacher_logits,
+            self.header.k as usize,
+            self.header.temperature,
+        )
+    }
+
+    /// Checks every row of `teacher`, then writes them all (or nothing).
+    fn append_rows(
+        &mut self,
+        teacher: &SparseTeacher,
+        one_example: bool,
+    ) -> Result<(), DistillError> {
+        if let Some(error) = &self.broken {
+            return Err(error.clone());
+        }
+        let [rows, k] = teacher.indices().dims();
+        if k != self.header.k as usize {
+            return Err(DistillError::WidthMismatch {
+                argument: "teacher.indices",
+                found: k,
+                expected: self.header.k as usize,
+            });
+        }
+        if one_example {
+            check_non_empty("teacher.indices", &[rows, k])?;
+        }
+        let indices = teacher
+            .indices()
+            .clone()
+            .into_data()
+            .convert::<i64>()
+            .try_into_vec::<i64>()
+            .expect("i64 after convert");
+        let log_probs = teacher
+            .log_probs()
+            .clone()
+            .cast(DType::F32)
+            .into_data()
+            .try_into_vec::<f32>()
+            .expect("f32 after cast");
+        self.encoded.clear();
+        self.encoded.reserve(rows * self.row_bytes);
+        let mut sorted = Vec::with_capacity(k);
+        for row in 0..rows {
+            let classes = &indices[row * k..(row + 1) * k];
+            let values = &log_probs[row * k..(row + 1) * k];
+            let tail = self.check_row(row, classes, values, &mut sorted)?;
+            let bits = self.header.index_bits();
+            pack_indices(classes.iter().map(|&c| c as u32), bits, &mut self.encoded);
+            for &value in values {
+                self.header.precision.encode(value, &mut self.encoded);
+            }
+            self.encoded.extend_from_slice(&tail.to_le_bytes());
+        }
+        // Checked: now write, shard by shard for the checksums.
+        let encoded = std::mem::take(&mut self.encoded);
+        let shard_rows = self.header.shard_rows as u64;
+        let first_row = self.rows;
+        let mut at = 0;
+        while at < encoded.len() {
+            let in_shard = (shard_rows - self.rows % shard_rows) as usize;
+            let take = (in_shard * self.row_bytes).min(encoded.len() - at);
+            let piece = &encoded[at..at + take];
+            self.shard.update(piece);
+            self.write(piece)?;
+            self.rows += (take / self.row_bytes) as u64;
+            if self.rows.is_multiple_of(shard_rows) {
+                let done = std::mem::replace(&mut self.shard, crc32fast::Hasher::new());
+                self.shard_crcs.push(done.finalize());
+            }
+            at += take;
+        }
+        self.encoded = encoded;
+        if one_example {
+            self.example_starts.push(first_row);
+        } else {
+            self.example_starts
+                .extend(first_row..first_row + rows as u64);
+        }
+        Ok(())
+    }
+
+    /// Checks one row (indices in range and distinct, log-probabilities not
+    /// NaN, probabilities summing to at most 1) and returns its tail mass.
+    fn check_row(
+        &self,
+        row: usize,
+        classes: &[i64],
+        values: &[f32],
+        sorted: &mut Vec<i64>,
+    ) -> Result<f32, DistillError> {
+        let vocab = self.header.vocab_size as i64;
+        let refuse = |argument, reason| {
+            Err(DistillError::InvalidTopK {
+                argument,
+                row,
+                reason,
+            })
+        };
+        if let Some(&class) = classes.iter().find(|&&c| !(0..vocab).contains(&c)) {
+            return refuse(
+                "teacher.indices",
+                format!("class {class} is outside 0..{vocab} (vocab_size)"),
+            );
+        }
+        sorted.clear();
+        sorted.extend_from_slice(classes);
+        sorted.sort_unstable();
+        if let Some(pair) = sorted.windows(2).find(|pair| pair[0] == pair[1]) {
+            return refuse(
+                "teacher.indices",
+                format!("class {} appears twice", pair[0]),
+            );
+        }
+        if let Some(value) = values.iter().find(|v| v.is_nan()) {
+            return refuse("teacher.log_probs", format!("log-probability {value}"));
+        }
+        let mass: f64 = values.iter().map(|&v| (v as f64).exp()).sum();
+        if mass > 1.0 + SUM_TOLERANCE || mass.is_nan() {
+            return refuse(
+                "teacher.log_probs",
+                format!(
+                    "its probabilities sum to {mass}, more than 1 (are they log-probabilities \
+                     at the store's temperature?)"
+                ),
+            );
+        }
+        // With every class kept, nothing is left for the tail (1 − Σp would
+        // only be rounding).
+        Ok(if classes.len() == vocab as usize {
+            0.0
+        } else {
+            (1.0 - mass).max(0.0) as f32
+        })
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> Result<(), DistillError> {
+        let file = self.file.as_mut().expect("open until finished");
+        if let Err(e) = file.write_all(bytes) {
+            let error = io_error(&self.partial, "write", e);
+            self.broken = Some(error.clone());
+            return Err(error);
+        }
+        self.bytes += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Writes the tables and the footer, flushes the file to disk and renames
+    /// it to the store's path.
+    pub fn finish(mut self) -> Result<StoreSummary, DistillError> {
+        if let Some(error) = &self.broken {
+            return Err(error.clone());
+        }
+        if !self.rows.is_multiple_of(self.header.shard_rows as u64) {
+            let done = std::mem::replace(&mut self.shard, crc32fast::Hasher::new());
+            self.shard_crcs.push(done.finalize());
+        }
+        let examples = self.example_starts.len() as u64;
+        // The row-start table is only needed when some example has several rows.
+        let one_row_each = self.rows == examples;
+        let mut tables = Vec::new();
+        if !one_row_each {
+            for &start in self.example_starts.iter().chain([&self.rows]) {
+                tables.extend_from_slice(&start.to_le_bytes());
+            }
+        }
+        for crc in &self.shard_crcs {
+            tables.extend_from_slice(&crc.to_le_bytes());
+        }
+        let footer = Footer {
+            rows: self.rows,
+            examples,
+            flags: if one_row_each {
+                0
+            } else {
+                FLAG_EXAMPLE_OFFSETS
+            },
+            tables_crc: crc32fast::hash(&tables),
+        };
+        self.write(&tables)?;
+        self.write(&footer.encode())?;
+        let file = self.file.take().expect("open until finished");
+        let file = file
+            .into_inner()
+            .map_err(|e| io_error(&self.partial, "write", e.into_error()))?;
+        file.sync_all()
+            .map_err(|e| io_error(&self.partial, "flush to disk", e))?;
+        drop(file);
+        fs::rename(&self.partial, &self.path)
+            .map_err(|e| io_error(&self.path, "rename into place", e))?;
+        self.finished = true;
+        // The rename itself reaches the disk with the directory (best effort:
+        // not every platform can open a directory).
+        if let Some(dir) = self.path.parent()
+            && let Ok(dir) = File::open(if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            })
+        {
+            let _ = dir.sync_all();
+        }
+        Ok(StoreSummary {
+            path: self.path.clone(),
+            examples: examples as usize,
+            rows: self.rows,
+            row_bytes: self.row_bytes,
+            file_bytes: self.bytes,
+        })
+    }
+}
+
+impl Drop for TeacherStoreWriter {
+    fn drop(&mut self) {
+        // Unfinished (dropped, or `finish` failed): the temporary file is not a store.
+        if !self.finished {
+            drop(self.file.take());
+            let _ = fs::remove_file(&self.partial);
+        }
+    }
+}
