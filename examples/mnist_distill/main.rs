@@ -36,13 +36,14 @@ use std::time::Instant;
 use burn::module::Module;
 use burn::store::{BurnpackStore, ModuleSnapshot};
 use burn::tensor::Device;
+use burn_distill::store::{StorePrecision, TeacherStore, TeacherStoreConfig};
 use burn_distill::{KdLossConfig, temperature};
 use clap::{Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 
 use data::{CLASSES, Sources, Split};
 use model::Mlp;
-use report::{Experiment, OmitDigit, Report, SoftTargets, paper};
+use report::{Experiment, OmitDigit, Report, SoftTargets, StoreReport, paper};
 use train::{Objective, TrainSettings};
 
 #[derive(Parser, Debug)]
@@ -92,6 +93,35 @@ struct Cli {
     /// Train the teacher even if a checkpoint with the same settings exists.
     #[arg(long, global = true)]
     retrain_teacher: bool,
+    /// `distill` from the teacher's top-k log-probabilities stored in this
+    /// file (offline distillation): written on first use from the teacher on
+    /// the training images, reused by later runs with the same teacher,
+    /// data, temperature, k and precision (anything else is refused).
+    #[arg(long, global = true)]
+    teacher_store: Option<PathBuf>,
+    /// Classes kept per image in the teacher store (10: all of them).
+    #[arg(long, global = true, default_value_t = 10)]
+    store_k: usize,
+    /// Precision of the stored log-probabilities.
+    #[arg(long, global = true, value_enum, default_value_t = Precision::F16)]
+    store_precision: Precision,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq)]
+enum Precision {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl From<Precision> for StorePrecision {
+    fn from(p: Precision) -> Self {
+        match p {
+            Precision::F32 => StorePrecision::F32,
+            Precision::F16 => StorePrecision::F16,
+            Precision::Bf16 => StorePrecision::Bf16,
+        }
+    }
 }
 
 #[derive(Subcommand, Debug, Clone, PartialEq)]
@@ -202,6 +232,18 @@ fn run(cli: &Cli) -> Result<(), String> {
             return Err(format!("{flag} must be a positive number, got {lr}"));
         }
     }
+    if cli.teacher_store.is_some() {
+        if command != Command::Distill {
+            return Err("--teacher-store applies to the `distill` subcommand".into());
+        }
+        if cli.transfer_jitter > 0 {
+            return Err(format!(
+                "--teacher-store holds the teacher on the images as they are; it cannot be \
+                 used with --transfer-jitter {}",
+                cli.transfer_jitter
+            ));
+        }
+    }
     let device = cli.backend.device()?;
     // Validate the loss settings before any data is touched or time spent.
     let kd = KdLossConfig::new()
@@ -239,6 +281,7 @@ fn run(cli: &Cli) -> Result<(), String> {
         experiments: Vec::new(),
         omit_digit: None,
         soft_targets: None,
+        teacher_store: None,
         total_seconds: 0.0,
     };
     let wants = |c: &Command| command == Command::All || &command == c;
@@ -246,12 +289,12 @@ fn run(cli: &Cli) -> Result<(), String> {
         || wants(&Command::Distill)
         || matches!(command, Command::OmitDigit { .. });
 
-    let teacher = if needs_teacher {
-        let (teacher, experiment) = teacher(cli, &plan, &train_set, &test, &device)?;
+    let (teacher, teacher_name) = if needs_teacher {
+        let (teacher, experiment, name) = teacher(cli, &plan, &train_set, &test, &device)?;
         report.experiments.push(experiment);
-        Some(teacher)
+        (Some(teacher), name)
     } else {
-        None
+        (None, String::new())
     };
 
     let student_settings = TrainSettings {
@@ -286,7 +329,32 @@ fn run(cli: &Cli) -> Result<(), String> {
     };
     if let Some(teacher) = &teacher {
         let teacher_eval = teacher.valid();
-        if wants(&Command::Distill) {
+        if let (true, Some(path)) = (wants(&Command::Distill), &cli.teacher_store) {
+            let config = TeacherStoreConfig::new(CLASSES, cli.store_k, cli.temperature)
+                .with_precision(cli.store_precision.into())
+                .with_teacher(teacher_name.clone())
+                .with_dataset_fingerprint(fingerprint(&train_set));
+            let (store, store_report) =
+                open_or_write_store(path, &config, &teacher_eval, &train_set)?;
+            report.teacher_store = Some(store_report);
+            report.experiments.push(train_student(
+                "distilled",
+                format!(
+                    "student 800-800, top-{} {:?} store",
+                    cli.store_k, cli.store_precision
+                ),
+                paper::DISTILLED,
+                &student_init,
+                &train_set,
+                &test,
+                &distill_settings,
+                Objective::Stored {
+                    store: &store,
+                    loss: &kd,
+                },
+                &device,
+            ));
+        } else if wants(&Command::Distill) {
             report.experiments.push(train_student(
                 "distilled",
                 format!("student 800-800, KD at T = {}", cli.temperature),
@@ -366,6 +434,12 @@ fn train_student(
         name,
         device,
     );
+    if let Some(last) = history.last() {
+        println!(
+            "  [{name}] {:.2} s per epoch on average (training and the test evaluation)",
+            last.seconds / history.len() as f64
+        );
+    }
     Experiment {
         name: name.into(),
         description,
@@ -396,7 +470,7 @@ fn teacher(
     train_set: &Split,
     test: &Split,
     device: &Device,
-) -> Result<(Mlp, Experiment), String> {
+) -> Result<(Mlp, Experiment, String), String> {
     let settings = TrainSettings {
         epochs: plan.teacher_epochs,
         batch: cli.batch,
@@ -458,7 +532,71 @@ fn teacher(
         settings: Some(settings),
         history,
     };
-    Ok((model, experiment))
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    Ok((model, experiment, name))
+}
+
+/// The SHA-256 of the training images and labels in order: a store's example
+/// `i` must be this split's row `i`.
+fn fingerprint(split: &Split) -> String {
+    let mut bytes = Vec::with_capacity(split.images.len() * 4 + split.labels.len());
+    for pixel in &split.images {
+        bytes.extend_from_slice(&pixel.to_le_bytes());
+    }
+    bytes.extend_from_slice(&split.labels);
+    format!("sha256:{}", data::sha256_hex(&bytes))
+}
+
+/// Opens the store at `path` if it exists (refusing one written for other
+/// settings), or writes it from the teacher; then verifies every checksum
+/// once, so that no training step meets a damaged shard.
+fn open_or_write_store(
+    path: &Path,
+    config: &TeacherStoreConfig,
+    teacher: &Mlp,
+    train_set: &Split,
+) -> Result<(TeacherStore, StoreReport), String> {
+    let start = Instant::now();
+    let written = !path.exists();
+    if written {
+        let summary = train::write_teacher_store(teacher, train_set, config, path)
+            .map_err(|e| format!("--teacher-store: {e}"))?;
+        println!(
+            "teacher store: wrote {} ({} examples, {} bytes) in {:.2} s",
+            path.display(),
+            summary.examples,
+            summary.file_bytes,
+            start.elapsed().as_secs_f64()
+        );
+    }
+    let write_seconds = start.elapsed().as_secs_f64();
+    let store = TeacherStore::open_matching(path, config).map_err(|e| {
+        format!("--teacher-store: {e} (delete the file, or give another path, to write a new one)")
+    })?;
+    store
+        .verify()
+        .map_err(|e| format!("--teacher-store: {e}"))?;
+    if !written {
+        println!(
+            "teacher store: reusing {} ({} examples, {} bytes)",
+            path.display(),
+            store.len(),
+            store.file_bytes()
+        );
+    }
+    let report = StoreReport {
+        path: path.display().to_string(),
+        k: store.k(),
+        precision: format!("{:?}", store.precision()),
+        examples: store.len(),
+        file_bytes: store.file_bytes(),
+        bytes_per_example: store.file_bytes() as f64 / store.len().max(1) as f64,
+        write_seconds: written.then_some(write_seconds),
+    };
+    Ok((store, report))
 }
 
 /// Saves through a temporary name, so a checkpoint is complete or absent.

@@ -76,7 +76,23 @@ pub struct Report {
     pub experiments: Vec<Experiment>,
     pub omit_digit: Option<OmitDigit>,
     pub soft_targets: Option<SoftTargets>,
+    /// The teacher store `distill --teacher-store` read (absent otherwise).
+    #[serde(default)]
+    pub teacher_store: Option<StoreReport>,
     pub total_seconds: f64,
+}
+
+/// The offline teacher of a `distill --teacher-store` run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoreReport {
+    pub path: String,
+    pub k: usize,
+    pub precision: String,
+    pub examples: usize,
+    pub file_bytes: u64,
+    pub bytes_per_example: f64,
+    /// Time to run the teacher and write the store; `None` when it was reused.
+    pub write_seconds: Option<f64>,
 }
 
 impl Report {
@@ -119,6 +135,19 @@ impl Report {
                 o.test_errors_on_digit_after,
                 d,
                 Some(paper::OMIT_AFTER_ON_DIGIT),
+            );
+        }
+        if let Some(store) = &self.teacher_store {
+            s += &format!(
+                "teacher store: top-{} {} log-probabilities of {} examples, {} bytes ({:.1} per example), {}\n",
+                store.k,
+                store.precision,
+                store.examples,
+                store.file_bytes,
+                store.bytes_per_example,
+                store
+                    .write_seconds
+                    .map_or("reused".to_string(), |s| format!("written in {s:.1} s")),
             );
         }
         if self.quick {

@@ -10,6 +10,7 @@ use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use burn_distill::KdLoss;
+use burn_distill::store::{StoreSummary, TeacherStore, TeacherStoreConfig};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
@@ -94,6 +95,14 @@ pub enum Objective<'a> {
     /// `KdLoss` against a (frozen, evaluation-mode) teacher, run on the same
     /// jittered batch the student sees.
     Distill { teacher: &'a Mlp, loss: &'a KdLoss },
+    /// `KdLoss` against the teacher's top-k log-probabilities read from a
+    /// store written by [`write_teacher_store`] on the same examples, in the
+    /// same order (no teacher runs; no jitter, since the store holds the
+    /// teacher on the images as they are).
+    Stored {
+        store: &'a TeacherStore,
+        loss: &'a KdLoss,
+    },
 }
 
 /// One epoch of a run, for the progress log and the JSON report.
@@ -125,6 +134,10 @@ pub fn train(
         "{label}: {n} examples, fewer than one batch of {}",
         settings.batch
     );
+    assert!(
+        settings.jitter == 0 || !matches!(objective, Objective::Stored { .. }),
+        "{label}: a teacher store holds the teacher on unjittered images; train without jitter"
+    );
     let steps_per_epoch = n / settings.batch;
     let total_steps = settings.epochs * steps_per_epoch;
     let mut optimizer = AdamConfig::new().init();
@@ -151,6 +164,14 @@ pub fn train(
                     // Back on the student's device, as a constant.
                     let teacher_logits = Tensor::<2>::from_data(teacher_logits.into_data(), device);
                     loss.forward(logits.clone(), teacher_logits, y.clone())
+                }
+                Objective::Stored { store, loss } => {
+                    // The store was verified before training: a failure here
+                    // is the file changing or vanishing under the run.
+                    let teacher = store
+                        .read(rows, device)
+                        .unwrap_or_else(|e| panic!("{label}: {e}"));
+                    loss.forward(logits.clone(), teacher, y.clone())
                 }
             };
             // Reading values back synchronises; every step is cheap next to a
@@ -205,6 +226,27 @@ pub fn train(
     }
     bar.finish_and_clear();
     (model, history)
+}
+
+/// Writes `teacher`'s top-k log-probabilities on every image of `split`
+/// (unjittered, in order: example `i` of the store is row `i` of `split`).
+pub fn write_teacher_store(
+    teacher: &Mlp,
+    split: &Split,
+    config: &TeacherStoreConfig,
+    path: &std::path::Path,
+) -> Result<StoreSummary, burn_distill::DistillError> {
+    let device = teacher.devices()[0].clone();
+    let all = logits(teacher, split);
+    let mut writer = config.create(path)?;
+    for rows in all.chunks(1000 * CLASSES) {
+        let shape = [rows.len() / CLASSES, CLASSES];
+        writer.append_logits(Tensor::from_data(
+            TensorData::new(rows.to_vec(), shape),
+            &device,
+        ))?;
+    }
+    writer.finish()
 }
 
 /// Learning rate at `step` of `total`: `peak · (1 + cos(π·step/total)) / 2`.
