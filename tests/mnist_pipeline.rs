@@ -20,6 +20,7 @@ use std::process::Command;
 use burn::module::Module;
 use burn::tensor::Device;
 use burn_distill::KdLossConfig;
+use burn_distill::store::{TeacherStore, TeacherStoreConfig};
 use data::{IdxFile, PIXELS, SIDE, Sources, Split};
 use model::Mlp;
 use sha2::{Digest, Sha256};
@@ -463,10 +464,38 @@ fn child_pipeline_on_synthetic_mnist() {
         "distill",
         &device,
     );
+    // Offline: the same distillation from the teacher's log-probabilities written to a
+    // store once (f16), read back batch by batch.
+    let store_dir = tempfile::tempdir().unwrap();
+    let store_path = store_dir.path().join("teacher.bdts");
+    let store_config =
+        TeacherStoreConfig::new(10, 10, 4.0).with_dataset_fingerprint("transfer 0..300".into());
+    let summary =
+        train::write_teacher_store(&teacher, &transfer, &store_config, &store_path).unwrap();
+    assert_eq!(summary.examples, transfer.len());
+    let store = TeacherStore::open_matching(&store_path, &store_config).unwrap();
+    let (from_store, _) = train::train(
+        init.clone(),
+        &transfer,
+        &test,
+        &settings(80, 0, 2),
+        Objective::Stored {
+            store: &store,
+            loss: &kd,
+        },
+        "stored",
+        &device,
+    );
     let baseline_errors = train::errors(&baseline.valid(), &test, None);
     let distilled_errors = train::errors(&distilled.valid(), &test, None);
+    let stored_errors = train::errors(&from_store.valid(), &test, None);
     println!(
-        "teacher {teacher_errors}, baseline {baseline_errors}, distilled {distilled_errors} of {test_rows}"
+        "teacher {teacher_errors}, baseline {baseline_errors}, distilled {distilled_errors}, \
+         from an f16 store {stored_errors} of {test_rows}"
+    );
+    assert!(
+        (stored_errors as f64) < 0.8 * baseline_errors as f64,
+        "distilled from the store {stored_errors} should be well below the baseline's {baseline_errors}"
     );
     assert!(
         teacher_errors < baseline_errors,

@@ -11,7 +11,7 @@
 /// trick instead of `floor`, which baseline x86-64 cannot vectorise. Below
 /// `−87.3` (where f32 goes subnormal) it returns 0.
 #[inline(always)]
-pub(super) fn exp(x: f32) -> f32 {
+pub(crate) fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
@@ -42,8 +42,10 @@ pub(super) fn exp(x: f32) -> f32 {
 ///
 /// Cephes `logf`: `x = 2^e · m` with `m` in [√½, √2), a degree-9 polynomial
 /// for `ln m`, and `e·ln 2` added in two parts for accuracy.
+// The teacher store alone (without a CPU backend's kernel) uses `exp` only.
+#[cfg_attr(not(any(feature = "flex", feature = "ndarray")), allow(dead_code))]
 #[inline(always)]
-pub(super) fn ln(x: f32) -> f32 {
+pub(crate) fn ln(x: f32) -> f32 {
     const SQRT_HALF: f32 = std::f32::consts::FRAC_1_SQRT_2;
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;

@@ -21,8 +21,9 @@ mod extension;
 mod kernel;
 #[cfg(any(feature = "flex", feature = "ndarray"))]
 mod linear_host;
-#[cfg(any(feature = "flex", feature = "ndarray"))]
-mod math;
+// Also the teacher store's host-side log-softmax.
+#[cfg(any(feature = "flex", feature = "ndarray", feature = "store"))]
+pub(crate) mod math;
 #[cfg(any(feature = "flex", feature = "ndarray"))]
 mod pointwise;
 

@@ -12,6 +12,7 @@ use super::TeacherStoreConfig;
 use super::format::{FLAG_EXAMPLE_OFFSETS, Footer, Header, pack_indices};
 use crate::check::check_non_empty;
 use crate::error::DistillError;
+use crate::fused::math::exp;
 use crate::sparse::SparseTeacher;
 
 /// How far the `k` probabilities of a row may sum above 1 (rounding of an f32
@@ -62,6 +63,44 @@ pub struct StoreSummary {
     pub file_bytes: u64,
 }
 
+/// Top-k rows on the host, ready to be checked and encoded.
+struct HostRows {
+    rows: usize,
+    indices: Vec<i64>,
+    log_probs: Vec<f32>,
+    /// Each row's tail mass when known exactly (from the logits); otherwise
+    /// `1 − Σ p` of the row's log-probabilities.
+    tails: Option<Vec<f32>>,
+}
+
+/// `exp((v − max)·inv_t)` of a row into `exps`, with the fused kernel's
+/// vectorised `exp` (about 1 ulp), and their sum in f64.
+fn exp_shifted(logits: &[f32], max: f32, inv_t: f32, exps: &mut Vec<f32>) -> f64 {
+    exps.clear();
+    exps.extend(logits.iter().map(|&v| exp((v - max) * inv_t)));
+    sum_f64(exps)
+}
+
+/// A sum of f32 values in f64, in blocks the compiler vectorises.
+fn sum_f64(values: &[f32]) -> f64 {
+    values
+        .chunks(64)
+        .map(|block| block.iter().map(|&e| e as f64).sum::<f64>())
+        .sum()
+}
+
+/// A key that orders logits as numbers (no NaN here), then classes in reverse:
+/// the larger key wins, and among equal logits the smaller class.
+fn sort_key(value: f32, class: usize) -> u64 {
+    let bits = value.to_bits();
+    let ordered = if bits >> 31 == 1 {
+        !bits
+    } else {
+        bits | 1 << 31
+    };
+    ((ordered as u64) << 32) | (u32::MAX - class as u32) as u64
+}
+
 fn io_error(path: &Path, operation: &'static str, error: std::io::Error) -> DistillError {
     DistillError::StoreIo {
         path: path.display().to_string(),
@@ -109,33 +148,41 @@ impl TeacherStoreWriter {
     }
 
     /// Appends one example per row: the top `k` classes of `teacher_logits`
-    /// (`[rows, vocab_size]`) at the store's temperature, as
-    /// [`SparseTeacher::top_k`] takes them.
+    /// (`[rows, vocab_size]`) and their log-probabilities at the store's
+    /// temperature, as [`SparseTeacher::top_k`] takes them (to f32 rounding).
+    ///
+    /// The logits are read back to the host and each row's top `k` selected
+    /// there in one pass (`O(vocab · log k)`); on a GPU, selecting on the device
+    /// with `append_top_k(&SparseTeacher::top_k(..))` moves `k` values per row
+    /// instead of `vocab_size`.
     pub fn append_logits(&mut self, teacher_logits: Tensor<2>) -> Result<(), DistillError> {
-        let teacher = self.top_k(teacher_logits)?;
-        self.append_rows(&teacher, false)
+        let rows = self.select_top_k(teacher_logits)?;
+        self.append_rows(rows, false)
     }
 
     /// Appends one example per row of a top-k teacher (`[rows, k]`), whose
     /// log-probabilities must be at the store's temperature.
     pub fn append_top_k(&mut self, teacher: &SparseTeacher) -> Result<(), DistillError> {
-        self.append_rows(teacher, false)
+        let rows = self.read_top_k(teacher)?;
+        self.append_rows(rows, false)
     }
 
     /// Appends one example made of all the rows of `teacher_logits`
-    /// (`[tokens, vocab_size]`, one row per token of a sequence).
+    /// (`[tokens, vocab_size]`, one row per token of a sequence), selected as
+    /// [`append_logits`](Self::append_logits) does.
     pub fn append_sequence_logits(
         &mut self,
         teacher_logits: Tensor<2>,
     ) -> Result<(), DistillError> {
-        let teacher = self.top_k(teacher_logits)?;
-        self.append_rows(&teacher, true)
+        let rows = self.select_top_k(teacher_logits)?;
+        self.append_rows(rows, true)
     }
 
     /// Appends one example made of all the rows of a top-k teacher
     /// (`[tokens, k]`, one row per token of a sequence).
     pub fn append_sequence_top_k(&mut self, teacher: &SparseTeacher) -> Result<(), DistillError> {
-        self.append_rows(teacher, true)
+        let rows = self.read_top_k(teacher)?;
+        self.append_rows(rows, true)
     }
 
     /// Examples appended so far.
@@ -143,31 +190,81 @@ impl TeacherStoreWriter {
         self.example_starts.len()
     }
 
-    fn top_k(&self, teacher_logits: Tensor<2>) -> Result<SparseTeacher, DistillError> {
-        let [_, classes] = teacher_logits.dims();
-        if classes != self.header.vocab_size as usize {
+    /// Each row's top `k` classes of `teacher_logits` and their
+    /// log-probabilities at the store's temperature, on the host.
+    fn select_top_k(&self, teacher_logits: Tensor<2>) -> Result<HostRows, DistillError> {
+        let [rows, classes] = teacher_logits.dims();
+        let vocab = self.header.vocab_size as usize;
+        if classes != vocab {
             return Err(DistillError::WidthMismatch {
                 argument: "teacher_logits",
                 found: classes,
-                expected: self.header.vocab_size as usize,
+                expected: vocab,
             });
         }
-        SparseTeacher::try_top_k(
-            teacher_logits,
-            self.header.k as usize,
-            self.header.temperature,
-        )
+        let values = teacher_logits
+            .detach()
+            .cast(DType::F32)
+            .into_data()
+            .try_into_vec::<f32>()
+            .expect("f32 after cast");
+        let k = self.header.k as usize;
+        let (mut indices, mut log_probs) =
+            (Vec::with_capacity(rows * k), Vec::with_capacity(rows * k));
+        let mut tails = Vec::with_capacity(rows);
+        let mut exps = Vec::with_capacity(vocab);
+        let mut heap = std::collections::BinaryHeap::with_capacity(k + 1);
+        for (row, logits) in values.chunks_exact(vocab).enumerate() {
+            let refuse = |reason: String| DistillError::InvalidTopK {
+                argument: "teacher_logits",
+                row,
+                reason,
+            };
+            if let Some(v) = logits.iter().find(|v| v.is_nan() || **v == f32::INFINITY) {
+                return Err(refuse(format!("it holds the logit {v}")));
+            }
+            let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
+            if max == f64::NEG_INFINITY {
+                return Err(refuse("every logit is -inf".into()));
+            }
+            let t = self.header.temperature;
+            let total = exp_shifted(logits, max as f32, (1.0 / t) as f32, &mut exps);
+            let log_sum = total.ln();
+            // The k largest, kept in a min-heap of sortable keys: a larger key
+            // is a larger logit, then a smaller class (ties go to the first).
+            heap.clear();
+            for (class, &v) in logits.iter().enumerate() {
+                let key = std::cmp::Reverse(sort_key(v, class));
+                if heap.len() < k {
+                    heap.push(key);
+                } else if key < *heap.peek().expect("k ≥ 1") {
+                    heap.pop();
+                    heap.push(key);
+                }
+            }
+            let start = indices.len();
+            // Ascending Reverse order = descending keys: the largest first.
+            for std::cmp::Reverse(key) in std::mem::take(&mut heap).into_sorted_vec() {
+                let class = (u32::MAX - key as u32) as usize;
+                indices.push(class as i64);
+                log_probs.push(((logits[class] as f64 - max) / t - log_sum) as f32);
+                exps[class] = 0.0;
+            }
+            debug_assert_eq!(indices.len() - start, k);
+            // The tail summed over its own classes: exact even when it is
+            // tiny, where 1 − Σ p_k would be rounding.
+            tails.push((sum_f64(&exps) / total) as f32);
+        }
+        Ok(HostRows {
+            rows,
+            indices,
+            log_probs,
+            tails: Some(tails),
+        })
     }
 
-    /// Checks every row of `teacher`, then writes them all (or nothing).
-    fn append_rows(
-        &mut self,
-        teacher: &SparseTeacher,
-        one_example: bool,
-    ) -> Result<(), DistillError> {
-        if let Some(error) = &self.broken {
-            return Err(error.clone());
-        }
+    /// A top-k teacher's indices and log-probabilities, on the host.
+    fn read_top_k(&self, teacher: &SparseTeacher) -> Result<HostRows, DistillError> {
         let [rows, k] = teacher.indices().dims();
         if k != self.header.k as usize {
             return Err(DistillError::WidthMismatch {
@@ -175,9 +272,6 @@ impl TeacherStoreWriter {
                 found: k,
                 expected: self.header.k as usize,
             });
-        }
-        if one_example {
-            check_non_empty("teacher.indices", &[rows, k])?;
         }
         let indices = teacher
             .indices()
@@ -193,13 +287,37 @@ impl TeacherStoreWriter {
             .into_data()
             .try_into_vec::<f32>()
             .expect("f32 after cast");
+        Ok(HostRows {
+            rows,
+            indices,
+            log_probs,
+            tails: None,
+        })
+    }
+
+    /// Checks every row, then writes them all (or nothing).
+    fn append_rows(&mut self, host: HostRows, one_example: bool) -> Result<(), DistillError> {
+        let HostRows {
+            rows,
+            indices,
+            log_probs,
+            tails,
+        } = host;
+        if let Some(error) = &self.broken {
+            return Err(error.clone());
+        }
+        let k = self.header.k as usize;
+        if one_example {
+            check_non_empty("teacher.indices", &[rows, k])?;
+        }
         self.encoded.clear();
         self.encoded.reserve(rows * self.row_bytes);
         let mut sorted = Vec::with_capacity(k);
         for row in 0..rows {
             let classes = &indices[row * k..(row + 1) * k];
             let values = &log_probs[row * k..(row + 1) * k];
-            let tail = self.check_row(row, classes, values, &mut sorted)?;
+            let mass_tail = self.check_row(row, classes, values, &mut sorted)?;
+            let tail = tails.as_ref().map_or(mass_tail, |t| t[row]);
             let bits = self.header.index_bits();
             pack_indices(classes.iter().map(|&c| c as u32), bits, &mut self.encoded);
             for &value in values {

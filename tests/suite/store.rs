@@ -35,8 +35,23 @@ fn config(precision: StorePrecision) -> TeacherStoreConfig {
         .with_shard_rows(7)
 }
 
+/// How a test hands the teacher to the writer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Source {
+    /// `append_logits`: the writer selects the top k on the host.
+    Logits,
+    /// `append_top_k(&SparseTeacher::top_k(..))`: burn selects them.
+    TopK,
+}
+
 /// Writes `rows` rows of `values` as one example each, in batches of 9.
-fn write_store(path: &Path, config: &TeacherStoreConfig, values: &[f64], rows: usize) {
+fn write_store(
+    path: &Path,
+    config: &TeacherStoreConfig,
+    values: &[f64],
+    rows: usize,
+    source: Source,
+) {
     let device = Device::flex();
     let mut writer = config.create(path).unwrap();
     for start in (0..rows).step_by(9) {
@@ -46,11 +61,28 @@ fn write_store(path: &Path, config: &TeacherStoreConfig, values: &[f64], rows: u
             [end - start, VOCAB],
             &device,
         );
-        writer.append_logits(batch).unwrap();
+        match source {
+            Source::Logits => writer.append_logits(batch).unwrap(),
+            Source::TopK => writer
+                .append_top_k(&SparseTeacher::top_k(batch, config.k, config.temperature))
+                .unwrap(),
+        }
     }
     let summary = writer.finish().unwrap();
     assert_eq!(summary.examples, rows);
     assert_eq!(summary.file_bytes, std::fs::metadata(path).unwrap().len());
+}
+
+/// Log-probabilities the writer selected on the host (f64, rounded once)
+/// against burn's f32 log-softmax: equal to a few f32 ulps.
+#[track_caller]
+fn assert_f32_rounding(actual: &Tensor<2>, expected: &Tensor<2>) {
+    let (a, e) = (values(actual.clone()), values(expected.clone()));
+    assert_eq!(a.len(), e.len());
+    for (a, e) in a.iter().zip(&e) {
+        let bound = 4.0 * f32::EPSILON as f64 * e.abs().max(1.0);
+        assert!((a - e).abs() <= bound, "{a} vs {e}");
+    }
 }
 
 /// f32 machine epsilon of each precision's significand.
@@ -79,9 +111,12 @@ fn round_trip_equals_the_live_top_k_for_each_precision() {
     let live_log_probs = values(live.log_probs().clone());
     // A shuffled batch with a repeat, across shards.
     let batch = [33usize, 0, 7, 6, 39, 7, 20];
-    for precision in PRECISIONS {
-        let path = dir.path().join(format!("{precision:?}.bdts"));
-        write_store(&path, &config(precision), &x, rows);
+    for (precision, source) in PRECISIONS
+        .into_iter()
+        .flat_map(|p| [(p, Source::Logits), (p, Source::TopK)])
+    {
+        let path = dir.path().join(format!("{precision:?}-{source:?}.bdts"));
+        write_store(&path, &config(precision), &x, rows, source);
         let store = TeacherStore::open_matching(&path, &config(precision)).unwrap();
         assert_eq!(
             (store.len(), store.rows(), store.k()),
@@ -102,9 +137,22 @@ fn round_trip_equals_the_live_top_k_for_each_precision() {
             );
             let expected = &live_log_probs[live_span];
             let largest = expected.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-            for (&a, &e) in log_probs[span.clone()].iter().zip(expected) {
-                if precision == StorePrecision::F32 {
+            // The log-probabilities in f64, independently of the crate.
+            let p = reference_softmax(&x[row * VOCAB..(row + 1) * VOCAB], VOCAB, T);
+            for (j, (&a, &e)) in log_probs[span.clone()].iter().zip(expected).enumerate() {
+                if precision == StorePrecision::F32 && source == Source::TopK {
                     assert_eq!(a, e, "f32 is stored exactly (row {row})");
+                } else if precision == StorePrecision::F32 {
+                    // Selected on the host in f64, rounded once to f32.
+                    let exact = p[indices[b * K + j] as usize].ln();
+                    assert!(
+                        (a - exact).abs() <= f32::EPSILON as f64 * exact.abs().max(1.0),
+                        "row {row}: {a} vs {exact}"
+                    );
+                    assert!(
+                        (a - e).abs() <= 4.0 * f32::EPSILON as f64 * e.abs().max(1.0),
+                        "row {row}: {a} vs burn's {e}"
+                    );
                 } else {
                     // Rounding of the value (half an ulp) plus the row's common
                     // shift, which is bounded by the largest rounding in the row.
@@ -115,15 +163,19 @@ fn round_trip_equals_the_live_top_k_for_each_precision() {
                     );
                 }
             }
-            // The tail: the mass outside the top k, from an f64 softmax of the logits.
-            let p = reference_softmax(&x[row * VOCAB..(row + 1) * VOCAB], VOCAB, T);
+            // The tail: the mass outside the top k, from the f64 softmax.
             let mut sorted = p.clone();
             sorted.sort_by(|a, b| b.total_cmp(a));
             let tail: f64 = sorted[K..].iter().sum();
-            assert!(
-                (host.tail_mass[b] as f64 - tail).abs() < 1e-6,
-                "tail of row {row}"
-            );
+            let stored_tail = host.tail_mass[b] as f64;
+            assert!((stored_tail - tail).abs() < 1e-6, "tail of row {row}");
+            if source == Source::Logits {
+                // Summed over the tail's own classes: relative accuracy too.
+                assert!(
+                    (stored_tail - tail).abs() <= 1e-5 * tail,
+                    "tail of row {row}: {stored_tail} vs {tail}"
+                );
+            }
             // Read-back rows carry the stored tail: Σ p_k = 1 − tail.
             let mass: f64 = log_probs[span].iter().map(|v| v.exp()).sum();
             assert!(
@@ -174,7 +226,7 @@ fn loss_on_the_stored_teacher_equals_the_live_one_to_the_rounding() {
             let path = dir
                 .path()
                 .join(format!("{precision:?}-{divergence:?}.bdts"));
-            write_store(&path, &config(precision), &x, rows);
+            write_store(&path, &config(precision), &x, rows, Source::TopK);
             let store = TeacherStore::open_matching(&path, &config(precision)).unwrap();
             let (soft, grad) = loss_and_grad(store.read(&batch, &device).unwrap());
             if precision == StorePrecision::F32 {
@@ -239,10 +291,7 @@ fn sequences_come_back_whole_and_in_order() {
         .flat_map(|&r| x[r * VOCAB..(r + 1) * VOCAB].to_vec())
         .collect();
     let live = SparseTeacher::top_k(tensor2(&live_logits, [rows.len(), VOCAB], &device), K, T);
-    assert_eq!(
-        values(read.log_probs().clone()),
-        values(live.log_probs().clone())
-    );
+    assert_f32_rounding(read.log_probs(), live.log_probs());
     let as_ints = |t: &SparseTeacher| {
         t.indices()
             .clone()
@@ -259,7 +308,13 @@ fn concurrent_readers_read_the_same_values() {
     let path = dir.path().join("shared.bdts");
     let rows = 200;
     let x = logits(rows, 5);
-    write_store(&path, &config(StorePrecision::F16), &x, rows);
+    write_store(
+        &path,
+        &config(StorePrecision::F16),
+        &x,
+        rows,
+        Source::Logits,
+    );
     let store = TeacherStore::open(&path).unwrap();
     let batches: Vec<Vec<usize>> = (0..8)
         .map(|t| (0..50).map(|i| (i * 37 + t * 11) % rows).collect())
@@ -291,7 +346,13 @@ fn concurrent_readers_read_the_same_values() {
 /// A finished store of 30 rows (shards of 7) and its bytes.
 fn finished_store(dir: &Path) -> (PathBuf, Vec<u8>) {
     let path = dir.join("intact.bdts");
-    write_store(&path, &config(StorePrecision::F16), &logits(30, 6), 30);
+    write_store(
+        &path,
+        &config(StorePrecision::F16),
+        &logits(30, 6),
+        30,
+        Source::Logits,
+    );
     let bytes = std::fs::read(&path).unwrap();
     (path, bytes)
 }
@@ -584,9 +645,9 @@ fn bad_settings_and_bad_rows_are_refused_and_write_nothing() {
     let store = TeacherStore::open_matching(&path, &config).unwrap();
     assert_eq!(store.len(), 2);
     let expected = SparseTeacher::top_k(good, 3, 1.0);
-    assert_eq!(
-        values(store.read(&[0, 1], &device).unwrap().log_probs().clone()),
-        values(expected.log_probs().clone())
+    assert_f32_rounding(
+        store.read(&[0, 1], &device).unwrap().log_probs(),
+        expected.log_probs(),
     );
     assert!(matches!(
         store.read_rows(&[1, 2]).unwrap_err(),
@@ -640,7 +701,7 @@ fn every_class_kept_gives_the_dense_loss() {
     for precision in PRECISIONS {
         let config = TeacherStoreConfig::new(VOCAB, VOCAB, T).with_precision(precision);
         let path = dir.path().join(format!("all-{precision:?}.bdts"));
-        write_store(&path, &config, &x, rows);
+        write_store(&path, &config, &x, rows, Source::Logits);
         let store = TeacherStore::open_matching(&path, &config).unwrap();
         let host = store.read_rows(&(0..rows).collect::<Vec<_>>()).unwrap();
         assert!(host.tail_mass.iter().all(|&t| t == 0.0));
@@ -656,4 +717,52 @@ fn every_class_kept_gives_the_dense_loss() {
             "{precision:?}: {stored} vs {dense}"
         );
     }
+}
+
+#[test]
+fn logits_with_ties_masked_classes_and_bad_values() {
+    let dir = scratch();
+    let device = Device::flex();
+    let path = dir.path().join("ties.bdts");
+    let config = TeacherStoreConfig::new(5, 3, 1.0).with_precision(StorePrecision::F32);
+    let mut writer = config.create(&path).unwrap();
+    let inf = f64::INFINITY;
+    // Ties go to the smaller class; a masked class (−inf) is kept with
+    // probability 0 when fewer than k classes are possible.
+    let rows = [[1.0, 3.0, 3.0, 0.0, -inf], [-inf, 2.0, -inf, -inf, 0.0]];
+    writer
+        .append_logits(tensor2(&rows.concat(), [2, 5], &device))
+        .unwrap();
+    for (bad, reason) in [
+        ([0.0, f64::NAN, 1.0, 2.0, 3.0], "it holds the logit NaN"),
+        ([0.0, inf, 1.0, 2.0, 3.0], "it holds the logit inf"),
+        ([-inf; 5], "every logit is -inf"),
+    ] {
+        match writer.append_logits(tensor2(&bad, [1, 5], &device)) {
+            Err(DistillError::InvalidTopK {
+                argument: "teacher_logits",
+                row: 0,
+                reason: found,
+            }) => assert_eq!(found, reason),
+            other => panic!("{reason}: {other:?}"),
+        }
+    }
+    writer.finish().unwrap();
+    let stored = TeacherStore::open(&path)
+        .unwrap()
+        .read_rows(&[0, 1])
+        .unwrap();
+    assert_eq!(stored.indices, [1, 2, 0, 1, 4, 0]);
+    let p = reference_softmax(&rows.concat(), 5, 1.0);
+    let expected = [p[1], p[2], p[0], p[6], p[9], p[5]].map(f64::ln);
+    for (a, e) in stored.log_probs.iter().zip(expected) {
+        assert!(
+            *a as f64 == e || (*a as f64 - e).abs() <= 2.0 * f32::EPSILON as f64 * e.abs().max(1.0),
+            "{a} vs {e}"
+        );
+    }
+    // Summed over its own classes, the tail is exactly 0 here (not 1 − Σ p).
+    assert_eq!(stored.tail_mass[1], 0.0);
+    let tail = p[3] + p[4];
+    assert!((stored.tail_mass[0] as f64 - tail).abs() <= 1e-6 * tail);
 }
