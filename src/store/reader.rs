@@ -12,6 +12,7 @@ use super::format::{
 };
 use super::{StorePrecision, TeacherStoreConfig};
 use crate::error::DistillError;
+use crate::kd::KdLoss;
 use crate::sparse::SparseTeacher;
 
 /// An open teacher store (see the [module docs](super)): random access to the
@@ -243,6 +244,37 @@ impl TeacherStore {
             }
         }
         Ok(())
+    }
+
+    /// Checks that the store was written at `loss`'s temperature: a top-k
+    /// teacher read at another one cannot be converted (its other classes are
+    /// not stored), so a difference is an error.
+    ///
+    /// ```
+    /// # use burn::tensor::{Device, Tensor};
+    /// # use burn_distill::KdLossConfig;
+    /// # use burn_distill::store::{TeacherStore, TeacherStoreConfig};
+    /// # let path = std::env::temp_dir().join(format!("doc-check-loss-{}.bdts", std::process::id()));
+    /// let config = TeacherStoreConfig::new(3, 2, 4.0);
+    /// let mut writer = config.create(&path).unwrap();
+    /// writer.append_logits(Tensor::<2>::from_floats([[1.0, 0.0, 2.0]], &Device::flex())).unwrap();
+    /// writer.finish().unwrap();
+    /// let store = TeacherStore::open(&path).unwrap();
+    /// assert!(store.check_loss(&KdLossConfig::new().with_temperature(4.0).init()).is_ok());
+    /// let error = store.check_loss(&KdLossConfig::new().with_temperature(1.0).init()).unwrap_err();
+    /// assert!(error.to_string().contains("temperature = 4.0, but 1.0"));
+    /// # std::fs::remove_file(&path).unwrap();
+    /// ```
+    pub fn check_loss(&self, loss: &KdLoss) -> Result<(), DistillError> {
+        if self.header.temperature == loss.temperature() {
+            return Ok(());
+        }
+        Err(DistillError::StoreMismatch {
+            path: self.path.display().to_string(),
+            field: "temperature",
+            stored: format!("{:?}", self.header.temperature),
+            expected: format!("{:?}", loss.temperature()),
+        })
     }
 
     /// Reads the rows of `examples` (in that order, repeats allowed) as a
