@@ -25,6 +25,8 @@ for loss in reverse_kl jsd_0.5 jsd_normalized_0.1 skew_forward_kl_0.1 skew_rever
 done
 # The top-k teacher's inputs are the student and [512, 64] values: its own baseline.
 /usr/bin/time -f "inputs sparse_top64: %M KiB" "${CARGO_TARGET_DIR:-target}"/release/examples/kd_memory inputs 512 32000 sparse_top64 2>&1 | tail -1
+echo "== cargo bench --bench store"
+cargo bench --bench store 2>&1 | grep -E "^threads|^k =|^store|^baseline|time:|thrpt:"
 echo "== cargo bench --bench linear"
 cargo bench --bench linear 2>&1 | grep -E "^threads|^linear|time:"
 cargo build --release --example linear_memory --quiet

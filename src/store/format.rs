@@ -12,9 +12,8 @@
 //! short anywhere has no end marker; its length is then checked against what
 //! the header and footer say it holds.
 
-use std::fs::File;
-
-use burn::tensor::{bf16, f16};
+use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
+use half::{bf16, f16};
 
 use super::StorePrecision;
 
@@ -242,15 +241,33 @@ impl StorePrecision {
         }
     }
 
-    /// The value stored in `bytes` (`self.bytes()` of them).
-    pub(super) fn decode(self, bytes: &[u8]) -> f32 {
+    /// Appends the values stored in `bytes` to `out`, as f32.
+    pub(super) fn decode_into(self, bytes: &[u8], out: &mut Vec<f32>) {
         match self {
-            Self::F32 => f32::from_le_bytes(bytes.try_into().expect("4 bytes")),
+            Self::F32 => out.extend(
+                bytes
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes"))),
+            ),
+            // bf16 is the top half of an f32.
+            Self::Bf16 => out.extend(bytes.chunks_exact(2).map(|b| {
+                f32::from_bits((u16::from_le_bytes(b.try_into().expect("2 bytes")) as u32) << 16)
+            })),
+            // Converted a block at a time: `half` uses the CPU's conversion
+            // instructions (F16C) on a slice, when the CPU has them.
             Self::F16 => {
-                f16::from_bits(u16::from_le_bytes(bytes.try_into().expect("2 bytes"))).to_f32()
-            }
-            Self::Bf16 => {
-                bf16::from_bits(u16::from_le_bytes(bytes.try_into().expect("2 bytes"))).to_f32()
+                let mut bits = [0u16; 64];
+                for block in bytes.chunks(128) {
+                    let n = block.len() / 2;
+                    for (b, pair) in bits.iter_mut().zip(block.chunks_exact(2)) {
+                        *b = u16::from_le_bytes(pair.try_into().expect("2 bytes"));
+                    }
+                    let start = out.len();
+                    out.resize(start + n, 0.0);
+                    bits[..n]
+                        .reinterpret_cast::<f16>()
+                        .convert_to_f32_slice(&mut out[start..]);
+                }
             }
         }
     }
@@ -286,33 +303,6 @@ pub(super) fn unpack_indices(bytes: &[u8], bits: u32, count: usize, out: &mut Ve
         out.push((acc & mask) as i64);
         acc >>= bits;
         filled -= bits;
-    }
-}
-
-/// Reads exactly `buf.len()` bytes at `offset`, without moving a shared cursor
-/// (so that several threads can read one file at once).
-pub(super) fn read_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-    #[cfg(unix)]
-    {
-        std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
-    }
-    #[cfg(windows)]
-    {
-        let (mut done, mut offset) = (0, offset);
-        while done < buf.len() {
-            match std::os::windows::fs::FileExt::seek_read(file, &mut buf[done..], offset)? {
-                0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
-                n => {
-                    done += n;
-                    offset += n as u64;
-                }
-            }
-        }
-        Ok(())
-    }
-    #[cfg(not(any(unix, windows)))]
-    {
-        compile_error!("the teacher store reads files by offset, on Unix and Windows")
     }
 }
 
@@ -357,6 +347,41 @@ mod tests {
             let expected: Vec<i64> = values.iter().map(|&v| v as i64).collect();
             assert_eq!(back, expected, "{bits} bits");
         }
+    }
+
+    #[test]
+    fn stored_values_decode_to_the_rounded_value() {
+        // 130 values: two f16 blocks of 64 and a partial third.
+        let values: Vec<f32> = (0..130)
+            .map(|i| -(i as f32) * 0.731 - 1e-3)
+            .chain([0.0, -70_000.0, f32::NEG_INFINITY, -6.0e-8])
+            .collect();
+        for precision in [
+            StorePrecision::F32,
+            StorePrecision::F16,
+            StorePrecision::Bf16,
+        ] {
+            let mut bytes = Vec::new();
+            values.iter().for_each(|&v| precision.encode(v, &mut bytes));
+            assert_eq!(bytes.len(), values.len() * precision.bytes());
+            let mut back = Vec::new();
+            precision.decode_into(&bytes, &mut back);
+            let expected: Vec<f32> = values
+                .iter()
+                .map(|&v| match precision {
+                    StorePrecision::F32 => v,
+                    StorePrecision::F16 => f16::from_f32(v).to_f32(),
+                    StorePrecision::Bf16 => bf16::from_f32(v).to_f32(),
+                })
+                .collect();
+            assert_eq!(back, expected, "{precision:?}");
+        }
+        // f16's range ends at −65504: beyond it, probability 0.
+        let mut bytes = Vec::new();
+        StorePrecision::F16.encode(-70_000.0, &mut bytes);
+        let mut back = Vec::new();
+        StorePrecision::F16.decode_into(&bytes, &mut back);
+        assert_eq!(back, [f32::NEG_INFINITY]);
     }
 
     #[test]

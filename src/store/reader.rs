@@ -8,10 +8,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use super::format::{
-    FLAG_EXAMPLE_OFFSETS, FOOTER, Footer, Header, MAGIC, PREAMBLE, VERSION, read_at, unpack_indices,
+    FLAG_EXAMPLE_OFFSETS, FOOTER, Footer, Header, MAGIC, PREAMBLE, VERSION, unpack_indices,
 };
 use super::{StorePrecision, TeacherStoreConfig};
 use crate::error::DistillError;
+use crate::fused::math::exp;
 use crate::kd::KdLoss;
 use crate::sparse::SparseTeacher;
 
@@ -19,7 +20,9 @@ use crate::sparse::SparseTeacher;
 /// stored teacher by example index, from any number of threads.
 #[derive(Debug)]
 pub struct TeacherStore {
-    file: File,
+    /// The whole file, memory-mapped: a row is read by slicing, with no
+    /// system call, and the operating system's page cache holds what is hot.
+    map: memmap2::Mmap,
     path: PathBuf,
     header: Header,
     row_bytes: usize,
@@ -71,19 +74,34 @@ impl TeacherStore {
                 message: e.to_string(),
             })?
             .len();
-        let read = |buf: &mut [u8], offset: u64| {
-            read_at(&file, buf, offset).map_err(|e| DistillError::StoreIo {
-                path: path.display().to_string(),
-                operation: "read",
-                message: e.to_string(),
-            })
-        };
         if file_bytes < (PREAMBLE + 4 + FOOTER) as u64 {
             return Err(damaged(format!(
                 "{file_bytes} bytes, fewer than an empty store's {}",
                 PREAMBLE + 4 + FOOTER
             )));
         }
+        // SAFETY: a mapped file must not change while mapped. A finished store
+        // is never written again by this crate (writers write a temporary file
+        // and rename it into place, which leaves an open mapping on the old
+        // file); another program truncating it under a running reader would
+        // fault, the contract of every memory-mapped format (safetensors,
+        // `torch.load(mmap=True)`).
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| DistillError::StoreIo {
+            path: path.display().to_string(),
+            operation: "memory-map",
+            message: e.to_string(),
+        })?;
+        if map.len() as u64 != file_bytes {
+            return Err(damaged(format!(
+                "its size changed from {file_bytes} to {} bytes while opening",
+                map.len()
+            )));
+        }
+        let read = |buf: &mut [u8], offset: u64| {
+            let start = offset as usize;
+            buf.copy_from_slice(&map[start..start + buf.len()]);
+            Ok::<(), DistillError>(())
+        };
         let mut preamble = [0u8; PREAMBLE];
         read(&mut preamble, 0)?;
         if &preamble[0..8] != MAGIC {
@@ -190,7 +208,7 @@ impl TeacherStore {
             verified: (0..shard_crcs.len())
                 .map(|_| AtomicBool::new(false))
                 .collect(),
-            file,
+            map,
             path: path.to_path_buf(),
             header,
             row_bytes,
@@ -320,11 +338,9 @@ impl TeacherStore {
             log_probs: Vec::with_capacity(total as usize * k),
             tail_mass: Vec::with_capacity(total as usize),
         };
-        let mut buf = Vec::new();
         for (start, end) in ranges {
-            buf.resize((end - start) as usize * self.row_bytes, 0);
-            self.read_bytes(&mut buf, self.data_start + start * self.row_bytes as u64)?;
-            for (i, row) in buf.chunks_exact(self.row_bytes).enumerate() {
+            let bytes = self.rows_bytes(start, end);
+            for (i, row) in bytes.chunks_exact(self.row_bytes).enumerate() {
                 self.decode_row(start + i as u64, row, &mut out)?;
             }
         }
@@ -343,9 +359,7 @@ impl TeacherStore {
         let shard_rows = self.header.shard_rows as u64;
         let first = shard as u64 * shard_rows;
         let last = (first + shard_rows).min(self.rows);
-        let mut bytes = vec![0u8; (last - first) as usize * self.row_bytes];
-        self.read_bytes(&mut bytes, self.data_start + first * self.row_bytes as u64)?;
-        let found = crc32fast::hash(&bytes);
+        let found = crc32fast::hash(self.rows_bytes(first, last));
         let stored = self.shard_crcs[shard];
         if found != stored {
             return Err(self.damaged(format!(
@@ -382,11 +396,7 @@ impl TeacherStore {
             return Err(self.damaged(format!("row {row} has a tail mass of {tail}")));
         }
         let first = out.log_probs.len();
-        out.log_probs.extend(
-            values
-                .chunks_exact(h.precision.bytes())
-                .map(|b| h.precision.decode(b)),
-        );
+        h.precision.decode_into(values, &mut out.log_probs);
         let row_values = &mut out.log_probs[first..];
         if let Some(value) = row_values
             .iter()
@@ -395,7 +405,7 @@ impl TeacherStore {
             return Err(self.damaged(format!("row {row} holds the log-probability {value}")));
         }
         if h.precision != StorePrecision::F32 {
-            let mass: f64 = row_values.iter().map(|&v| (v as f64).exp()).sum();
+            let mass: f64 = row_values.iter().map(|&v| exp(v) as f64).sum();
             if mass > 0.0 && tail < 1.0 {
                 let shift = ((1.0 - tail as f64).ln() - mass.ln()) as f32;
                 row_values.iter_mut().for_each(|v| *v += shift);
@@ -405,12 +415,10 @@ impl TeacherStore {
         Ok(())
     }
 
-    fn read_bytes(&self, buf: &mut [u8], offset: u64) -> Result<(), DistillError> {
-        read_at(&self.file, buf, offset).map_err(|e| DistillError::StoreIo {
-            path: self.path.display().to_string(),
-            operation: "read",
-            message: e.to_string(),
-        })
+    /// The bytes of rows `first..last` (in range: checked at opening).
+    fn rows_bytes(&self, first: u64, last: u64) -> &[u8] {
+        let start = self.data_start as usize + first as usize * self.row_bytes;
+        &self.map[start..start + (last - first) as usize * self.row_bytes]
     }
 
     fn damaged(&self, what: String) -> DistillError {
