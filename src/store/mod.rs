@@ -23,8 +23,12 @@
 //! - **Random access**: rows have a fixed size (indices bit-packed to
 //!   `⌈log₂ vocab⌉` bits, e.g. 15 at 32,000 classes), so an example is found
 //!   by arithmetic (plus a table of row starts when examples are sequences of
-//!   several rows, one row per token) and read by offset; a shuffled batch reads
-//!   its own rows only. Any number of threads can read one `TeacherStore`.
+//!   several rows, one row per token). The file is memory-mapped: a shuffled
+//!   batch touches only its own rows' pages, with no system call per row, and
+//!   the operating system's page cache keeps what is read often. Any number of
+//!   threads can read one `TeacherStore`. (A mapped file must not be changed
+//!   while it is open; this crate never writes a finished store, it replaces it
+//!   by renaming a new file over it.)
 //! - **Integrity**: the file is written under a temporary name and renamed once
 //!   complete, so a store is whole or absent. Every `shard_rows` rows carry a
 //!   CRC-32, checked the first time a read touches that shard (or by

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use super::format::{
-    FLAG_EXAMPLE_OFFSETS, FOOTER, Footer, Header, MAGIC, PREAMBLE, VERSION, unpack_indices,
+    FLAG_EXAMPLE_OFFSETS, FOOTER, Footer, Header, MAGIC, PREAMBLE, VERSION, sum_f64, unpack_indices,
 };
 use super::{StorePrecision, TeacherStoreConfig};
 use crate::error::DistillError;
@@ -405,7 +405,15 @@ impl TeacherStore {
             return Err(self.damaged(format!("row {row} holds the log-probability {value}")));
         }
         if h.precision != StorePrecision::F32 {
-            let mass: f64 = row_values.iter().map(|&v| exp(v) as f64).sum();
+            // The exponentials a block at a time (vectorised), summed in f64.
+            let mut block = [0.0f32; 64];
+            let mut mass = 0.0f64;
+            for values in row_values.chunks(64) {
+                for (e, &v) in block.iter_mut().zip(values) {
+                    *e = exp(v);
+                }
+                mass += sum_f64(&block[..values.len()]);
+            }
             if mass > 0.0 && tail < 1.0 {
                 let shift = ((1.0 - tail as f64).ln() - mass.ln()) as f32;
                 row_values.iter_mut().for_each(|v| *v += shift);

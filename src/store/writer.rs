@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use burn::tensor::{DType, Tensor};
 
 use super::TeacherStoreConfig;
-use super::format::{FLAG_EXAMPLE_OFFSETS, Footer, Header, pack_indices};
+use super::format::{FLAG_EXAMPLE_OFFSETS, Footer, Header, pack_indices, sum_f64};
 use crate::check::check_non_empty;
 use crate::error::DistillError;
 use crate::fused::math::exp;
@@ -79,14 +79,6 @@ fn exp_shifted(logits: &[f32], max: f32, inv_t: f32, exps: &mut Vec<f32>) -> f64
     exps.clear();
     exps.extend(logits.iter().map(|&v| exp((v - max) * inv_t)));
     sum_f64(exps)
-}
-
-/// A sum of f32 values in f64, in blocks the compiler vectorises.
-fn sum_f64(values: &[f32]) -> f64 {
-    values
-        .chunks(64)
-        .map(|block| block.iter().map(|&e| e as f64).sum::<f64>())
-        .sum()
 }
 
 /// A key that orders logits as numbers (no NaN here), then classes in reverse:
@@ -320,9 +312,7 @@ impl TeacherStoreWriter {
             let tail = tails.as_ref().map_or(mass_tail, |t| t[row]);
             let bits = self.header.index_bits();
             pack_indices(classes.iter().map(|&c| c as u32), bits, &mut self.encoded);
-            for &value in values {
-                self.header.precision.encode(value, &mut self.encoded);
-            }
+            self.header.precision.encode_into(values, &mut self.encoded);
             self.encoded.extend_from_slice(&tail.to_le_bytes());
         }
         // Checked: now write, shard by shard for the checksums.
@@ -385,10 +375,20 @@ impl TeacherStoreWriter {
                 format!("class {} appears twice", pair[0]),
             );
         }
-        if let Some(value) = values.iter().find(|v| v.is_nan()) {
+        // One value above ln(1 + tolerance) is already too much mass (and
+        // keeps the vectorised `exp` below in its range).
+        let too_large = (1.0 + SUM_TOLERANCE).ln() as f32;
+        if let Some(value) = values.iter().find(|v| v.is_nan() || **v > too_large) {
             return refuse("teacher.log_probs", format!("log-probability {value}"));
         }
-        let mass: f64 = values.iter().map(|&v| (v as f64).exp()).sum();
+        let mut block = [0.0f32; 64];
+        let mut mass = 0.0f64;
+        for part in values.chunks(64) {
+            for (e, &v) in block.iter_mut().zip(part) {
+                *e = exp(v);
+            }
+            mass += sum_f64(&block[..part.len()]);
+        }
         if mass > 1.0 + SUM_TOLERANCE || mass.is_nan() {
             return refuse(
                 "teacher.log_probs",
