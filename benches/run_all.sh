@@ -51,4 +51,5 @@ if [ -n "$python" ]; then
     done
     /usr/bin/time -f "torch import + inputs $vocab: %M KiB" "$python" -c "import sys; sys.path.insert(0, 'benches'); import compare_torch_linear as c; c.inputs(2048, 512, $vocab)" 2>&1 | tail -1
   done
+  "$python" benches/compare_torch_store.py
 fi
