@@ -398,10 +398,8 @@ impl TeacherStore {
         let first = out.log_probs.len();
         h.precision.decode_into(values, &mut out.log_probs);
         let row_values = &mut out.log_probs[first..];
-        if let Some(value) = row_values
-            .iter()
-            .find(|v| v.is_nan() || **v == f32::INFINITY)
-        {
+        if let Some(value) = row_values.iter().find(|v| v.is_nan() || **v > 0.01) {
+            // The writer refuses anything above ln(1.001): this is damage.
             return Err(self.damaged(format!("row {row} holds the log-probability {value}")));
         }
         if h.precision != StorePrecision::F32 {

@@ -220,7 +220,10 @@ impl TeacherStoreWriter {
                 return Err(refuse("every logit is -inf".into()));
             }
             let t = self.header.temperature;
-            let total = exp_shifted(logits, max as f32, (1.0 / t) as f32, &mut exps);
+            // 1/T beyond f32 (T < 3e-39) would make the maximum's (v − max)·(1/T)
+            // a NaN; f32::MAX keeps it 0 and every other term 0 after exp.
+            let inv_t = ((1.0 / t) as f32).min(f32::MAX);
+            let total = exp_shifted(logits, max as f32, inv_t, &mut exps);
             let log_sum = total.ln();
             // The k largest, kept in a min-heap of sortable keys: a larger key
             // is a larger logit, then a smaller class (ties go to the first).
@@ -236,12 +239,16 @@ impl TeacherStoreWriter {
             }
             let start = indices.len();
             // Ascending Reverse order = descending keys: the largest first.
-            for std::cmp::Reverse(key) in std::mem::take(&mut heap).into_sorted_vec() {
+            let mut best = std::mem::take(&mut heap).into_sorted_vec();
+            for &std::cmp::Reverse(key) in &best {
                 let class = (u32::MAX - key as u32) as usize;
                 indices.push(class as i64);
                 log_probs.push(((logits[class] as f64 - max) / t - log_sum) as f32);
                 exps[class] = 0.0;
             }
+            // The heap's allocation, for the next row.
+            best.clear();
+            heap = best.into();
             debug_assert_eq!(indices.len() - start, k);
             // The tail summed over its own classes: exact even when it is
             // tiny, where 1 − Σ p_k would be rounding.
@@ -379,7 +386,11 @@ impl TeacherStoreWriter {
         // keeps the vectorised `exp` below in its range).
         let too_large = (1.0 + SUM_TOLERANCE).ln() as f32;
         if let Some(value) = values.iter().find(|v| v.is_nan() || **v > too_large) {
-            return refuse("teacher.log_probs", format!("log-probability {value}"));
+            let reason = match value.is_nan() {
+                true => "log-probability NaN".to_string(),
+                false => format!("log-probability {value} > 0, a probability above 1"),
+            };
+            return refuse("teacher.log_probs", reason);
         }
         let mut block = [0.0f32; 64];
         let mut mass = 0.0f64;

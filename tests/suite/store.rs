@@ -613,6 +613,10 @@ fn bad_settings_and_bad_rows_are_refused_and_write_nothing() {
             "teacher.log_probs 0: log-probability NaN",
         ),
         (
+            top_k([[0, 1, 2]], [0.5, -3.0, -4.0]),
+            "teacher.log_probs 0: log-probability 0.5 > 0, a probability above 1",
+        ),
+        (
             top_k([[0, 1, 2]], [0.0, 0.0, -1.0]),
             "teacher.log_probs 0: its probabilities sum to",
         ),
@@ -765,4 +769,23 @@ fn logits_with_ties_masked_classes_and_bad_values() {
     assert_eq!(stored.tail_mass[1], 0.0);
     let tail = p[3] + p[4];
     assert!((stored.tail_mass[0] as f64 - tail).abs() <= 1e-6 * tail);
+}
+
+#[test]
+fn a_temperature_below_f32_range_still_gives_finite_rows() {
+    // 1/T overflows f32 at T = 1e-40: the teacher is then one-hot on its
+    // largest logit (ties shared), exactly as the f64 softmax says.
+    let dir = scratch();
+    let path = dir.path().join("cold.bdts");
+    let config = TeacherStoreConfig::new(4, 2, 1e-40).with_precision(StorePrecision::F32);
+    let mut writer = config.create(&path).unwrap();
+    writer
+        .append_logits(tensor2(&[0.5, 2.0, 1.0, 2.0], [1, 4], &Device::flex()))
+        .unwrap();
+    writer.finish().unwrap();
+    let rows = TeacherStore::open(&path).unwrap().read_rows(&[0]).unwrap();
+    assert_eq!(rows.indices, [1, 3]);
+    let half = 0.5f64.ln() as f32;
+    assert_eq!(rows.log_probs, [half, half]);
+    assert_eq!(rows.tail_mass, [0.0]);
 }
