@@ -26,6 +26,32 @@ const SUM_TOLERANCE: f64 = 1e-3;
 /// the store's path until [`finish`](Self::finish); dropping the writer
 /// unfinished deletes its temporary file. A call that returns an error
 /// appends nothing, and the writer can go on.
+///
+/// For sequences, one example per sequence with one row per token:
+///
+/// ```
+/// use burn::tensor::{Device, Distribution, Tensor};
+/// use burn_distill::store::{TeacherStore, TeacherStoreConfig};
+///
+/// let device = Device::flex();
+/// let path = std::env::temp_dir().join(format!("doc-sequences-{}.bdts", std::process::id()));
+/// let config = TeacherStoreConfig::new(100, 8, 1.0);
+/// let mut writer = config.create(&path).unwrap();
+/// for tokens in [5, 3, 7] {
+///     let logits = Tensor::<2>::random([tokens, 100], Distribution::Normal(0.0, 1.0), &device);
+///     writer.append_sequence_logits(logits).unwrap();
+/// }
+/// assert_eq!(writer.examples(), 3);
+/// let summary = writer.finish().unwrap();
+/// assert_eq!((summary.examples, summary.rows), (3, 15));
+///
+/// let store = TeacherStore::open_matching(&path, &config).unwrap();
+/// assert_eq!(store.rows_of(1).unwrap(), 3);
+/// // Sequences 2 and 0: their 7 + 5 rows, in that order.
+/// let teacher = store.read(&[2, 0], &device).unwrap();
+/// assert_eq!(teacher.log_probs().dims(), [12, 8]);
+/// # std::fs::remove_file(&path).unwrap();
+/// ```
 #[derive(Debug)]
 pub struct TeacherStoreWriter {
     header: Header,
