@@ -12,6 +12,7 @@
 //! short anywhere has no end marker; its length is then checked against what
 //! the header and footer say it holds.
 
+use crate::fused::math::exp;
 use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
 use half::{bf16, f16};
 
@@ -321,6 +322,20 @@ pub(super) fn unpack_indices(bytes: &[u8], bits: u32, count: usize, out: &mut Ve
         };
         ((word >> (bit % 8)) & mask) as i64
     }));
+}
+
+/// `Σ exp(v)` over log-probabilities (each at most 0.01): the exponentials a
+/// block at a time with the fused kernel's vectorised `exp`, summed in f64.
+pub(super) fn sum_exp(values: &[f32]) -> f64 {
+    let mut block = [0.0f32; 64];
+    let mut sum = 0.0f64;
+    for part in values.chunks(64) {
+        for (e, &v) in block.iter_mut().zip(part) {
+            *e = exp(v);
+        }
+        sum += sum_f64(&block[..part.len()]);
+    }
+    sum
 }
 
 /// A sum of f32 values in f64, in blocks the compiler vectorises.

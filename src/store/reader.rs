@@ -8,11 +8,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use super::format::{
-    FLAG_EXAMPLE_OFFSETS, FOOTER, Footer, Header, MAGIC, PREAMBLE, VERSION, sum_f64, unpack_indices,
+    FLAG_EXAMPLE_OFFSETS, FOOTER, Footer, Header, MAGIC, PREAMBLE, VERSION, sum_exp, unpack_indices,
 };
 use super::{StorePrecision, TeacherStoreConfig};
 use crate::error::DistillError;
-use crate::fused::math::exp;
 use crate::kd::KdLoss;
 use crate::sparse::SparseTeacher;
 
@@ -97,13 +96,9 @@ impl TeacherStore {
                 map.len()
             )));
         }
-        let read = |buf: &mut [u8], offset: u64| {
-            let start = offset as usize;
-            buf.copy_from_slice(&map[start..start + buf.len()]);
-            Ok::<(), DistillError>(())
-        };
-        let mut preamble = [0u8; PREAMBLE];
-        read(&mut preamble, 0)?;
+        // The header, footer and tables are parsed in place, from the map.
+        let bytes: &[u8] = &map;
+        let preamble = &bytes[..PREAMBLE];
         if &preamble[0..8] != MAGIC {
             return Err(damaged(
                 "it does not start with a teacher store's marker".into(),
@@ -122,9 +117,8 @@ impl TeacherStore {
                 "a header of {header_len} bytes in a file of {file_bytes}"
             )));
         }
-        let mut header_bytes = vec![0u8; PREAMBLE + header_len as usize + 4];
-        read(&mut header_bytes, 0)?;
-        let (covered, stored) = header_bytes.split_at(PREAMBLE + header_len as usize);
+        let (covered, stored) =
+            bytes[..data_start as usize].split_at(PREAMBLE + header_len as usize);
         let stored = u32::from_le_bytes(stored.try_into().expect("4 bytes"));
         let found = crc32fast::hash(covered);
         if stored != found {
@@ -136,9 +130,9 @@ impl TeacherStore {
             Header::decode(&covered[PREAMBLE..]).map_err(|e| damaged(format!("header: {e}")))?;
         let row_bytes = header.row_bytes();
 
-        let mut footer_bytes = [0u8; FOOTER];
-        read(&mut footer_bytes, file_bytes - FOOTER as u64)?;
-        let footer = Footer::decode(&footer_bytes).map_err(damaged)?;
+        let footer_start = bytes.len() - FOOTER;
+        let footer_bytes = bytes[footer_start..].try_into().expect("FOOTER bytes");
+        let footer = Footer::decode(footer_bytes).map_err(damaged)?;
         let has_starts = footer.flags & FLAG_EXAMPLE_OFFSETS != 0;
         if footer.flags & !FLAG_EXAMPLE_OFFSETS != 0
             || (!has_starts && footer.rows != footer.examples)
@@ -173,9 +167,8 @@ impl TeacherStore {
             )));
         }
         let tables_start = data_start + footer.rows * row_bytes as u64;
-        let mut tables = vec![0u8; (file_bytes - FOOTER as u64 - tables_start) as usize];
-        read(&mut tables, tables_start)?;
-        let found = crc32fast::hash(&tables);
+        let tables = &bytes[tables_start as usize..footer_start];
+        let found = crc32fast::hash(tables);
         if found != footer.tables_crc {
             return Err(damaged(format!(
                 "table checksum {found:08x} differs from the stored {:08x}",
@@ -310,19 +303,10 @@ impl TeacherStore {
     /// they touch is verified first (once per opened store); a damaged one
     /// fails the whole read.
     pub fn read_rows(&self, examples: &[usize]) -> Result<StoredRows, DistillError> {
-        let mut ranges = Vec::with_capacity(examples.len());
-        for &example in examples {
-            if example >= self.examples {
-                return Err(DistillError::ExampleOutOfRange {
-                    example,
-                    examples: self.examples,
-                });
-            }
-            ranges.push(match &self.example_starts {
-                Some(starts) => (starts[example], starts[example + 1]),
-                None => (example as u64, example as u64 + 1),
-            });
-        }
+        let ranges = examples
+            .iter()
+            .map(|&example| self.row_range(example))
+            .collect::<Result<Vec<_>, _>>()?;
         let shard_rows = self.header.shard_rows as u64;
         for &(start, end) in &ranges {
             for shard in start / shard_rows..end.div_ceil(shard_rows) {
@@ -403,15 +387,7 @@ impl TeacherStore {
             return Err(self.damaged(format!("row {row} holds the log-probability {value}")));
         }
         if h.precision != StorePrecision::F32 {
-            // The exponentials a block at a time (vectorised), summed in f64.
-            let mut block = [0.0f32; 64];
-            let mut mass = 0.0f64;
-            for values in row_values.chunks(64) {
-                for (e, &v) in block.iter_mut().zip(values) {
-                    *e = exp(v);
-                }
-                mass += sum_f64(&block[..values.len()]);
-            }
+            let mass = sum_exp(row_values);
             if mass > 0.0 && tail < 1.0 {
                 let shift = ((1.0 - tail as f64).ln() - mass.ln()) as f32;
                 row_values.iter_mut().for_each(|v| *v += shift);
@@ -451,6 +427,12 @@ impl TeacherStore {
 
     /// Rows of one example.
     pub fn rows_of(&self, example: usize) -> Result<usize, DistillError> {
+        let (first, end) = self.row_range(example)?;
+        Ok((end - first) as usize)
+    }
+
+    /// The rows `first..end` of one example.
+    fn row_range(&self, example: usize) -> Result<(u64, u64), DistillError> {
         if example >= self.examples {
             return Err(DistillError::ExampleOutOfRange {
                 example,
@@ -458,8 +440,8 @@ impl TeacherStore {
             });
         }
         Ok(match &self.example_starts {
-            Some(starts) => (starts[example + 1] - starts[example]) as usize,
-            None => 1,
+            Some(starts) => (starts[example], starts[example + 1]),
+            None => (example as u64, example as u64 + 1),
         })
     }
 

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use burn::tensor::{DType, Tensor};
 
 use super::TeacherStoreConfig;
-use super::format::{FLAG_EXAMPLE_OFFSETS, Footer, Header, pack_indices, sum_f64};
+use super::format::{FLAG_EXAMPLE_OFFSETS, Footer, Header, pack_indices, sum_exp, sum_f64};
 use crate::check::check_non_empty;
 use crate::error::DistillError;
 use crate::fused::math::exp;
@@ -338,12 +338,12 @@ impl TeacherStoreWriter {
         self.encoded.clear();
         self.encoded.reserve(rows * self.row_bytes);
         let mut sorted = Vec::with_capacity(k);
+        let bits = self.header.index_bits();
         for row in 0..rows {
             let classes = &indices[row * k..(row + 1) * k];
             let values = &log_probs[row * k..(row + 1) * k];
             let mass_tail = self.check_row(row, classes, values, &mut sorted)?;
             let tail = tails.as_ref().map_or(mass_tail, |t| t[row]);
-            let bits = self.header.index_bits();
             pack_indices(classes.iter().map(|&c| c as u32), bits, &mut self.encoded);
             self.header.precision.encode_into(values, &mut self.encoded);
             self.encoded.extend_from_slice(&tail.to_le_bytes());
@@ -418,14 +418,7 @@ impl TeacherStoreWriter {
             };
             return refuse("teacher.log_probs", reason);
         }
-        let mut block = [0.0f32; 64];
-        let mut mass = 0.0f64;
-        for part in values.chunks(64) {
-            for (e, &v) in block.iter_mut().zip(part) {
-                *e = exp(v);
-            }
-            mass += sum_f64(&block[..part.len()]);
-        }
+        let mass = sum_exp(values);
         if mass > 1.0 + SUM_TOLERANCE || mass.is_nan() {
             return refuse(
                 "teacher.log_probs",
