@@ -1,7 +1,7 @@
 //! The eq. 5 combiner on the host, for flex: rows are independent, so each is
 //! solved on its own (in f64, across threads) and stops when its own `q`
-//! settles. Same update, objective, `TINY` and stopping rule as the tensor
-//! version in `combine.rs`.
+//! settles. Same start, accelerated update, objective, `TINY` and stopping
+//! rule as the tensor version in `combine.rs`.
 
 use super::combine::TINY;
 
@@ -145,17 +145,24 @@ fn solve_row(
         &specialists[m].probs[row * k..(row + 1) * k]
     };
 
-    // Start: the average of p^g and each active specialist spread over the classes.
+    // Start: the average of p^g and each active specialist spread over the
+    // classes, its dustbin mass split in p^g's proportions (see `combine.rs`).
     q.copy_from_slice(pg);
     for &m in &active {
         let s = &specialists[m];
         let p = probs(m);
         let outside = classes - s.classes.len();
         if outside > 0 {
-            let share = p[s.classes.len()] / outside as f64;
+            let dustbin = p[s.classes.len()];
+            let generalist_outside: f64 =
+                (0..classes).filter(|&c| !s.member[c]).map(|c| pg[c]).sum();
             for (c, qc) in q.iter_mut().enumerate() {
                 if !s.member[c] {
-                    *qc += share;
+                    *qc += if generalist_outside > 0.0 {
+                        dustbin * pg[c] / generalist_outside
+                    } else {
+                        dustbin / outside as f64
+                    };
                 }
             }
         }
@@ -165,12 +172,11 @@ fn solve_row(
     }
     q.iter_mut().for_each(|x| *x /= denominator);
 
-    let mut trace = vec![row_objective(pg, q, &active, specialists, &probs)];
-    let mut next = vec![0.0; classes];
-    for _ in 0..max_iterations {
+    let objective = |q: &[f64]| row_objective(pg, q, &active, specialists, &probs);
+    // The EM map: q_i ← [p^g_i + q_i·Σ_m r_d,m + Σ_{m ∋ i} (p^m_i − q_i·r_d,m)] / (1 + |A|),
+    // where classes in S_m get p^m_i/q_i instead of the dustbin ratio r_d,m.
+    let em = |q: &[f64], next: &mut [f64]| {
         let total: f64 = q.iter().sum();
-        // q_i ← [p^g_i + q_i·Σ_m r_d,m + Σ_{m ∋ i} (p^m_i − q_i·r_d,m)] / (1 + |A|):
-        // classes in S_m get p^m_i/q_i instead of the dustbin ratio r_d,m.
         let mut dustbin_ratio_sum = 0.0;
         let mut dustbin_ratios = Vec::with_capacity(active.len());
         for &m in &active {
@@ -181,7 +187,7 @@ fn solve_row(
             dustbin_ratios.push(r);
             dustbin_ratio_sum += r;
         }
-        for ((n, &g), &qc) in next.iter_mut().zip(pg).zip(q.iter()) {
+        for ((n, &g), &qc) in next.iter_mut().zip(pg).zip(q) {
             *n = g + qc * dustbin_ratio_sum;
         }
         for (&m, &r) in active.iter().zip(&dustbin_ratios) {
@@ -191,13 +197,50 @@ fn solve_row(
                 next[c] += p[k] - q[c] * r;
             }
         }
-        let mut change = 0.0f64;
-        for (qc, n) in q.iter_mut().zip(&next) {
-            let updated = n / denominator;
-            change = change.max((updated - *qc).abs());
-            *qc = updated;
+        next.iter_mut().for_each(|n| *n /= denominator);
+    };
+    let largest_move = |a: &[f64], b: &[f64]| {
+        a.iter()
+            .zip(b)
+            .fold(0.0f64, |m, (x, y)| m.max((x - y).abs()))
+    };
+
+    let mut trace = vec![objective(q)];
+    let (mut q1, mut q2) = (vec![0.0; classes], vec![0.0; classes]);
+    let (mut start, mut stepped) = (vec![0.0; classes], vec![0.0; classes]);
+    for _ in 0..max_iterations {
+        // One SQUAREM step (see `combine.rs`): two EM updates, an extrapolation
+        // along them, one more EM update from there; q2 where that is worse.
+        em(q, &mut q1);
+        em(&q1, &mut q2);
+        let (mut r_norm, mut v_norm) = (0.0f64, 0.0f64);
+        for ((&q0, &a), &b) in q.iter().zip(&q1).zip(&q2) {
+            r_norm += (a - q0) * (a - q0);
+            let v = b - 2.0 * a + q0;
+            v_norm += v * v;
         }
-        trace.push(row_objective(pg, q, &active, specialists, &probs));
+        let alpha = -(r_norm.sqrt() / v_norm.sqrt().max(TINY)).max(1.0);
+        for (((x, &q0), &a), &b) in start.iter_mut().zip(q.iter()).zip(&q1).zip(&q2) {
+            *x = q0 - 2.0 * alpha * (a - q0) + alpha * alpha * (b - 2.0 * a + q0);
+        }
+        let change;
+        if start.iter().all(|&x| x >= 0.0) {
+            em(&start, &mut stepped);
+            let j_stepped = objective(&stepped);
+            if j_stepped <= objective(&q2) {
+                change = largest_move(&stepped, &start);
+                q.copy_from_slice(&stepped);
+                trace.push(j_stepped);
+            } else {
+                change = largest_move(&q2, &q1);
+                q.copy_from_slice(&q2);
+                trace.push(objective(q));
+            }
+        } else {
+            change = largest_move(&q2, &q1);
+            q.copy_from_slice(&q2);
+            trace.push(objective(q));
+        }
         if change < tolerance {
             break;
         }

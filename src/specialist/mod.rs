@@ -24,7 +24,7 @@ mod sampler;
 mod targets;
 
 pub use combine::{CombinedPrediction, SpecialistCombiner, SpecialistCombinerConfig};
-pub use partition::{ConfusableSubsetsConfig, class_covariance};
+pub use partition::{ConfusableSubsetsConfig, SubsetOverlap, class_covariance};
 pub use sampler::{SpecialistSample, SpecialistSampler};
 pub use targets::Specialist;
 

@@ -85,12 +85,34 @@ pub struct ConfusableSubsetsConfig {
     #[config(default = 10)]
     pub restarts: usize,
     /// `None` (default): disjoint subsets, one per non-empty cluster. `Some(s)`:
-    /// subsets of exactly `s` classes each, one per cluster: the cluster's own
-    /// classes nearest its centre first, then the nearest other classes, so that
-    /// subsets overlap when `s` exceeds the cluster sizes (the paper's JFT
-    /// specialists: 300 classes each, overlapping).
+    /// overlapping subsets of at most `s` classes, one per cluster (the paper's
+    /// JFT specialists overlapped): the cluster's own classes, nearest its
+    /// centre first, then other classes chosen by [`overlap`](Self::overlap);
+    /// clusters that grow into the same subset give it once.
     #[config(default = "None")]
     pub subset_size: Option<usize>,
+    /// Which other classes fill an overlapping subset (with `subset_size`
+    /// only). Default: [`SubsetOverlap::Correlated`].
+    #[config(default = "SubsetOverlap::Correlated")]
+    pub overlap: SubsetOverlap,
+}
+
+/// How [`ConfusableSubsetsConfig`] grows a cluster into an overlapping subset.
+#[derive(Config, Debug, Copy, PartialEq, Eq)]
+pub enum SubsetOverlap {
+    /// The classes the generalist confuses with the cluster: those whose
+    /// predicted probability is positively correlated with the cluster's total
+    /// predicted probability, most correlated first, up to `subset_size`. A
+    /// class correlated with no other cluster joins no other subset, so a
+    /// subset may stay smaller than `subset_size`.
+    Correlated,
+    /// The classes nearest the cluster's centre, until every subset has
+    /// exactly `subset_size` classes. Beware: a class the generalist confuses
+    /// with nothing has a covariance column almost orthogonal to every centre,
+    /// so it is "near" all of them and pads every subset; its specialists
+    /// never see its real rivals, and eq. 5 gives all of them, together, more
+    /// weight than the generalist on it.
+    Nearest,
 }
 
 impl ConfusableSubsetsConfig {
@@ -137,9 +159,9 @@ impl ConfusableSubsetsConfig {
                 .sum_dim(1)
                 .sqrt()
                 .clamp_min(1e-30);
-            covariance / norms
+            covariance.clone() / norms
         } else {
-            covariance
+            covariance.clone()
         };
         let mut rng = SplitMix64::new(self.seed);
         let (centres, assignment, _) = (0..self.restarts)
@@ -167,26 +189,83 @@ impl ConfusableSubsetsConfig {
             }
             Some(size) => {
                 // Each cluster's own classes first (nearest to its centre first),
-                // then the nearest other classes until the subset has `size`.
-                let distances = squared_distances(points, centres); // [C, K]
-                let d: Vec<f64> = distances.into_data().iter::<f64>().collect();
+                // then the others: by correlation with the cluster, or by distance.
                 let k_total = self.num_subsets;
+                let distances: Vec<f64> = squared_distances(points, centres) // [C, K]
+                    .into_data()
+                    .iter::<f64>()
+                    .collect();
+                let correlation = match self.overlap {
+                    SubsetOverlap::Correlated => {
+                        cluster_correlation(covariance.clone(), &assignment, k_total)
+                    }
+                    SubsetOverlap::Nearest => Vec::new(),
+                };
                 (0..k_total)
                     .map(|k| {
-                        let mut order: Vec<usize> = (0..classes).collect();
-                        order.sort_by(|&a, &b| {
-                            (assignment[a] != k)
-                                .cmp(&(assignment[b] != k))
-                                .then(d[a * k_total + k].total_cmp(&d[b * k_total + k]))
+                        let at = |c: usize| c * k_total + k;
+                        let mut own: Vec<usize> =
+                            (0..classes).filter(|&c| assignment[c] == k).collect();
+                        own.sort_by(|&a, &b| {
+                            distances[at(a)]
+                                .total_cmp(&distances[at(b)])
                                 .then(a.cmp(&b))
                         });
-                        order.truncate(size);
-                        ClassSubset::new(order, classes)
+                        let mut others: Vec<usize> = (0..classes)
+                            .filter(|&c| assignment[c] != k)
+                            .filter(|&c| {
+                                self.overlap == SubsetOverlap::Nearest || correlation[at(c)] > 0.0
+                            })
+                            .collect();
+                        others.sort_by(|&a, &b| {
+                            match self.overlap {
+                                SubsetOverlap::Correlated => {
+                                    correlation[at(b)].total_cmp(&correlation[at(a)])
+                                }
+                                SubsetOverlap::Nearest => {
+                                    distances[at(a)].total_cmp(&distances[at(b)])
+                                }
+                            }
+                            .then(a.cmp(&b))
+                        });
+                        own.extend(others);
+                        own.truncate(size);
+                        own
                     })
-                    .collect()
+                    .filter(|subset| !subset.is_empty())
+                    .map(|subset| ClassSubset::new(subset, classes))
+                    .try_fold(Vec::new(), |mut distinct: Vec<ClassSubset>, subset| {
+                        // Parts of one split group grow back into the same
+                        // subset: one specialist for it.
+                        let subset = subset?;
+                        if !distinct.contains(&subset) {
+                            distinct.push(subset);
+                        }
+                        Ok(distinct)
+                    })
             }
         }
     }
+}
+
+/// `corr(p_i, Σ_{j ∈ cluster k} p_j)` for every class `i` and cluster `k`, as a
+/// row-major `[C, K]` host vector, from the class covariance `[C, C]`. 0 where
+/// either side never varies.
+fn cluster_correlation(covariance: Tensor<2>, assignment: &[usize], k: usize) -> Vec<f64> {
+    let [classes, _] = covariance.dims();
+    let device = covariance.device();
+    let membership = one_hot(assignment, k, &covariance); // [C, K]
+    let with_cluster = covariance.clone().matmul(membership.clone()); // cov(p_i, p_S), [C, K]
+    let cluster_variance = (membership.clone() * with_cluster.clone()).sum_dim(0); // [1, K]
+    let class_variance =
+        (covariance * Tensor::<2>::eye(classes, &device).cast(membership.dtype())).sum_dim(1); // [C, 1]
+    let scale = (class_variance * cluster_variance).sqrt();
+    let host = |t: Tensor<2>| -> Vec<f64> { t.into_data().iter::<f64>().collect() };
+    host(with_cluster)
+        .into_iter()
+        .zip(host(scale))
+        .map(|(c, s)| if s > 0.0 { c / s } else { 0.0 })
+        .collect()
 }
 
 /// `‖x_i − c_k‖²` for points `[N, D]` and centres `[K, D]`, as `[N, K]`.
@@ -208,7 +287,6 @@ fn kmeans(
     max_iterations: usize,
 ) -> (Tensor<2>, Vec<usize>, f64) {
     let [n, _] = points.dims();
-    let device = points.device();
     let mut rng = SplitMix64::new(seed);
 
     // k-means++: each next centre drawn with probability ∝ squared distance to the nearest chosen one.
@@ -256,14 +334,7 @@ fn kmeans(
         }
         assignment = new_assignment;
         // Centre k = mean of its points; an empty cluster keeps its old centre.
-        let labels = Tensor::<1, Int>::from_data(
-            TensorData::new(
-                assignment.iter().map(|&a| a as i64).collect::<Vec<_>>(),
-                [n],
-            ),
-            &device,
-        );
-        let membership: Tensor<2> = labels.one_hot::<2>(k).float().cast(points.dtype()); // [N, K]
+        let membership = one_hot(&assignment, k, &points); // [N, K]
         let counts = membership.clone().sum_dim(0).transpose(); // [K, 1]
         let sums = membership.transpose().matmul(points.clone()); // [K, D]
         let empty = counts.clone().equal_elem(0.0);
@@ -272,6 +343,18 @@ fn kmeans(
         centres = means.mask_where(empty.expand([k, d]), centres);
     }
     (centres, assignment, inertia)
+}
+
+/// `[N, K]`: row `i` is the one-hot of `assignment[i]`, on `like`'s device and dtype.
+fn one_hot(assignment: &[usize], k: usize, like: &Tensor<2>) -> Tensor<2> {
+    let labels = Tensor::<1, Int>::from_data(
+        TensorData::new(
+            assignment.iter().map(|&a| a as i64).collect::<Vec<_>>(),
+            [assignment.len()],
+        ),
+        &like.device(),
+    );
+    labels.one_hot::<2>(k).float().cast(like.dtype())
 }
 
 fn select_rows(points: &Tensor<2>, rows: &[usize]) -> Tensor<2> {

@@ -1,6 +1,8 @@
 //! One specialist: its subset `S`, its `|S| + 1` outputs (dustbin last), and the
 //! maps between the full problem and those outputs.
 
+use burn::module::Param;
+use burn::nn::Linear;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use super::ClassSubset;
@@ -163,6 +165,12 @@ impl Specialist {
     /// subset more than the data warrant; adding the log of the oversampling ratio
     /// to the dustbin logit undoes that prior shift (the paper's §5 correction).
     ///
+    /// Soft targets from the generalist carry the data's prior, not the
+    /// oversampled one: a specialist trained on both would get the correction
+    /// on the labels' part only. Shift the collapsed soft targets to the
+    /// training prior first, `correct_dustbin(collapse_logits(v, T), −correction)`,
+    /// so that the one correction at test time undoes the shift of both.
+    ///
     /// # Panics
     /// If `logits` does not have `|S| + 1` columns or `correction` is not
     /// finite (see [`try_correct_dustbin`](Self::try_correct_dustbin)).
@@ -191,6 +199,69 @@ impl Specialist {
             (&logits.device(), logits.dtype()),
         );
         Ok(logits + bias.expand([batch, k]))
+    }
+
+    /// The specialist's output layer cut from the generalist's (the paper's
+    /// specialists start from the generalist's weights): the generalist's
+    /// output units for the subset's classes, in order, then one dustbin unit
+    /// whose weights and bias are the mean of the other classes' units (zero
+    /// weights and a bias of −10⁴ when the subset holds every class). Detached from any graph, on the generalist layer's device; give it
+    /// the generalist's hidden layers to make the whole specialist.
+    ///
+    /// ```
+    /// use burn::nn::LinearConfig;
+    /// use burn::tensor::Device;
+    /// use burn_distill::specialist::{ClassSubset, Specialist};
+    ///
+    /// let device = Device::flex();
+    /// let generalist_output = LinearConfig::new(8, 5).init(&device); // 8 hidden → 5 classes
+    /// let specialist = Specialist::new(ClassSubset::new(vec![1, 3], 5).unwrap());
+    /// let layer = specialist.output_layer(&generalist_output);
+    /// assert_eq!(layer.weight.dims(), [8, 3]); // classes 1, 3 and the dustbin
+    /// let w = generalist_output.weight.val().into_data().to_vec::<f32>().unwrap();
+    /// let cut = layer.weight.val().into_data().to_vec::<f32>().unwrap();
+    /// assert_eq!(cut[0], w[1]); // row 0: class 1's weight…
+    /// assert!((cut[2] - (w[0] + w[2] + w[4]) / 3.0).abs() < 1e-6); // …and the dustbin's
+    /// ```
+    ///
+    /// # Panics
+    /// If the layer does not have one output per class of the full problem.
+    pub fn output_layer(&self, generalist_output: &Linear) -> Linear {
+        let [_, outputs] = generalist_output.weight.dims();
+        let classes = self.subset.num_classes();
+        assert_eq!(
+            outputs, classes,
+            "generalist_output has {outputs} outputs but the subset's problem has {classes} classes"
+        );
+        let device = generalist_output.weight.val().device();
+        let rest: Vec<i64> = (0..classes)
+            .filter(|&c| !self.subset.contains(c))
+            .map(|c| c as i64)
+            .collect();
+        let rest = (!rest.is_empty()).then(|| {
+            Tensor::<1, Int>::from_data(TensorData::new(rest.clone(), [rest.len()]), &device)
+        });
+        let subset = self.index_tensor(&device);
+        let w = generalist_output.weight.val().detach(); // [hidden, classes]
+        let dustbin_w = match &rest {
+            Some(rest) => w.clone().select(1, rest.clone()).mean_dim(1),
+            // No class outside S: the dustbin never fires.
+            None => w.clone().slice([0..w.dims()[0], 0..1]).zeros_like(),
+        };
+        let weight = Tensor::cat(vec![w.select(1, subset.clone()), dustbin_w], 1);
+        let bias = generalist_output.bias.as_ref().map(|b| {
+            let b = b.val().detach();
+            let dustbin_b = match &rest {
+                Some(rest) => b.clone().select(0, rest.clone()).mean_dim(0),
+                None => Tensor::<1>::full([1], -1e4, (&b.device(), b.dtype())),
+            };
+            Param::from_tensor(Tensor::cat(vec![b.select(0, subset), dustbin_b], 0).detach())
+        });
+        // Fresh leaves (an autodiff device would refuse to track a result).
+        Linear {
+            weight: Param::from_tensor(weight.detach()),
+            bias,
+        }
     }
 
     /// The subset's classes as an index tensor.

@@ -8,6 +8,7 @@ use burn::tensor::{DType, Device, Tensor, TensorData};
 use burn_distill::DistillError;
 use burn_distill::specialist::{
     ClassSubset, ConfusableSubsetsConfig, Specialist, SpecialistCombinerConfig, SpecialistSampler,
+    SubsetOverlap,
 };
 use common::{
     Normals, Rng, assert_allclose, assert_close, devices, devices_f64, labels, reference_softmax,
@@ -277,6 +278,7 @@ fn overlapping_subsets_have_the_requested_size() {
     let device = Device::flex();
     let subsets = ConfusableSubsetsConfig::new(3)
         .with_subset_size(Some(4))
+        .with_overlap(SubsetOverlap::Nearest)
         .find(tensor2(&probs, [900, 9], &device));
     assert_eq!(subsets.len(), 3);
     for s in &subsets {
@@ -296,6 +298,148 @@ fn overlapping_subsets_have_the_requested_size() {
         .try_find(tensor2(&probs, [900, 9], &device))
         .unwrap_err();
     assert!(err.to_string().contains("num_subsets = 0"), "{err}");
+}
+
+/// `corr(p_i, Σ_{j ∈ group} p_j)` over the rows of `probs` (`[n, classes]`), in f64.
+fn correlation_with(probs: &[f64], classes: usize, i: usize, group: &[usize]) -> f64 {
+    let rows: Vec<(f64, f64)> = probs
+        .chunks(classes)
+        .map(|r| (r[i], group.iter().map(|&c| r[c]).sum()))
+        .collect();
+    let n = rows.len() as f64;
+    let (mx, my) = rows
+        .iter()
+        .fold((0.0, 0.0), |(a, b), (x, y)| (a + x / n, b + y / n));
+    let (mut sxy, mut sxx, mut syy) = (0.0, 0.0, 0.0);
+    for (x, y) in &rows {
+        sxy += (x - mx) * (y - my);
+        sxx += (x - mx) * (x - mx);
+        syy += (y - my) * (y - my);
+    }
+    sxy / (sxx * syy).sqrt()
+}
+
+/// Groups of confusable classes and a class the generalist never confuses,
+/// clustered into more clusters than groups so that a group is split.
+/// `Correlated` grows the parts back into their group (positively correlated)
+/// and adds nothing else; `Nearest` pads every subset, the lone class's with
+/// classes it is never confused with (the cause of the falling gain the
+/// synthetic example once showed).
+#[test]
+fn correlated_overlap_adds_only_confused_classes() {
+    let groups = vec![
+        vec![0, 1, 2, 3, 4, 5],
+        vec![6, 7, 8],
+        vec![9, 10, 11],
+        vec![12],
+    ];
+    let (classes, n) = (13, 3000);
+    let mut rng = Rng::new(12);
+    let probs = block_predictions(&mut rng, &groups, classes, n);
+    let device = Device::flex();
+    let find = |overlap| {
+        ConfusableSubsetsConfig::new(5)
+            .with_seed(3)
+            .with_subset_size(Some(6))
+            .with_overlap(overlap)
+            .find(tensor2(&probs, [n, classes], &device))
+    };
+    let disjoint =
+        ConfusableSubsetsConfig::new(5)
+            .with_seed(3)
+            .find(tensor2(&probs, [n, classes], &device));
+    let show = |subsets: &[ClassSubset]| -> Vec<Vec<usize>> {
+        subsets.iter().map(|s| s.classes().to_vec()).collect()
+    };
+    let correlated = find(SubsetOverlap::Correlated);
+    let nearest = find(SubsetOverlap::Nearest);
+    let what = format!(
+        "disjoint {:?}, correlated {:?}, nearest {:?}",
+        show(&disjoint),
+        show(&correlated),
+        show(&nearest)
+    );
+    // Some planted group is split by the clustering…
+    assert!(disjoint.len() > groups.len() - 1, "{what}");
+    // …and Correlated grows each cluster back into the planted groups it
+    // meets (the probabilities of a group's classes rise together), adding
+    // only classes positively correlated with the cluster (checked here in
+    // f64 from the probabilities themselves), with duplicates merged.
+    let mut expected: Vec<Vec<usize>> = disjoint
+        .iter()
+        .map(|cluster| {
+            let mut grown: Vec<usize> = groups
+                .iter()
+                .filter(|g| g.iter().any(|&c| cluster.contains(c)))
+                .flatten()
+                .copied()
+                .collect();
+            grown.sort();
+            grown
+        })
+        .collect();
+    expected.dedup();
+    let mut found = show(&correlated);
+    found.sort();
+    expected.sort();
+    expected.dedup();
+    assert_eq!(found, expected, "{what}");
+    for grown in &correlated {
+        let cluster = disjoint
+            .iter()
+            .find(|c| {
+                c.classes().iter().all(|&x| grown.contains(x)) && grown.contains(c.classes()[0])
+            })
+            .expect("grown from a cluster");
+        for &c in grown.classes() {
+            if !cluster.contains(c) {
+                let r = correlation_with(&probs, classes, c, cluster.classes());
+                assert!(r > 0.0, "class {c} added with correlation {r}: {what}");
+            }
+        }
+    }
+    // Nearest pads the lone class's subset with classes never confused with it.
+    let lone = nearest
+        .iter()
+        .find(|s| s.contains(12))
+        .expect("a subset with 12");
+    assert_eq!(lone.len(), 6, "{what}");
+}
+
+/// A specialist's output layer cut from a generalist's on an autodiff device
+/// is trainable (fresh leaves), with the subset's units and the mean of the
+/// others' as the dustbin.
+#[test]
+fn output_layer_from_the_generalist_is_trainable() {
+    use burn::module::Module;
+    use burn::nn::LinearConfig;
+    let device = Device::flex().autodiff();
+    let generalist = LinearConfig::new(4, 6).init(&device);
+    let s = specialist(&[2, 5], 6);
+    let layer = s.output_layer(&generalist);
+    let w = values(generalist.weight.val().inner());
+    let b = values(generalist.bias.as_ref().unwrap().val().inner());
+    let cut = values(layer.weight.val().inner());
+    let cut_b = values(layer.bias.as_ref().unwrap().val().inner());
+    for row in 0..4 {
+        let g = &w[row * 6..(row + 1) * 6];
+        let expected = [g[2], g[5], (g[0] + g[1] + g[3] + g[4]) / 4.0];
+        assert_close("weight", &cut[row * 3..(row + 1) * 3], &expected, 1e-6);
+    }
+    assert_close(
+        "bias",
+        &cut_b,
+        &[b[2], b[5], (b[0] + b[1] + b[3] + b[4]) / 4.0],
+        1e-6,
+    );
+    let x = Tensor::<2>::from_floats([[1.0, -2.0, 0.5, 3.0]], &device);
+    let grads = layer.forward(x).sum().backward();
+    let grad = layer
+        .weight
+        .grad(&grads)
+        .expect("the cut weight is trainable");
+    assert_eq!(grad.dims(), [4, 3]);
+    assert_eq!(layer.num_params(), 4 * 3 + 3);
 }
 
 // ---------- Combiner ----------
@@ -481,6 +625,110 @@ fn default_settings_reach_the_minimiser_on_both_solvers() {
             0.0,
             1e-6,
         );
+    }
+}
+
+/// With one active specialist the minimiser has a closed form: `(p^g_i + p^m_i)/2`
+/// on its subset, and the rest `(P^g_R + p^m_dustbin)/2` split in p^g's
+/// proportions. The combiner starts there, so it stops at once.
+#[test]
+fn one_active_specialist_is_solved_in_closed_form() {
+    let mut rng = Rng::new(21);
+    let (batch, classes) = (8, 7);
+    let subset = [1, 4, 5];
+    let s = specialist(&subset, classes);
+    // Class 4 on top everywhere, so the specialist is active in every row.
+    let mut pg = random_probs(&mut rng, batch, classes, 1.5);
+    for row in pg.chunks_mut(classes) {
+        row[4] += 2.0;
+        let total: f64 = row.iter().sum();
+        row.iter_mut().for_each(|p| *p /= total);
+    }
+    let pm = random_probs(&mut rng, batch, subset.len() + 1, 2.0);
+    let mut expected = Vec::new();
+    for (g, m) in pg.chunks(classes).zip(pm.chunks(subset.len() + 1)) {
+        let rest: f64 = (0..classes)
+            .filter(|c| !subset.contains(c))
+            .map(|c| g[c])
+            .sum();
+        for (c, &gc) in g.iter().enumerate() {
+            expected.push(match subset.iter().position(|&x| x == c) {
+                Some(k) => (gc + m[k]) / 2.0,
+                None => gc * (rest + m[subset.len()]) / (2.0 * rest),
+            });
+        }
+    }
+    for (name, device) in devices_f64() {
+        let out = SpecialistCombinerConfig::new().init().combine(
+            tensor2_f64(&pg, [batch, classes], &device),
+            std::slice::from_ref(&s),
+            &[tensor2_f64(&pm, [batch, subset.len() + 1], &device)],
+        );
+        assert_close(name, &values(out.probs), &expected, 1e-12);
+        assert!(out.iterations <= 1, "{name}: {} iterations", out.iterations);
+    }
+}
+
+/// Specialists that disagree — one sure of its dustbin, two sure of their
+/// subsets, all active — make plain EM crawl (its rate nears 1). The
+/// accelerated combiner still stops well before its cap, at a point meeting the
+/// optimality conditions of eq. 5 on the simplex: `∂J/∂q_i = −(1 + |active|)`
+/// wherever `q_i > 0`.
+#[test]
+fn disagreeing_specialists_converge_to_the_optimum() {
+    let classes = 6;
+    let specialists = vec![
+        specialist(&[0, 1], classes),
+        specialist(&[0, 2], classes),
+        specialist(&[0, 3], classes),
+    ];
+    let pg = [
+        0.55, 0.2, 0.1, 0.1, 0.04, 0.01, 0.4, 0.3, 0.1, 0.1, 0.05, 0.05,
+    ];
+    let probs = [
+        vec![0.005, 0.005, 0.99, 0.3, 0.1, 0.6],
+        vec![0.9, 0.09, 0.01, 0.7, 0.29, 0.01],
+        vec![0.8, 0.15, 0.05, 0.5, 0.1, 0.4],
+    ];
+    for (name, device) in devices_f64() {
+        let out = SpecialistCombinerConfig::new().init().combine(
+            tensor2_f64(&pg, [2, classes], &device),
+            &specialists,
+            &probs
+                .iter()
+                .map(|p| tensor2_f64(p, [2, 3], &device))
+                .collect::<Vec<_>>(),
+        );
+        assert!(
+            out.iterations < 100,
+            "{name}: {} iterations",
+            out.iterations
+        );
+        let q = values(out.probs);
+        for row in 0..2 {
+            let q = &q[row * classes..(row + 1) * classes];
+            let lambda = 1.0 + specialists.len() as f64;
+            for i in 0..classes {
+                let mut g = pg[row * classes + i] / q[i];
+                for (s, p) in specialists.iter().zip(&probs) {
+                    let p = &p[row * 3..row * 3 + 3];
+                    g += match s.subset().classes().iter().position(|&c| c == i) {
+                        Some(k) => p[k] / q[i],
+                        None => {
+                            let rest: f64 = (0..classes)
+                                .filter(|&c| !s.subset().contains(c))
+                                .map(|c| q[c])
+                                .sum();
+                            p[2] / rest
+                        }
+                    };
+                }
+                assert!(
+                    (g - lambda).abs() < 1e-5 * lambda,
+                    "{name} row {row} class {i}: -dJ/dq = {g}, expected {lambda} (q = {q:?})"
+                );
+            }
+        }
     }
 }
 
