@@ -9,22 +9,34 @@
 //!    tell families apart, hard to tell siblings apart). A small generalist
 //!    MLP learns it.
 //! 2. Confusable subsets are found without labels: K-means on the covariance of
-//!    the generalist's predictions on unlabelled data, 12 overlapping subsets of
-//!    7 classes.
+//!    the generalist's predictions on unlabelled data, 8 clusters grown into
+//!    overlapping subsets of up to 7 classes by the classes positively
+//!    correlated with them (`SubsetOverlap::Correlated`).
 //! 3. Each specialist starts from the generalist's weights (its output layer cut
 //!    down to its subset plus a dustbin), and is trained on half subset / half
 //!    other examples against the generalist's soft targets collapsed to its
-//!    outputs (T = 2) and the mapped hard labels; its dustbin logit is then
-//!    corrected for the oversampling.
+//!    outputs (T = 2, shifted to the oversampled prior) and the mapped hard
+//!    labels; its dustbin logit is then corrected for the oversampling.
 //! 4. At test time the generalist and the active specialists (top-1) are
 //!    combined by minimising eq. 5. Accuracy is reported overall and by the
 //!    number of specialists covering the true class (the shape of the paper's
 //!    Table 4).
+//!
+//! Why the gain once fell with coverage here (classes covered by 7–8
+//! specialists lost 8–9% of their correct answers): subsets were padded to 7
+//! classes with the classes nearest each cluster's centre, and the classes the
+//! generalist confuses with nothing are near every centre, so two of them sat
+//! in all eight subsets. On those classes eight specialists that never see
+//! their real rivals outvoted the generalist in eq. 5; the soft targets, taken
+//! under the data's prior while the labels had the oversampled one, got a
+//! dustbin correction they did not need; and the combiner stopped at its cap,
+//! having started from dustbin mass spread onto classes with no probability.
+//! Subsets now grow only by correlated classes, the soft targets are shifted
+//! to the training prior, and the combiner starts at the minimiser for one
+//! active specialist and accelerates EM (it converges in a few iterations).
 
 mod common;
 
-use burn::module::Param;
-use burn::nn::Linear;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
@@ -39,7 +51,14 @@ const FAMILIES: usize = 8;
 const SIBLINGS: usize = 5;
 const CLASSES: usize = FAMILIES * SIBLINGS;
 const T: f64 = 2.0;
-const SOFT: f64 = 0.3;
+/// Weight of the generalist's soft targets in a specialist's loss: low, as the
+/// small generalist's soft targets carry the very confusions the specialists
+/// are there to fix.
+const SOFT: f64 = 0.1;
+/// Hidden units of the generalist: few enough that it cannot tell siblings
+/// apart well (with 48, it is within 0.5% of what any model reaches here, and
+/// specialists have nothing left to fix).
+const HIDDEN: usize = 16;
 
 /// A specialist network: the generalist's hidden layers, and an output layer
 /// made of the generalist's output units for the subset plus one dustbin unit
@@ -47,38 +66,7 @@ const SOFT: f64 = 0.3;
 fn specialist_from_generalist(generalist: &Mlp, specialist: &Specialist) -> Mlp {
     let mut layers = generalist.layers.clone();
     let last = layers.pop().expect("output layer");
-    let device = last.weight.val().device();
-    let subset: Vec<i64> = specialist
-        .subset()
-        .classes()
-        .iter()
-        .map(|&c| c as i64)
-        .collect();
-    let rest: Vec<i64> = (0..CLASSES as i64)
-        .filter(|c| !subset.contains(c))
-        .collect();
-    let index =
-        |v: &[i64]| Tensor::<1, Int>::from_data(TensorData::new(v.to_vec(), [v.len()]), &device);
-    let w = last.weight.val(); // [hidden, classes]
-    let weight = Tensor::cat(
-        vec![
-            w.clone().select(1, index(&subset)),
-            w.select(1, index(&rest)).mean_dim(1),
-        ],
-        1,
-    );
-    let b = last.bias.as_ref().expect("bias").val();
-    let bias = Tensor::cat(
-        vec![
-            b.clone().select(0, index(&subset)),
-            b.select(0, index(&rest)).mean_dim(0),
-        ],
-        0,
-    );
-    layers.push(Linear {
-        weight: Param::from_tensor(weight.detach()),
-        bias: Some(Param::from_tensor(bias.detach())),
-    });
+    layers.push(specialist.output_layer(&last));
     Mlp { layers }
 }
 
@@ -108,9 +96,9 @@ fn main() {
     let (xt, yt) = tensors(test_x, test_y_host.clone(), DIM, &device);
     let ce = CrossEntropyLossConfig::new().init(&device);
 
-    println!("generalist {DIM}-48-{CLASSES}:");
+    println!("generalist {DIM}-{HIDDEN}-{CLASSES}:");
     let generalist = train(
-        Mlp::new(&[DIM, 48, CLASSES], &device),
+        Mlp::new(&[DIM, HIDDEN, CLASSES], &device),
         &x,
         2000,
         64,
@@ -153,7 +141,12 @@ fn main() {
             &device,
         );
         let xs = x.clone().select(0, rows.clone());
-        let soft = specialist.collapse_logits(generalist_logits.clone().select(0, rows.clone()), T);
+        // The generalist's soft targets under the oversampled prior the labels
+        // have, so that the dustbin correction at test time undoes both.
+        let soft = specialist.correct_dustbin(
+            specialist.collapse_logits(generalist_logits.clone().select(0, rows.clone()), T),
+            -sampler.dustbin_logit_correction(),
+        );
         let hard = specialist.map_labels(y.clone().select(0, rows));
         let model = train(
             specialist_from_generalist(&generalist, &specialist),

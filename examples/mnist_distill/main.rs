@@ -18,6 +18,10 @@
 //!   bias is then chosen on a held-out validation split (the last 5,000
 //!   training images, never trained on by this student) and the test errors
 //!   are reported before and after, overall and on 3s.
+//! - `specialists`: §5 — a one-hidden-layer generalist (16 units), confusable
+//!   subsets from its predictions on the held-out split, specialists started
+//!   from its weights, combined by eq. 5 on the test set; disjoint subsets and
+//!   two kinds of overlapping ones, with the paper's Table 4 layout.
 //! - `all` (default): all of the above, a table next to the paper's numbers,
 //!   `<out>/all.json` and `<out>/all.png`.
 //!
@@ -28,6 +32,7 @@
 mod data;
 mod model;
 mod report;
+mod specialists;
 mod train;
 
 use std::path::{Path, PathBuf};
@@ -105,6 +110,31 @@ struct Cli {
     /// Precision of the stored log-probabilities.
     #[arg(long, global = true, value_enum, default_value_t = Precision::F16)]
     store_precision: Precision,
+    /// `specialists`: hidden units of the one-hidden-layer generalist.
+    #[arg(long, global = true, default_value_t = 16)]
+    generalist_hidden: usize,
+    /// `specialists`: generalist epochs (default 20; 10 with --quick).
+    #[arg(long, global = true)]
+    generalist_epochs: Option<usize>,
+    /// `specialists`: epochs of each specialist (default 20; 3 with --quick).
+    #[arg(long, global = true)]
+    specialist_epochs: Option<usize>,
+    /// `specialists`: number of confusable subsets (K-means clusters).
+    #[arg(long, global = true, default_value_t = 4)]
+    subsets: usize,
+    /// `specialists`: classes per subset in the overlapping variant.
+    #[arg(long, global = true, default_value_t = 4)]
+    overlap_size: usize,
+    /// `specialists`: temperature of the generalist's collapsed soft targets.
+    #[arg(long, global = true, default_value_t = 2.0)]
+    specialist_temperature: f64,
+    /// `specialists`: weight of the soft term (the hard term gets 1 − this).
+    #[arg(long, global = true, default_value_t = 0.1)]
+    specialist_soft_weight: f64,
+    /// `specialists`: a specialist is active for an image when its subset
+    /// holds one of the generalist's top-n classes.
+    #[arg(long, global = true, default_value_t = 1)]
+    top_n: usize,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq)]
@@ -137,6 +167,8 @@ enum Command {
         #[arg(default_value_t = 3, value_parser = clap::value_parser!(u8).range(0..10))]
         digit: u8,
     },
+    /// §5: a small generalist, confusable subsets, specialists, eq. 5.
+    Specialists,
     /// Everything, with the table, JSON and PNG.
     All,
     /// Print the table and redraw the PNG of a results JSON written earlier.
@@ -252,6 +284,7 @@ fn run(cli: &Cli) -> Result<(), String> {
         .with_hard_weight(1.0 - cli.soft_weight)
         .try_init()
         .map_err(|e| format!("--temperature / --soft-weight: {e}"))?;
+    let (specialist_settings, specialist_kd) = specialist_settings(cli, &command)?;
     std::fs::create_dir_all(&cli.out).map_err(|e| format!("--out {}: {e}", cli.out.display()))?;
 
     let cache = data::burn_mnist_cache().map_err(|e| e.to_string())?;
@@ -282,6 +315,7 @@ fn run(cli: &Cli) -> Result<(), String> {
         omit_digit: None,
         soft_targets: None,
         teacher_store: None,
+        specialists: None,
         total_seconds: 0.0,
     };
     let wants = |c: &Command| command == Command::All || &command == c;
@@ -390,6 +424,15 @@ fn run(cli: &Cli) -> Result<(), String> {
         }
         report.soft_targets = Some(soft_targets(&teacher_eval, &test));
     }
+    if let Some(settings) = specialist_settings {
+        report.specialists = Some(specialists::run(
+            &settings,
+            &specialist_kd,
+            &train_set,
+            &test,
+            &device,
+        ));
+    }
 
     report.total_seconds = started.elapsed().as_secs_f64();
     println!("\n{}", report.table());
@@ -409,6 +452,73 @@ fn run(cli: &Cli) -> Result<(), String> {
         .map_err(|e| format!("{}: {e}", png.display()))?;
     println!("wrote {} and {}", json.display(), png.display());
     Ok(())
+}
+
+/// The `specialists` settings when the command runs them (checked before any
+/// data is read), and the specialists' loss.
+fn specialist_settings(
+    cli: &Cli,
+    command: &Command,
+) -> Result<
+    (
+        Option<specialists::SpecialistSettings>,
+        burn_distill::KdLoss,
+    ),
+    String,
+> {
+    let kd = KdLossConfig::new()
+        .with_temperature(cli.specialist_temperature)
+        .with_soft_weight(cli.specialist_soft_weight)
+        .with_hard_weight(1.0 - cli.specialist_soft_weight)
+        .try_init()
+        .map_err(|e| format!("--specialist-temperature / --specialist-soft-weight: {e}"))?;
+    if !matches!(command, Command::Specialists | Command::All) {
+        return Ok((None, kd));
+    }
+    let checks = [
+        ("--generalist-hidden", cli.generalist_hidden, 1, usize::MAX),
+        ("--subsets", cli.subsets, 2, CLASSES),
+        ("--overlap-size", cli.overlap_size, 1, CLASSES - 1),
+        ("--top-n", cli.top_n, 1, CLASSES),
+    ];
+    for (flag, value, low, high) in checks {
+        if !(low..=high).contains(&value) {
+            return Err(format!(
+                "{flag} must be between {low} and {high}, got {value}"
+            ));
+        }
+    }
+    let plan = Plan::new(cli);
+    let epochs = |given: Option<usize>, full: usize, quick: usize| {
+        given.unwrap_or(if cli.quick { quick } else { full })
+    };
+    let generalist = TrainSettings {
+        epochs: epochs(cli.generalist_epochs, 20, 10),
+        batch: cli.batch,
+        lr: cli.lr,
+        jitter: 0,
+        max_norm: None,
+        seed: cli.seed + 10,
+    };
+    let specialist = TrainSettings {
+        epochs: epochs(cli.specialist_epochs, 20, 3),
+        seed: cli.seed + 20,
+        ..generalist.clone()
+    };
+    Ok((
+        Some(specialists::SpecialistSettings {
+            hidden: cli.generalist_hidden,
+            generalist,
+            specialist,
+            subsets: cli.subsets,
+            overlap_size: cli.overlap_size,
+            temperature: cli.specialist_temperature,
+            soft_weight: cli.specialist_soft_weight,
+            top_n: cli.top_n,
+            held_out: plan.validation_rows,
+        }),
+        kd,
+    ))
 }
 
 /// Trains a student from `init` and reports its test errors.
@@ -458,6 +568,7 @@ fn command_name(command: &Command) -> String {
         Command::Student => "student".into(),
         Command::Distill => "distill".into(),
         Command::OmitDigit { digit } => format!("omit-digit-{digit}"),
+        Command::Specialists => "specialists".into(),
         Command::All | Command::Plot { .. } => "all".into(),
     }
 }

@@ -8,6 +8,7 @@ use plotters::prelude::*;
 use plotters::style::FontStyle;
 use serde::{Deserialize, Serialize};
 
+use crate::specialists::SpecialistsReport;
 use crate::train::{EpochRecord, TrainSettings};
 
 /// Test errors Hinton, Vinyals & Dean (2015, §3) report on MNIST's 10,000.
@@ -79,6 +80,9 @@ pub struct Report {
     /// The teacher store `distill --teacher-store` read (absent otherwise).
     #[serde(default)]
     pub teacher_store: Option<StoreReport>,
+    /// The generalist/specialist experiment (absent when not run).
+    #[serde(default)]
+    pub specialists: Option<SpecialistsReport>,
     pub total_seconds: f64,
 }
 
@@ -150,6 +154,9 @@ impl Report {
                     .map_or("reused".to_string(), |s| format!("written in {s:.1} s")),
             );
         }
+        if let Some(sp) = &self.specialists {
+            s += &sp.table();
+        }
         if self.quick {
             s += "(--quick: a small subset and few epochs; the paper's numbers are for the full run)\n";
         }
@@ -185,9 +192,16 @@ impl Report {
         });
         font_result?;
 
-        let root = BitMapBackend::new(path, (1400, 560)).into_drawing_area();
+        // A second row for the specialists' Table 4 layout when they ran.
+        let height = if self.specialists.is_some() {
+            1000
+        } else {
+            560
+        };
+        let root = BitMapBackend::new(path, (1400, height)).into_drawing_area();
         root.fill(&WHITE)?;
-        let (left, right) = root.split_horizontally(760);
+        let (top_row, bottom_row) = root.split_vertically(560);
+        let (left, right) = top_row.split_horizontally(760);
 
         // The paper's counts are out of the full 10,000: shown next to full runs only.
         let full = self.test_size == 10_000;
@@ -213,6 +227,12 @@ impl Report {
                 o.test_errors_after,
                 Some(paper::OMIT_AFTER).filter(|_| full),
             ));
+        }
+        if let Some(sp) = &self.specialists {
+            bars.push(("generalist".into(), sp.generalist.test_errors, None));
+            for v in &sp.variants {
+                bars.push((format!("+ {}", v.name), v.combined_errors, None));
+            }
         }
         let top = bars
             .iter()
@@ -346,6 +366,9 @@ impl Report {
                 .background_style(WHITE.mix(0.8))
                 .border_style(BLACK)
                 .draw()?;
+        }
+        if let Some(sp) = &self.specialists {
+            sp.draw_coverage(&bottom_row)?;
         }
         root.present()?;
         Ok(())

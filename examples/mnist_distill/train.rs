@@ -10,6 +10,7 @@ use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use burn_distill::KdLoss;
+use burn_distill::specialist::Specialist;
 use burn_distill::store::{StoreSummary, TeacherStore, TeacherStoreConfig};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::{Deserialize, Serialize};
@@ -103,6 +104,17 @@ pub enum Objective<'a> {
         store: &'a TeacherStore,
         loss: &'a KdLoss,
     },
+    /// A specialist's objective (the paper's §5): `KdLoss` against the
+    /// generalist's logits collapsed to the specialist's outputs at the loss's
+    /// temperature. The data's labels must already be mapped to the
+    /// specialist's outputs (dustbin for classes outside its subset).
+    Specialist {
+        generalist: &'a Mlp,
+        specialist: &'a Specialist,
+        loss: &'a KdLoss,
+        /// Added to the collapsed dustbin logit.
+        dustbin_shift: f64,
+    },
 }
 
 /// One epoch of a run, for the progress log and the JSON report.
@@ -160,10 +172,21 @@ pub fn train(
             let loss = match &objective {
                 Objective::Hard => ce.forward(logits.clone(), y.clone()),
                 Objective::Distill { teacher, loss } => {
-                    let teacher_logits = teacher.forward(x.without_autodiff());
-                    // Back on the student's device, as a constant.
-                    let teacher_logits = Tensor::<2>::from_data(teacher_logits.into_data(), device);
+                    let teacher_logits = constant_logits(teacher, &x, device);
                     loss.forward(logits.clone(), teacher_logits, y.clone())
+                }
+                Objective::Specialist {
+                    generalist,
+                    specialist,
+                    loss,
+                    dustbin_shift,
+                } => {
+                    let collapsed = specialist.collapse_logits(
+                        constant_logits(generalist, &x, device),
+                        loss.temperature(),
+                    );
+                    let collapsed = specialist.correct_dustbin(collapsed, *dustbin_shift);
+                    loss.forward(logits.clone(), collapsed, y.clone())
                 }
                 Objective::Stored { store, loss } => {
                     // The store was verified before training: a failure here
@@ -228,6 +251,13 @@ pub fn train(
     (model, history)
 }
 
+/// `model`'s logits on `x`, run without autodiff and brought back to
+/// `device` as a constant (a frozen teacher or generalist).
+fn constant_logits(model: &Mlp, x: &Tensor<2>, device: &Device) -> Tensor<2> {
+    let logits = model.forward(x.clone().without_autodiff());
+    Tensor::<2>::from_data(logits.into_data(), device)
+}
+
 /// Writes `teacher`'s top-k log-probabilities on every image of `split`
 /// (unjittered, in order: example `i` of the store is row `i` of `split`).
 pub fn write_teacher_store(
@@ -275,7 +305,7 @@ fn count_correct(logits: Tensor<2>, y: &Tensor<1, Int>) -> usize {
     predicted.equal(y.clone()).int().sum().into_scalar::<i64>() as usize
 }
 
-/// Logits `[n, 10]` of `model` on `split` (no jitter), row-major.
+/// Logits `[n, outputs]` of `model` on `split` (no jitter), row-major.
 pub fn logits(model: &Mlp, split: &Split) -> Vec<f32> {
     let device = model.devices()[0].clone();
     let mut out = Vec::with_capacity(split.len() * CLASSES);
@@ -305,24 +335,25 @@ pub fn errors(model: &Mlp, split: &Split, bias: Option<&[f32; CLASSES]>) -> usiz
 }
 
 /// Rows whose arg-max (after adding `bias`) is not the label; only rows with
-/// label `only` when given.
+/// label `only` when given. `logits` is row-major with one row per label (any
+/// width: ten classes, or a specialist's outputs with mapped labels).
 pub fn count_errors(
     logits: &[f32],
     labels: &[u8],
     bias: Option<&[f32; CLASSES]>,
     only: Option<u8>,
 ) -> usize {
-    let zero = [0.0; CLASSES];
-    let bias = bias.unwrap_or(&zero);
+    let width = logits.len() / labels.len().max(1);
+    let bias = |class: usize| bias.map_or(0.0, |b| b[class]);
     labels
         .iter()
         .enumerate()
         .filter(|&(_, &label)| only.is_none_or(|digit| label == digit))
         .filter(|&(row, &label)| {
-            let z = &logits[row * CLASSES..(row + 1) * CLASSES];
-            let predicted = (0..CLASSES)
-                .max_by(|&a, &b| (z[a] + bias[a]).total_cmp(&(z[b] + bias[b])))
-                .expect("ten classes");
+            let z = &logits[row * width..(row + 1) * width];
+            let predicted = (0..width)
+                .max_by(|&a, &b| (z[a] + bias(a)).total_cmp(&(z[b] + bias(b))))
+                .expect("at least one output");
             predicted != label as usize
         })
         .count()
