@@ -55,9 +55,9 @@ const T: f64 = 2.0;
 /// small generalist's soft targets carry the very confusions the specialists
 /// are there to fix.
 const SOFT: f64 = 0.1;
-/// Hidden units of the generalist: few enough that it cannot tell siblings
-/// apart well (with 48, it is within 0.5% of what any model reaches here, and
-/// specialists have nothing left to fix).
+/// Hidden units of the generalist: few enough that it leaves confusions to
+/// fix (with 48, specialists moved its 84.50% to between 84.62% and 85.00% in
+/// every setting tried).
 const HIDDEN: usize = 16;
 
 /// A specialist network: the generalist's hidden layers, and an output layer
