@@ -284,7 +284,7 @@ fn run(cli: &Cli) -> Result<(), String> {
         .with_hard_weight(1.0 - cli.soft_weight)
         .try_init()
         .map_err(|e| format!("--temperature / --soft-weight: {e}"))?;
-    let (specialist_settings, specialist_kd) = specialist_settings(cli, &command)?;
+    let specialist_settings = specialist_settings(cli, &command)?;
     std::fs::create_dir_all(&cli.out).map_err(|e| format!("--out {}: {e}", cli.out.display()))?;
 
     let cache = data::burn_mnist_cache().map_err(|e| e.to_string())?;
@@ -425,13 +425,7 @@ fn run(cli: &Cli) -> Result<(), String> {
         report.soft_targets = Some(soft_targets(&teacher_eval, &test));
     }
     if let Some(settings) = specialist_settings {
-        report.specialists = Some(specialists::run(
-            &settings,
-            &specialist_kd,
-            &train_set,
-            &test,
-            &device,
-        ));
+        report.specialists = Some(specialists::run(&settings, &train_set, &test, &device));
     }
 
     report.total_seconds = started.elapsed().as_secs_f64();
@@ -454,26 +448,14 @@ fn run(cli: &Cli) -> Result<(), String> {
     Ok(())
 }
 
-/// The `specialists` settings when the command runs them (checked before any
-/// data is read), and the specialists' loss.
+/// The `specialists` settings when the command runs them, checked (their loss
+/// too) before any data is read.
 fn specialist_settings(
     cli: &Cli,
     command: &Command,
-) -> Result<
-    (
-        Option<specialists::SpecialistSettings>,
-        burn_distill::KdLoss,
-    ),
-    String,
-> {
-    let kd = KdLossConfig::new()
-        .with_temperature(cli.specialist_temperature)
-        .with_soft_weight(cli.specialist_soft_weight)
-        .with_hard_weight(1.0 - cli.specialist_soft_weight)
-        .try_init()
-        .map_err(|e| format!("--specialist-temperature / --specialist-soft-weight: {e}"))?;
+) -> Result<Option<specialists::SpecialistSettings>, String> {
     if !matches!(command, Command::Specialists | Command::All) {
-        return Ok((None, kd));
+        return Ok(None);
     }
     let checks = [
         ("--generalist-hidden", cli.generalist_hidden, 1, usize::MAX),
@@ -505,20 +487,21 @@ fn specialist_settings(
         seed: cli.seed + 20,
         ..generalist.clone()
     };
-    Ok((
-        Some(specialists::SpecialistSettings {
-            hidden: cli.generalist_hidden,
-            generalist,
-            specialist,
-            subsets: cli.subsets,
-            overlap_size: cli.overlap_size,
-            temperature: cli.specialist_temperature,
-            soft_weight: cli.specialist_soft_weight,
-            top_n: cli.top_n,
-            held_out: plan.validation_rows,
-        }),
-        kd,
-    ))
+    let settings = specialists::SpecialistSettings {
+        hidden: cli.generalist_hidden,
+        generalist,
+        specialist,
+        subsets: cli.subsets,
+        overlap_size: cli.overlap_size,
+        temperature: cli.specialist_temperature,
+        soft_weight: cli.specialist_soft_weight,
+        top_n: cli.top_n,
+        held_out: plan.validation_rows,
+    };
+    settings
+        .loss()
+        .map_err(|e| format!("--specialist-temperature / --specialist-soft-weight: {e}"))?;
+    Ok(Some(settings))
 }
 
 /// Trains a student from `init` and reports its test errors.

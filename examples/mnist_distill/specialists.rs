@@ -25,7 +25,7 @@ use burn_distill::specialist::{
     ClassSubset, ConfusableSubsetsConfig, Specialist, SpecialistCombinerConfig, SpecialistSampler,
     SubsetOverlap,
 };
-use burn_distill::{KdLoss, temperature};
+use burn_distill::{KdLoss, KdLossConfig, temperature};
 use plotters::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -123,11 +123,9 @@ struct Trained {
     correction: f64,
 }
 
-/// Runs the experiment; `kd` is the specialists' loss (its temperature is the
-/// one the generalist's logits are collapsed at).
+/// Runs the experiment.
 pub fn run(
     settings: &SpecialistSettings,
-    kd: &KdLoss,
     train_set: &Split,
     test: &Split,
     device: &Device,
@@ -186,6 +184,8 @@ pub fn run(
     ];
 
     // 3. Specialists, each trained once per distinct subset.
+    // Its temperature is the one the generalist's logits are collapsed at.
+    let kd = settings.loss().expect("settings checked before the run");
     let fit_labels: Vec<i64> = fit.labels.iter().map(|&l| l as i64).collect();
     let mut trained: HashMap<Vec<usize>, Trained> = HashMap::new();
     for (_, subsets) in &variants {
@@ -195,7 +195,7 @@ pub fn run(
             }
             let specialist = train_specialist(
                 settings,
-                kd,
+                &kd,
                 &generalist_eval,
                 subset,
                 &fit,
@@ -238,6 +238,16 @@ pub fn run(
 impl SpecialistSettings {
     fn seed(&self) -> u64 {
         self.generalist.seed
+    }
+
+    /// The specialists' loss: `KdLoss` at `temperature`, `soft_weight` on the
+    /// soft term and the rest on the labels.
+    pub fn loss(&self) -> Result<KdLoss, burn_distill::DistillError> {
+        KdLossConfig::new()
+            .with_temperature(self.temperature)
+            .with_soft_weight(self.soft_weight)
+            .with_hard_weight(1.0 - self.soft_weight)
+            .try_init()
     }
 }
 

@@ -343,14 +343,18 @@ impl SpecialistCombiner {
             let j_two_steps = objective(&pg, &q2, &members).reshape([batch, 1]);
             // (NaN compares false: such a row takes the EM updates.)
             let plain = j_stepped
-                .lower_equal(j_two_steps)
+                .clone()
+                .lower_equal(j_two_steps.clone())
                 .bool_not()
                 .bool_or(outside_simplex);
             let updated = stepped.clone().mask_where(rows(plain.clone()), q2.clone());
-            let change = largest_move(stepped, start).mask_where(plain, largest_move(q2, q1));
+            let change =
+                largest_move(stepped, start).mask_where(plain.clone(), largest_move(q2, q1));
+            // J of the point each row keeps, from the two already computed.
+            let j_updated = j_stepped.mask_where(plain, j_two_steps).reshape([batch]);
             q = updated.mask_where(rows(settled.clone()), q);
+            current = j_updated.mask_where(settled.clone().reshape([batch]), current);
             settled = settled.bool_or(change.lower_elem(tolerance));
-            current = objective(&pg, &q, &members);
             let progress = Tensor::cat(
                 vec![
                     settled.clone().bool_not().float().cast(dtype).sum(),

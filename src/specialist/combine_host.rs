@@ -223,24 +223,24 @@ fn solve_row(
         for (((x, &q0), &a), &b) in start.iter_mut().zip(q.iter()).zip(&q1).zip(&q2) {
             *x = q0 - 2.0 * alpha * (a - q0) + alpha * alpha * (b - 2.0 * a + q0);
         }
-        let change;
-        if start.iter().all(|&x| x >= 0.0) {
+        // J at q2 once: the step's objective whichever point it keeps.
+        let j_two_steps = objective(&q2);
+        let extrapolated = start.iter().all(|&x| x >= 0.0) && {
             em(&start, &mut stepped);
             let j_stepped = objective(&stepped);
-            if j_stepped <= objective(&q2) {
-                change = largest_move(&stepped, &start);
-                q.copy_from_slice(&stepped);
+            j_stepped <= j_two_steps && {
                 trace.push(j_stepped);
-            } else {
-                change = largest_move(&q2, &q1);
-                q.copy_from_slice(&q2);
-                trace.push(objective(q));
+                true
             }
+        };
+        let change = if extrapolated {
+            q.copy_from_slice(&stepped);
+            largest_move(&stepped, &start)
         } else {
-            change = largest_move(&q2, &q1);
             q.copy_from_slice(&q2);
-            trace.push(objective(q));
-        }
+            trace.push(j_two_steps);
+            largest_move(&q2, &q1)
+        };
         if change < tolerance {
             break;
         }

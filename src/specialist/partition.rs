@@ -195,12 +195,15 @@ impl ConfusableSubsetsConfig {
                     .into_data()
                     .iter::<f64>()
                     .collect();
-                let correlation = match self.overlap {
+                // How strongly each class belongs with each cluster, higher first;
+                // with `Correlated` only a positive affinity admits a class.
+                let affinity: Vec<f64> = match self.overlap {
                     SubsetOverlap::Correlated => {
                         cluster_correlation(covariance.clone(), &assignment, k_total)
                     }
-                    SubsetOverlap::Nearest => Vec::new(),
+                    SubsetOverlap::Nearest => distances.iter().map(|d| -d).collect(),
                 };
+                let admits = |a: f64| self.overlap == SubsetOverlap::Nearest || a > 0.0;
                 (0..k_total)
                     .map(|k| {
                         let at = |c: usize| c * k_total + k;
@@ -212,21 +215,10 @@ impl ConfusableSubsetsConfig {
                                 .then(a.cmp(&b))
                         });
                         let mut others: Vec<usize> = (0..classes)
-                            .filter(|&c| assignment[c] != k)
-                            .filter(|&c| {
-                                self.overlap == SubsetOverlap::Nearest || correlation[at(c)] > 0.0
-                            })
+                            .filter(|&c| assignment[c] != k && admits(affinity[at(c)]))
                             .collect();
                         others.sort_by(|&a, &b| {
-                            match self.overlap {
-                                SubsetOverlap::Correlated => {
-                                    correlation[at(b)].total_cmp(&correlation[at(a)])
-                                }
-                                SubsetOverlap::Nearest => {
-                                    distances[at(a)].total_cmp(&distances[at(b)])
-                                }
-                            }
-                            .then(a.cmp(&b))
+                            affinity[at(b)].total_cmp(&affinity[at(a)]).then(a.cmp(&b))
                         });
                         own.extend(others);
                         own.truncate(size);
