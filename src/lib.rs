@@ -61,6 +61,8 @@ pub mod store;
 mod targets;
 mod teacher;
 pub mod temperature;
+#[cfg(feature = "train")]
+pub mod train;
 
 pub use divergence::Divergence;
 pub use dkd::{DkdLoss, DkdLossConfig, DkdLossOutput};

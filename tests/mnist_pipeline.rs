@@ -1,13 +1,16 @@
 //! The MNIST example's pipeline on synthetic digits: IDX files into burn's
 //! cache (checksums verified, failures reported, nothing half-written), read
 //! back through burn's `MnistDataset`, a teacher, a hard-label baseline, a
-//! `KdLoss` student, and the omitted-digit bias fix.
+//! `KdLoss` student (by the hand-written loop and through burn's Learner),
+//! and the omitted-digit bias fix.
 //!
 //! The example's own modules are compiled in here, so the test exercises the
 //! code the example runs.
 
 #[path = "../examples/mnist_distill/data.rs"]
 mod data;
+#[path = "../examples/mnist_distill/learner.rs"]
+mod learner;
 #[path = "../examples/mnist_distill/model.rs"]
 mod model;
 #[path = "../examples/mnist_distill/train.rs"]
@@ -21,6 +24,7 @@ use burn::module::Module;
 use burn::tensor::Device;
 use burn_distill::KdLossConfig;
 use burn_distill::store::{TeacherStore, TeacherStoreConfig};
+use burn_distill::train::StoredTeacher;
 use data::{IdxFile, PIXELS, SIDE, Sources, Split};
 use model::Mlp;
 use sha2::{Digest, Sha256};
@@ -486,13 +490,44 @@ fn child_pipeline_on_synthetic_mnist() {
         "stored",
         &device,
     );
+    // The same distillation through burn's Learner (burn's dataloader over
+    // the first 300 images of burn's MnistDataset: the transfer set), and
+    // offline through it from the store.
+    let out = tempfile::tempdir().unwrap();
+    let learn = |teacher| {
+        let (student, history) = learner::distill(
+            &init,
+            teacher,
+            &kd,
+            &settings(80, 0, 2),
+            transfer.len(),
+            &test,
+            out.path(),
+            &device,
+        );
+        assert_eq!(history.len(), 80, "one record per epoch");
+        learner::test_errors(&student, &test)
+    };
+    let learner_errors = learn(learner::Teacher::Live(&teacher));
+    let stored_teacher = StoredTeacher::new(TeacherStore::open(&store_path).unwrap(), &kd).unwrap();
+    let learner_stored_errors = learn(learner::Teacher::Stored(stored_teacher));
     let baseline_errors = train::errors(&baseline.valid(), &test, None);
     let distilled_errors = train::errors(&distilled.valid(), &test, None);
     let stored_errors = train::errors(&from_store.valid(), &test, None);
     println!(
         "teacher {teacher_errors}, baseline {baseline_errors}, distilled {distilled_errors}, \
-         from an f16 store {stored_errors} of {test_rows}"
+         from an f16 store {stored_errors}, through the Learner {learner_errors} (from the \
+         store {learner_stored_errors}) of {test_rows}"
     );
+    for (what, errors) in [
+        ("through the Learner", learner_errors),
+        ("through the Learner from the store", learner_stored_errors),
+    ] {
+        assert!(
+            (errors as f64) < 0.8 * baseline_errors as f64,
+            "distilled {what} {errors} should be well below the baseline's {baseline_errors}"
+        );
+    }
     assert!(
         (stored_errors as f64) < 0.8 * baseline_errors as f64,
         "distilled from the store {stored_errors} should be well below the baseline's {baseline_errors}"

@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! cargo run --release --example mnist_distill -- --quick   # every step, small subset, < 3 min
+//! cargo run --release --example mnist_distill -- distill --learner   # also through burn's Learner
 //! cargo run --release --example mnist_distill              # the full table (`all`)
 //! cargo run --release --example mnist_distill -- --help
 //! ```
@@ -22,6 +23,10 @@
 //!   subsets from its predictions on the held-out split, specialists started
 //!   from its weights, combined by eq. 5 on the test set; disjoint subsets and
 //!   two kinds of overlapping ones, with the paper's Table 4 layout.
+//! - `--learner` (with `distill` or `all`): the distillation run a second
+//!   time through burn's own training loop — burn-train's `Learner` with
+//!   `burn_distill::train::Distiller`, burn's dataloader and `MnistDataset` —
+//!   from the same initialisation with the same settings (`learner.rs`).
 //! - `all` (default): all of the above, a table next to the paper's numbers,
 //!   `<out>/all.json` and `<out>/all.png`.
 //!
@@ -30,6 +35,7 @@
 //! the web is not reachable here.
 
 mod data;
+mod learner;
 mod model;
 mod report;
 mod specialists;
@@ -42,7 +48,8 @@ use burn::module::Module;
 use burn::store::{BurnpackStore, ModuleSnapshot};
 use burn::tensor::Device;
 use burn_distill::store::{StorePrecision, TeacherStore, TeacherStoreConfig};
-use burn_distill::{KdLossConfig, temperature};
+use burn_distill::train::StoredTeacher;
+use burn_distill::{KdLoss, KdLossConfig, temperature};
 use clap::{Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 
@@ -107,6 +114,12 @@ struct Cli {
     /// Classes kept per image in the teacher store (10: all of them).
     #[arg(long, global = true, default_value_t = 10)]
     store_k: usize,
+    /// `distill` (and `all`): also run the distillation through burn's own
+    /// training loop — burn-train's Learner with burn_distill's Distiller,
+    /// burn's dataloader and MnistDataset — with the same student
+    /// initialisation and settings, reported next to the hand-written run.
+    #[arg(long, global = true)]
+    learner: bool,
     /// Precision of the stored log-probabilities.
     #[arg(long, global = true, value_enum, default_value_t = Precision::F16)]
     store_precision: Precision,
@@ -276,6 +289,18 @@ fn run(cli: &Cli) -> Result<(), String> {
             ));
         }
     }
+    if cli.learner {
+        if !matches!(command, Command::Distill | Command::All) {
+            return Err("--learner applies to the `distill` and `all` subcommands".into());
+        }
+        if cli.transfer_jitter > 0 {
+            return Err(format!(
+                "--learner runs on burn's dataloader, which does not jitter; it cannot be \
+                 used with --transfer-jitter {}",
+                cli.transfer_jitter
+            ));
+        }
+    }
     let device = cli.backend.device()?;
     // Validate the loss settings before any data is touched or time spent.
     let kd = KdLossConfig::new()
@@ -401,6 +426,26 @@ fn run(cli: &Cli) -> Result<(), String> {
                     teacher: &teacher_eval,
                     loss: &kd,
                 },
+                &device,
+            ));
+        }
+        if wants(&Command::Distill) && cli.learner {
+            let source = match &cli.teacher_store {
+                Some(path) => learner::Teacher::Stored(
+                    TeacherStore::open(path)
+                        .and_then(|store| StoredTeacher::new(store, &kd))
+                        .map_err(|e| format!("--teacher-store {}: {e}", path.display()))?,
+                ),
+                None => learner::Teacher::Live(&teacher_eval),
+            };
+            report.experiments.push(learner_experiment(
+                source,
+                &kd,
+                &student_init,
+                &plan,
+                &test,
+                &distill_settings,
+                cli,
                 &device,
             ));
         }
@@ -539,6 +584,46 @@ fn train_student(
         test_errors: train::errors(&student.valid(), test, None),
         test_size: test.len(),
         paper_errors: Some(paper_errors),
+        train_seconds: start.elapsed().as_secs_f64(),
+        settings: Some(settings.clone()),
+        history,
+    }
+}
+
+/// The distillation run through burn's Learner, scored as the hand-written
+/// runs are.
+#[allow(clippy::too_many_arguments)]
+fn learner_experiment(
+    teacher: learner::Teacher<'_>,
+    kd: &KdLoss,
+    init: &Mlp,
+    plan: &Plan,
+    test: &Split,
+    settings: &TrainSettings,
+    cli: &Cli,
+    device: &Device,
+) -> Experiment {
+    let stored = matches!(teacher, learner::Teacher::Stored(_));
+    let start = Instant::now();
+    let (student, history) = learner::distill(
+        init,
+        teacher,
+        kd,
+        settings,
+        plan.train_rows,
+        test,
+        &cli.out,
+        device,
+    );
+    Experiment {
+        name: "distilled-learner".into(),
+        description: format!(
+            "  … through burn's Learner{}",
+            if stored { " (store)" } else { "" }
+        ),
+        test_errors: learner::test_errors(&student, test),
+        test_size: test.len(),
+        paper_errors: Some(paper::DISTILLED),
         train_seconds: start.elapsed().as_secs_f64(),
         settings: Some(settings.clone()),
         history,

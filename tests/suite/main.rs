@@ -19,3 +19,5 @@ mod specialists;
 mod store;
 mod teacher_output;
 mod torch_parity;
+#[cfg(feature = "train")]
+mod train;

@@ -1,0 +1,372 @@
+//! `--learner`: the distillation run through burn's own training loop —
+//! burn-train's `Learner` and `SupervisedTraining`, burn's `DataLoaderBuilder`
+//! and `MnistDataset` — with `burn_distill::train::Distiller` as the model.
+//! Same student initialisation, loss, optimiser, learning-rate schedule,
+//! batch size and epochs as the hand-written loop in `train.rs`; only the
+//! shuffling differs (burn's dataloader draws its own order).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use burn::data::dataloader::DataLoaderBuilder;
+use burn::data::dataloader::batcher::Batcher;
+use burn::data::dataset::transform::PartialDataset;
+use burn::data::dataset::vision::{MnistDataset, MnistItem};
+use burn::data::dataset::{Dataset, DatasetError};
+use burn::module::Module;
+use burn::optim::AdamConfig;
+use burn::optim::lr_scheduler::cosine::CosineAnnealingLrSchedulerConfig;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::train::logger::{EvaluationProgressLogger, TrainingProgressLogger};
+use burn::train::metric::{AccuracyMetric, LossMetric, MetricDefinition, MetricId, NumericEntry};
+use burn::train::renderer::{
+    EvaluationName, MetricState, MetricsRenderer, MetricsRendererEvaluation,
+    MetricsRendererTraining,
+};
+use burn::train::{Learner, SupervisedTraining};
+use burn_distill::KdLoss;
+use burn_distill::train::{
+    AgreementMetric, ClassificationBatch, Classifier, DistillLossMetric, Distiller, FrozenTeacher,
+    StoredTeacher, TeacherSource,
+};
+
+use crate::data::{PIXELS, Split};
+use crate::model::Mlp;
+use crate::train::{self, EpochRecord, TrainSettings};
+
+impl Classifier for Mlp {
+    type Input = Tensor<2>;
+
+    fn logits(&self, inputs: Tensor<2>) -> Tensor<2> {
+        self.forward(inputs)
+    }
+}
+
+/// Where the Learner run's teacher comes from.
+pub enum Teacher<'a> {
+    /// The live teacher (evaluation mode), run on every batch.
+    Live(&'a Mlp),
+    /// Its top-k outputs read back from a teacher store by example index.
+    Stored(StoredTeacher),
+}
+
+/// Trains a copy of `init` by distillation through burn's Learner on the
+/// first `train_rows` images of burn's `MnistDataset` (validation: the first
+/// `test.len()` test images, for watching only) and returns it with its
+/// per-epoch history.
+#[allow(clippy::too_many_arguments)]
+pub fn distill(
+    init: &Mlp,
+    teacher: Teacher<'_>,
+    loss: &KdLoss,
+    settings: &TrainSettings,
+    train_rows: usize,
+    test: &Split,
+    out: &std::path::Path,
+    device: &Device,
+) -> (Mlp, Vec<EpochRecord>) {
+    let run = Run {
+        settings,
+        train_rows,
+        test,
+        out,
+        device,
+    };
+    let student = init.clone();
+    match teacher {
+        Teacher::Live(teacher) => run.launch(Distiller::new(
+            student,
+            FrozenTeacher::new(teacher.clone()),
+            loss.clone(),
+        )),
+        // The store holds the teacher on the training images only.
+        Teacher::Stored(store) => run
+            .launch(Distiller::new(student, store, loss.clone()).with_teacher_in_validation(false)),
+    }
+}
+
+/// What a Learner run is given besides the distiller.
+struct Run<'a> {
+    settings: &'a TrainSettings,
+    train_rows: usize,
+    test: &'a Split,
+    out: &'a std::path::Path,
+    device: &'a Device,
+}
+
+impl Run<'_> {
+    fn launch<T: TeacherSource<Tensor<2>>>(
+        &self,
+        distiller: Distiller<Mlp, T>,
+    ) -> (Mlp, Vec<EpochRecord>) {
+        let Run {
+            settings,
+            train_rows,
+            test,
+            out,
+            device,
+        } = *self;
+        let train_set = PartialDataset::new(MnistDataset::train(), 0, train_rows);
+        let steps = settings.epochs * train_set.len().div_ceil(settings.batch);
+        let loader_train = DataLoaderBuilder::new(MnistBatcher)
+            .batch_size(settings.batch)
+            .shuffle(settings.seed)
+            .set_device(device.clone())
+            .build(Indexed(train_set));
+        let loader_valid = DataLoaderBuilder::new(MnistBatcher)
+            .batch_size(1000)
+            .set_device(device.clone())
+            .build(Indexed(PartialDataset::new(
+                MnistDataset::test(),
+                0,
+                test.len(),
+            )));
+        let scheduler = CosineAnnealingLrSchedulerConfig::new(settings.lr, steps)
+            .init()
+            .expect("a learning rate in (0, 1]");
+        let learner = Learner::new(distiller, AdamConfig::new().init(), scheduler);
+
+        let history = Arc::new(Mutex::new(Vec::new()));
+        let training = SupervisedTraining::new(out.join("learner"), loader_train, loader_valid)
+            .num_epochs(settings.epochs)
+            .metric_train_numeric(LossMetric::new())
+            .metric_train_numeric(DistillLossMetric::soft())
+            .metric_train_numeric(DistillLossMetric::hard())
+            .metric_train_numeric(AgreementMetric::new())
+            .metric_train_numeric(AccuracyMetric::new())
+            .metric_valid_numeric(LossMetric::new())
+            .metric_valid_numeric(AgreementMetric::new())
+            .metric_valid_numeric(AccuracyMetric::new())
+            .with_application_logger(None);
+        let training = match dashboard(&training) {
+            Some(renderer) => training.renderer(renderer),
+            None => training.renderer(Box::new(EpochLines::new(
+                settings.epochs,
+                test.len(),
+                history.clone(),
+            ))),
+        };
+        let result = training.launch(learner);
+        let student = result.model.into_student();
+        let history = history.lock().expect("history").clone();
+        (student, history)
+    }
+}
+
+/// burn-train's terminal dashboard when the `tui` feature is on and stdout is
+/// a terminal; otherwise `None` (one plain line per epoch instead).
+#[cfg(feature = "tui")]
+fn dashboard<M: burn::train::LearnerModel>(
+    training: &SupervisedTraining<M>,
+) -> Option<Box<dyn MetricsRenderer>> {
+    use std::io::IsTerminal;
+    std::io::stdout()
+        .is_terminal()
+        .then(|| burn::train::renderer::default_renderer(training.interrupter(), None))
+}
+
+#[cfg(not(feature = "tui"))]
+fn dashboard<M: burn::train::LearnerModel>(
+    _training: &SupervisedTraining<M>,
+) -> Option<Box<dyn MetricsRenderer>> {
+    None
+}
+
+/// A data set's items with their indices (what a stored teacher reads by).
+struct Indexed<D>(D);
+
+impl<I, D: Dataset<I>> Dataset<(usize, I)> for Indexed<D> {
+    fn get(&self, index: usize) -> Result<(usize, I), DatasetError> {
+        self.0.get(index).map(|item| (index, item))
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
+/// Flattens burn's MNIST items into `[batch, 784]` pixels in `[0, 1]` (as
+/// the hand-written loop's data) with labels and example indices.
+#[derive(Clone)]
+struct MnistBatcher;
+
+impl Batcher<(usize, MnistItem), ClassificationBatch<Tensor<2>>> for MnistBatcher {
+    fn batch(
+        &self,
+        items: Vec<(usize, MnistItem)>,
+        device: &Device,
+    ) -> ClassificationBatch<Tensor<2>> {
+        let n = items.len();
+        let pixels: Vec<f32> = items
+            .iter()
+            .flat_map(|(_, item)| item.image.iter().flatten().map(|&p| p / 255.0))
+            .collect();
+        let labels: Vec<i64> = items.iter().map(|(_, item)| item.label as i64).collect();
+        ClassificationBatch::new(
+            Tensor::from_data(TensorData::new(pixels, [n, PIXELS]), device),
+            Tensor::<1, Int>::from_data(TensorData::new(labels, [n]), device),
+        )
+        .with_examples(items.iter().map(|(index, _)| *index).collect())
+    }
+}
+
+/// Plain-text progress: one line per epoch with the epoch's training and
+/// validation metrics (burn's own plain renderer prints every batch), and the
+/// epoch records for the JSON report.
+struct EpochLines {
+    epochs: usize,
+    test_rows: usize,
+    names: HashMap<MetricId, String>,
+    /// (split, metric name) → (weighted sum, count) over the current epoch.
+    sums: HashMap<(String, String), (f64, usize)>,
+    split: String,
+    epoch: usize,
+    started: Instant,
+    history: Arc<Mutex<Vec<EpochRecord>>>,
+}
+
+impl EpochLines {
+    fn new(epochs: usize, test_rows: usize, history: Arc<Mutex<Vec<EpochRecord>>>) -> Self {
+        Self {
+            epochs,
+            test_rows,
+            names: HashMap::new(),
+            sums: HashMap::new(),
+            split: String::new(),
+            epoch: 0,
+            started: Instant::now(),
+            history,
+        }
+    }
+
+    fn record(&mut self, state: MetricState) {
+        let MetricState::Numeric(entry, Some(value)) = state else {
+            return;
+        };
+        let (value, count) = match value {
+            NumericEntry::Value(v) => (v, 1),
+            NumericEntry::Aggregated {
+                aggregated_value,
+                count,
+            } => (aggregated_value, count),
+            NumericEntry::Final(_) => return,
+        };
+        if !value.is_finite() || count == 0 {
+            return;
+        }
+        let name = self
+            .names
+            .get(&entry.metric_id)
+            .cloned()
+            .unwrap_or_default();
+        let sum = self.sums.entry((self.split.clone(), name)).or_default();
+        sum.0 += value * count as f64;
+        sum.1 += count;
+    }
+
+    fn mean(&self, split: &str, name: &str) -> Option<f64> {
+        self.sums
+            .get(&(split.to_string(), name.to_string()))
+            .map(|&(sum, count)| sum / count as f64)
+    }
+
+    fn epoch_done(&mut self) {
+        self.epoch += 1;
+        let seconds = self.started.elapsed().as_secs_f64();
+        let f = |v: Option<f64>, digits: usize| v.map_or("n/a".into(), |v| format!("{v:.digits$}"));
+        let valid_accuracy = self.mean("valid", "Accuracy");
+        let test_errors = valid_accuracy.map_or(0, |a| {
+            ((100.0 - a) / 100.0 * self.test_rows as f64).round() as usize
+        });
+        println!(
+            "  [learner] epoch {:3}/{}  loss {} (soft {}, hard {})  agreement {}%  train acc {}%  \
+             test errors {:5}/{}  {:6.0} s",
+            self.epoch,
+            self.epochs,
+            f(self.mean("train", "Loss"), 4),
+            f(self.mean("train", "Soft loss"), 4),
+            f(self.mean("train", "Hard loss"), 4),
+            f(self.mean("train", "Teacher agreement"), 2),
+            f(self.mean("train", "Accuracy"), 2),
+            test_errors,
+            self.test_rows,
+            seconds,
+        );
+        self.history.lock().expect("history").push(EpochRecord {
+            epoch: self.epoch,
+            mean_loss: self.mean("train", "Loss").unwrap_or(f64::NAN),
+            train_accuracy: self.mean("train", "Accuracy").unwrap_or(f64::NAN) / 100.0,
+            test_errors,
+            seconds,
+        });
+        self.sums.clear();
+    }
+}
+
+impl MetricsRendererTraining for EpochLines {
+    fn update_train(&mut self, state: MetricState) {
+        self.record(state);
+    }
+
+    fn update_valid(&mut self, state: MetricState) {
+        self.record(state);
+    }
+}
+
+impl MetricsRendererEvaluation for EpochLines {
+    fn update_test(&mut self, _name: EvaluationName, _state: MetricState) {}
+}
+
+impl TrainingProgressLogger for EpochLines {
+    fn start(
+        &mut self,
+        _epochs: usize,
+        _start: usize,
+        _items: Option<usize>,
+        _label: Option<&str>,
+    ) {
+        self.started = Instant::now();
+    }
+
+    fn update_epoch(&mut self, _epoch: usize) {}
+
+    fn start_split(&mut self, split: &str, _total_items: usize) {
+        self.split = split.to_string();
+    }
+
+    fn update_split(&mut self, _items_processed: usize) {}
+
+    fn end_split(&mut self) {
+        if self.split == "valid" {
+            self.epoch_done();
+        }
+    }
+
+    fn end(&mut self) {}
+
+    fn log_event_training(&mut self, _event: String) {}
+}
+
+impl EvaluationProgressLogger for EpochLines {
+    fn start_global_progress(&mut self, _total_tests: usize) {}
+    fn start_test(&mut self, _name: &str, _total_items: usize) {}
+    fn update_test_progress(&mut self, _items_processed: usize) {}
+    fn end_test(&mut self) {}
+    fn end_global_progress(&mut self) {}
+    fn log_event_evaluation(&mut self, _event: String) {}
+}
+
+impl MetricsRenderer for EpochLines {
+    fn manual_close(&mut self) {}
+
+    fn register_metric(&mut self, definition: MetricDefinition) {
+        self.names
+            .insert(definition.metric_id, definition.name.to_string());
+    }
+}
+
+/// The errors of `student` on `test` (as the hand-written runs are scored).
+pub fn test_errors(student: &Mlp, test: &Split) -> usize {
+    train::errors(&student.valid(), test, None)
+}
