@@ -6,7 +6,8 @@
 //! generalist/specialist machinery. At its core are small pure functions over
 //! `Tensor`s (the reference), with [`Config`](burn::config::Config)/[`Module`](burn::module::Module)
 //! losses in burn's style on top, and a fused CPU kernel for every divergence, the
-//! top-k teacher and DKD.
+//! top-k teacher and DKD. With the `train` feature (default), `train::Distiller`
+//! runs the KD loss inside burn-train's `Learner`, the teacher frozen.
 //!
 //! It chooses no device: every function runs on the device of the tensors it is
 //! given (flex, ndarray, wgpu, cuda, …), with or without autodiff.
