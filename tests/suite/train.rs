@@ -590,7 +590,7 @@ fn metrics_read_the_terms_and_the_agreement() {
 #[cfg(feature = "store")]
 #[test]
 fn a_stored_teacher_serves_the_batch_by_example_index() {
-    use burn_distill::store::{TeacherStore, TeacherStoreConfig};
+    use burn_distill::store::{StorePrecision, TeacherStore, TeacherStoreConfig};
     use burn_distill::train::StoredTeacher;
 
     let device = Device::flex().autodiff();
@@ -602,6 +602,7 @@ fn a_stored_teacher_serves_the_batch_by_example_index() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("teacher.kds");
     let mut writer = TeacherStoreConfig::new(CLASSES, CLASSES, 3.0)
+        .with_precision(StorePrecision::F32)
         .create(&path)
         .unwrap();
     writer
