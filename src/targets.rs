@@ -214,7 +214,13 @@ pub(crate) fn reduce_rows(
     };
     match (normalizer, keep) {
         (Normalizer::GlobalCount(count), _) => rows.sum().mul_scalar(1.0 / count.max(1) as f64),
-        (Normalizer::KeptRows, None) => rows.mean(),
+        // The sum over the rows divided by their count, not `mean()`: on wgpu,
+        // burn 0.22.1's mean of 0..70001 is 30674.2 (35000 exact) while the
+        // sum is right (measured on lavapipe).
+        (Normalizer::KeptRows, None) => {
+            let count = rows.dims()[0].max(1);
+            rows.sum().mul_scalar(1.0 / count as f64)
+        }
         (Normalizer::KeptRows, Some(keep)) => {
             let count = keep.float().cast(rows.dtype()).sum().clamp_min(1.0);
             rows.sum() / count

@@ -39,7 +39,9 @@ pub fn try_class_covariance(probs: Tensor<2>) -> Result<Tensor<2>, DistillError>
             requirement: "at least 2 to estimate a covariance",
         });
     }
-    let centred = probs.clone() - probs.mean_dim(0);
+    // Sum / n, not `mean_dim` (wrong on wgpu past 65,535 rows; see
+    // `targets::reduce_rows`).
+    let centred = probs.clone() - probs.clone().sum_dim(0).mul_scalar(1.0 / n as f64);
     Ok(centred
         .clone()
         .transpose()
