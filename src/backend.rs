@@ -5,6 +5,9 @@
 use burn::backend::DeviceOps;
 use burn::tensor::Device;
 
+/// Burn's dispatch id of the Cube backend: every CubeCL runtime (wgpu,
+/// Vulkan, Metal, CUDA, ROCm, CubeCL's CPU runtime).
+const CUBE_BACKEND_ID: u16 = 0;
 /// Burn's dispatch id of the flex backend (see `burn_dispatch::DispatchDeviceId`),
 /// whose tensors live in host memory and read back as a plain copy.
 const FLEX_BACKEND_ID: u16 = 4;
@@ -27,6 +30,13 @@ pub(crate) fn host_backend(device: &Device) -> Option<HostBackend> {
         NDARRAY_BACKEND_ID => Some(HostBackend::NdArray),
         _ => None,
     }
+}
+
+/// Whether `device` is a Cube device (with or without autodiff).
+// Only the Cube kernel asks.
+#[cfg_attr(not(feature = "cube-kernel"), allow(dead_code))]
+pub(crate) fn is_cube(device: &Device) -> bool {
+    device.as_dispatch().id().type_id >> 8 == CUBE_BACKEND_ID
 }
 
 /// Whether `device` is a flex device (with or without autodiff).

@@ -23,7 +23,7 @@ use burn::tensor::{Bool, DType, Int, Tensor};
 use crate::check::{check_temperature, check_weight};
 use crate::divergence::Divergence;
 use crate::error::{DistillError, or_panic};
-use crate::fused::{self, FusedLoss, FusedSpec, serves};
+use crate::fused::{self, FusedLoss, FusedSpec, serves_kd};
 use crate::sparse::bucket_log_probs;
 use crate::targets::{Targets, blank_left_out_rows, reduce_rows, usable_labels};
 use crate::teacher::{PreparedTeacher, TeacherOutput};
@@ -71,7 +71,9 @@ pub struct KdLossConfig {
     /// buffers in place and registers a single autodiff node, instead of
     /// letting autodiff walk back through every softmax, log and product.
     /// Same values and gradients, an order of magnitude faster at large
-    /// vocabularies (BENCHMARKS.md). Elsewhere, and with `false`, the loss is
+    /// vocabularies (BENCHMARKS.md). With the `cube-kernel` feature, the same
+    /// on burn's Cube devices (wgpu, CUDA, …) for a dense teacher, by a
+    /// CubeCL kernel. Elsewhere, and with `false`, the loss is
     /// burn ops differentiated by autodiff (the reference the kernel is
     /// tested against). Default: true.
     #[config(default = true)]
@@ -467,11 +469,11 @@ impl KdLoss {
     /// Whether the fused kernel computes the soft term: f32 on a host backend
     /// that has it compiled in, and the setting on.
     fn uses_kernel(&self, student: &Tensor<2>, teacher: &PreparedTeacher) -> bool {
-        let values = match teacher {
-            PreparedTeacher::Dense(dense) => &dense.values,
-            PreparedTeacher::TopK { log_probs, .. } => log_probs,
+        let (values, top_k) = match teacher {
+            PreparedTeacher::Dense(dense) => (&dense.values, false),
+            PreparedTeacher::TopK { log_probs, .. } => (log_probs, true),
         };
-        self.fused_kernel && serves(student, values)
+        self.fused_kernel && serves_kd(student, values, top_k)
     }
 
     /// The student's logits as the soft term sees them: standardised when

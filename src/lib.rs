@@ -68,6 +68,7 @@ pub mod train;
 pub use divergence::Divergence;
 pub use dkd::{DkdLoss, DkdLossConfig, DkdLossOutput};
 pub use error::DistillError;
+pub use fused::cube_kernel_launches;
 pub use kd::{KdLoss, KdLossConfig, KdLossOutput};
 pub use linear::{AUTO_CHUNK_ELEMENTS, FusedLinearKdLoss, FusedLinearKdLossConfig, LinearTeacher};
 pub use sparse::SparseTeacher;

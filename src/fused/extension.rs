@@ -1,53 +1,109 @@
-//! The fused KD kernel as a burn backend extension on the CPU backends (flex,
-//! and ndarray with this crate's `ndarray` feature): it reads the logits in the
-//! backend's own buffers (no copy out of burn) and, under autodiff, registers one
-//! graph node whose backward is the closed-form gradient the kernel computed in
-//! the forward pass (no autodiff through softmax, log and products).
+//! The fused KD rows as a burn backend extension: on the CPU backends (flex,
+//! and ndarray with this crate's `ndarray` feature) the host kernel reads the
+//! logits in the backend's own buffers (no copy out of burn); on burn's Cube
+//! backends (with the `cube-kernel` feature) the CubeCL kernel runs on the
+//! device. Under autodiff both register one graph node whose backward is the
+//! closed-form gradient the kernel computed in the forward pass (no autodiff
+//! through softmax, log and products).
 
 // burn-ndarray is deprecated in burn 0.22 but still supported, and still used.
 #![allow(deprecated)]
 
 use std::sync::Arc;
 
+#[cfg(any(feature = "flex", feature = "ndarray"))]
+use burn::backend::TensorMetadata;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
-use burn::backend::tensor::FloatTensor;
-use burn::backend::{Autodiff, Backend, Dispatch, TensorMetadata, backend_extension};
-use burn::tensor::{Tensor, TensorData};
+use burn::backend::tensor::{FloatTensor, IntTensor};
+use burn::backend::{Autodiff, Backend, Dispatch, backend_extension};
+#[cfg(any(feature = "flex", feature = "ndarray"))]
+use burn::tensor::TensorData;
+use burn::tensor::{Int, Tensor};
 
 use super::FusedSpec;
 use super::FusedTeacher;
+#[cfg(any(feature = "flex", feature = "ndarray"))]
 use super::kernel::{TeacherRows, kd_rows, weighted_gradient};
 
 /// `[batch, weights.len()]`: for each row and each weight pair `(w_s, w_h)`,
 /// `w_s · soft_factor · D(p‖q) + w_h · CE` (`D` the spec's divergence), differentiable with respect to
 /// the student (the teacher gets no gradient). f32 tensors on a backend the
-/// extension lists (see [`super::serves`]). `targets`: labels already checked
-/// to lie in `0..classes`; `None`: no hard term.
+/// extension lists (see [`super::engine`]).
 ///
 /// The teacher is dense (`indices` `None`: `values` `[batch, classes]`) or a
-/// stored top-k (`values` `[batch, k]` log-probabilities and their classes).
+/// stored top-k (`values` `[batch, k]` log-probabilities and their classes;
+/// CPU engines only). The labels (already checked to lie in `0..classes`;
+/// `None`: no hard term) are in `labels`: on the host for the CPU engines,
+/// which index with them there, as a device tensor for the Cube engine.
 pub(crate) fn fused_kd_columns(
     student_logits: &Tensor<2>,
     teacher: FusedTeacher,
-    targets: Option<Arc<[i64]>>,
+    labels: FusedLabels,
     spec: FusedSpec,
 ) -> Tensor<2> {
+    // burn's extension routing takes a tensor, not an optional one: where
+    // the labels are not on the device, a 1-element placeholder goes.
+    let labels_kind = match labels {
+        FusedLabels::Device(_) => LabelsKind::Device,
+        _ => LabelsKind::Elsewhere,
+    };
+    let placeholder = || Tensor::<1, Int>::zeros([1], &student_logits.device());
+    let (host_labels, device_labels) = match labels {
+        FusedLabels::None => (None, placeholder()),
+        FusedLabels::Host(labels) => (Some(labels), placeholder()),
+        FusedLabels::Device(labels) => (None, labels),
+    };
+    let device_labels = device_labels.into_dispatch();
     let out = <Dispatch as FusedKd>::fused_kd_columns(
         student_logits.clone().into_dispatch(),
         teacher.values.clone().into_dispatch(),
-        teacher.indices,
-        targets,
+        device_labels,
+        HostRows {
+            indices: teacher.indices,
+            labels: host_labels,
+            device_labels: matches!(labels_kind, LabelsKind::Device),
+        },
         spec,
     );
     Tensor::from_dispatch(out)
 }
 
+/// Where the labels are for the engine that runs.
+// Built once per call and consumed at once: its size does not matter.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum FusedLabels {
+    /// No hard term.
+    None,
+    /// Read back to the host (the CPU engines).
+    Host(Arc<[i64]>),
+    /// On the device (the Cube engine).
+    Device(Tensor<1, Int>),
+}
+
+/// Whether the device labels are real or a placeholder.
+enum LabelsKind {
+    Device,
+    Elsewhere,
+}
+
+/// What the CPU engines read on the host: a top-k teacher's classes
+/// (row-major `[batch × k]`) and the labels.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct HostRows {
+    indices: Option<Arc<[i64]>>,
+    labels: Option<Arc<[i64]>>,
+    /// Whether the device labels are the labels (else a placeholder).
+    #[cfg_attr(not(feature = "cube-kernel"), allow(dead_code))]
+    device_labels: bool,
+}
+
 #[backend_extension(
     Flex: cfg(feature = "flex"),
     NdArray: cfg(feature = "ndarray"),
+    Cube: cfg(feature = "cube-kernel"),
     Autodiff
 )]
 pub(crate) trait FusedKd: Backend {
@@ -55,13 +111,117 @@ pub(crate) trait FusedKd: Backend {
     fn fused_kd_columns(
         student_logits: FloatTensor<Self>,
         teacher_values: FloatTensor<Self>,
-        teacher_indices: Option<Arc<[i64]>>,
-        targets: Option<Arc<[i64]>>,
+        device_labels: IntTensor<Self>,
+        host: HostRows,
         spec: FusedSpec,
     ) -> FloatTensor<Self>;
 }
 
+/// A backend the fused rows run on: values and, when asked, the gradients to
+/// keep for the backward pass; the backward pass itself.
+pub(crate) trait RowEngine: Backend {
+    /// The gradients the forward pass computed, one per output column.
+    type Gradients: Clone + Send + Sync + std::fmt::Debug + 'static;
+
+    /// The value columns `[rows, spec.weights.len()]` and, if
+    /// `with_gradients`, each column's gradient.
+    fn rows(
+        student: FloatTensor<Self>,
+        teacher: FloatTensor<Self>,
+        device_labels: IntTensor<Self>,
+        host: &HostRows,
+        spec: &FusedSpec,
+        with_gradients: bool,
+    ) -> (FloatTensor<Self>, Self::Gradients);
+
+    /// `∂L/∂z[b, :] = Σ_k upstream[b, k] · G_k[b, :]`.
+    fn combine(gradients: Self::Gradients, upstream: FloatTensor<Self>) -> FloatTensor<Self>;
+}
+
+/// Without autodiff: the values only.
+impl<B: RowEngine> FusedKd for B {
+    fn fused_kd_columns(
+        student: FloatTensor<Self>,
+        teacher: FloatTensor<Self>,
+        device_labels: IntTensor<Self>,
+        host: HostRows,
+        spec: FusedSpec,
+    ) -> FloatTensor<Self> {
+        B::rows(student, teacher, device_labels, &host, &spec, false).0
+    }
+}
+
+/// With autodiff: the values, and one node whose backward is the kernel's gradient.
+impl<B: RowEngine, C: CheckpointStrategy> FusedKd for Autodiff<B, C> {
+    fn fused_kd_columns(
+        student: FloatTensor<Self>,
+        teacher: FloatTensor<Self>,
+        device_labels: IntTensor<Self>,
+        host: HostRows,
+        spec: FusedSpec,
+    ) -> FloatTensor<Self> {
+        // The teacher was detached by the caller: only the student is a parent.
+        let teacher = teacher.into_primitive();
+        match Backward::<B, 1>::prepare::<C>(FusedKdBackward, [student.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let student = student.primitive().clone();
+                let (values, gradients) =
+                    B::rows(student, teacher, device_labels, &host, &spec, true);
+                prep.finish(gradients, values)
+            }
+            OpsKind::UnTracked(prep) => {
+                let student = student.primitive().clone();
+                prep.finish(B::rows(student, teacher, device_labels, &host, &spec, false).0)
+            }
+        }
+    }
+}
+
+/// The backward step: `∂L/∂z[b, :] = Σ_k ∂L/∂out[b, k] · G_k[b, :]`.
+#[derive(Debug)]
+struct FusedKdBackward;
+
+impl<B: RowEngine> Backward<B, 1> for FusedKdBackward {
+    type State = B::Gradients;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let state = ops.state;
+        unary::<B, _>(ops.parents, ops.node, grads, |upstream| {
+            B::combine(state, upstream)
+        });
+    }
+}
+
+#[cfg(feature = "cube-kernel")]
+impl RowEngine for burn_cubecl::CubeBackend {
+    type Gradients = super::cube::CubeGradients;
+
+    fn rows(
+        student: FloatTensor<Self>,
+        teacher: FloatTensor<Self>,
+        device_labels: IntTensor<Self>,
+        host: &HostRows,
+        spec: &FusedSpec,
+        with_gradients: bool,
+    ) -> (FloatTensor<Self>, Self::Gradients) {
+        assert!(
+            host.indices.is_none() && host.labels.is_none(),
+            "the cube kernel takes a dense teacher and labels on the device"
+        );
+        let labels = host.device_labels.then_some(device_labels);
+        super::cube::rows(student, teacher, labels, spec, with_gradients)
+    }
+
+    fn combine(gradients: Self::Gradients, upstream: FloatTensor<Self>) -> FloatTensor<Self> {
+        super::cube::combine(gradients, upstream)
+    }
+}
+
 /// A backend whose f32 tensors live in host memory and can be read in place.
+#[cfg(any(feature = "flex", feature = "ndarray"))]
 pub(crate) trait HostBackend: Backend {
     /// Calls `f` with the elements of an f32 tensor, row-major: in place for a
     /// plain tensor, through a row-major copy for a strided or offset view.
@@ -103,57 +263,50 @@ impl HostBackend for burn::backend::NdArray {
     }
 }
 
-/// Without autodiff: the values only.
-impl<B: HostBackend> FusedKd for B {
-    fn fused_kd_columns(
-        student: FloatTensor<Self>,
-        teacher: FloatTensor<Self>,
-        indices: Option<Arc<[i64]>>,
-        targets: Option<Arc<[i64]>>,
-        spec: FusedSpec,
-    ) -> FloatTensor<Self> {
-        let teacher = (&teacher, indices.as_deref());
-        run::<Self>(&student, teacher, targets.as_deref(), &spec, false).0
-    }
-}
+/// The CPU engines: the host kernel on the backend's buffers.
+#[cfg(any(feature = "flex", feature = "ndarray"))]
+impl<B: HostBackend> RowEngine for B {
+    type Gradients = ColumnGradients;
 
-/// With autodiff: the values, and one node whose backward is the kernel's gradient.
-impl<B: HostBackend, C: CheckpointStrategy> FusedKd for Autodiff<B, C> {
-    fn fused_kd_columns(
+    fn rows(
         student: FloatTensor<Self>,
         teacher: FloatTensor<Self>,
-        indices: Option<Arc<[i64]>>,
-        targets: Option<Arc<[i64]>>,
-        spec: FusedSpec,
-    ) -> FloatTensor<Self> {
-        let targets = targets.as_deref();
-        // The teacher was detached by the caller: only the student is a parent.
-        let values = teacher.into_primitive();
-        let teacher = (&values, indices.as_deref());
-        match Backward::<B, 1>::prepare::<C>(FusedKdBackward, [student.node()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                let (values, gradients) =
-                    run::<B>(student.primitive(), teacher, targets, &spec, true);
-                prep.finish(gradients, values)
-            }
-            OpsKind::UnTracked(prep) => {
-                prep.finish(run::<B>(student.primitive(), teacher, targets, &spec, false).0)
-            }
-        }
+        _device_labels: IntTensor<Self>,
+        host: &HostRows,
+        spec: &FusedSpec,
+        with_gradients: bool,
+    ) -> (FloatTensor<Self>, Self::Gradients) {
+        let teacher = (&teacher, host.indices.as_deref());
+        run::<B>(
+            &student,
+            teacher,
+            host.labels.as_deref(),
+            spec,
+            with_gradients,
+        )
+    }
+
+    fn combine(state: Self::Gradients, upstream: FloatTensor<Self>) -> FloatTensor<Self> {
+        // Normally the only owner by now, so the first buffer is scaled in place.
+        let buffers = Arc::unwrap_or_clone(state.buffers);
+        let rows = upstream.shape()[0];
+        let gradient = B::with_f32(&upstream, |upstream| {
+            weighted_gradient(buffers, upstream, state.classes)
+        });
+        B::from_f32(gradient, [rows, state.classes])
     }
 }
 
 /// The per-row gradients the forward pass computed, one `[batch, classes]`
 /// buffer per output column, kept for the backward pass.
+#[cfg(any(feature = "flex", feature = "ndarray"))]
 #[derive(Clone)]
-struct ColumnGradients {
+pub(crate) struct ColumnGradients {
     classes: usize,
     buffers: Arc<Vec<Vec<f32>>>,
 }
 
+#[cfg(any(feature = "flex", feature = "ndarray"))]
 impl std::fmt::Debug for ColumnGradients {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ColumnGradients")
@@ -163,29 +316,9 @@ impl std::fmt::Debug for ColumnGradients {
     }
 }
 
-/// The backward step: `∂L/∂z[b, :] = Σ_k ∂L/∂out[b, k] · G_k[b, :]`.
-#[derive(Debug)]
-struct FusedKdBackward;
-
-impl<B: HostBackend> Backward<B, 1> for FusedKdBackward {
-    type State = ColumnGradients;
-
-    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let state = ops.state;
-        unary::<B, _>(ops.parents, ops.node, grads, |upstream| {
-            // Normally the only owner by now, so the first buffer is scaled in place.
-            let buffers = Arc::unwrap_or_clone(state.buffers);
-            let rows = upstream.shape()[0];
-            let gradient = B::with_f32(&upstream, |upstream| {
-                weighted_gradient(buffers, upstream, state.classes)
-            });
-            B::from_f32(gradient, [rows, state.classes])
-        });
-    }
-}
-
-/// Runs the kernel on the buffers of two host tensors; returns the value
+/// Runs the host kernel on the buffers of two host tensors; returns the value
 /// columns and, when asked, the gradient of each column.
+#[cfg(any(feature = "flex", feature = "ndarray"))]
 fn run<B: HostBackend>(
     student: &FloatTensor<B>,
     (teacher, indices): (&FloatTensor<B>, Option<&[i64]>),

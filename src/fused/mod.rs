@@ -1,44 +1,75 @@
-//! The fused CPU path of the losses: values and the closed-form gradient with
-//! respect to the student, computed by one multi-threaded kernel
-//! ([`kernel`]) that runs inside burn as a backend extension ([`extension`])
-//! whose single autodiff node hands back that gradient.
+//! The fused path of the losses: values and the closed-form gradient with
+//! respect to the student, computed by one kernel that runs inside burn as a
+//! backend extension ([`extension`]) whose single autodiff node hands back
+//! that gradient. Two engines implement it: a multi-threaded CPU kernel
+//! ([`kernel`]) for flex and ndarray, and a CubeCL kernel ([`cube_kernel`])
+//! for burn's Cube backends (wgpu, Vulkan, Metal, CUDA, ROCm).
 //!
 //! One engine serves every loss: `KdLoss` with each [`Divergence`] (a
 //! plug-in giving per class the value term and the gradient factor
 //! `h = q·∂D/∂q`, [`pointwise`]; the softmax's chain rule, temperature, `T²`,
 //! weights, hard term and masks are shared), with a dense or a top-k teacher,
 //! and DKD, whose target/non-target split adds its own chain-rule factors.
+//! The Cube kernel serves the dense teacher with every divergence; the top-k
+//! teacher and DKD take burn ops and autodiff there.
 //!
-//! It serves f32 tensors on flex (with this crate's `flex` feature) and on
-//! ndarray (with its `ndarray` feature); [`columns`] answers `None`
-//! elsewhere and the loss uses burn ops and autodiff instead. A tensor-op
-//! version of the closed form was measured 1.8× slower than autodiff on ndarray
-//! (1.41 s vs 0.79 s at 512×32000), so other backends do not get one.
+//! It serves f32 tensors (f16 and bf16 are cast to f32 by the losses before
+//! they get here) on flex (with this crate's `flex` feature), on ndarray (its
+//! `ndarray` feature) and on Cube devices (its `cube-kernel` feature);
+//! [`columns`] answers `None` elsewhere and the loss uses burn ops and
+//! autodiff instead. A tensor-op version of the closed form was measured 1.8×
+//! slower than autodiff on ndarray (1.41 s vs 0.79 s at 512×32000), so other
+//! backends do not get one.
 
-#[cfg(any(feature = "flex", feature = "ndarray"))]
+#[cfg(feature = "cube-kernel")]
+mod cube;
+#[cfg(feature = "cube-kernel")]
+mod cube_kernel;
+#[cfg(any(feature = "flex", feature = "ndarray", feature = "cube-kernel"))]
 mod extension;
 #[cfg(any(feature = "flex", feature = "ndarray"))]
 mod kernel;
 #[cfg(any(feature = "flex", feature = "ndarray"))]
 mod linear_host;
 // Also the teacher store's host-side log-softmax.
-#[cfg(any(feature = "flex", feature = "ndarray", feature = "store"))]
+#[cfg(any(
+    feature = "flex",
+    feature = "ndarray",
+    feature = "store",
+    feature = "cube-kernel"
+))]
+#[cfg_attr(not(any(feature = "flex", feature = "ndarray")), allow(dead_code))]
 pub(crate) mod math;
-#[cfg(any(feature = "flex", feature = "ndarray"))]
+// The Cube kernel uses only the divergence mapping (`Plugin`).
+#[cfg(any(feature = "flex", feature = "ndarray", feature = "cube-kernel"))]
+#[cfg_attr(
+    not(any(feature = "flex", feature = "ndarray")),
+    allow(dead_code, unused_macros, unused_imports)
+)]
 mod pointwise;
 
 use std::sync::Arc;
 
 use burn::tensor::{DType, Int, Tensor};
 
-use crate::backend::{HostBackend, host_backend};
+use crate::backend::{HostBackend, host_backend, is_cube};
 use crate::divergence::Divergence;
+
+/// Whether any fused engine is compiled in.
+const ANY_ENGINE: bool = cfg!(any(
+    feature = "flex",
+    feature = "ndarray",
+    feature = "cube-kernel"
+));
 
 /// The loss's settings as the kernel needs them: built once per call by the
 /// loss, passed by value through burn's dispatch, borrowed by the kernel.
 #[derive(Debug, Clone)]
-// Only the kernel reads the fields; without the features nothing does.
-#[cfg_attr(not(any(feature = "flex", feature = "ndarray")), allow(dead_code))]
+// Only the kernels read the fields; without the features nothing does.
+#[cfg_attr(
+    not(any(feature = "flex", feature = "ndarray", feature = "cube-kernel")),
+    allow(dead_code)
+)]
 pub(crate) struct FusedSpec {
     /// The distillation temperature `T` applied to the student.
     pub temperature: f64,
@@ -64,7 +95,10 @@ pub(crate) enum FusedLoss {
 
 impl FusedLoss {
     /// The divergence of the per-class terms: NCKD is a forward KL.
-    #[cfg_attr(not(any(feature = "flex", feature = "ndarray")), allow(dead_code))]
+    #[cfg_attr(
+        not(any(feature = "flex", feature = "ndarray", feature = "cube-kernel")),
+        allow(dead_code)
+    )]
     pub(crate) fn divergence(self) -> Divergence {
         match self {
             Self::Kd(divergence) => divergence,
@@ -73,20 +107,73 @@ impl FusedLoss {
     }
 }
 
-/// Whether the kernel serves these tensors: f32 on a host backend whose
-/// feature compiled the kernel in.
-pub(crate) fn serves(student_logits: &Tensor<2>, teacher_values: &Tensor<2>) -> bool {
-    let compiled_in = match host_backend(&student_logits.device()) {
-        Some(HostBackend::Flex) => cfg!(feature = "flex"),
-        Some(HostBackend::NdArray) => cfg!(feature = "ndarray"),
-        None => false,
+/// Which fused engine would run on these tensors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Engine {
+    /// The CPU kernel, on flex or ndarray.
+    Host,
+    /// The CubeCL kernel, on a Cube device.
+    Cube,
+}
+
+/// The engine for f32 tensors on a backend whose feature compiled it in.
+fn engine(student_logits: &Tensor<2>, teacher_values: &Tensor<2>) -> Option<Engine> {
+    let f32s = student_logits.dtype() == DType::F32 && teacher_values.dtype() == DType::F32;
+    let device = student_logits.device();
+    let engine = match host_backend(&device) {
+        Some(HostBackend::Flex) if cfg!(feature = "flex") => Engine::Host,
+        Some(HostBackend::NdArray) if cfg!(feature = "ndarray") => Engine::Host,
+        None if cfg!(feature = "cube-kernel") && is_cube(&device) => Engine::Cube,
+        _ => return None,
     };
-    compiled_in && student_logits.dtype() == DType::F32 && teacher_values.dtype() == DType::F32
+    f32s.then_some(engine)
+}
+
+/// Whether the CPU kernel serves these tensors: f32 on a host backend whose
+/// feature compiled the kernel in. (DKD and the fused linear loss's host sums
+/// have the CPU engine only.)
+pub(crate) fn serves(student_logits: &Tensor<2>, teacher_values: &Tensor<2>) -> bool {
+    engine(student_logits, teacher_values) == Some(Engine::Host)
+}
+
+/// Whether a fused engine serves `KdLoss` on these tensors: the CPU kernel
+/// as [`serves`], or the Cube kernel for a dense teacher.
+pub(crate) fn serves_kd(
+    student_logits: &Tensor<2>,
+    teacher_values: &Tensor<2>,
+    top_k: bool,
+) -> bool {
+    match engine(student_logits, teacher_values) {
+        Some(Engine::Host) => true,
+        Some(Engine::Cube) => !top_k,
+        None => false,
+    }
+}
+
+/// How many times the fused Cube kernel has been launched from the calling
+/// thread (always 0 without the `cube-kernel` feature): a way to tell that a
+/// loss on a Cube device (wgpu, CUDA, …) took the fused kernel rather than
+/// burn ops and autodiff. Each `KdLoss` forward that takes it launches it
+/// once; the backward pass is a second, elementwise kernel, not counted.
+///
+/// ```
+/// let before = burn_distill::cube_kernel_launches();
+/// // ... a KdLoss forward on a wgpu or CUDA device ...
+/// assert!(burn_distill::cube_kernel_launches() >= before);
+/// ```
+pub fn cube_kernel_launches() -> u64 {
+    #[cfg(feature = "cube-kernel")]
+    return cube::rows_launches();
+    #[cfg(not(feature = "cube-kernel"))]
+    0
 }
 
 /// The teacher as the extension takes it: dense values, or top-k
 /// log-probabilities with their classes read back to the host.
-#[cfg_attr(not(any(feature = "flex", feature = "ndarray")), allow(dead_code))]
+#[cfg_attr(
+    not(any(feature = "flex", feature = "ndarray", feature = "cube-kernel")),
+    allow(dead_code)
+)]
 pub(crate) struct FusedTeacher {
     /// `[batch, classes]` logits or log-probabilities, or `[batch, k]` top-k log-probabilities.
     pub values: Tensor<2>,
@@ -94,19 +181,19 @@ pub(crate) struct FusedTeacher {
     pub indices: Option<Arc<[i64]>>,
 }
 
-/// The KD terms by the fused kernel, `[batch, K]`: column `k` is
+/// The KD terms by a fused kernel, `[batch, K]`: column `k` is
 /// `w_s·soft_row + w_h·hard_row` for `(w_s, w_h) = spec.weights[k]`, per row
 /// (not divided by the batch size), each column differentiable with respect to
-/// the student through its closed-form gradient. `None` when the kernel does
-/// not serve these tensors (see [`serves`]).
+/// the student through its closed-form gradient. `None` when no engine
+/// serves these tensors (see [`serves_kd`]; DKD: [`serves`]).
 ///
 /// `teacher_values` are dense `[batch, classes]` values at
 /// `spec.teacher_temperature`, or, with `teacher_indices`, the `[batch, k]`
 /// log-probabilities of a top-k teacher's classes.
 ///
-/// Shapes, labels and indices must already be checked (the losses' `check`);
-/// labels and indices are read back here because the kernel indexes with them
-/// on the host.
+/// Shapes, labels and indices must already be checked (the losses' `check`).
+/// The CPU engine reads labels and indices back, because it indexes with
+/// them on the host; the Cube engine reads the labels on the device.
 pub(crate) fn columns(
     student_logits: &Tensor<2>,
     teacher_values: &Tensor<2>,
@@ -114,24 +201,32 @@ pub(crate) fn columns(
     targets: Option<&Tensor<1, Int>>,
     spec: FusedSpec,
 ) -> Option<Tensor<2>> {
-    if !serves(student_logits, teacher_values) {
+    let engine = engine(student_logits, teacher_values)?;
+    let dkd = spec.loss == FusedLoss::Dkd;
+    if engine == Engine::Cube && (teacher_indices.is_some() || dkd) || !ANY_ENGINE {
         return None;
     }
-    #[cfg(any(feature = "flex", feature = "ndarray"))]
+    #[cfg(any(feature = "flex", feature = "ndarray", feature = "cube-kernel"))]
     {
+        use extension::FusedLabels;
         let host = |t: Tensor<1, Int>| -> Arc<[i64]> { t.into_data().iter::<i64>().collect() };
         let teacher = FusedTeacher {
             values: teacher_values.clone(),
             indices: teacher_indices.map(|i| host(i.clone().flatten(0, 1))),
         };
+        let labels = match (targets, engine) {
+            (None, _) => FusedLabels::None,
+            (Some(t), Engine::Host) => FusedLabels::Host(host(t.clone())),
+            (Some(t), Engine::Cube) => FusedLabels::Device(t.clone()),
+        };
         Some(extension::fused_kd_columns(
             student_logits,
             teacher,
-            targets.map(|t| host(t.clone())),
+            labels,
             spec,
         ))
     }
-    #[cfg(not(any(feature = "flex", feature = "ndarray")))]
+    #[cfg(not(any(feature = "flex", feature = "ndarray", feature = "cube-kernel")))]
     {
         let _ = (teacher_indices, targets, spec);
         None
