@@ -252,7 +252,16 @@ fn masked_classes_contribute_nothing() {
                 labels(&[0], &device),
             );
             let expected_loss = (scalar(row1.clone()) + scalar(row2.clone())) / 2.0;
-            assert_close(name, &[scalar(loss_full)], &[expected_loss], 1e-6);
+            // The CPU paths sum a row with extra −inf columns in the same order
+            // as without them; the Cube kernel's threads split the row by its
+            // length, so the f32 sums round differently, and at T = 20 the
+            // soft term's T² = 400 turns that into up to ~1e-4 of the value.
+            let rtol = if name.starts_with("wgpu/analytic") {
+                2e-4
+            } else {
+                1e-6
+            };
+            assert_close(name, &[scalar(loss_full)], &[expected_loss], rtol);
 
             let g1 = values(zk.grad(&row1.backward()).unwrap());
             let g2 = values(zk2.grad(&row2.backward()).unwrap());
@@ -272,7 +281,7 @@ fn masked_classes_contribute_nothing() {
                 [0.0; 3],
                 "{name} T={t}: masked gradient"
             );
-            assert_close(name, &gf, &expected_grad, 1e-6);
+            assert_close(name, &gf, &expected_grad, rtol);
         }
     }
 }

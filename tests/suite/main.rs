@@ -5,6 +5,8 @@
 
 mod common;
 
+#[cfg(feature = "cube-kernel")]
+mod cube_kernel;
 mod devices;
 mod divergences;
 mod engine_parity;

@@ -1,0 +1,351 @@
+//! The Cube kernel (feature `cube-kernel`) on wgpu — in CI Mesa's lavapipe, a
+//! software Vulkan driver: values and student gradients against the CPU
+//! engine (flex, f32) and against burn ops with autodiff in f64 on flex (an
+//! independent reference), for every divergence, odd class counts, large
+//! logits, masked rows and classes, labels and none; half precision; and a
+//! count of the kernel's launches proving the loss took it (a silent fall-back
+//! to the tensor-op path cannot pass).
+
+use crate::common;
+
+use burn::tensor::{Bool, DType, Device, Tensor, TensorData};
+use burn_distill::{Divergence, KdLoss, KdLossConfig, Targets, cube_kernel_launches};
+use common::{EVERY_DIVERGENCE, Normals, Rng, assert_allclose, devices, labels, values};
+
+/// The wgpu device, if the tests were built with it and found an adapter.
+fn wgpu() -> Option<Device> {
+    let device = devices().into_iter().find(|(name, _)| *name == "wgpu");
+    if device.is_none() {
+        eprintln!("cube kernel: no wgpu device, nothing to check");
+    }
+    device.map(|(_, device)| device)
+}
+
+/// f32 against f32 and f64: the GPU's `exp` and `ln` are allowed a few ulp
+/// more than the CPU's (Vulkan's precision rules), and the normalised JSD
+/// multiplies its terms' rounding by 1/(β(1−β)) (11 at β = 0.9).
+const TOLERANCE: (f64, f64) = (1e-4, 1e-6);
+
+fn kd(divergence: Divergence, temperature: f64, fused: bool) -> KdLoss {
+    KdLossConfig::new()
+        .with_temperature(temperature)
+        .with_soft_weight(0.7)
+        .with_hard_weight(0.3)
+        .with_divergence(divergence)
+        .with_fused_kernel(fused)
+        .init()
+}
+
+/// One problem: logits, labels (or none), an optional row mask.
+struct Problem {
+    rows: usize,
+    classes: usize,
+    student: Vec<f64>,
+    teacher: Vec<f64>,
+    labels: Option<Vec<i64>>,
+    keep: Option<Vec<bool>>,
+}
+
+impl Problem {
+    fn random(rows: usize, classes: usize, scale: f64, seed: u64) -> Self {
+        let mut rng = Rng::new(seed);
+        Self {
+            rows,
+            classes,
+            student: rng.normals(rows * classes, scale),
+            teacher: rng.normals(rows * classes, scale),
+            labels: Some(
+                (0..rows)
+                    .map(|r| ((r * 7919 + seed as usize) % classes) as i64)
+                    .collect(),
+            ),
+            keep: None,
+        }
+    }
+
+    fn targets(&self, device: &Device) -> Targets {
+        let mut targets = match &self.labels {
+            Some(y) => Targets::new(labels(y, device)),
+            None => Targets::unlabelled(),
+        };
+        if let Some(keep) = &self.keep {
+            let mask = TensorData::new(keep.clone(), [keep.len()]);
+            targets = targets.with_keep_rows(Tensor::<1, Bool>::from_data(mask, device));
+        }
+        targets
+    }
+
+    /// `(total, soft, hard, per-row totals, gradient of the total)` on
+    /// `device` in `dtype`.
+    fn run(&self, loss: &KdLoss, device: &Device, dtype: DType) -> Outcome {
+        let device = device.clone().autodiff();
+        let shape = [self.rows, self.classes];
+        let tensor = |v: &[f64]| {
+            Tensor::<2>::from_data(TensorData::new(v.to_vec(), shape), (&device, DType::F64))
+                .cast(dtype)
+        };
+        let z = tensor(&self.student).require_grad();
+        let parts = loss.forward_parts(z.clone(), tensor(&self.teacher), self.targets(&device));
+        let gradient = z.grad(&parts.total.backward()).expect("student gradient");
+        assert_eq!(
+            gradient.dtype(),
+            dtype,
+            "the gradient comes back in the logits' dtype"
+        );
+        let rows = loss.forward_no_reduction(z, tensor(&self.teacher), self.targets(&device));
+        Outcome {
+            total: values(parts.total)[0],
+            soft: values(parts.soft)[0],
+            hard: values(parts.hard)[0],
+            rows: values(rows),
+            gradient: values(gradient),
+        }
+    }
+}
+
+struct Outcome {
+    total: f64,
+    soft: f64,
+    hard: f64,
+    rows: Vec<f64>,
+    gradient: Vec<f64>,
+}
+
+impl Outcome {
+    #[track_caller]
+    fn assert_matches(&self, reference: &Outcome, what: &str, (rtol, atol): (f64, f64)) {
+        let scalars = [self.total, self.soft, self.hard];
+        let expected = [reference.total, reference.soft, reference.hard];
+        assert_allclose(
+            &format!("{what}: total, soft, hard"),
+            &scalars,
+            &expected,
+            rtol,
+            atol,
+        );
+        assert_allclose(
+            &format!("{what}: rows"),
+            &self.rows,
+            &reference.rows,
+            rtol,
+            atol,
+        );
+        assert!(
+            self.gradient.iter().all(|g| g.is_finite()),
+            "{what}: finite gradient"
+        );
+        if what.starts_with("Tvd") {
+            // TVD's gradient jumps where q = p: for a class within rounding of
+            // a tie, f32 decides the side. Judged as a whole (L1) instead.
+            let l1 = |g: &[f64]| g.iter().map(|x| x.abs()).sum::<f64>();
+            let difference: Vec<f64> = self
+                .gradient
+                .iter()
+                .zip(&reference.gradient)
+                .map(|(a, b)| a - b)
+                .collect();
+            let relative = l1(&difference) / l1(&reference.gradient).max(f64::MIN_POSITIVE);
+            assert!(relative < 1e-3, "{what}: gradient L1 error {relative:.2e}");
+            return;
+        }
+        // Gradient entries are judged against the largest (probabilities
+        // times weights: tiny entries carry absolute, not relative, error).
+        let scale = reference
+            .gradient
+            .iter()
+            .fold(0.0f64, |m, g| m.max(g.abs()));
+        let gradient_atol = atol + rtol * scale;
+        assert_allclose(
+            &format!("{what}: gradient"),
+            &self.gradient,
+            &reference.gradient,
+            rtol,
+            gradient_atol,
+        );
+    }
+}
+
+/// Every divergence, at T = 1 and T = 3, with labels and without, for class
+/// counts that are not multiples of any workgroup (1, 3, 1000, 32001) and
+/// batch sizes down to 1: the kernel equals the CPU engine and the f64
+/// reference; each forward launches it once.
+#[test]
+fn every_divergence_and_odd_class_counts_match_the_cpu_engine_and_f64() {
+    let Some(gpu) = wgpu() else { return };
+    let flex = Device::flex();
+    for (rows, classes) in [(4, 1), (3, 3), (5, 1000), (2, 32001), (1, 37)] {
+        for (d, &divergence) in EVERY_DIVERGENCE.iter().enumerate() {
+            for temperature in [1.0, 3.0] {
+                for labelled in [true, false] {
+                    let mut problem = Problem::random(rows, classes, 2.0, 17 + d as u64);
+                    if !labelled {
+                        problem.labels = None;
+                    }
+                    let what = format!(
+                        "{divergence:?} T={temperature} {rows}x{classes} labels {labelled}"
+                    );
+                    let before = cube_kernel_launches();
+                    let kernel = problem.run(&kd(divergence, temperature, true), &gpu, DType::F32);
+                    // forward_parts and forward_no_reduction: one launch each.
+                    assert_eq!(
+                        cube_kernel_launches() - before,
+                        2,
+                        "{what}: kernel launches"
+                    );
+                    let cpu = problem.run(&kd(divergence, temperature, true), &flex, DType::F32);
+                    let f64_reference =
+                        problem.run(&kd(divergence, temperature, false), &flex, DType::F64);
+                    kernel.assert_matches(&f64_reference, &format!("{what} vs f64"), TOLERANCE);
+                    kernel.assert_matches(&cpu, &format!("{what} vs CPU engine"), TOLERANCE);
+                }
+            }
+        }
+    }
+}
+
+/// More rows than one grid dimension holds (65,535 cubes on most devices):
+/// the rows spill into the grid's second dimension, each still computed once.
+/// (It also caught burn 0.22.1's `mean()` on wgpu going wrong past 65,535
+/// elements, which the losses no longer use.)
+#[test]
+fn more_rows_than_one_grid_dimension() {
+    let Some(gpu) = wgpu() else { return };
+    let problem = Problem::random(70_001, 3, 2.0, 29);
+    let loss = kd(Divergence::Jsd { beta: 0.3 }, 2.0, true);
+    let kernel = problem.run(&loss, &gpu, DType::F32);
+    let cpu = problem.run(&loss, &Device::flex(), DType::F32);
+    kernel.assert_matches(&cpu, "70001 rows vs CPU engine", TOLERANCE);
+}
+
+/// Logits up to |1e4| (far past where a naive softmax overflows): finite,
+/// and equal to the CPU engine and the f64 reference.
+#[test]
+fn large_logits_match() {
+    let Some(gpu) = wgpu() else { return };
+    let flex = Device::flex();
+    for divergence in EVERY_DIVERGENCE {
+        let mut problem = Problem::random(3, 1000, 1.0, 5);
+        // Spread to ±1e4: a few huge logits per row, the rest moderate.
+        for (i, z) in problem.student.iter_mut().enumerate() {
+            *z = if i % 97 == 0 {
+                (*z * 3e3).clamp(-1e4, 1e4)
+            } else {
+                *z * 30.0
+            };
+        }
+        for (i, v) in problem.teacher.iter_mut().enumerate() {
+            *v = if i % 89 == 0 {
+                (*v * 3e3).clamp(-1e4, 1e4)
+            } else {
+                *v * 30.0
+            };
+        }
+        for temperature in [1.0, 4.0] {
+            let what = format!("{divergence:?} T={temperature} |logits| ≤ 1e4");
+            let loss = kd(divergence, temperature, true);
+            let kernel = problem.run(&loss, &gpu, DType::F32);
+            let cpu = problem.run(&loss, &flex, DType::F32);
+            let f64_reference = problem.run(&kd(divergence, temperature, false), &flex, DType::F64);
+            kernel.assert_matches(&cpu, &format!("{what} vs CPU engine"), (1e-4, 1e-5));
+            kernel.assert_matches(&f64_reference, &format!("{what} vs f64"), (1e-4, 1e-5));
+        }
+    }
+}
+
+/// Masked rows (a row mask, `ignore_index`) and masked classes (`−inf` in
+/// both models, including a padding row that is `−inf` everywhere and
+/// masked out): finite values, zero gradient where masked, equal to the CPU
+/// engine.
+#[test]
+fn masked_rows_and_classes_match() {
+    let Some(gpu) = wgpu() else { return };
+    let flex = Device::flex();
+    for divergence in EVERY_DIVERGENCE {
+        let (rows, classes) = (6, 301);
+        let mut problem = Problem::random(rows, classes, 2.0, 11);
+        // Classes 0, 150 and the last ruled out in every row of both models.
+        for r in 0..rows {
+            for c in [0, 150, classes - 1] {
+                problem.student[r * classes + c] = f64::NEG_INFINITY;
+                problem.teacher[r * classes + c] = f64::NEG_INFINITY;
+            }
+        }
+        // Row 4 is padding: −inf everywhere; it and row 1 are masked out.
+        for c in 0..classes {
+            problem.student[4 * classes + c] = f64::NEG_INFINITY;
+            problem.teacher[4 * classes + c] = f64::NEG_INFINITY;
+        }
+        problem.labels = Some(vec![3, 5, 7, 9, 11, 13]);
+        problem.keep = Some(vec![true, false, true, true, false, true]);
+        for temperature in [1.0, 2.0] {
+            let what = format!("{divergence:?} T={temperature} masked");
+            let loss = kd(divergence, temperature, true);
+            let kernel = problem.run(&loss, &gpu, DType::F32);
+            let cpu = problem.run(&loss, &flex, DType::F32);
+            kernel.assert_matches(&cpu, &format!("{what} vs CPU engine"), TOLERANCE);
+            for r in [1, 4] {
+                let row = &kernel.gradient[r * classes..(r + 1) * classes];
+                assert!(row.iter().all(|&g| g == 0.0), "{what}: masked row {r}");
+            }
+            for r in [0, 2, 3, 5] {
+                for c in [0, 150, classes - 1] {
+                    assert_eq!(kernel.gradient[r * classes + c], 0.0, "{what}: class {c}");
+                }
+            }
+        }
+    }
+}
+
+/// With the fused kernel off, or a top-k teacher (which the Cube kernel does
+/// not serve), nothing launches; with it on, every forward launches it once.
+#[test]
+fn the_kernel_is_what_runs_on_wgpu() {
+    let Some(gpu) = wgpu() else { return };
+    let problem = Problem::random(2, 10, 1.0, 3);
+    let before = cube_kernel_launches();
+    problem.run(&kd(Divergence::ReverseKl, 2.0, false), &gpu, DType::F32);
+    assert_eq!(
+        cube_kernel_launches(),
+        before,
+        "fused_kernel(false) took the kernel"
+    );
+    problem.run(&kd(Divergence::ReverseKl, 2.0, true), &gpu, DType::F32);
+    assert_eq!(
+        cube_kernel_launches() - before,
+        2,
+        "fused_kernel(true) did not"
+    );
+}
+
+/// f16 (and bf16 where the device has it) logits: computed in f32 inside,
+/// the gradient returned in the logits' dtype, within the half type's
+/// rounding of the f32 result on the logits rounded to it.
+#[test]
+fn half_precision_is_computed_in_f32() {
+    let Some(gpu) = wgpu() else { return };
+    for (dtype, epsilon) in [(DType::F16, 2f64.powi(-11)), (DType::BF16, 2f64.powi(-8))] {
+        if !gpu.supports_dtype(dtype) {
+            eprintln!("cube kernel: this wgpu adapter has no {dtype:?}; skipped");
+            continue;
+        }
+        let mut problem = Problem::random(3, 1000, 2.0, 23);
+        // The logits as the half type holds them, so both runs see the same input.
+        let round = |v: &mut Vec<f64>| {
+            let t = Tensor::<1>::from_data(
+                TensorData::new(v.clone(), [v.len()]),
+                (&Device::flex(), DType::F64),
+            );
+            *v = values(t.cast(dtype));
+        };
+        round(&mut problem.student);
+        round(&mut problem.teacher);
+        for divergence in [Divergence::ForwardKl, Divergence::Jsd { beta: 0.5 }] {
+            let loss = kd(divergence, 2.0, true);
+            let half = problem.run(&loss, &gpu, dtype);
+            let full = problem.run(&loss, &gpu, DType::F32);
+            // Outputs are rounded once to the half type: a few units of its epsilon.
+            let what = format!("{divergence:?} {dtype:?}");
+            half.assert_matches(&full, &what, (4.0 * epsilon, 4.0 * epsilon * 1e-3));
+        }
+    }
+}
