@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# The test suite on a real GPU, through wgpu on Vulkan.
+# The test suite and the GPU bench on a real GPU, through wgpu on Vulkan, with
+# the fused Cube kernel (feature cube-kernel).
 #
 # The lent GPU machines reach no package registry, so nothing is built there:
-#   bash scripts/gpu-check.sh prepare   # here: release test binaries with --features vulkan,
-#                                       # stripped and xz-compressed into .gpu/; the Vulkan
-#                                       # loader into .gl/
+#   bash scripts/gpu-check.sh prepare   # here: release test binaries and the `gpu` bench with
+#                                       # --features vulkan,cube-kernel, stripped and
+#                                       # xz-compressed into .gpu/; the Vulkan loader into .gl/
 #   bash scripts/gpu-check.sh run       # there (carry .gpu and .gl): each test binary on
-#                                       # flex, ndarray and the GPU; a missing adapter fails
+#                                       # flex, ndarray and the GPU (a missing adapter fails),
+#                                       # then the bench (with the 8192x128256 cases); logs
+#                                       # in $OUT (gpu-tests.log, gpu-bench.txt)
 # A tree that travels is limited to 64 MiB and each binary is ~9 MB compressed, so
 # `prepare` takes the test binaries named in GPU_TESTS (default: the integration
 # suite and the unit tests).
@@ -18,13 +21,17 @@ case "${1:-}" in
 prepare)
   for d in .gpu .gl; do grep -qx "/$d/" .git/info/exclude 2>/dev/null || echo "/$d/" >>.git/info/exclude; done
   rm -rf .gpu && mkdir -p .gpu .gl
-  wanted=" ${GPU_TESTS:-suite burn_distill} "
-  cargo test --release --features vulkan --no-run --message-format=json 2>/dev/null |
+  wanted=" ${GPU_TESTS:-suite burn_distill} gpu "
+  features=vulkan,cube-kernel
+  { cargo test --release --features $features --no-run --message-format=json 2>/dev/null
+    cargo bench --features $features --bench gpu --no-run --message-format=json 2>/dev/null; } |
     python3 -c '
 import json, sys
 for line in sys.stdin:
     m = json.loads(line)
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
+        print(m["executable"])
+    elif m.get("reason") == "compiler-artifact" and m.get("executable") and "bench" in m["target"]["kind"]:
         print(m["executable"])' |
     while read -r exe; do
       name=$(basename "$exe" | sed 's/-[0-9a-f]*$//')
@@ -53,6 +60,7 @@ run)
   status=0
   mkdir -p /tmp/gpu-tests
   for packed in .gpu/*.xz; do
+    [ "$(basename "$packed")" = gpu.xz ] && continue # the bench, below
     test="/tmp/gpu-tests/$(basename "$packed" .xz)"
     if command -v xz >/dev/null; then xz -dc "$packed" >"$test"
     else python3 -c 'import lzma, sys; sys.stdout.buffer.write(lzma.open(sys.argv[1]).read())' "$packed" >"$test"; fi
@@ -65,6 +73,14 @@ run)
     cat "$one" >>"$log"
     grep -E "^device |test result|FAILED|panicked" "$one" || true
   done
+  # The bench: fused kernel against burn ops + autodiff, 512x32000 and 8192x128256.
+  if [ -f .gpu/gpu.xz ]; then
+    bench=/tmp/gpu-tests/gpu
+    python3 -c 'import lzma, sys; sys.stdout.buffer.write(lzma.open(sys.argv[1]).read())' .gpu/gpu.xz >"$bench"
+    chmod +x "$bench"
+    BURN_DISTILL_BENCH_LLM=1 "$bench" --bench --warm-up-time 1 --measurement-time 3 \
+      2>&1 | tee "${OUT:-/tmp}/gpu-bench.txt" | grep -E "^memory|^device|time:" || status=1
+  fi
   exit $status
   ;;
 *)
