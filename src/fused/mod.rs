@@ -157,9 +157,18 @@ pub(crate) fn serves_kd(
 /// once; the backward pass is a second, elementwise kernel, not counted.
 ///
 /// ```
-/// let before = burn_distill::cube_kernel_launches();
-/// // ... a KdLoss forward on a wgpu or CUDA device ...
-/// assert!(burn_distill::cube_kernel_launches() >= before);
+/// use burn::tensor::{Device, Int, Tensor};
+/// use burn_distill::{KdLossConfig, cube_kernel_launches};
+///
+/// // On flex the CPU kernel runs, not the Cube one: the count stays. On a
+/// // wgpu or CUDA device (with the feature) the same forward adds one.
+/// let device = Device::flex();
+/// let student = Tensor::<2>::from_floats([[1.0, 2.0, 0.5]], &device);
+/// let teacher = Tensor::<2>::from_floats([[1.5, 3.0, 0.0]], &device);
+/// let labels = Tensor::<1, Int>::from_ints([1], &device);
+/// let before = cube_kernel_launches();
+/// KdLossConfig::new().init().forward(student, teacher, labels);
+/// assert_eq!(cube_kernel_launches(), before);
 /// ```
 pub fn cube_kernel_launches() -> u64 {
     #[cfg(feature = "cube-kernel")]
