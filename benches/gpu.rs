@@ -8,8 +8,9 @@
 //! cargo bench --features cuda,cube-kernel --bench gpu          # with BURN_DISTILL_BENCH_DEVICE=cuda
 //! ```
 //!
-//! `BURN_DISTILL_BENCH_LLM=1` adds the LLM-scale case 8192×128256 (4.2 GB
-//! per f32 logit tensor) in f32 and, where the device has it, bf16. All cases:
+//! 512×32000 runs in f16 too where the device has it. `BURN_DISTILL_BENCH_LLM=1`
+//! adds the LLM-scale case 8192×128256 (4.2 GB per f32 logit tensor) in f32
+//! and, where the device has it, bf16. All cases:
 //! T = 4, 0.9 soft / 0.1 hard, T², forward KL, `KdLoss::forward`:
 //! - `fused`: the Cube kernel with its closed-form backward;
 //! - `autodiff`: `fused_kernel = false` (burn ops, autodiff through them) —
@@ -46,6 +47,9 @@ fn device() -> Device {
 /// `(batch, classes, dtype)` cases.
 fn cases(device: &Device) -> Vec<(usize, usize, DType)> {
     let mut cases = vec![(512, 10, DType::F32), (512, 32000, DType::F32)];
+    if device.supports_dtype(DType::F16) {
+        cases.push((512, 32000, DType::F16));
+    }
     if std::env::var_os("BURN_DISTILL_BENCH_LLM").is_some() {
         cases.push((8192, 128256, DType::F32));
         if device.supports_dtype(DType::BF16) {

@@ -420,9 +420,20 @@ impl KdLoss {
         self.check(&student_logits, &teacher, &targets)?;
         let classes = student_logits.dims()[1];
         let dtype = student_logits.dtype();
-        let compute = compute_dtype(dtype);
-        let student = student_logits.cast(compute);
-        let teacher = teacher.prepare(classes, self.temperature, compute);
+        let (student, teacher) = match self.kernel_reads_half(&student_logits, &teacher) {
+            // The Cube kernel reads f16/bf16 logits into f32 itself: no f32 copy.
+            Some(teacher_dtype) => (
+                student_logits,
+                teacher.prepare(classes, self.temperature, teacher_dtype),
+            ),
+            None => {
+                let compute = compute_dtype(dtype);
+                (
+                    student_logits.cast(compute),
+                    teacher.prepare(classes, self.temperature, compute),
+                )
+            }
+        };
         let keep = targets.kept_rows(self.ignore_index);
         // Ignored labels become class 0, so that they index safely; their rows
         // are masked out.
@@ -474,6 +485,20 @@ impl KdLoss {
             PreparedTeacher::TopK { log_probs, .. } => (log_probs, true),
         };
         self.fused_kernel && serves_kd(student, values, top_k)
+    }
+
+    /// `Some(the teacher's dtype)` when the fused Cube kernel will take these
+    /// f16/bf16 logits as they are: the kernel on, no standardisation (burn
+    /// ops in f32 there), a teacher of logits or log-probabilities (not
+    /// probabilities, whose log would be taken in half precision; not top-k).
+    fn kernel_reads_half(&self, student: &Tensor<2>, teacher: &TeacherOutput) -> Option<DType> {
+        let values = match teacher {
+            TeacherOutput::Logits(v) | TeacherOutput::LogProbs(v) => v,
+            _ => return None,
+        };
+        let native =
+            self.fused_kernel && !self.logit_standardization && fused::reads_half(student, values);
+        native.then(|| values.dtype())
     }
 
     /// The student's logits as the soft term sees them: standardised when

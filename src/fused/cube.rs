@@ -9,7 +9,7 @@ use std::cell::Cell;
 
 use burn::backend::cubecl::dtype_to_storage_type;
 use burn::backend::{DType, Shape, TensorMetadata};
-use burn_cubecl::kernel::into_contiguous;
+use burn_cubecl::kernel::{cast, into_contiguous};
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::{CubeCount, CubeDim, calculate_cube_count_elemwise};
@@ -45,8 +45,8 @@ pub(crate) struct CubeGradients {
     buffers: Vec<CubeTensor>,
 }
 
-/// The rows kernel on `student` and a dense `teacher` (f32 `[rows,
-/// classes]`), with `labels` (`[rows]`, already checked and with ignored rows
+/// The rows kernel on `student` and a dense `teacher` (`[rows, classes]`,
+/// f32, f16 or bf16 each), with `labels` (`[rows]`, already checked and with ignored rows
 /// mapped to class 0) for the hard term: the `[rows, spec.weights.len()]`
 /// value columns and, when asked, their gradients.
 pub(crate) fn rows(
@@ -66,22 +66,21 @@ pub(crate) fn rows(
     );
     let client = student.client.clone();
     let device = student.device.clone();
-    let empty = |shape: [usize; 2]| {
-        empty_device_contiguous_dtype(
-            client.clone(),
-            device.clone(),
-            Shape::new(shape),
-            DType::F32,
-        )
+    let (student_dtype, teacher_dtype) = (student.dtype, teacher.dtype);
+    let empty = |shape: [usize; 2], dtype: DType| {
+        empty_device_contiguous_dtype(client.clone(), device.clone(), Shape::new(shape), dtype)
     };
-    let values = empty([rows, columns]);
+    // Values in f32; gradients in the student's dtype.
+    let values = empty([rows, columns], DType::F32);
     let gradients: Vec<CubeTensor> = match with_gradients {
-        true => (0..columns).map(|_| empty([rows, classes])).collect(),
+        true => (0..columns)
+            .map(|_| empty([rows, classes], student_dtype))
+            .collect(),
         false => Vec::new(),
     };
     // Arguments the kernel does not read (no labels, no gradients, one
     // column) are 1-element placeholders.
-    let placeholder = || empty([1, 1]);
+    let placeholder = || empty([1, 1], student_dtype);
     let labels = labels.map(into_contiguous);
     let label_dtype = labels.as_ref().map_or(DType::I32, |l| l.dtype);
     let labels_arg = labels.clone().unwrap_or_else(|| {
@@ -138,7 +137,11 @@ pub(crate) fn rows(
         weight(1, false),
         weight(1, true),
         config,
-        dtype_to_storage_type(label_dtype),
+        [
+            dtype_to_storage_type(student_dtype),
+            dtype_to_storage_type(teacher_dtype),
+            dtype_to_storage_type(label_dtype),
+        ],
     );
     (values, CubeGradients { buffers: gradients })
 }
@@ -146,7 +149,11 @@ pub(crate) fn rows(
 /// The backward pass: `Σ_k upstream[b, k] · G_k[b, :]`, written over the
 /// first gradient buffer (no new `[rows, classes]` allocation).
 pub(crate) fn combine(gradients: CubeGradients, upstream: CubeTensor) -> CubeTensor {
-    let upstream = into_contiguous(upstream);
+    // The values were f32, so their gradient is; cast anything else.
+    let upstream = match upstream.dtype {
+        DType::F32 => into_contiguous(upstream),
+        _ => into_contiguous(cast(upstream, DType::F32)),
+    };
     let mut buffers = gradients.buffers.into_iter();
     let grad0 = buffers
         .next()
@@ -154,6 +161,7 @@ pub(crate) fn combine(gradients: CubeGradients, upstream: CubeTensor) -> CubeTen
     let grad1 = buffers.next();
     let columns = 1 + grad1.is_some() as u32;
     let client = grad0.client.clone();
+    let dtype = grad0.dtype;
     let elements = grad0.shape().num_elements();
     let cube_dim = CubeDim::new_1d(256);
     weighted_gradient_kernel::launch(
@@ -165,16 +173,12 @@ pub(crate) fn combine(gradients: CubeGradients, upstream: CubeTensor) -> CubeTen
         grad1
             .unwrap_or_else(|| {
                 let device = grad0.device.clone();
-                empty_device_contiguous_dtype(
-                    client.clone(),
-                    device,
-                    Shape::new([1, 1]),
-                    DType::F32,
-                )
+                empty_device_contiguous_dtype(client.clone(), device, Shape::new([1, 1]), dtype)
             })
             .into_tensor_arg(),
         upstream.into_tensor_arg(),
         columns,
+        dtype_to_storage_type(dtype),
     );
     grad0
 }

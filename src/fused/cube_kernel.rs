@@ -205,19 +205,21 @@ fn block_sums(
 }
 
 /// One row per cube: the output columns `values[row, k] = w_s,k · f · Σt +
-/// w_h,k · CE` and, when asked, each column's gradient with respect to the
-/// student. `student`, `teacher`: `[rows, classes]` f32, contiguous;
+/// w_h,k · CE` (f32) and, when asked, each column's gradient with respect to
+/// the student, in the student's dtype. `student`, `teacher`: `[rows,
+/// classes]`, contiguous, f32, f16 or bf16 each (read into f32: every sum and
+/// product is f32);
 /// `labels` `[rows]` (unread without labels); `grad0`, `grad1` `[rows,
 /// classes]` (1-element placeholders where not written).
 #[allow(clippy::too_many_arguments)]
 #[cube(launch)]
-pub(crate) fn kd_rows_kernel<I: Int>(
-    student: &Tensor<f32>,
-    teacher: &Tensor<f32>,
+pub(crate) fn kd_rows_kernel<F: Float, G: Float, I: Int>(
+    student: &Tensor<F>,
+    teacher: &Tensor<G>,
     labels: &Tensor<I>,
     values: &mut Tensor<f32>,
-    grad0: &mut Tensor<f32>,
-    grad1: &mut Tensor<f32>,
+    grad0: &mut Tensor<F>,
+    grad1: &mut Tensor<F>,
     inv_t: f32,
     inv_t_teacher: f32,
     soft_factor: f32,
@@ -228,7 +230,7 @@ pub(crate) fn kd_rows_kernel<I: Int>(
     soft_weight1: f32,
     hard_weight1: f32,
     #[comptime] config: RowsConfig,
-    #[define(I)] _label_dtype: ElemType,
+    #[define(F, G, I)] _dtypes: [ElemType; 3],
 ) {
     let rows = student.shape(0);
     let classes = student.shape(1);
@@ -249,8 +251,8 @@ pub(crate) fn kd_rows_kernel<I: Int>(
     let mut sum_v = 0.0f32;
     let mut i = UNIT_POS_X as usize;
     while i < classes {
-        let z = student[z_start + i];
-        let v = teacher[z_start + i];
+        let z = f32::cast_from(student[z_start + i]);
+        let v = f32::cast_from(teacher[z_start + i]);
         if z > max_z {
             sum_z = sum_z * precise_exp((max_z - z) * inv_t) + 1.0f32;
             if comptime!(config.separate_hard) {
@@ -326,8 +328,8 @@ pub(crate) fn kd_rows_kernel<I: Int>(
         let mut acc_h = 0.0f32;
         let mut i = UNIT_POS_X as usize;
         while i < classes {
-            let lq = (student[z_start + i] - max_z) * inv_t - ln_sum_z;
-            let lp = (teacher[z_start + i] - max_v) * inv_t_teacher - ln_sum_v;
+            let lq = (f32::cast_from(student[z_start + i]) - max_z) * inv_t - ln_sum_z;
+            let lp = (f32::cast_from(teacher[z_start + i]) - max_v) * inv_t_teacher - ln_sum_v;
             let (t, h) = terms(
                 precise_exp(lp),
                 lp,
@@ -367,9 +369,9 @@ pub(crate) fn kd_rows_kernel<I: Int>(
         let mut acc_v = 0.0f32;
         let mut i = UNIT_POS_X as usize;
         while i < classes {
-            let z = student[z_start + i];
+            let z = f32::cast_from(student[z_start + i]);
             let b = (z - max_z) * inv_t;
-            let a = (teacher[z_start + i] - max_v) * inv_t_teacher;
+            let a = (f32::cast_from(teacher[z_start + i]) - max_v) * inv_t_teacher;
             let lq = b - ln_sum_z;
             let lp = a - ln_sum_v;
             let mut q = 0.0f32;
@@ -406,9 +408,11 @@ pub(crate) fn kd_rows_kernel<I: Int>(
                     };
                     hard = softmax_one - select(i == label, 1.0f32, 0.0f32);
                 }
-                grad0[z_start + i] = part(soft_coef0, soft) + part(hard_weight0, hard);
+                grad0[z_start + i] =
+                    F::cast_from(part(soft_coef0, soft) + part(hard_weight0, hard));
                 if comptime!(config.columns == 2) {
-                    grad1[z_start + i] = part(soft_coef1, soft) + part(hard_weight1, hard);
+                    grad1[z_start + i] =
+                        F::cast_from(part(soft_coef1, soft) + part(hard_weight1, hard));
                 }
             }
             i += block;
@@ -426,7 +430,8 @@ pub(crate) fn kd_rows_kernel<I: Int>(
         let soft_value = soft_factor * sum_t;
         let mut cross_entropy = 0.0f32;
         if comptime!(config.with_labels) {
-            cross_entropy = precise_ln(sum_one) - (student[z_start + label] - max_z);
+            cross_entropy =
+                precise_ln(sum_one) - (f32::cast_from(student[z_start + label]) - max_z);
         }
         let columns = comptime!(config.columns) as usize;
         values[row * columns] = part(soft_weight0, soft_value) + part(hard_weight0, cross_entropy);
@@ -442,11 +447,12 @@ pub(crate) fn kd_rows_kernel<I: Int>(
 /// a zero weight contributing exactly 0 (a masked row's own gradient may
 /// not be finite).
 #[cube(launch)]
-pub(crate) fn weighted_gradient_kernel(
-    grad0: &mut Tensor<f32>,
-    grad1: &Tensor<f32>,
+pub(crate) fn weighted_gradient_kernel<F: Float>(
+    grad0: &mut Tensor<F>,
+    grad1: &Tensor<F>,
     upstream: &Tensor<f32>,
     #[comptime] columns: u32,
+    #[define(F)] _dtype: ElemType,
 ) {
     let index = ABSOLUTE_POS;
     if index >= grad0.len() {
@@ -454,9 +460,9 @@ pub(crate) fn weighted_gradient_kernel(
     }
     let row = index / grad0.shape(1);
     let width = comptime!(columns) as usize;
-    let mut g = part(upstream[row * width], grad0[index]);
+    let mut g = part(upstream[row * width], f32::cast_from(grad0[index]));
     if comptime!(columns == 2) {
-        g += part(upstream[row * width + 1], grad1[index]);
+        g += part(upstream[row * width + 1], f32::cast_from(grad1[index]));
     }
-    grad0[index] = g;
+    grad0[index] = F::cast_from(g);
 }

@@ -13,9 +13,10 @@
 //! The Cube kernel serves the dense teacher with every divergence; the top-k
 //! teacher and DKD take burn ops and autodiff there.
 //!
-//! It serves f32 tensors (f16 and bf16 are cast to f32 by the losses before
-//! they get here) on flex (with this crate's `flex` feature), on ndarray (its
-//! `ndarray` feature) and on Cube devices (its `cube-kernel` feature);
+//! It serves f32 tensors on flex (with this crate's `flex` feature) and on
+//! ndarray (its `ndarray` feature) — the losses cast f16 and bf16 to f32
+//! before — and f32, f16 and bf16 tensors on Cube devices (its `cube-kernel`
+//! feature), which the kernel reads into f32 itself;
 //! [`columns`] answers `None` elsewhere and the loss uses burn ops and
 //! autodiff instead. A tensor-op version of the closed form was measured 1.8×
 //! slower than autodiff on ndarray (1.41 s vs 0.79 s at 512×32000), so other
@@ -116,9 +117,11 @@ enum Engine {
     Cube,
 }
 
-/// The engine for f32 tensors on a backend whose feature compiled it in.
+/// The engine for tensors on a backend whose feature compiled it in: f32
+/// for the CPU kernel; f32, f16 or bf16 (each tensor) for the Cube kernel,
+/// which reads half precision into f32 itself.
 fn engine(student_logits: &Tensor<2>, teacher_values: &Tensor<2>) -> Option<Engine> {
-    let f32s = student_logits.dtype() == DType::F32 && teacher_values.dtype() == DType::F32;
+    let dtypes = [student_logits.dtype(), teacher_values.dtype()];
     let device = student_logits.device();
     let engine = match host_backend(&device) {
         Some(HostBackend::Flex) if cfg!(feature = "flex") => Engine::Host,
@@ -126,7 +129,20 @@ fn engine(student_logits: &Tensor<2>, teacher_values: &Tensor<2>) -> Option<Engi
         None if cfg!(feature = "cube-kernel") && is_cube(&device) => Engine::Cube,
         _ => return None,
     };
-    f32s.then_some(engine)
+    let served = match engine {
+        Engine::Host => dtypes.iter().all(|&d| d == DType::F32),
+        Engine::Cube => dtypes
+            .iter()
+            .all(|d| matches!(d, DType::F32 | DType::F16 | DType::BF16)),
+    };
+    served.then_some(engine)
+}
+
+/// Whether the Cube kernel serves these tensors with the student in f16 or
+/// bf16 as it is: the loss then skips its f32 copy of the logits.
+pub(crate) fn reads_half(student_logits: &Tensor<2>, teacher_values: &Tensor<2>) -> bool {
+    matches!(student_logits.dtype(), DType::F16 | DType::BF16)
+        && engine(student_logits, teacher_values) == Some(Engine::Cube)
 }
 
 /// Whether the CPU kernel serves these tensors: f32 on a host backend whose

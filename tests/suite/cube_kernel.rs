@@ -317,9 +317,10 @@ fn the_kernel_is_what_runs_on_wgpu() {
     );
 }
 
-/// f16 (and bf16 where the device has it) logits: computed in f32 inside,
-/// the gradient returned in the logits' dtype, within the half type's
-/// rounding of the f32 result on the logits rounded to it.
+/// f16 (and bf16 where the device has it) logits, read by the kernel as
+/// they are: computed in f32 inside, the gradient returned in the logits'
+/// dtype, within the half type's rounding of the f32 result on the logits
+/// rounded to it.
 #[test]
 fn half_precision_is_computed_in_f32() {
     let Some(gpu) = wgpu() else { return };
@@ -341,7 +342,14 @@ fn half_precision_is_computed_in_f32() {
         round(&mut problem.teacher);
         for divergence in [Divergence::ForwardKl, Divergence::Jsd { beta: 0.5 }] {
             let loss = kd(divergence, 2.0, true);
+            let before = cube_kernel_launches();
             let half = problem.run(&loss, &gpu, dtype);
+            // The kernel read the half-precision logits itself (one launch per forward).
+            assert_eq!(
+                cube_kernel_launches() - before,
+                2,
+                "{dtype:?}: kernel launches"
+            );
             let full = problem.run(&loss, &gpu, DType::F32);
             // Outputs are rounded once to the half type: a few units of its epsilon.
             let what = format!("{divergence:?} {dtype:?}");
