@@ -30,8 +30,8 @@ use super::kernel::{TeacherRows, kd_rows, weighted_gradient};
 
 /// `[batch, weights.len()]`: for each row and each weight pair `(w_s, w_h)`,
 /// `w_s · soft_factor · D(p‖q) + w_h · CE` (`D` the spec's divergence), differentiable with respect to
-/// the student (the teacher gets no gradient). f32 tensors on a backend the
-/// extension lists (see [`super::engine`]).
+/// the student (the teacher gets no gradient), on a backend and in dtypes
+/// that an engine serves (see [`super::engine`]).
 ///
 /// The teacher is dense (`indices` `None`: `values` `[batch, classes]`) or a
 /// stored top-k (`values` `[batch, k]` log-probabilities and their classes;
@@ -46,10 +46,7 @@ pub(crate) fn fused_kd_columns(
 ) -> Tensor<2> {
     // burn's extension routing takes a tensor, not an optional one: where
     // the labels are not on the device, a 1-element placeholder goes.
-    let labels_kind = match labels {
-        FusedLabels::Device(_) => LabelsKind::Device,
-        _ => LabelsKind::Elsewhere,
-    };
+    let on_device = matches!(labels, FusedLabels::Device(_));
     let placeholder = || Tensor::<1, Int>::zeros([1], &student_logits.device());
     let (host_labels, device_labels) = match labels {
         FusedLabels::None => (None, placeholder()),
@@ -64,7 +61,7 @@ pub(crate) fn fused_kd_columns(
         HostRows {
             indices: teacher.indices,
             labels: host_labels,
-            device_labels: matches!(labels_kind, LabelsKind::Device),
+            device_labels: on_device,
         },
         spec,
     );
@@ -81,12 +78,6 @@ pub(crate) enum FusedLabels {
     Host(Arc<[i64]>),
     /// On the device (the Cube engine).
     Device(Tensor<1, Int>),
-}
-
-/// Whether the device labels are real or a placeholder.
-enum LabelsKind {
-    Device,
-    Elsewhere,
 }
 
 /// What the CPU engines read on the host: a top-k teacher's classes
