@@ -296,8 +296,8 @@ fn masked_rows_and_classes_match() {
     }
 }
 
-/// With the fused kernel off, or a top-k teacher (which the Cube kernel does
-/// not serve), nothing launches; with it on, every forward launches it once.
+/// With the fused kernel off nothing launches; with it on, every forward
+/// launches it once.
 #[test]
 fn the_kernel_is_what_runs_on_wgpu() {
     let Some(gpu) = wgpu() else { return };
