@@ -34,7 +34,7 @@
 //!   CRC-32, checked the first time a read touches that shard (or by
 //!   [`TeacherStore::verify`]); the header, the tables and the footer have their
 //!   own. A store cut short, a checksum that differs or a value no writer
-//!   produces is a [`DistillError::StoreDamaged`](crate::DistillError::StoreDamaged),
+//!   produces is a [`DistillError::StoreDamaged`],
 //!   and nothing of that read is returned.
 //! - **Precision**: f16 and bf16 round each log-probability; on reading, each
 //!   row is shifted back by one constant so that its `k` probabilities again
