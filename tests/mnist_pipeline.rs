@@ -1,6 +1,6 @@
-//! The MNIST example's pipeline on synthetic digits: IDX files into burn's
+//! The MNIST example's pipeline on synthetic digits: IDX files into the
 //! cache (checksums verified, failures reported, nothing half-written), read
-//! back through burn's `MnistDataset`, a teacher, a hard-label baseline, a
+//! back by the example's loader, a teacher, a hard-label baseline, a
 //! `KdLoss` student (by the hand-written loop and through burn's Learner),
 //! and the omitted-digit bias fix.
 //!
@@ -349,8 +349,8 @@ fn max_norm_caps_each_units_incoming_weights() {
 }
 
 /// Runs `child_pipeline_on_synthetic_mnist` in a child process whose
-/// `XDG_CACHE_HOME` is a fresh directory, since burn's `MnistDataset` reads
-/// only from `<cache>/burn-dataset/mnist` and setting the variable inside this
+/// `XDG_CACHE_HOME` is a fresh directory, since the example's cache is
+/// `<cache>/burn-dataset/mnist` and setting the variable inside this
 /// multi-threaded test process would race.
 #[test]
 fn pipeline_on_synthetic_mnist_distillation_beats_the_baseline() {
@@ -403,9 +403,9 @@ fn child_pipeline_on_synthetic_mnist() {
     .unwrap();
     assert_eq!(log.len(), 4, "{log:?}");
 
-    // burn's loader reads back exactly the generated pixels, scaled to [0, 1].
-    let train_set = data::load("train");
-    let test = data::load("test");
+    // The loader reads back exactly the generated pixels, scaled to [0, 1].
+    let train_set = data::load(&cache, "train").unwrap();
+    let test = data::load(&cache, "test").unwrap();
     let (images, labels) = synthetic_digits(train_rows, 1);
     assert_eq!(train_set.labels, labels);
     assert_eq!(train_set.images.len(), images.len());
@@ -491,7 +491,7 @@ fn child_pipeline_on_synthetic_mnist() {
         &device,
     );
     // The same distillation through burn's Learner (burn's dataloader over
-    // the first 300 images of burn's MnistDataset: the transfer set), and
+    // the transfer set), and
     // offline through it from the store.
     let out = tempfile::tempdir().unwrap();
     let learn = |teacher| {
@@ -500,7 +500,7 @@ fn child_pipeline_on_synthetic_mnist() {
             teacher,
             &kd,
             &settings(80, 0, 2),
-            transfer.len(),
+            &transfer,
             &test,
             out.path(),
             &device,

