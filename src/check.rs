@@ -73,22 +73,6 @@ pub(crate) fn check_same_shape(
     }
 }
 
-/// One label per row.
-pub(crate) fn check_targets_length(
-    targets: &Tensor<1, Int>,
-    batch: usize,
-) -> Result<(), DistillError> {
-    let [length] = targets.dims();
-    if length == batch {
-        Ok(())
-    } else {
-        Err(DistillError::TargetsLength {
-            targets: length,
-            batch,
-        })
-    }
-}
-
 /// Every entry of `indices` lies in `0..classes`. Reads back only their
 /// minimum and maximum (one small transfer).
 pub(crate) fn check_index_bounds(

@@ -34,7 +34,7 @@ use burn::tensor::{Bool, Tensor};
 
 use crate::check::{check_mask_length, check_non_empty, check_same_shape};
 use crate::error::{DistillError, or_panic};
-use crate::targets::{Normalizer, reduce_rows};
+use crate::reduction::{Reduction, position_weights, reduce};
 
 /// Which divergence between the teacher's distribution `p` and the student's
 /// `q` a loss minimises, per row, at the loss's temperature.
@@ -213,8 +213,10 @@ pub fn try_masked_mean(
     rows: Tensor<1>,
     keep_rows: Tensor<1, Bool>,
 ) -> Result<Tensor<1>, DistillError> {
-    check_mask_length(&keep_rows, rows.dims()[0])?;
-    Ok(reduce_rows(rows, Some(keep_rows), Normalizer::KeptRows))
+    let [length] = rows.dims();
+    check_mask_length(&keep_rows, length)?;
+    let weights = position_weights(Reduction::Mean, Some(&keep_rows), &[length], rows.dtype());
+    Ok(reduce(rows, Some(&keep_rows), &weights))
 }
 
 /// Shape checks shared by the divergences: same `[batch, classes]`, non-empty.

@@ -29,7 +29,9 @@ use crate::check::{check_temperature, check_weight};
 use crate::divergence::forward_kl_unchecked;
 use crate::error::{DistillError, or_panic};
 use crate::fused::{self, FusedLoss, FusedSpec, serves};
-use crate::targets::{Targets, blank_left_out_rows, reduce_rows};
+use crate::reduction::{PositionWeights, reduce};
+use crate::shape::{LogitsShape, to_rows};
+use crate::targets::{Targets, blank_left_out_rows};
 use crate::teacher::{PreparedTeacher, TeacherOutput};
 use crate::temperature::{compute_dtype, log_softmax_unchecked, scaled_logsumexp, standardize};
 
@@ -110,9 +112,9 @@ pub struct DkdLossOutput {
 /// [`check`](DkdLoss::check).
 ///
 /// # Shapes
-/// - `student_logits`: `[batch, classes]`, classes ≥ 2
+/// - `student_logits`: `[rows, classes]` or `[batch, seq, vocab]`, classes ≥ 2
 /// - `teacher`: the same shape
-/// - `targets`: `[batch]` labels
+/// - `targets`: labels with the logits' positions (`[rows]` or `[batch, seq]`)
 ///
 /// # Example
 /// ```
@@ -136,43 +138,46 @@ pub struct DkdLoss {
 }
 
 impl DkdLoss {
-    /// `α · TCKD + β · NCKD`, `T²`-scaled, averaged over the kept rows, `[1]`.
+    /// `α · TCKD + β · NCKD`, `T²`-scaled, reduced over the kept positions
+    /// (by default their mean), `[1]`.
     ///
     /// # Panics
     /// On bad input, with the message of [`check`](Self::check).
-    pub fn forward(
+    pub fn forward<const D: usize>(
         &self,
-        student_logits: Tensor<2>,
-        teacher: impl Into<TeacherOutput>,
+        student_logits: Tensor<D>,
+        teacher: impl Into<TeacherOutput<D>>,
         targets: impl Into<Targets>,
-    ) -> Tensor<1> {
-        let targets = targets.into();
-        let keep = targets.kept_rows(None);
-        let normalizer = targets.normalizer;
+    ) -> Tensor<1>
+    where
+        Tensor<D>: LogitsShape,
+    {
         let dtype = student_logits.dtype();
         let weights = [(self.alpha, self.beta)];
-        let [rows] = or_panic(self.rows(student_logits, teacher.into(), targets, weights));
-        reduce_rows(rows, keep, normalizer).cast(dtype)
+        let (rows, [total]) =
+            or_panic(self.rows(student_logits, teacher.into(), targets.into(), weights));
+        reduce(total, rows.keep.as_ref(), &rows.weights).cast(dtype)
     }
 
     /// The total and its two parts.
     ///
     /// # Panics
     /// As [`forward`](Self::forward).
-    pub fn forward_parts(
+    pub fn forward_parts<const D: usize>(
         &self,
-        student_logits: Tensor<2>,
-        teacher: impl Into<TeacherOutput>,
+        student_logits: Tensor<D>,
+        teacher: impl Into<TeacherOutput<D>>,
         targets: impl Into<Targets>,
-    ) -> DkdLossOutput {
-        let targets = targets.into();
-        let keep = targets.kept_rows(None);
-        let normalizer = targets.normalizer;
+    ) -> DkdLossOutput
+    where
+        Tensor<D>: LogitsShape,
+    {
         let dtype = student_logits.dtype();
         let weights = [(1.0, 0.0), (0.0, 1.0)];
-        let [tckd, nckd] = or_panic(self.rows(student_logits, teacher.into(), targets, weights));
-        let tckd = reduce_rows(tckd, keep.clone(), normalizer);
-        let nckd = reduce_rows(nckd, keep, normalizer);
+        let (rows, [tckd, nckd]) =
+            or_panic(self.rows(student_logits, teacher.into(), targets.into(), weights));
+        let tckd = reduce(tckd, rows.keep.as_ref(), &rows.weights);
+        let nckd = reduce(nckd, rows.keep.as_ref(), &rows.weights);
         let total = tckd.clone().mul_scalar(self.alpha) + nckd.clone().mul_scalar(self.beta);
         DkdLossOutput {
             total: total.cast(dtype),
@@ -181,34 +186,52 @@ impl DkdLoss {
         }
     }
 
-    /// `α · T²·TCKD + β · T²·NCKD` per row, `[batch]`; rows that do not count are 0.
+    /// `α · T²·TCKD + β · T²·NCKD` per position (`[rows]` or `[batch, seq]`);
+    /// positions that do not count are 0.
     ///
     /// # Panics
     /// As [`forward`](Self::forward).
-    pub fn forward_no_reduction(
+    pub fn forward_no_reduction<const D: usize>(
         &self,
-        student_logits: Tensor<2>,
-        teacher: impl Into<TeacherOutput>,
+        student_logits: Tensor<D>,
+        teacher: impl Into<TeacherOutput<D>>,
         targets: impl Into<Targets>,
-    ) -> Tensor<1> {
-        let targets = targets.into();
-        let keep = targets.kept_rows(None);
+    ) -> <Tensor<D> as LogitsShape>::PerPosition
+    where
+        Tensor<D>: LogitsShape,
+    {
         let dtype = student_logits.dtype();
         let weights = [(self.alpha, self.beta)];
-        let [rows] = or_panic(self.rows(student_logits, teacher.into(), targets, weights));
-        match keep {
-            Some(keep) => rows.mask_fill(keep.bool_not(), 0.0),
-            None => rows,
-        }
-        .cast(dtype)
+        let (rows, [total]) =
+            or_panic(self.rows(student_logits, teacher.into(), targets.into(), weights));
+        let values = match rows.keep {
+            Some(keep) => total.mask_fill(keep.bool_not(), 0.0),
+            None => total,
+        };
+        <Tensor<D> as LogitsShape>::per_position(values.cast(dtype), &rows.positions)
     }
 
     /// Checks everything the forwards check, without computing the loss.
-    pub fn check(
+    pub fn check<const D: usize>(
+        &self,
+        student_logits: &Tensor<D>,
+        teacher: &TeacherOutput<D>,
+        targets: &Targets,
+    ) -> Result<(), DistillError>
+    where
+        Tensor<D>: LogitsShape,
+    {
+        let (student, teacher, positions) = to_rows(student_logits.clone(), teacher.clone())?;
+        self.check_rows(&student, &teacher, targets, &positions)
+    }
+
+    /// [`check`](Self::check) on the flattened input.
+    fn check_rows(
         &self,
         student_logits: &Tensor<2>,
         teacher: &TeacherOutput,
         targets: &Targets,
+        positions: &[usize],
     ) -> Result<(), DistillError> {
         let [_, classes] = student_logits.dims();
         if let TeacherOutput::TopK(_) = teacher {
@@ -234,20 +257,21 @@ impl DkdLoss {
         if targets.labels.is_none() {
             return Err(DistillError::MissingLabels);
         }
-        targets.check(student_logits, None)
+        targets.check("student_logits", student_logits, classes, positions, None)
     }
 
     /// Per row, `[batch]` each, after the checks, in the compute dtype (f32
     /// for half-precision input): for each `(w_t, w_n)` of `weights`,
     /// `w_t·T²·TCKD + w_n·T²·NCKD`.
-    fn rows<const K: usize>(
+    fn rows<const D: usize, const K: usize>(
         &self,
-        student_logits: Tensor<2>,
-        teacher: TeacherOutput,
+        student_logits: Tensor<D>,
+        teacher: TeacherOutput<D>,
         targets: Targets,
         weights: [(f64, f64); K],
-    ) -> Result<[Tensor<1>; K], DistillError> {
-        self.check(&student_logits, &teacher, &targets)?;
+    ) -> Result<(Reducing, [Tensor<1>; K]), DistillError> {
+        let (student_logits, teacher, positions) = to_rows(student_logits, teacher)?;
+        self.check_rows(&student_logits, &teacher, &targets, &positions)?;
         let [batch, classes] = student_logits.dims();
         let compute = compute_dtype(student_logits.dtype());
         let z = student_logits.cast(compute);
@@ -264,6 +288,11 @@ impl DkdLoss {
             }
         };
         let keep = targets.kept_rows(None);
+        let reducing = Reducing {
+            weights: targets.position_weights(keep.as_ref(), &positions, compute),
+            keep: keep.clone(),
+            positions,
+        };
         let kernel = self.fused_kernel && serves(&z, &v);
         // Wherever autodiff runs through the rows (its path, or standardisation
         // before the kernel), left-out rows are zeroed first.
@@ -290,9 +319,9 @@ impl DkdLoss {
             };
             let out =
                 fused::columns(&z, &v, None, Some(&labels), spec).expect("serves() was checked");
-            return Ok(std::array::from_fn(|k| {
-                out.clone().slice([0..batch, k..k + 1]).squeeze_dim(1)
-            }));
+            let columns =
+                std::array::from_fn(|k| out.clone().slice([0..batch, k..k + 1]).squeeze_dim(1));
+            return Ok((reducing, columns));
         }
         let target_mask: Tensor<2, Bool> = labels.clone().one_hot::<2>(classes).equal_elem(1);
         let index = labels.reshape([batch, 1]);
@@ -306,8 +335,19 @@ impl DkdLoss {
             0.0 => rows.zeros_like(),
             w => rows.clone().mul_scalar(w),
         };
-        Ok(weights.map(|(wt, wn)| part(wt, &tckd) + part(wn, &nckd)))
+        Ok((
+            reducing,
+            weights.map(|(wt, wn)| part(wt, &tckd) + part(wn, &nckd)),
+        ))
     }
+}
+
+/// How a call's per-position values are reduced: which count, their weights,
+/// the student's positions.
+struct Reducing {
+    keep: Option<Tensor<1, Bool>>,
+    weights: PositionWeights,
+    positions: Vec<usize>,
 }
 
 /// From logits at temperature `t`: the binary log-distribution

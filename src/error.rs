@@ -142,6 +142,22 @@ pub enum DistillError {
         /// The value given.
         value: f64,
     },
+    /// Labels or a mask whose shape is not the student's positions (its
+    /// logits' shape without the class axis: `[rows]` or `[batch, seq]`).
+    PositionsMismatch {
+        /// The argument (e.g. `"padding_mask"`).
+        argument: &'static str,
+        /// Its shape.
+        found: Vec<usize>,
+        /// The student's positions.
+        positions: Vec<usize>,
+    },
+    /// [`Reduction::GlobalCount`](crate::Reduction::GlobalCount)`(0)` while
+    /// positions are kept: the loss would silently be a sum.
+    ZeroGlobalCount {
+        /// The positions kept in the call.
+        kept: usize,
+    },
     /// A row mask whose length differs from the number of rows.
     MaskLength {
         /// Length of the mask.
@@ -351,6 +367,28 @@ impl fmt::Display for DistillError {
             Self::OutOfUnitInterval { argument, value } => write!(
                 f,
                 "{argument} must lie in [0, 1] (α of a skew KL in [0, 1)), got {value}"
+            ),
+            Self::PositionsMismatch {
+                argument,
+                found,
+                positions,
+            } => write!(
+                f,
+                "{argument} has shape {found:?} but the student's logits have positions \
+                 {positions:?} (their shape without the class axis); give one entry per \
+                 position{}",
+                if *argument == "keep_rows" {
+                    " (keep_rows is for [rows, classes] logits; for sequences use \
+                     with_padding_mask, where true marks padding)"
+                } else {
+                    ""
+                }
+            ),
+            Self::ZeroGlobalCount { kept } => write!(
+                f,
+                "reduction is Reduction::GlobalCount(0) but {kept} positions are kept, \
+                 so the loss would be a plain sum; give the kept positions of every \
+                 micro-batch of the step (at least {kept})"
             ),
             Self::MaskLength { found, expected } => write!(
                 f,

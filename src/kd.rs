@@ -24,8 +24,10 @@ use crate::check::{check_temperature, check_weight};
 use crate::divergence::Divergence;
 use crate::error::{DistillError, or_panic};
 use crate::fused::{self, FusedLoss, FusedSpec, serves_kd};
+use crate::reduction::{PositionWeights, reduce};
+use crate::shape::{LogitsShape, flatten_rows, positions_of, to_rows};
 use crate::sparse::bucket_log_probs;
-use crate::targets::{Targets, blank_left_out_rows, reduce_rows, usable_labels};
+use crate::targets::{Targets, blank_left_out_rows, usable_labels};
 use crate::teacher::{PreparedTeacher, TeacherOutput};
 use crate::temperature::{compute_dtype, log_softmax_unchecked, standardize};
 
@@ -80,7 +82,7 @@ pub struct KdLossConfig {
     pub fused_kernel: bool,
     /// Rows whose label equals this (e.g. `-100` for padding tokens, as in
     /// PyTorch) are left out: they contribute 0, get no gradient, and are not
-    /// counted by [`Normalizer::KeptRows`](crate::Normalizer::KeptRows).
+    /// counted by [`Reduction::Mean`](crate::Reduction::Mean).
     /// Default: None.
     #[config(default = "None")]
     pub ignore_index: Option<i64>,
@@ -143,10 +145,11 @@ pub struct KdLossOutput {
     /// The weighted sum that is trained on, `[1]`.
     pub total: Tensor<1>,
     /// The soft term before weighting: `T² · D(p_T, q_T)` (or `D` alone when
-    /// `scale_by_t_squared` is off), averaged over the kept rows, `[1]`.
+    /// `scale_by_t_squared` is off), reduced over the kept positions as the
+    /// targets' [`Reduction`](crate::Reduction) says, `[1]`.
     pub soft: Tensor<1>,
     /// The hard term before weighting: cross-entropy of the student at `T = 1`
-    /// against the labels, averaged over the kept rows, `[1]`; 0 without labels.
+    /// against the labels, reduced the same way, `[1]`; 0 without labels.
     pub hard: Tensor<1>,
 }
 
@@ -155,18 +158,24 @@ pub struct KdLossOutput {
 /// A [`Module`] with no parameters, so it can be a field of a model. Three
 /// forwards share one computation: [`forward`](Self::forward) (the mean),
 /// [`forward_parts`](Self::forward_parts) (the mean and its two terms) and
-/// [`forward_no_reduction`](Self::forward_no_reduction) (per row). Each panics
-/// on bad input with the message of the [`DistillError`] that
+/// [`forward_no_reduction`](Self::forward_no_reduction) (per position). Each
+/// panics on bad input with the message of the [`DistillError`] that
 /// [`check`](Self::check) returns for it, before any tensor operation.
 ///
 /// # Shapes
-/// - `student_logits`: `[batch, classes]`, any float dtype (f16 and bf16 are
-///   computed in f32 inside and the results returned in the input dtype)
-/// - `teacher`: a [`TeacherOutput`] (or a `Tensor<2>` of logits) of the same
+/// - `student_logits`: `[rows, classes]`, or a language model's
+///   `[batch, seq, vocab]` (its positions are then its tokens; see
+///   [`LogitsShape`]), any float dtype (f16 and bf16 are computed in f32
+///   inside and the results returned in the input dtype)
+/// - `teacher`: a [`TeacherOutput`] (or a tensor of logits) of the same
 ///   shape, on the same device; a teacher of another float dtype is cast to
 ///   the student's compute dtype
-/// - `targets`: [`Targets`] (or a `Tensor<1, Int>` of labels), `[batch]`
-/// - output: `[1]`, or `[batch]` without reduction
+/// - `targets`: [`Targets`] (or an `Int` tensor of labels) with the logits'
+///   positions, `[rows]` or `[batch, seq]`; a padding mask there too
+/// - output: `[1]`, or the positions' shape without reduction
+///
+/// The flattening of `[batch, seq, vocab]` to `[batch·seq, vocab]` is the
+/// loss's: the result equals the same loss on the flattened tensors.
 ///
 /// # Masked classes
 /// A class that is `−inf` in both the teacher's and the student's logits
@@ -232,15 +241,34 @@ enum Columns {
     Parts,
 }
 
-/// Per-row results before the reduction.
+/// Per-position results before the reduction.
 struct Rows {
     /// `[total]` or `[soft, hard]` (hard is `None` without labels).
     total_or_soft: Tensor<1>,
     hard: Option<Tensor<1>>,
-    /// Rows that count (`None`: all).
+    /// Positions that count (`None`: all).
     keep: Option<Tensor<1, Bool>>,
+    /// Each position's weight in the reduced loss.
+    weights: PositionWeights,
+    /// The student's positions (`[rows]` or `[batch, seq]`).
+    positions: Vec<usize>,
     /// The student's dtype, to which the results are cast back.
     dtype: DType,
+}
+
+impl Rows {
+    /// `values` reduced as the targets say.
+    fn reduce(&self, values: Tensor<1>) -> Tensor<1> {
+        reduce(values, self.keep.as_ref(), &self.weights)
+    }
+
+    /// `values` per position, 0 where a position does not count.
+    fn per_position(&self, values: Tensor<1>) -> Tensor<1> {
+        match &self.keep {
+            Some(keep) => values.mask_fill(keep.clone().bool_not(), 0.0),
+            None => values,
+        }
+    }
 }
 
 impl KdLoss {
@@ -279,30 +307,33 @@ impl KdLoss {
         self.fused_kernel
     }
 
-    /// `soft_weight · T² · D + hard_weight · CE`, averaged over the kept rows; `[1]`.
+    /// `soft_weight · T² · D + hard_weight · CE`, reduced over the kept
+    /// positions (by default their mean); `[1]`.
     ///
     /// # Panics
     /// On bad input, with the message of [`check`](Self::check).
-    pub fn forward(
+    pub fn forward<const D: usize>(
         &self,
-        student_logits: Tensor<2>,
-        teacher: impl Into<TeacherOutput>,
+        student_logits: Tensor<D>,
+        teacher: impl Into<TeacherOutput<D>>,
         targets: impl Into<Targets>,
-    ) -> Tensor<1> {
+    ) -> Tensor<1>
+    where
+        Tensor<D>: LogitsShape,
+    {
         or_panic(self.try_forward(student_logits, teacher.into(), targets.into()))
     }
 
     /// [`forward`](Self::forward), with bad input as the `DistillError` of
     /// [`check`](Self::check) (made once, here).
-    pub(crate) fn try_forward(
+    pub(crate) fn try_forward<const D: usize>(
         &self,
-        student_logits: Tensor<2>,
-        teacher: TeacherOutput,
+        student_logits: Tensor<D>,
+        teacher: TeacherOutput<D>,
         targets: Targets,
     ) -> Result<Tensor<1>, DistillError> {
-        let normalizer = targets.normalizer;
         let rows = self.rows(student_logits, teacher, targets, Columns::Total)?;
-        Ok(reduce_rows(rows.total_or_soft, rows.keep, normalizer).cast(rows.dtype))
+        Ok(rows.reduce(rows.total_or_soft.clone()).cast(rows.dtype))
     }
 
     /// The total and its two unweighted terms; see [`KdLossOutput`]. Each term
@@ -310,27 +341,29 @@ impl KdLoss {
     ///
     /// # Panics
     /// As [`forward`](Self::forward).
-    pub fn forward_parts(
+    pub fn forward_parts<const D: usize>(
         &self,
-        student_logits: Tensor<2>,
-        teacher: impl Into<TeacherOutput>,
+        student_logits: Tensor<D>,
+        teacher: impl Into<TeacherOutput<D>>,
         targets: impl Into<Targets>,
-    ) -> KdLossOutput {
+    ) -> KdLossOutput
+    where
+        Tensor<D>: LogitsShape,
+    {
         or_panic(self.try_forward_parts(student_logits, teacher.into(), targets.into()))
     }
 
     /// [`forward_parts`](Self::forward_parts), or the error of [`check`](Self::check).
-    pub(crate) fn try_forward_parts(
+    pub(crate) fn try_forward_parts<const D: usize>(
         &self,
-        student_logits: Tensor<2>,
-        teacher: TeacherOutput,
+        student_logits: Tensor<D>,
+        teacher: TeacherOutput<D>,
         targets: Targets,
     ) -> Result<KdLossOutput, DistillError> {
-        let normalizer = targets.normalizer;
         let rows = self.rows(student_logits, teacher, targets, Columns::Parts)?;
-        let soft = reduce_rows(rows.total_or_soft, rows.keep.clone(), normalizer);
-        let hard = match rows.hard {
-            Some(hard) => reduce_rows(hard, rows.keep, normalizer),
+        let soft = rows.reduce(rows.total_or_soft.clone());
+        let hard = match rows.hard.clone() {
+            Some(hard) => rows.reduce(hard),
             None => soft.zeros_like(),
         };
         let total = weighted(&soft, self.soft_weight) + weighted(&hard, self.hard_weight);
@@ -341,28 +374,32 @@ impl KdLoss {
         })
     }
 
-    /// The weighted total per row, `[batch]`; rows that do not count are 0.
-    /// Its mean over the kept rows is [`forward`](Self::forward).
+    /// The weighted total per position — `[rows]` for `[rows, classes]`
+    /// logits, `[batch, seq]` for `[batch, seq, vocab]`; positions that do not
+    /// count are 0. With the default [`Reduction::Mean`](crate::Reduction::Mean),
+    /// its mean over the kept positions is [`forward`](Self::forward).
     ///
     /// # Panics
     /// As [`forward`](Self::forward).
-    pub fn forward_no_reduction(
+    pub fn forward_no_reduction<const D: usize>(
         &self,
-        student_logits: Tensor<2>,
-        teacher: impl Into<TeacherOutput>,
+        student_logits: Tensor<D>,
+        teacher: impl Into<TeacherOutput<D>>,
         targets: impl Into<Targets>,
-    ) -> Tensor<1> {
+    ) -> <Tensor<D> as LogitsShape>::PerPosition
+    where
+        Tensor<D>: LogitsShape,
+    {
         let rows = or_panic(self.rows(
             student_logits,
             teacher.into(),
             targets.into(),
             Columns::Total,
         ));
-        let values = match rows.keep {
-            Some(keep) => rows.total_or_soft.mask_fill(keep.bool_not(), 0.0),
-            None => rows.total_or_soft,
-        };
-        values.cast(rows.dtype)
+        let values = rows
+            .per_position(rows.total_or_soft.clone())
+            .cast(rows.dtype);
+        <Tensor<D> as LogitsShape>::per_position(values, &rows.positions)
     }
 
     /// Checks everything the forwards check, without computing the loss: for
@@ -383,11 +420,26 @@ impl KdLoss {
     /// assert!(matches!(error, DistillError::ShapeMismatch { .. }));
     /// assert!(error.to_string().contains("152064"));
     /// ```
-    pub fn check(
+    pub fn check<const D: usize>(
+        &self,
+        student_logits: &Tensor<D>,
+        teacher: &TeacherOutput<D>,
+        targets: &Targets,
+    ) -> Result<(), DistillError>
+    where
+        Tensor<D>: LogitsShape,
+    {
+        let (student, teacher, positions) = to_rows(student_logits.clone(), teacher.clone())?;
+        self.check_rows(&student, &teacher, targets, &positions)
+    }
+
+    /// [`check`](Self::check) on the flattened input.
+    fn check_rows(
         &self,
         student_logits: &Tensor<2>,
         teacher: &TeacherOutput,
         targets: &Targets,
+        positions: &[usize],
     ) -> Result<(), DistillError> {
         let classes = student_logits.dims()[1];
         teacher.check(student_logits, self.truncate_teacher_classes)?;
@@ -406,18 +458,25 @@ impl KdLoss {
                 });
             }
         }
-        targets.check(student_logits, self.ignore_index)
+        targets.check(
+            "student_logits",
+            student_logits,
+            classes,
+            positions,
+            self.ignore_index,
+        )
     }
 
-    /// The per-row terms after the checks.
-    fn rows(
+    /// The per-position terms after the checks.
+    fn rows<const D: usize>(
         &self,
-        student_logits: Tensor<2>,
-        teacher: TeacherOutput,
+        student_logits: Tensor<D>,
+        teacher: TeacherOutput<D>,
         targets: Targets,
         columns: Columns,
     ) -> Result<Rows, DistillError> {
-        self.check(&student_logits, &teacher, &targets)?;
+        let (student_logits, teacher, positions) = to_rows(student_logits, teacher)?;
+        self.check_rows(&student_logits, &teacher, &targets, &positions)?;
         let classes = student_logits.dims()[1];
         let dtype = student_logits.dtype();
         let (student, teacher) = match self.kernel_reads_half(&student_logits, &teacher) {
@@ -435,6 +494,7 @@ impl KdLoss {
             }
         };
         let keep = targets.kept_rows(self.ignore_index);
+        let weights = targets.position_weights(keep.as_ref(), &positions, compute_dtype(dtype));
         // Ignored labels become class 0, so that they index safely; their rows
         // are masked out.
         let labels = targets
@@ -464,6 +524,8 @@ impl KdLoss {
             total_or_soft,
             hard,
             keep,
+            weights,
+            positions,
             dtype,
         })
     }
@@ -613,6 +675,34 @@ fn weighted(term: &Tensor<1>, weight: f64) -> Tensor<1> {
     } else {
         term.clone().mul_scalar(weight)
     }
+}
+
+/// The hard-label cross-entropy at `T = 1` alone, reduced as `targets` say
+/// (labels required; `ignore_index` as [`KdLossConfig::ignore_index`]), `[1]`.
+pub(crate) fn try_hard_loss<const D: usize>(
+    student_logits: Tensor<D>,
+    targets: Targets,
+    ignore_index: Option<i64>,
+) -> Result<Tensor<1>, DistillError> {
+    let positions = positions_of(&student_logits);
+    let student = flatten_rows(student_logits);
+    let classes = student.dims()[1];
+    let Some(labels) = targets.labels.clone() else {
+        return Err(DistillError::MissingLabels);
+    };
+    targets.check(
+        "student_logits",
+        &student,
+        classes,
+        &positions,
+        ignore_index,
+    )?;
+    let dtype = student.dtype();
+    let keep = targets.kept_rows(ignore_index);
+    let weights = targets.position_weights(keep.as_ref(), &positions, compute_dtype(dtype));
+    let student = blank_left_out_rows(student.cast(compute_dtype(dtype)), keep.as_ref());
+    let rows = hard_rows(student, usable_labels(labels, ignore_index));
+    Ok(reduce(rows, keep.as_ref(), &weights).cast(dtype))
 }
 
 /// Cross-entropy of `softmax(logits)` (T = 1) against integer labels, per row.

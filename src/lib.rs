@@ -25,7 +25,10 @@
 //!   `try_init`.
 //! - Every forward takes `(student_logits, teacher, targets)`: the teacher as a
 //!   [`TeacherOutput`] (or logits), the targets as [`Targets`] (or labels), which
-//!   also carry a row mask and the [`Normalizer`] of the mean.
+//!   also carry a padding mask and the [`Reduction`].
+//! - Logits are `[rows, classes]` or a language model's `[batch, seq, vocab]`
+//!   ([`LogitsShape`]); labels and masks have their shape without the class
+//!   axis. Masks follow burn: in a padding mask, `true` is padding.
 //!
 //! ## Example
 //! ```
@@ -55,6 +58,10 @@ mod error;
 mod fused;
 mod kd;
 pub mod linear;
+pub mod lm;
+mod loss;
+mod reduction;
+mod shape;
 pub mod sparse;
 pub mod specialist;
 #[cfg(feature = "store")]
@@ -71,6 +78,11 @@ pub use error::DistillError;
 pub use fused::cube_kernel_launches;
 pub use kd::{KdLoss, KdLossConfig, KdLossOutput};
 pub use linear::{AUTO_CHUNK_ELEMENTS, FusedLinearKdLoss, FusedLinearKdLossConfig, LinearTeacher};
+pub use loss::{DistillLoss, LinearStudent};
+#[allow(deprecated)]
+pub use reduction::Normalizer;
+pub use reduction::Reduction;
+pub use shape::LogitsShape;
 pub use sparse::SparseTeacher;
-pub use targets::{Normalizer, Targets};
+pub use targets::Targets;
 pub use teacher::TeacherOutput;

@@ -13,9 +13,10 @@
 //! ∂L/∂h_c = G_c Wᵀ,   ∂L/∂W += h_cᵀ G_c,   ∂L/∂b += Σ_rows G_c
 //! ```
 //!
-//! Each chunk is normalised by the rows kept in the whole batch
-//! ([`Normalizer::GlobalCount`]), so the chunks' losses and gradients sum to
-//! the unchunked loss's. The teacher is never differentiated.
+//! Each chunk's rows are weighed as the whole batch's reduction weighs them
+//! (by default, one over the tokens kept in the whole batch), so the chunks'
+//! losses and gradients sum to the unchunked loss's. The teacher is never
+//! differentiated.
 //!
 //! On flex and ndarray (f32, with this crate's feature for the backend) the
 //! three gradients are summed on the host — `∂L/∂W` in place, one `[d, V]`
@@ -39,13 +40,15 @@ use burn::module::Module;
 use burn::nn::Linear;
 use burn::tensor::Tensor;
 
-use crate::check::{check_non_empty, check_same_shape};
+use crate::check::{check_device, check_non_empty, check_same_shape};
 use crate::error::{DistillError, or_panic};
 use crate::fused;
-use crate::kd::{KdLoss, KdLossConfig, KdLossOutput};
+use crate::kd::{KdLoss, KdLossConfig, KdLossOutput, try_hard_loss};
+use crate::shape::{LogitsShape, flatten_rows, positions_of};
 use crate::sparse::SparseTeacher;
-use crate::targets::{Normalizer, Targets};
+use crate::targets::Targets;
 use crate::teacher::TeacherOutput;
+use crate::temperature::compute_dtype;
 
 /// Configuration of a [`FusedLinearKdLoss`].
 ///
@@ -110,29 +113,35 @@ pub const AUTO_CHUNK_ELEMENTS: usize = 1 << 22;
 const MIN_AUTO_CHUNK_ROWS: usize = 128;
 
 /// The teacher of a [`FusedLinearKdLoss`].
+///
+/// Its rank `D` is that of the student's hidden states: 2 for `[rows, d]`, 3
+/// for a language model's `[batch, seq, d]`; the teacher's hidden states or
+/// logits have the student's positions (`[rows]` or `[batch, seq]`).
 #[derive(Debug, Clone)]
 #[allow(clippy::large_enum_variant)] // one per loss call, moved, as `TeacherOutput`
-pub enum LinearTeacher {
-    /// The teacher's last hidden states `[rows, d_teacher]` and output layer
-    /// (`weight` `[d_teacher, vocab]`, as burn's `Linear` holds it, and an
-    /// optional `bias` `[vocab]`): its logits are made chunk by chunk too.
+pub enum LinearTeacher<const D: usize = 2> {
+    /// The teacher's last hidden states `[rows, d_teacher]` (or
+    /// `[batch, seq, d_teacher]`) and output layer (`weight`
+    /// `[d_teacher, vocab]`, as burn's `Linear` holds it, and an optional
+    /// `bias` `[vocab]`): its logits are made chunk by chunk too.
     Hidden {
-        /// `[rows, d_teacher]`.
-        hidden: Tensor<2>,
+        /// `[rows, d_teacher]` or `[batch, seq, d_teacher]`.
+        hidden: Tensor<D>,
         /// `[d_teacher, vocab]`.
         weight: Tensor<2>,
         /// `[vocab]`.
         bias: Option<Tensor<1>>,
     },
-    /// The teacher's logits `[rows, vocab]`, sliced per chunk.
-    Logits(Tensor<2>),
-    /// A stored top-k teacher, sliced per chunk.
+    /// The teacher's logits `[rows, vocab]` (or `[batch, seq, vocab]`),
+    /// sliced per chunk.
+    Logits(Tensor<D>),
+    /// A stored top-k teacher, one row per position, sliced per chunk.
     TopK(SparseTeacher),
 }
 
-impl LinearTeacher {
+impl<const D: usize> LinearTeacher<D> {
     /// The teacher's hidden states and a burn [`Linear`] output layer.
-    pub fn from_linear(hidden: Tensor<2>, output: &Linear) -> Self {
+    pub fn from_linear(hidden: Tensor<D>, output: &Linear) -> Self {
         Self::Hidden {
             hidden,
             weight: output.weight.val(),
@@ -140,6 +149,40 @@ impl LinearTeacher {
         }
     }
 
+    /// The teacher flattened to rows, after checking that a dense one has the
+    /// student's `positions`.
+    fn into_rows(self, positions: &[usize]) -> Result<LinearTeacher, DistillError> {
+        let same = |found: Vec<usize>, argument| match found == positions {
+            true => Ok(()),
+            false => Err(DistillError::PositionsMismatch {
+                argument,
+                found,
+                positions: positions.to_vec(),
+            }),
+        };
+        Ok(match self {
+            Self::Hidden {
+                hidden,
+                weight,
+                bias,
+            } => {
+                same(positions_of(&hidden), "teacher.hidden")?;
+                LinearTeacher::Hidden {
+                    hidden: flatten_rows(hidden),
+                    weight,
+                    bias,
+                }
+            }
+            Self::Logits(logits) => {
+                same(positions_of(&logits), "teacher_logits")?;
+                LinearTeacher::Logits(flatten_rows(logits))
+            }
+            Self::TopK(sparse) => LinearTeacher::TopK(sparse),
+        })
+    }
+}
+
+impl LinearTeacher {
     /// Rows given.
     fn rows(&self) -> usize {
         match self {
@@ -149,14 +192,25 @@ impl LinearTeacher {
         }
     }
 
-    /// Checks the output layer's shapes.
-    fn check(&self) -> Result<(), DistillError> {
+    /// Checks the output layer's shapes and that the teacher is on the
+    /// student's device (`student`: its hidden states).
+    fn check(&self, student: &Tensor<2>) -> Result<(), DistillError> {
+        match self {
+            Self::Hidden { hidden, .. } => {
+                check_device("hidden", student, "teacher.hidden", hidden)?
+            }
+            Self::Logits(logits) => check_device("hidden", student, "teacher_logits", logits)?,
+            Self::TopK(sparse) => {
+                check_device("hidden", student, "teacher.log_probs", sparse.log_probs())?
+            }
+        }
         if let Self::Hidden {
             hidden,
             weight,
             bias,
         } = self
         {
+            check_device("teacher.hidden", hidden, "teacher.weight", weight)?;
             let (h, w) = (hidden.dims(), weight.dims());
             check_same_shape(
                 "teacher.hidden columns",
@@ -165,6 +219,7 @@ impl LinearTeacher {
                 &[w[0]],
             )?;
             if let Some(bias) = bias {
+                check_device("teacher.weight", weight, "teacher.bias", bias)?;
                 check_same_shape(
                     "teacher.bias",
                     &bias.dims(),
@@ -220,9 +275,10 @@ impl LinearTeacher {
 /// with [`FusedLinearKdLossConfig`]. See the module documentation.
 ///
 /// # Shapes
-/// - `hidden`: `[rows, d]`; `weight`: `[d, vocab]`; `bias`: `[vocab]`
-/// - the teacher: see [`LinearTeacher`], `rows` rows
-/// - `targets`: as for [`KdLoss`]
+/// - `hidden`: `[rows, d]` or `[batch, seq, d]`; `weight`: `[d, vocab]`;
+///   `bias`: `[vocab]`
+/// - the teacher: see [`LinearTeacher`], the same positions
+/// - `targets`: as for [`KdLoss`], with `hidden`'s positions
 /// - output: `[1]`
 ///
 /// # Example
@@ -269,45 +325,56 @@ impl FusedLinearKdLoss {
     }
 
     /// [`forward`](Self::forward) with the student's output layer as a burn [`Linear`].
-    pub fn forward_linear(
+    pub fn forward_linear<const D: usize>(
         &self,
-        hidden: Tensor<2>,
+        hidden: Tensor<D>,
         output: &Linear,
-        teacher: LinearTeacher,
+        teacher: LinearTeacher<D>,
         targets: impl Into<Targets>,
-    ) -> Tensor<1> {
+    ) -> Tensor<1>
+    where
+        Tensor<D>: LogitsShape,
+    {
         let bias = output.bias.as_ref().map(|b| b.val());
         self.forward(hidden, output.weight.val(), bias, teacher, targets)
     }
 
-    /// The KD loss of `hidden · weight + bias` against the teacher, averaged
-    /// as [`KdLoss::forward`] averages it, `[1]`; differentiable with respect
-    /// to `hidden`, `weight` and `bias`.
+    /// The KD loss of `hidden · weight + bias` against the teacher, reduced
+    /// as [`KdLoss::forward`] reduces it, `[1]`; differentiable with respect
+    /// to `hidden`, `weight` and `bias`. `hidden` is `[rows, d]` or a language
+    /// model's `[batch, seq, d]`; the targets have its positions.
     ///
     /// # Panics
     /// On bad input, with the message of [`try_forward`](Self::try_forward).
-    pub fn forward(
+    pub fn forward<const D: usize>(
         &self,
-        hidden: Tensor<2>,
+        hidden: Tensor<D>,
         weight: Tensor<2>,
         bias: Option<Tensor<1>>,
-        teacher: LinearTeacher,
+        teacher: LinearTeacher<D>,
         targets: impl Into<Targets>,
-    ) -> Tensor<1> {
+    ) -> Tensor<1>
+    where
+        Tensor<D>: LogitsShape,
+    {
         or_panic(self.try_forward(hidden, weight, bias, teacher, targets.into()))
     }
 
-    /// Fallible [`forward`](Self::forward): the shapes of the layers, and every
+    /// Fallible [`forward`](Self::forward): the shapes and devices of the
+    /// layers and the teacher, the targets against the whole batch, and every
     /// check of [`KdLoss::check`] on each chunk (an error stops at the first
     /// chunk that has it).
-    pub fn try_forward(
+    pub fn try_forward<const D: usize>(
         &self,
-        hidden: Tensor<2>,
+        hidden: Tensor<D>,
         weight: Tensor<2>,
         bias: Option<Tensor<1>>,
-        teacher: LinearTeacher,
+        teacher: LinearTeacher<D>,
         targets: Targets,
-    ) -> Result<Tensor<1>, DistillError> {
+    ) -> Result<Tensor<1>, DistillError>
+    where
+        Tensor<D>: LogitsShape,
+    {
         let out = self.run(hidden, weight, bias, teacher, targets, false)?;
         Ok(out.total)
     }
@@ -338,43 +405,119 @@ impl FusedLinearKdLoss {
     ///
     /// # Panics
     /// On bad input, with the message of [`try_forward`](Self::try_forward).
-    pub fn forward_parts(
+    pub fn forward_parts<const D: usize>(
         &self,
-        hidden: Tensor<2>,
+        hidden: Tensor<D>,
         weight: Tensor<2>,
         bias: Option<Tensor<1>>,
-        teacher: LinearTeacher,
+        teacher: LinearTeacher<D>,
         targets: impl Into<Targets>,
-    ) -> KdLossOutput {
+    ) -> KdLossOutput
+    where
+        Tensor<D>: LogitsShape,
+    {
         or_panic(self.run(hidden, weight, bias, teacher, targets.into(), true))
     }
 
-    /// The loss, and with `parts` its two terms (detached; zeros without).
-    fn run(
+    /// The checks of every forward: the layers' shapes and devices, the
+    /// teacher's, and the targets against the whole batch (each chunk's loss
+    /// checks its own slice again). Returns the hidden states and the teacher
+    /// flattened to rows, and the positions.
+    pub(crate) fn check_input<const D: usize>(
         &self,
-        hidden: Tensor<2>,
-        weight: Tensor<2>,
-        bias: Option<Tensor<1>>,
-        teacher: LinearTeacher,
-        targets: Targets,
-        parts: bool,
-    ) -> Result<KdLossOutput, DistillError> {
+        hidden: Tensor<D>,
+        weight: &Tensor<2>,
+        bias: Option<&Tensor<1>>,
+        teacher: LinearTeacher<D>,
+        targets: &Targets,
+    ) -> Result<(Tensor<2>, LinearTeacher, Vec<usize>), DistillError> {
+        let (hidden, positions) = self.check_student(hidden, weight, bias, targets)?;
+        let teacher = teacher.into_rows(&positions)?;
+        let [rows, _] = hidden.dims();
+        check_same_shape("teacher rows", &[teacher.rows()], "hidden rows", &[rows])?;
+        teacher.check(&hidden)?;
+        Ok((hidden, teacher, positions))
+    }
+
+    /// The student's half of [`check_input`](Self::check_input).
+    fn check_student<const D: usize>(
+        &self,
+        hidden: Tensor<D>,
+        weight: &Tensor<2>,
+        bias: Option<&Tensor<1>>,
+        targets: &Targets,
+    ) -> Result<(Tensor<2>, Vec<usize>), DistillError> {
+        let positions = positions_of(&hidden);
+        let hidden = flatten_rows(hidden);
         let [rows, d] = hidden.dims();
         let [d_weight, vocab] = weight.dims();
         check_non_empty("hidden", &[rows, d])?;
+        check_device("hidden", &hidden, "weight", weight)?;
         check_same_shape("hidden columns", &[d], "weight rows", &[d_weight])?;
-        if let Some(bias) = &bias {
+        if let Some(bias) = bias {
+            check_device("hidden", &hidden, "bias", bias)?;
             check_same_shape("bias", &bias.dims(), "weight columns", &[vocab])?;
         }
-        check_same_shape("teacher rows", &[teacher.rows()], "hidden rows", &[rows])?;
-        teacher.check()?;
-        let kept = match targets.normalizer {
-            Normalizer::GlobalCount(count) => count,
-            Normalizer::KeptRows => match targets.kept_rows(self.kd.ignore_index()) {
-                Some(keep) => keep.int().sum().into_scalar::<i64>() as usize,
-                None => rows,
-            },
-        };
+        targets.check("hidden", &hidden, vocab, &positions, self.kd.ignore_index())?;
+        Ok((hidden, positions))
+    }
+
+    /// The hard-label cross-entropy of `hidden · weight + bias` alone,
+    /// reduced as `targets` say, chunk by chunk; its value only (no gradient:
+    /// for validation).
+    pub(crate) fn try_forward_hard<const D: usize>(
+        &self,
+        hidden: Tensor<D>,
+        weight: Tensor<2>,
+        bias: Option<Tensor<1>>,
+        targets: Targets,
+    ) -> Result<Tensor<1>, DistillError> {
+        if targets.labels.is_none() {
+            return Err(DistillError::MissingLabels);
+        }
+        let (hidden, positions) = self.check_student(hidden, &weight, bias.as_ref(), &targets)?;
+        let autodiff = hidden.is_autodiff();
+        let (hidden, weight) = (hidden.without_autodiff(), weight.without_autodiff());
+        let bias = bias.map(Tensor::without_autodiff);
+        let ignore_index = self.kd.ignore_index();
+        let keep = targets.kept_rows(ignore_index);
+        let weights =
+            targets.position_weights(keep.as_ref(), &positions, compute_dtype(hidden.dtype()));
+        let [rows, _] = hidden.dims();
+        let chunk_size = self.rows_per_chunk(weight.dims()[1]);
+        let mut value: Option<Tensor<1>> = None;
+        for start in (0..rows).step_by(chunk_size) {
+            let end = (start + chunk_size).min(rows);
+            let logits = affine(
+                hidden.clone().slice(start..end),
+                weight.clone(),
+                bias.clone(),
+            );
+            let chunk = targets.chunk(start, end, &weights);
+            let loss = try_hard_loss(logits, chunk, ignore_index)?;
+            value = Some(accumulate(value, loss));
+        }
+        let value = value.expect("rows ≥ 1 (checked)");
+        Ok(if autodiff { value.autodiff() } else { value })
+    }
+
+    /// The loss, and with `parts` its two terms (detached; zeros without).
+    fn run<const D: usize>(
+        &self,
+        hidden: Tensor<D>,
+        weight: Tensor<2>,
+        bias: Option<Tensor<1>>,
+        teacher: LinearTeacher<D>,
+        targets: Targets,
+        parts: bool,
+    ) -> Result<KdLossOutput, DistillError> {
+        let (hidden, teacher, positions) =
+            self.check_input(hidden, &weight, bias.as_ref(), teacher, &targets)?;
+        let [rows, _] = hidden.dims();
+        let [_, vocab] = weight.dims();
+        let keep = targets.kept_rows(self.kd.ignore_index());
+        let weights =
+            targets.position_weights(keep.as_ref(), &positions, compute_dtype(hidden.dtype()));
 
         let tracked = hidden.is_tracked() || weight.is_tracked();
         let tracked = tracked || bias.as_ref().is_some_and(Tensor::is_tracked);
@@ -404,7 +547,7 @@ impl FusedLinearKdLoss {
             let end = (start + chunk_size).min(rows);
             let h = h_all.clone().slice(start..end);
             let logits = affine(h.clone(), w.clone(), b.clone());
-            let chunk_targets = chunk_targets(&targets, start, end, kept);
+            let chunk_targets = targets.chunk(start, end, &weights);
             let chunk_teacher = teacher.chunk(start, end);
             let logits = match tracked {
                 true => logits.autodiff().require_grad(),
@@ -484,16 +627,4 @@ fn affine(x: Tensor<2>, w: Tensor<2>, b: Option<Tensor<1>>) -> Tensor<2> {
         Some(b) => out + b.unsqueeze_dim(0),
         None => out,
     }
-}
-
-/// The targets of rows `start..end`, normalised by the whole batch's `kept` rows.
-fn chunk_targets(targets: &Targets, start: usize, end: usize, kept: usize) -> Targets {
-    let mut chunk = match targets.labels() {
-        Some(labels) => Targets::new(labels.clone().slice(start..end)),
-        None => Targets::unlabelled(),
-    };
-    if let Some(keep) = targets.keep_rows() {
-        chunk = chunk.with_keep_rows(keep.clone().slice(start..end));
-    }
-    chunk.with_normalizer(Normalizer::GlobalCount(kept))
 }

@@ -23,7 +23,9 @@ pub struct SparseTeacher {
 }
 
 impl SparseTeacher {
-    /// From stored top-k indices `[N, k]` and log-probabilities `[N, k]`. The
+    /// From stored top-k indices `[N, k]` and log-probabilities `[N, k]`: one
+    /// row per position (for a language model's tokens, row `b·seq + s` is
+    /// token `s` of sequence `b`: `flatten(0, 1)` of `[batch, seq, k]`). The
     /// tail's mass is `1 − Σ exp(log_probs)` per row.
     ///
     /// # Panics
@@ -68,6 +70,10 @@ impl SparseTeacher {
     /// let (a, b) = (sparse.into_scalar::<f32>(), dense.into_scalar::<f32>());
     /// assert!((a - b).abs() < 1e-6);
     /// ```
+    ///
+    /// For a language model's `[batch, seq, vocab]` logits, pass
+    /// `flatten(0, 1)` of them: token `s` of sequence `b` is then row
+    /// `b·seq + s`, the row the losses read for it.
     pub fn top_k(teacher_logits: Tensor<2>, k: usize, temperature: f64) -> Self {
         or_panic(Self::try_top_k(teacher_logits, k, temperature))
     }

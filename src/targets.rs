@@ -1,60 +1,31 @@
-//! What each row of a loss is scored against and how the rows are counted:
-//! the hard labels (or none), a row mask, and the normaliser of the mean.
+//! What each position of a loss (a row, or a language model's token) is
+//! scored against and which positions count: the hard labels (or none), a
+//! padding mask or a row mask, and the [`Reduction`].
 
-use burn::tensor::{Bool, Int, Tensor};
+use burn::tensor::{Bool, DType, Int, Tensor};
 
-use crate::check::{
-    check_device, check_index_bounds, check_mask_length, check_non_empty, check_targets_length,
-};
+use crate::check::{check_device, check_index_bounds, check_mask_length, check_non_empty};
 use crate::error::DistillError;
+use crate::reduction::{PositionWeights, Reduction, position_weights};
 
-/// The denominator of a loss's mean over rows.
+/// The labels of a batch, which of its positions count, and how they are
+/// reduced: the third argument of [`KdLoss`](crate::KdLoss)'s,
+/// [`DkdLoss`](crate::dkd::DkdLoss)'s and
+/// [`FusedLinearKdLoss`](crate::FusedLinearKdLoss)'s forwards.
 ///
-/// With gradient accumulation or data parallelism a batch is split into
-/// micro-batches whose losses are summed. Dividing each micro-batch by its own
-/// count of kept rows weights its rows by `1/count_i` instead of `1/total`, so
-/// the summed loss and gradient change with the split wherever masks leave the
-/// micro-batches unequal. [`GlobalCount`](Self::GlobalCount) divides every
-/// micro-batch by the same total, so the sum is exactly the full batch's loss.
+/// A position is a row of `[rows, classes]` logits or a token of a language
+/// model's `[batch, seq, vocab]` logits; labels and masks have the logits'
+/// shape without the class axis (`[rows]` or `[batch, seq]`). A label tensor
+/// converts into `Targets` directly, so `kd.forward(student, teacher, labels)`
+/// needs no wrapper.
 ///
-/// ```
-/// use burn::tensor::{Device, Int, Tensor};
-/// use burn_distill::{KdLossConfig, Normalizer, Targets};
-///
-/// let device = Device::flex();
-/// let kd = KdLossConfig::new().init();
-/// let z = Tensor::<2>::from_floats([[1.0, 0.0], [0.0, 2.0], [0.5, 0.5]], &device);
-/// let v = Tensor::<2>::from_floats([[2.0, 0.0], [1.0, 1.0], [0.0, 3.0]], &device);
-/// let y = Tensor::<1, Int>::from_ints([0, 1, 1], &device);
-/// let whole = kd.forward(z.clone(), v.clone(), y.clone()).into_scalar::<f32>();
-/// // Two micro-batches of 2 and 1 rows, each divided by the 3 rows in all.
-/// let part = |rows: std::ops::Range<usize>| {
-///     let targets = Targets::new(y.clone().slice(rows.clone()))
-///         .with_normalizer(Normalizer::GlobalCount(3));
-///     let (z, v) = (z.clone().slice(rows.clone()), v.clone().slice(rows));
-///     kd.forward(z, v, targets).into_scalar::<f32>()
-/// };
-/// assert!((part(0..2) + part(2..3) - whole).abs() < 1e-6);
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Normalizer {
-    /// The rows kept in this call (not masked, label not `ignore_index`); a call
-    /// with none kept gives exactly 0 and a zero gradient. The default.
-    #[default]
-    KeptRows,
-    /// A count given by the caller, e.g. the kept tokens of all the
-    /// micro-batches or ranks that make one optimiser step. The kept rows'
-    /// losses are summed and divided by it (by 1 when it is 0: then no row
-    /// should be kept anywhere, and the sum is 0).
-    GlobalCount(usize),
-}
-
-/// The labels of a batch, which of its rows count, and how they are averaged:
-/// the third argument of [`KdLoss`](crate::KdLoss)'s and
-/// [`DkdLoss`](crate::dkd::DkdLoss)'s forwards.
-///
-/// A label tensor converts into `Targets` directly, so
-/// `kd.forward(student, teacher, labels)` needs no wrapper.
+/// Two masks, one per convention, each named for what `true` means:
+/// - [`with_padding_mask`](Self::with_padding_mask): `true` = padding, left
+///   out — burn's convention (the `mask` of `generate_padding_mask`), any
+///   shape of positions;
+/// - [`with_keep_rows`](Self::with_keep_rows): `true` = kept, for
+///   `[rows, classes]` logits only, so that a `[batch, seq]` padding mask
+///   cannot be passed there by accident.
 ///
 /// ```
 /// use burn::tensor::{Bool, Device, Int, Tensor};
@@ -62,29 +33,43 @@ pub enum Normalizer {
 ///
 /// let device = Device::flex();
 /// let kd = KdLossConfig::new().init();
-/// let z = Tensor::<2>::from_floats([[1.0, 0.0], [0.0, 2.0]], &device);
-/// let v = Tensor::<2>::from_floats([[2.0, 0.0], [1.0, 1.0]], &device);
-/// let y = Tensor::<1, Int>::from_ints([0, 1], &device);
-/// // Padding: only the first row counts.
-/// let keep = Tensor::<1, Bool>::from_data([true, false], &device);
-/// let masked = kd.forward(z.clone(), v.clone(), Targets::new(y.clone()).with_keep_rows(keep));
-/// let first = kd.forward(z.slice(0..1), v.slice(0..1), y.slice(0..1));
-/// assert_eq!(masked.into_scalar::<f32>(), first.into_scalar::<f32>());
+/// // One sequence of 3 tokens over 2 classes, its last token padding.
+/// let z = Tensor::<3>::from_floats([[[1.0, 0.0], [0.0, 2.0], [9.0, 9.0]]], &device);
+/// let v = Tensor::<3>::from_floats([[[2.0, 0.0], [1.0, 1.0], [0.0, 0.0]]], &device);
+/// let y = Tensor::<2, Int>::from_ints([[0, 1, 0]], &device);
+/// let padding = Tensor::<2, Bool>::from_data([[false, false, true]], &device);
+/// let masked = kd.forward(z.clone(), v.clone(), Targets::new(y.clone()).with_padding_mask(padding));
+/// // The same as the first two tokens alone.
+/// let first_two = kd.forward(z.slice([0..1, 0..2]), v.slice([0..1, 0..2]), y.slice([0..1, 0..2]));
+/// assert_eq!(masked.into_scalar::<f32>(), first_two.into_scalar::<f32>());
 /// ```
 #[derive(Debug, Clone)]
 pub struct Targets {
+    /// One label per position, flattened to `[positions]`.
     pub(crate) labels: Option<Tensor<1, Int>>,
+    /// The labels' shape as given.
+    pub(crate) labels_shape: Vec<usize>,
     pub(crate) keep_rows: Option<Tensor<1, Bool>>,
-    pub(crate) normalizer: Normalizer,
+    /// `true` = padding, flattened to `[positions]`.
+    pub(crate) padding_mask: Option<Tensor<1, Bool>>,
+    /// The padding mask's shape as given.
+    pub(crate) padding_shape: Vec<usize>,
+    pub(crate) reduction: Reduction,
+    /// Weights fixed by the caller inside the crate (the fused linear loss's
+    /// chunks, weighed by the whole batch); `None`: from `reduction`.
+    pub(crate) weights: Option<PositionWeights>,
 }
 
 impl Targets {
-    /// Class labels, one per row, in `0..classes` (or the loss's `ignore_index`).
-    pub fn new(labels: Tensor<1, Int>) -> Self {
+    /// Class labels, one per position (`[rows]`, or `[batch, seq]` for a
+    /// language model's tokens), in `0..classes` (or the loss's `ignore_index`).
+    pub fn new<const D: usize>(labels: Tensor<D, Int>) -> Self {
+        let labels_shape = labels.dims().to_vec();
+        let labels = labels.flatten::<1>(0, D - 1);
         Self {
             labels: Some(labels),
-            keep_rows: None,
-            normalizer: Normalizer::KeptRows,
+            labels_shape,
+            ..Self::unlabelled()
         }
     }
 
@@ -93,53 +78,92 @@ impl Targets {
     pub fn unlabelled() -> Self {
         Self {
             labels: None,
+            labels_shape: Vec::new(),
             keep_rows: None,
-            normalizer: Normalizer::KeptRows,
+            padding_mask: None,
+            padding_shape: Vec::new(),
+            reduction: Reduction::Mean,
+            weights: None,
         }
     }
 
-    /// Only rows where `keep_rows` is true count (e.g. not padding); the others
-    /// contribute exactly 0 and get no gradient. `[batch]`.
+    /// Only rows where `keep_rows` is true count; the others contribute
+    /// exactly 0 and get no gradient. `[rows]`, for `[rows, classes]` logits
+    /// only (sequences take [`with_padding_mask`](Self::with_padding_mask)).
     pub fn with_keep_rows(mut self, keep_rows: Tensor<1, Bool>) -> Self {
         self.keep_rows = Some(keep_rows);
         self
     }
 
-    /// The denominator of the mean (default: the kept rows of this call).
-    pub fn with_normalizer(mut self, normalizer: Normalizer) -> Self {
-        self.normalizer = normalizer;
+    /// Positions where `padding_mask` is **true are padding**: they contribute
+    /// exactly 0 and get no gradient. burn's convention — the `mask` of
+    /// `generate_padding_mask` passes as it is. The logits' shape without the
+    /// class axis: `[batch, seq]` for `[batch, seq, vocab]` logits, `[rows]`
+    /// for `[rows, classes]`.
+    pub fn with_padding_mask<const D: usize>(mut self, padding_mask: Tensor<D, Bool>) -> Self {
+        self.padding_shape = padding_mask.dims().to_vec();
+        self.padding_mask = Some(padding_mask.flatten::<1>(0, D - 1));
         self
     }
 
-    /// The labels, if any.
+    /// How the positions' losses are reduced (default: [`Reduction::Mean`]).
+    pub fn with_reduction(mut self, reduction: Reduction) -> Self {
+        self.reduction = reduction;
+        self
+    }
+
+    /// The earlier name of [`with_reduction`](Self::with_reduction).
+    #[deprecated(since = "0.3.0", note = "renamed `with_reduction`")]
+    pub fn with_normalizer(self, reduction: Reduction) -> Self {
+        self.with_reduction(reduction)
+    }
+
+    /// The labels, if any, flattened to one per position.
     pub fn labels(&self) -> Option<&Tensor<1, Int>> {
         self.labels.as_ref()
     }
 
-    /// The row mask, if any.
+    /// The row mask (`true` = kept), if any.
     pub fn keep_rows(&self) -> Option<&Tensor<1, Bool>> {
         self.keep_rows.as_ref()
     }
 
-    /// The normaliser.
-    pub fn normalizer(&self) -> Normalizer {
-        self.normalizer
+    /// The padding mask (`true` = padding), if any, flattened to one per position.
+    pub fn padding_mask(&self) -> Option<&Tensor<1, Bool>> {
+        self.padding_mask.as_ref()
     }
 
-    /// Checks the targets against the student's logits: one label per row, on
-    /// the student's device, each in `0..classes` or equal to `ignore_index`
-    /// (their bounds are read back); a mask of one entry per row on the same
-    /// device.
+    /// The reduction.
+    pub fn reduction(&self) -> Reduction {
+        self.reduction
+    }
+
+    /// The earlier name of [`reduction`](Self::reduction).
+    #[deprecated(since = "0.3.0", note = "renamed `reduction`")]
+    pub fn normalizer(&self) -> Reduction {
+        self.reduction
+    }
+
+    /// Checks the targets against the student's positions (`positions`: its
+    /// logits' shape without the class axis), its `[rows, ·]` tensor
+    /// `student` (named `student_argument`) and `classes`: labels and
+    /// padding mask of that shape, a row mask only for `[rows]` positions,
+    /// all on the student's device, labels in `0..classes` or equal to
+    /// `ignore_index` (their bounds are read back), and a
+    /// [`Reduction::GlobalCount`] of 0 only where nothing is kept.
     pub(crate) fn check(
         &self,
-        student_logits: &Tensor<2>,
+        student_argument: &'static str,
+        student: &Tensor<2>,
+        classes: usize,
+        positions: &[usize],
         ignore_index: Option<i64>,
     ) -> Result<(), DistillError> {
-        let [batch, classes] = student_logits.dims();
-        check_non_empty("student_logits", &[batch, classes])?;
+        let rows = student.dims()[0];
+        check_non_empty(student_argument, &[rows, classes])?;
         if let Some(labels) = &self.labels {
-            check_targets_length(labels, batch)?;
-            check_device("student_logits", student_logits, "targets", labels)?;
+            check_positions("targets", &self.labels_shape, positions)?;
+            check_device(student_argument, student, "targets", labels)?;
             check_index_bounds(
                 "targets",
                 &usable_labels(labels.clone(), ignore_index),
@@ -147,23 +171,103 @@ impl Targets {
             )?;
         }
         if let Some(keep) = &self.keep_rows {
-            check_mask_length(keep, batch)?;
-            check_device("student_logits", student_logits, "keep_rows", keep)?;
+            if positions.len() != 1 {
+                return Err(DistillError::PositionsMismatch {
+                    argument: "keep_rows",
+                    found: keep.dims().to_vec(),
+                    positions: positions.to_vec(),
+                });
+            }
+            check_mask_length(keep, rows)?;
+            check_device(student_argument, student, "keep_rows", keep)?;
+        }
+        if let Some(padding) = &self.padding_mask {
+            check_positions("padding_mask", &self.padding_shape, positions)?;
+            check_device(student_argument, student, "padding_mask", padding)?;
+        }
+        if self.reduction == Reduction::GlobalCount(0) && self.weights.is_none() {
+            // Read back only here: a count of 0 is the rare case to refuse.
+            let kept = match self.kept_rows(ignore_index) {
+                Some(keep) => keep.int().sum().into_scalar::<i64>() as usize,
+                None => rows,
+            };
+            if kept > 0 {
+                return Err(DistillError::ZeroGlobalCount { kept });
+            }
         }
         Ok(())
     }
 
-    /// The rows that count: those kept by the mask and not labelled `ignore_index`.
+    /// The positions that count: not padding, kept by the row mask, not
+    /// labelled `ignore_index`. `None`: all of them.
     pub(crate) fn kept_rows(&self, ignore_index: Option<i64>) -> Option<Tensor<1, Bool>> {
         let labelled = match (&self.labels, ignore_index) {
             (Some(labels), Some(ignore)) => Some(labels.clone().not_equal_elem(ignore)),
             _ => None,
         };
-        match (self.keep_rows.clone(), labelled) {
-            (Some(a), Some(b)) => Some(a.bool_and(b)),
-            (a, b) => a.or(b),
+        let not_padding = self.padding_mask.clone().map(Tensor::bool_not);
+        [self.keep_rows.clone(), not_padding, labelled]
+            .into_iter()
+            .flatten()
+            .reduce(Tensor::bool_and)
+    }
+
+    /// The weight of each position in the reduced loss (see [`Reduction`]),
+    /// in `dtype`, the loss's compute dtype.
+    pub(crate) fn position_weights(
+        &self,
+        keep: Option<&Tensor<1, Bool>>,
+        positions: &[usize],
+        dtype: DType,
+    ) -> PositionWeights {
+        match &self.weights {
+            Some(weights) => weights.clone(),
+            None => position_weights(self.reduction, keep, positions, dtype),
         }
     }
+
+    /// The targets of rows `start..end` of the flattened positions, weighed
+    /// by `weights` (the whole batch's), for a loss computed chunk by chunk.
+    pub(crate) fn chunk(&self, start: usize, end: usize, weights: &PositionWeights) -> Targets {
+        let slice_bool = |mask: &Tensor<1, Bool>| mask.clone().slice(start..end);
+        Targets {
+            labels: self
+                .labels
+                .as_ref()
+                .map(|labels| labels.clone().slice(start..end)),
+            labels_shape: vec![end - start],
+            keep_rows: self.keep_rows.as_ref().map(slice_bool),
+            padding_mask: self.padding_mask.as_ref().map(slice_bool),
+            padding_shape: vec![end - start],
+            reduction: self.reduction,
+            weights: Some(weights.slice(start, end)),
+        }
+    }
+}
+
+/// A label or mask tensor has the student's positions.
+fn check_positions(
+    argument: &'static str,
+    found: &[usize],
+    positions: &[usize],
+) -> Result<(), DistillError> {
+    if found == positions {
+        return Ok(());
+    }
+    // `[rows]` labels for `[rows, classes]` logits keep their own message.
+    if let ([found], [rows]) = (found, positions)
+        && argument == "targets"
+    {
+        return Err(DistillError::TargetsLength {
+            targets: *found,
+            batch: *rows,
+        });
+    }
+    Err(DistillError::PositionsMismatch {
+        argument,
+        found: found.to_vec(),
+        positions: positions.to_vec(),
+    })
 }
 
 /// `x` with the rows that do not count set to 0, for the autodiff path: a
@@ -195,35 +299,8 @@ pub(crate) fn usable_labels(labels: Tensor<1, Int>, ignore_index: Option<i64>) -
     }
 }
 
-impl From<Tensor<1, Int>> for Targets {
-    fn from(labels: Tensor<1, Int>) -> Self {
+impl<const D: usize> From<Tensor<D, Int>> for Targets {
+    fn from(labels: Tensor<D, Int>) -> Self {
         Self::new(labels)
-    }
-}
-
-/// The mean of per-row values over the kept rows, by `normalizer`. Dropped rows
-/// are zeroed first (value and gradient).
-pub(crate) fn reduce_rows(
-    rows: Tensor<1>,
-    keep: Option<Tensor<1, Bool>>,
-    normalizer: Normalizer,
-) -> Tensor<1> {
-    let rows = match &keep {
-        Some(keep) => rows.mask_fill(keep.clone().bool_not(), 0.0),
-        None => rows,
-    };
-    match (normalizer, keep) {
-        (Normalizer::GlobalCount(count), _) => rows.sum().mul_scalar(1.0 / count.max(1) as f64),
-        // The sum over the rows divided by their count, not `mean()`: on wgpu,
-        // burn 0.22.1's mean of 0..70001 is 30674.2 (35000 exact) while the
-        // sum is right (measured on lavapipe).
-        (Normalizer::KeptRows, None) => {
-            let count = rows.dims()[0].max(1);
-            rows.sum().mul_scalar(1.0 / count as f64)
-        }
-        (Normalizer::KeptRows, Some(keep)) => {
-            let count = keep.float().cast(rows.dtype()).sum().clamp_min(1.0);
-            rows.sum() / count
-        }
     }
 }

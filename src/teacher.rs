@@ -13,7 +13,11 @@ use crate::temperature::standardize;
 /// What the teacher provides to [`KdLoss`](crate::KdLoss) and
 /// [`DkdLoss`](crate::dkd::DkdLoss).
 ///
-/// A `Tensor<2>` converts into [`TeacherOutput::Logits`] and a
+/// Its rank `D` is the student's: 2 for `[rows, classes]` logits, 3 for a
+/// language model's `[batch, seq, vocab]`; the teacher has the student's
+/// positions (its shape without the class axis).
+///
+/// A `Tensor<D>` converts into [`TeacherOutput::Logits`] and a
 /// [`SparseTeacher`] into [`TeacherOutput::TopK`], so
 /// `kd.forward(student, teacher_logits, labels)` needs no wrapper. The teacher
 /// is detached inside: it never receives a gradient.
@@ -41,30 +45,33 @@ use crate::temperature::standardize;
 // Built once per loss call and moved, never stored in bulk: boxing the larger
 // variant would buy nothing and cost every caller a `Box`.
 #[allow(clippy::large_enum_variant)]
-pub enum TeacherOutput {
-    /// Raw logits `v`, `[batch, classes]`: the soft targets are `softmax(v / T)`.
-    Logits(Tensor<2>),
+pub enum TeacherOutput<const D: usize = 2> {
+    /// Raw logits `v`, the student's shape (`[rows, classes]` or
+    /// `[batch, seq, vocab]`): the soft targets are `softmax(v / T)`.
+    Logits(Tensor<D>),
     /// Soft targets already at the distillation temperature, as probabilities
     /// (each row summing to 1; zeros allowed, meaning classes ruled out;
     /// negative or NaN entries are refused).
-    Probs(Tensor<2>),
+    Probs(Tensor<D>),
     /// The same as log-probabilities (`−inf` allowed).
-    LogProbs(Tensor<2>),
+    LogProbs(Tensor<D>),
     /// The teacher's top-k classes and their log-probabilities at the
     /// distillation temperature, the rest lumped into one tail bucket: every
     /// divergence is then taken over the `k + 1` buckets of both models
-    /// (equal to the dense loss at `k = classes`). Not with logit
-    /// standardisation, which needs the teacher's logits.
+    /// (equal to the dense loss at `k = classes`). One row per position of
+    /// the student (for `[batch, seq, vocab]` logits, row `b·seq + s` is token
+    /// `s` of sequence `b`, as a teacher store's `rows_of` returns them). Not
+    /// with logit standardisation, which needs the teacher's logits.
     TopK(SparseTeacher),
 }
 
-impl From<Tensor<2>> for TeacherOutput {
-    fn from(logits: Tensor<2>) -> Self {
+impl<const D: usize> From<Tensor<D>> for TeacherOutput<D> {
+    fn from(logits: Tensor<D>) -> Self {
         Self::Logits(logits)
     }
 }
 
-impl From<SparseTeacher> for TeacherOutput {
+impl<const D: usize> From<SparseTeacher> for TeacherOutput<D> {
     fn from(teacher: SparseTeacher) -> Self {
         Self::TopK(teacher)
     }

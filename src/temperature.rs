@@ -170,7 +170,7 @@ fn scale<const D: usize>(logits: Tensor<D>, temperature: f64) -> Tensor<D> {
 pub fn standardize(logits: Tensor<2>) -> Tensor<2> {
     let [_, classes] = logits.dims();
     // A sum over the row divided by its length, not `mean_dim`: burn 0.22.1's
-    // mean on wgpu is wrong past 65,535 elements (see `targets::reduce_rows`).
+    // mean on wgpu is wrong past 65,535 elements (see `reduction::reduce`).
     let mean = logits.clone().sum_dim(1).mul_scalar(1.0 / classes as f64);
     let centred = logits - mean;
     // Divided by the row's largest deviation first (at least 1), so that the

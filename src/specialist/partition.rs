@@ -40,7 +40,7 @@ pub fn try_class_covariance(probs: Tensor<2>) -> Result<Tensor<2>, DistillError>
         });
     }
     // Sum / n, not `mean_dim` (wrong on wgpu past 65,535 rows; see
-    // `targets::reduce_rows`).
+    // `reduction::reduce`).
     let centred = probs.clone() - probs.clone().sum_dim(0).mul_scalar(1.0 / n as f64);
     Ok(centred
         .clone()

@@ -1,4 +1,5 @@
-//! The [`Distiller`]: a student, a teacher source and a [`KdLoss`] as one
+//! The [`Distiller`]: a student, a teacher source and a distillation loss
+//! ([`KdLoss`] by default, or any [`DistillLoss`] on logits) as one
 //! burn-train model.
 
 use burn::module::Module;
@@ -10,9 +11,12 @@ use super::classifier::Classifier;
 use super::output::DistillOutput;
 use super::teacher::TeacherSource;
 use crate::kd::KdLoss;
+use crate::loss::DistillLoss;
+use crate::targets::Targets;
 use crate::teacher::TeacherOutput;
 
-/// A student distilled from a teacher by a [`KdLoss`], as a model burn's
+/// A student distilled from a teacher by a [`KdLoss`] (or another
+/// [`DistillLoss`] on logits, e.g. [`DkdLoss`](crate::dkd::DkdLoss)), as a model burn's
 /// `Learner` trains: `TrainStep` runs the teacher (frozen), the student and
 /// the loss, and returns the student's gradients; `InferenceStep` does the
 /// same without gradients for validation.
@@ -62,18 +66,23 @@ use crate::teacher::TeacherOutput;
 /// learner.optimizer_step(step.grads);
 /// ```
 #[derive(Module, Debug)]
-pub struct Distiller<S, T> {
+pub struct Distiller<S, T, L = KdLoss> {
     student: S,
     #[module(skip)]
     teacher: T,
-    loss: KdLoss,
+    loss: L,
     teacher_in_validation: bool,
 }
 
-impl<S: Classifier, T: TeacherSource<S::Input>> Distiller<S, T> {
+impl<S, T, L> Distiller<S, T, L>
+where
+    S: Classifier,
+    T: TeacherSource<S::Input>,
+    L: DistillLoss<2, Student = Tensor<2>, Teacher = TeacherOutput>,
+{
     /// Distils `student` from `teacher` with `loss`. Validation steps run the
     /// teacher too (see [`with_teacher_in_validation`](Self::with_teacher_in_validation)).
-    pub fn new(student: S, teacher: T, loss: KdLoss) -> Self {
+    pub fn new(student: S, teacher: T, loss: L) -> Self {
         Self {
             student,
             teacher,
@@ -109,7 +118,7 @@ impl<S: Classifier, T: TeacherSource<S::Input>> Distiller<S, T> {
     }
 
     /// The loss.
-    pub fn loss(&self) -> &KdLoss {
+    pub fn loss(&self) -> &L {
         &self.loss
     }
 
@@ -142,9 +151,9 @@ impl<S: Classifier, T: TeacherSource<S::Input>> Distiller<S, T> {
         match teacher {
             Some(teacher) => {
                 let teacher_top1 = top1(&teacher);
-                let parts = self
-                    .loss
-                    .forward_parts(logits.clone(), teacher, targets.clone());
+                let parts =
+                    self.loss
+                        .forward_parts(logits.clone(), teacher, Targets::new(targets.clone()));
                 DistillOutput {
                     loss: parts.total,
                     soft: Some(parts.soft),
@@ -155,18 +164,15 @@ impl<S: Classifier, T: TeacherSource<S::Input>> Distiller<S, T> {
                 }
             }
             None => {
-                // The hard term exactly as the loss computes it (labels,
-                // ignore_index): against the student's own detached logits
-                // the soft term is 0 and only the hard term is kept.
-                let parts = self.loss.forward_parts(
-                    logits.clone(),
-                    logits.clone().detach(),
-                    targets.clone(),
-                );
+                // The hard term as the loss itself computes it (labels,
+                // ignore_index).
+                let hard = self
+                    .loss
+                    .forward_hard(logits.clone(), Targets::new(targets.clone()));
                 DistillOutput {
-                    loss: parts.hard.clone(),
+                    loss: hard.clone(),
                     soft: None,
-                    hard: parts.hard,
+                    hard,
                     output: logits,
                     targets,
                     teacher_top1: None,
@@ -192,7 +198,12 @@ fn top1(teacher: &TeacherOutput) -> Tensor<1, Int> {
     }
 }
 
-impl<S: Classifier, T: TeacherSource<S::Input>> TrainStep for Distiller<S, T> {
+impl<S, T, L> TrainStep for Distiller<S, T, L>
+where
+    S: Classifier,
+    T: TeacherSource<S::Input>,
+    L: DistillLoss<2, Student = Tensor<2>, Teacher = TeacherOutput>,
+{
     type Input = ClassificationBatch<S::Input>;
     type Output = DistillOutput;
 
@@ -203,7 +214,12 @@ impl<S: Classifier, T: TeacherSource<S::Input>> TrainStep for Distiller<S, T> {
     }
 }
 
-impl<S: Classifier, T: TeacherSource<S::Input>> InferenceStep for Distiller<S, T> {
+impl<S, T, L> InferenceStep for Distiller<S, T, L>
+where
+    S: Classifier,
+    T: TeacherSource<S::Input>,
+    L: DistillLoss<2, Student = Tensor<2>, Teacher = TeacherOutput>,
+{
     type Input = ClassificationBatch<S::Input>;
     type Output = DistillOutput;
 

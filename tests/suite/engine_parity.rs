@@ -9,7 +9,7 @@ use crate::common;
 
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use burn_distill::{
-    Divergence, KdLoss, KdLossConfig, Normalizer, SparseTeacher, Targets, TeacherOutput,
+    Divergence, KdLoss, KdLossConfig, Reduction, SparseTeacher, Targets, TeacherOutput,
 };
 use common::{assert_allclose, devices, devices_f64, labels, tensor2, tensor2_f64, values};
 use serde::Deserialize;
@@ -89,7 +89,7 @@ fn targets(case: &Case, device: &Device) -> Targets {
         ));
     }
     if let Some(count) = case.global_count {
-        targets = targets.with_normalizer(Normalizer::GlobalCount(count));
+        targets = targets.with_reduction(Reduction::GlobalCount(count));
     }
     targets
 }

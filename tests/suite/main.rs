@@ -16,6 +16,7 @@ mod gradients;
 mod linear;
 mod numerics;
 mod properties;
+mod sequences;
 mod specialists;
 #[cfg(feature = "store")]
 mod store;

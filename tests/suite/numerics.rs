@@ -9,7 +9,7 @@ use crate::common;
 use burn::tensor::{DType, Device, Tensor, TensorData};
 use burn_distill::temperature::standardize;
 use burn_distill::{
-    Divergence, DkdLossConfig, KdLossConfig, Normalizer, SparseTeacher, Targets, TeacherOutput,
+    Divergence, DkdLossConfig, KdLossConfig, Reduction, SparseTeacher, Targets, TeacherOutput,
 };
 use common::{
     EVERY_DIVERGENCE, Normals, Rng, assert_allclose, devices, devices_f64, labels,
@@ -605,7 +605,7 @@ fn micro_batches_sum_to_the_full_batch() {
                     .with_fused_kernel(fused)
                     .with_ignore_index(Some(-100))
                     .init();
-                let run = |range: std::ops::Range<usize>, normalizer: Normalizer| {
+                let run = |range: std::ops::Range<usize>, reduction: Reduction| {
                     let n = range.len();
                     let zt = tensor2_f64(
                         &z[range.start * classes..range.end * classes],
@@ -624,17 +624,17 @@ fn micro_batches_sum_to_the_full_batch() {
                     );
                     let targets = Targets::new(labels(&y[range], &device))
                         .with_keep_rows(mask)
-                        .with_normalizer(normalizer);
+                        .with_reduction(reduction);
                     let loss = kd.forward(zt.clone(), TeacherOutput::Logits(vt), targets);
                     let grad = values(zt.grad(&loss.clone().backward()).expect("gradient"));
                     (values(loss)[0], grad)
                 };
-                let (whole, whole_grad) = run(0..rows, Normalizer::KeptRows);
+                let (whole, whole_grad) = run(0..rows, Reduction::Mean);
                 for cuts in [vec![0, 4, 10], vec![0, 1, 2, 7, 10], vec![0, 3, 6, 9, 10]] {
                     let mut sum = 0.0;
                     let mut grad = Vec::new();
                     for pair in cuts.windows(2) {
-                        let (loss, g) = run(pair[0]..pair[1], Normalizer::GlobalCount(kept));
+                        let (loss, g) = run(pair[0]..pair[1], Reduction::GlobalCount(kept));
                         sum += loss;
                         grad.extend(g);
                     }

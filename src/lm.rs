@@ -1,0 +1,169 @@
+//! Language models: a batch of token sequences and the causal shift, done
+//! once here — position `t` of a causal LM's logits predicts token `t + 1`.
+
+use burn::tensor::{Bool, Int, Tensor};
+
+use crate::check::{check_device, check_non_empty};
+use crate::error::DistillError;
+use crate::targets::Targets;
+
+/// A batch of token sequences for a causal language model: the token ids,
+/// which of them are padding, and which belong to the prompt (when only
+/// completions are scored).
+///
+/// [`next_token_targets`](Self::next_token_targets) makes the loss's
+/// [`Targets`] for the model's `[batch, seq, vocab]` logits over `tokens`:
+/// position `t` is labelled with token `t + 1`, and it counts when token
+/// `t + 1` exists, is not padding and is not in the prompt, and position `t`
+/// itself is not padding.
+///
+/// ```
+/// use burn::tensor::{Bool, Device, Int, Tensor};
+/// use burn_distill::lm::TokenBatch;
+///
+/// let device = Device::flex();
+/// // "a b c" and "d e" padded with 0; the first token of each is the prompt.
+/// let tokens = Tensor::<2, Int>::from_ints([[7, 8, 9], [4, 5, 0]], &device);
+/// let padding = Tensor::<2, Bool>::from_data([[false, false, false], [false, false, true]], &device);
+/// let prompt = Tensor::<2, Bool>::from_data([[true, false, false], [true, false, false]], &device);
+/// let batch = TokenBatch::new(tokens).with_padding_mask(padding).with_prompt_mask(prompt);
+/// let targets = batch.next_token_targets().unwrap();
+/// // Labels: the next token (the last position's is unused).
+/// let labels: Vec<i64> = targets.labels().unwrap().clone().into_data().iter::<i64>().collect();
+/// assert_eq!(labels, vec![8, 9, 0, 5, 0, 0]);
+/// // Counted: "a→b", "b→c" and "d→e".
+/// assert_eq!(batch.counted_tokens().unwrap(), 3);
+/// ```
+#[derive(Debug, Clone)]
+pub struct TokenBatch {
+    /// Token ids, `[batch, seq]`.
+    pub tokens: Tensor<2, Int>,
+    /// `true` on padding (burn's convention, as `generate_padding_mask`
+    /// makes it), `[batch, seq]`; `None`: no padding.
+    pub padding_mask: Option<Tensor<2, Bool>>,
+    /// `true` on prompt tokens, which are input but never predicted,
+    /// `[batch, seq]`; `None`: every token is scored.
+    pub prompt_mask: Option<Tensor<2, Bool>>,
+    /// Each sequence's index in its data set (what a teacher store reads
+    /// by); empty when the teacher runs live.
+    pub examples: Vec<usize>,
+}
+
+impl TokenBatch {
+    /// Sequences of token ids, `[batch, seq]`, with no padding and no prompt.
+    pub fn new(tokens: Tensor<2, Int>) -> Self {
+        Self {
+            tokens,
+            padding_mask: None,
+            prompt_mask: None,
+            examples: Vec::new(),
+        }
+    }
+
+    /// Padding, `true` on padding tokens (burn's convention).
+    pub fn with_padding_mask(mut self, padding_mask: Tensor<2, Bool>) -> Self {
+        self.padding_mask = Some(padding_mask);
+        self
+    }
+
+    /// The prompt, `true` on prompt tokens: they are never predicted.
+    pub fn with_prompt_mask(mut self, prompt_mask: Tensor<2, Bool>) -> Self {
+        self.prompt_mask = Some(prompt_mask);
+        self
+    }
+
+    /// Each sequence's index in its data set.
+    pub fn with_examples(mut self, examples: Vec<usize>) -> Self {
+        self.examples = examples;
+        self
+    }
+
+    /// `[batch, seq]`.
+    pub fn dims(&self) -> [usize; 2] {
+        self.tokens.dims()
+    }
+
+    /// Checks the masks' shapes and devices against the tokens', and the
+    /// examples' count (when given) against the batch.
+    pub fn check(&self) -> Result<(), DistillError> {
+        let [batch, seq] = self.dims();
+        check_non_empty("tokens", &[batch, seq])?;
+        for (argument, mask) in [
+            ("padding_mask", &self.padding_mask),
+            ("prompt_mask", &self.prompt_mask),
+        ] {
+            if let Some(mask) = mask {
+                if mask.dims() != [batch, seq] {
+                    return Err(DistillError::PositionsMismatch {
+                        argument,
+                        found: mask.dims().to_vec(),
+                        positions: vec![batch, seq],
+                    });
+                }
+                check_device("tokens", &self.tokens, argument, mask)?;
+            }
+        }
+        if !self.examples.is_empty() && self.examples.len() != batch {
+            return Err(DistillError::BatchMismatch {
+                argument: "examples",
+                found: self.examples.len(),
+                expected: batch,
+            });
+        }
+        Ok(())
+    }
+
+    /// The next-token targets of the model's logits over `tokens`: labels
+    /// `[batch, seq]` (position `t`: token `t + 1`; the last position's label
+    /// is 0 and never counts) and the padding mask of the positions that do
+    /// not count (see the type's documentation).
+    pub fn next_token_targets(&self) -> Result<Targets, DistillError> {
+        self.check()?;
+        let [batch, seq] = self.dims();
+        let device = self.tokens.device();
+        if seq == 1 {
+            // One token per sequence: nothing to predict.
+            let none = Tensor::<2, Int>::ones([batch, 1], &device).equal_elem(1);
+            return Ok(
+                Targets::new(Tensor::<2, Int>::zeros([batch, 1], &device)).with_padding_mask(none)
+            );
+        }
+        let end_int = Tensor::<2, Int>::zeros([batch, 1], &device);
+        let end_true = Tensor::<2, Int>::ones([batch, 1], &device).equal_elem(1);
+        let next =
+            |t: Tensor<2, Int>| Tensor::cat(vec![t.slice([0..batch, 1..seq]), end_int.clone()], 1);
+        let next_mask = |m: Tensor<2, Bool>| {
+            Tensor::cat(vec![m.slice([0..batch, 1..seq]), end_true.clone()], 1)
+        };
+        let labels = next(self.tokens.clone());
+        // The last position has no next token.
+        let last = Tensor::cat(
+            vec![
+                Tensor::<2, Int>::zeros([batch, seq - 1], &device).equal_elem(1),
+                end_true.clone(),
+            ],
+            1,
+        );
+        let mut left_out = last;
+        if let Some(padding) = &self.padding_mask {
+            left_out = left_out
+                .bool_or(padding.clone())
+                .bool_or(next_mask(padding.clone()));
+        }
+        if let Some(prompt) = &self.prompt_mask {
+            left_out = left_out.bool_or(next_mask(prompt.clone()));
+        }
+        Ok(Targets::new(labels).with_padding_mask(left_out))
+    }
+
+    /// The number of positions [`next_token_targets`](Self::next_token_targets)
+    /// counts (read back from the device): the normaliser of a step that
+    /// spans several batches is the sum of theirs.
+    pub fn counted_tokens(&self) -> Result<usize, DistillError> {
+        let targets = self.next_token_targets()?;
+        let left_out = targets.padding_mask().expect("next_token_targets sets one");
+        let [positions] = left_out.dims();
+        let dropped = left_out.clone().int().sum().into_scalar::<i64>() as usize;
+        Ok(positions - dropped)
+    }
+}
