@@ -152,7 +152,8 @@ impl<const D: usize> LinearTeacher<D> {
     /// The teacher flattened to rows, after checking that a dense one has the
     /// student's `positions`.
     fn into_rows(self, positions: &[usize]) -> Result<LinearTeacher, DistillError> {
-        let same = |found: Vec<usize>, argument| match found == positions {
+        // `[rows]` positions: the rows check after this names both counts.
+        let same = |found: Vec<usize>, argument| match found == positions || positions.len() == 1 {
             true => Ok(()),
             false => Err(DistillError::PositionsMismatch {
                 argument,

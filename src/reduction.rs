@@ -118,7 +118,12 @@ pub(crate) fn position_weights(
             let (batch, seq) = sequences.expect("matched");
             let kept = keep.clone().float().cast(dtype).reshape([batch, seq]);
             let per_sequence = kept.clone().sum_dim(1); // [batch, 1]
-            let sequences_kept = per_sequence.clone().greater_elem(0.0).float().sum();
+            let sequences_kept = per_sequence
+                .clone()
+                .greater_elem(0.0)
+                .float()
+                .cast(dtype)
+                .sum();
             let weights = kept / per_sequence.clamp_min(1.0);
             PositionWeights::PerPosition(weights.reshape([rows]) / sequences_kept.clamp_min(1.0))
         }
