@@ -125,7 +125,8 @@ impl TokenBatch {
             // One token per sequence: nothing to predict.
             let none = Tensor::<2, Int>::ones([batch, 1], &device).equal_elem(1);
             return Ok(
-                Targets::new(Tensor::<2, Int>::zeros([batch, 1], &device)).with_padding_mask(none)
+                Targets::for_sequences(Tensor::<2, Int>::zeros([batch, 1], &device))
+                    .with_padding_mask(none),
             );
         }
         let end_int = Tensor::<2, Int>::zeros([batch, 1], &device);
@@ -153,7 +154,7 @@ impl TokenBatch {
         if let Some(prompt) = &self.prompt_mask {
             left_out = left_out.bool_or(next_mask(prompt.clone()));
         }
-        Ok(Targets::new(labels).with_padding_mask(left_out))
+        Ok(Targets::for_sequences(labels).with_padding_mask(left_out))
     }
 
     /// The number of positions [`next_token_targets`](Self::next_token_targets)

@@ -32,7 +32,7 @@ use crate::teacher::TeacherOutput;
 /// where
 ///     L: DistillLoss<3, Student = Tensor<3>, Teacher = TeacherOutput<3>>,
 /// {
-///     loss.forward(z, TeacherOutput::Logits(v), Targets::new(y)).into_scalar::<f32>()
+///     loss.forward(z, TeacherOutput::Logits(v), Targets::for_sequences(y)).into_scalar::<f32>()
 /// }
 ///
 /// let device = Device::flex();

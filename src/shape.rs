@@ -23,14 +23,14 @@ mod sealed {
 ///
 /// ```
 /// use burn::tensor::{Device, Int, Tensor};
-/// use burn_distill::KdLossConfig;
+/// use burn_distill::{KdLossConfig, Targets};
 ///
 /// let device = Device::flex();
 /// let kd = KdLossConfig::new().init();
 /// let z = Tensor::<3>::zeros([2, 5, 7], &device);
 /// let v = Tensor::<3>::ones([2, 5, 7], &device);
 /// let y = Tensor::<2, Int>::zeros([2, 5], &device);
-/// let per_token: Tensor<2> = kd.forward_no_reduction(z, v, y);
+/// let per_token: Tensor<2> = kd.forward_no_reduction(z, v, Targets::for_sequences(y));
 /// assert_eq!(per_token.dims(), [2, 5]);
 /// ```
 pub trait LogitsShape: sealed::Sealed {

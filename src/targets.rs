@@ -15,9 +15,10 @@ use crate::reduction::{PositionWeights, Reduction, position_weights};
 ///
 /// A position is a row of `[rows, classes]` logits or a token of a language
 /// model's `[batch, seq, vocab]` logits; labels and masks have the logits'
-/// shape without the class axis (`[rows]` or `[batch, seq]`). A label tensor
-/// converts into `Targets` directly, so `kd.forward(student, teacher, labels)`
-/// needs no wrapper.
+/// shape without the class axis (`[rows]` or `[batch, seq]`). A `[rows]` label
+/// tensor converts into `Targets` directly, so `kd.forward(student, teacher,
+/// labels)` needs no wrapper; `[batch, seq]` labels go through
+/// [`for_sequences`](Self::for_sequences).
 ///
 /// Two masks, one per convention, each named for what `true` means:
 /// - [`with_padding_mask`](Self::with_padding_mask): `true` = padding, left
@@ -38,9 +39,11 @@ use crate::reduction::{PositionWeights, Reduction, position_weights};
 /// let v = Tensor::<3>::from_floats([[[2.0, 0.0], [1.0, 1.0], [0.0, 0.0]]], &device);
 /// let y = Tensor::<2, Int>::from_ints([[0, 1, 0]], &device);
 /// let padding = Tensor::<2, Bool>::from_data([[false, false, true]], &device);
-/// let masked = kd.forward(z.clone(), v.clone(), Targets::new(y.clone()).with_padding_mask(padding));
+/// let targets = Targets::for_sequences(y.clone()).with_padding_mask(padding);
+/// let masked = kd.forward(z.clone(), v.clone(), targets);
 /// // The same as the first two tokens alone.
-/// let first_two = kd.forward(z.slice([0..1, 0..2]), v.slice([0..1, 0..2]), y.slice([0..1, 0..2]));
+/// let first = Targets::for_sequences(y.slice([0..1, 0..2]));
+/// let first_two = kd.forward(z.slice([0..1, 0..2]), v.slice([0..1, 0..2]), first);
 /// assert_eq!(masked.into_scalar::<f32>(), first_two.into_scalar::<f32>());
 /// ```
 #[derive(Debug, Clone)]
@@ -61,9 +64,22 @@ pub struct Targets {
 }
 
 impl Targets {
-    /// Class labels, one per position (`[rows]`, or `[batch, seq]` for a
-    /// language model's tokens), in `0..classes` (or the loss's `ignore_index`).
-    pub fn new<const D: usize>(labels: Tensor<D, Int>) -> Self {
+    /// Class labels, one per row of `[rows, classes]` logits, in `0..classes`
+    /// (or the loss's `ignore_index`). For a language model's `[batch, seq]`
+    /// labels: [`for_sequences`](Self::for_sequences).
+    pub fn new(labels: Tensor<1, Int>) -> Self {
+        Self::from_labels(labels)
+    }
+
+    /// Labels `[batch, seq]`, one per token of `[batch, seq, vocab]` logits, in
+    /// `0..vocab` (or the loss's `ignore_index`). (A constructor of its own,
+    /// so that `Targets::new(Tensor::from_ints(..))` infers its rank.)
+    pub fn for_sequences(labels: Tensor<2, Int>) -> Self {
+        Self::from_labels(labels)
+    }
+
+    /// Labels of any positions' shape, flattened.
+    fn from_labels<const D: usize>(labels: Tensor<D, Int>) -> Self {
         let labels_shape = labels.dims().to_vec();
         let labels = labels.flatten::<1>(0, D - 1);
         Self {
@@ -299,8 +315,8 @@ pub(crate) fn usable_labels(labels: Tensor<1, Int>, ignore_index: Option<i64>) -
     }
 }
 
-impl<const D: usize> From<Tensor<D, Int>> for Targets {
-    fn from(labels: Tensor<D, Int>) -> Self {
+impl From<Tensor<1, Int>> for Targets {
+    fn from(labels: Tensor<1, Int>) -> Self {
         Self::new(labels)
     }
 }

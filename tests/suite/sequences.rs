@@ -82,7 +82,7 @@ fn kd_on_sequences_equals_the_flattened_rows() {
                 let what = format!("{name} {divergence:?} fused {fused}");
                 let z3 = tensor3(&c.z, [BATCH, SEQ, VOCAB], &device, DType::F32).require_grad();
                 let v3 = tensor3(&c.v, [BATCH, SEQ, VOCAB], &device, DType::F32);
-                let targets3 = Targets::new(ints2(&c.y, [BATCH, SEQ], &device))
+                let targets3 = Targets::for_sequences(ints2(&c.y, [BATCH, SEQ], &device))
                     .with_padding_mask(bools(&pad, [BATCH, SEQ], &device));
                 let loss3 = kd.forward(z3.clone(), v3.clone(), targets3.clone());
                 let grad3 = values(z3.grad(&loss3.clone().backward()).unwrap());
@@ -147,7 +147,7 @@ fn burn_padding_mask_passes_as_it_is() {
     let masked = kd.forward(
         z3,
         v3,
-        Targets::new(ints2(y, [2, SEQ], &device)).with_padding_mask(mask.mask),
+        Targets::for_sequences(ints2(y, [2, SEQ], &device)).with_padding_mask(mask.mask),
     );
     // The six real tokens: rows 0..4 and 4..6.
     let real: Vec<usize> = vec![0, 1, 2, 3, 4, 5];
@@ -240,7 +240,7 @@ fn global_count_over_micro_batches_is_the_whole_batch() {
                 let v = tensor3(&cut(&c.v, VOCAB), [n, SEQ, VOCAB], &device, DType::F64);
                 let y = ints2(&c.y[seqs.start * SEQ..seqs.end * SEQ], [n, SEQ], &device);
                 let mask = bools(&pad[seqs.start * SEQ..seqs.end * SEQ], [n, SEQ], &device);
-                let targets = Targets::new(y)
+                let targets = Targets::for_sequences(y)
                     .with_padding_mask(mask)
                     .with_reduction(reduction);
                 let loss = kd.forward(z.clone(), v, targets);
@@ -274,7 +274,7 @@ fn all_padding_is_exactly_zero() {
             let kd = KdLossConfig::new().init();
             let z = tensor3(&c.z, [BATCH, SEQ, VOCAB], &device, DType::F32).require_grad();
             let v = tensor3(&c.v, [BATCH, SEQ, VOCAB], &device, DType::F32);
-            let targets = Targets::new(ints2(&c.y, [BATCH, SEQ], &device))
+            let targets = Targets::for_sequences(ints2(&c.y, [BATCH, SEQ], &device))
                 .with_padding_mask(bools(&pad, [BATCH, SEQ], &device))
                 .with_reduction(reduction);
             let loss = kd.forward(z.clone(), v, targets);
@@ -296,7 +296,10 @@ fn sequence_shapes_are_checked() {
     let err = |targets: Targets| kd.check(&z, &v, &targets).unwrap_err();
 
     // Labels of the wrong positions.
-    let e = err(Targets::new(Tensor::<2, Int>::zeros([3, 2], &device)));
+    let e = err(Targets::for_sequences(Tensor::<2, Int>::zeros(
+        [3, 2],
+        &device,
+    )));
     assert!(
         matches!(
             e,
@@ -315,25 +318,29 @@ fn sequence_shapes_are_checked() {
     let e = err(Targets::new(Tensor::<1, Int>::zeros([6], &device)));
     assert!(matches!(e, DistillError::PositionsMismatch { .. }), "{e}");
     // A padding mask of the wrong shape.
-    let e = err(Targets::new(y.clone()).with_padding_mask(bools(&[false; 8], [2, 4], &device)));
+    let e = err(Targets::for_sequences(y.clone()).with_padding_mask(bools(
+        &[false; 8],
+        [2, 4],
+        &device,
+    )));
     assert!(
         e.to_string().contains("padding_mask has shape [2, 4]"),
         "{e}"
     );
     // A keep mask cannot be passed with sequences: its polarity is not burn's.
-    let e = err(Targets::new(y.clone()).with_keep_rows(bools(&[true; 6], [6], &device)));
+    let e = err(Targets::for_sequences(y.clone()).with_keep_rows(bools(&[true; 6], [6], &device)));
     assert!(e.to_string().contains("with_padding_mask"), "{e}");
     // A teacher with other positions.
     let bad_teacher = TeacherOutput::Logits(Tensor::<3>::zeros([2, 4, 5], &device));
     let e = kd
-        .check(&z, &bad_teacher, &Targets::new(y.clone()))
+        .check(&z, &bad_teacher, &Targets::for_sequences(y.clone()))
         .unwrap_err();
     assert!(matches!(e, DistillError::ShapeMismatch { .. }), "{e}");
     // A global count of 0 while tokens are kept.
-    let e = err(Targets::new(y.clone()).with_reduction(Reduction::GlobalCount(0)));
+    let e = err(Targets::for_sequences(y.clone()).with_reduction(Reduction::GlobalCount(0)));
     assert_eq!(e, DistillError::ZeroGlobalCount { kept: 6 });
     let partly = bools(&[true, false, true, true, true, true], [2, 3], &device);
-    let e = err(Targets::new(y.clone())
+    let e = err(Targets::for_sequences(y.clone())
         .with_padding_mask(partly)
         .with_reduction(Reduction::GlobalCount(0)));
     assert_eq!(e, DistillError::ZeroGlobalCount { kept: 1 });
@@ -360,7 +367,11 @@ fn top_k_teacher_rows_serve_sequences() {
     let sparse = SparseTeacher::top_k(v2, 3, 2.0);
     let z3 = tensor3(&c.z, [BATCH, SEQ, VOCAB], &device, DType::F32);
     let y = ints2(&c.y, [BATCH, SEQ], &device);
-    let on_sequences = kd.forward(z3.clone(), sparse.clone(), y.clone());
+    let on_sequences = kd.forward(
+        z3.clone(),
+        sparse.clone(),
+        Targets::for_sequences(y.clone()),
+    );
     let flat = kd.forward(
         z3.reshape([BATCH * SEQ, VOCAB]),
         sparse,
@@ -380,7 +391,7 @@ fn dkd_on_sequences_equals_the_flattened_rows() {
             let dkd = DkdLossConfig::new().with_fused_kernel(fused).init();
             let z3 = tensor3(&c.z, [BATCH, SEQ, VOCAB], &device, DType::F32);
             let v3 = tensor3(&c.v, [BATCH, SEQ, VOCAB], &device, DType::F32);
-            let targets3 = Targets::new(ints2(&c.y, [BATCH, SEQ], &device))
+            let targets3 = Targets::for_sequences(ints2(&c.y, [BATCH, SEQ], &device))
                 .with_padding_mask(bools(&pad, [BATCH, SEQ], &device));
             let targets2 = Targets::new(Tensor::<1, Int>::from_data(
                 TensorData::new(c.y.clone(), [BATCH * SEQ]),
@@ -419,7 +430,7 @@ fn fused_linear_on_sequences_equals_dense() {
         for reduction in [Reduction::Mean, Reduction::SequenceMean, Reduction::Sum] {
             let kd = KdLossConfig::new().with_temperature(2.0);
             let targets = || {
-                Targets::new(ints2(&y, [BATCH, SEQ], &device))
+                Targets::for_sequences(ints2(&y, [BATCH, SEQ], &device))
                     .with_padding_mask(bools(&pad, [BATCH, SEQ], &device))
                     .with_reduction(reduction)
             };
