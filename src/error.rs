@@ -261,6 +261,28 @@ pub enum DistillError {
         /// Number of examples in the store.
         examples: usize,
     },
+    /// A prompt that cannot be completed: empty, not a prefix of its
+    /// sequence, or at least as long as the model's context.
+    InvalidPrompt {
+        /// The sequence (its index in the batch).
+        sequence: usize,
+        /// Its prompt's length.
+        length: usize,
+        /// What is wrong, with the values.
+        reason: String,
+    },
+    /// On-policy distillation needs the batch's prompts, and the batch has no
+    /// prompt mask.
+    MissingPromptMask,
+    /// A token id outside the vocabulary of a model or a teacher.
+    TokenOutOfRange {
+        /// The argument that held it (e.g. `"prompts"`).
+        argument: &'static str,
+        /// The offending token.
+        token: i64,
+        /// The vocabulary size.
+        vocab: usize,
+    },
 }
 
 impl fmt::Display for DistillError {
@@ -464,6 +486,27 @@ impl fmt::Display for DistillError {
                 f,
                 "example {example} is out of range: the store holds {examples} examples \
                  (valid: 0..{examples})"
+            ),
+            Self::InvalidPrompt {
+                sequence,
+                length,
+                reason,
+            } => write!(
+                f,
+                "the prompt of sequence {sequence} ({length} tokens) cannot be completed: {reason}"
+            ),
+            Self::MissingPromptMask => write!(
+                f,
+                "the batch has no prompt_mask: on-policy distillation completes each \
+                 sequence's prompt, so set TokenBatch::with_prompt_mask"
+            ),
+            Self::TokenOutOfRange {
+                argument,
+                token,
+                vocab,
+            } => write!(
+                f,
+                "{argument} holds token {token}, outside the vocabulary (valid: 0..{vocab})"
             ),
         }
     }

@@ -151,7 +151,7 @@ impl<const D: usize> LinearTeacher<D> {
 
     /// The teacher flattened to rows, after checking that a dense one has the
     /// student's `positions`.
-    fn into_rows(self, positions: &[usize]) -> Result<LinearTeacher, DistillError> {
+    pub(crate) fn into_rows(self, positions: &[usize]) -> Result<LinearTeacher, DistillError> {
         // `[rows]` positions: the rows check after this names both counts.
         let same = |found: Vec<usize>, argument| match found == positions || positions.len() == 1 {
             true => Ok(()),
@@ -622,7 +622,7 @@ fn accumulate<const D: usize>(total: Option<Tensor<D>>, x: Tensor<D>) -> Tensor<
 }
 
 /// `x · w + b`.
-fn affine(x: Tensor<2>, w: Tensor<2>, b: Option<Tensor<1>>) -> Tensor<2> {
+pub(crate) fn affine(x: Tensor<2>, w: Tensor<2>, b: Option<Tensor<1>>) -> Tensor<2> {
     let out = x.matmul(w);
     match b {
         Some(b) => out + b.unsqueeze_dim(0),

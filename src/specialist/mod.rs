@@ -19,7 +19,7 @@
 mod combine;
 mod combine_host;
 mod partition;
-mod rng;
+pub(crate) mod rng;
 mod sampler;
 mod targets;
 

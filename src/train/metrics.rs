@@ -149,13 +149,13 @@ impl DistillLossMetric {
 
 row_average_metric!(DistillLossMetric, DistillLossInput, higher_is_better: false);
 
-/// The [`AgreementMetric`] input: the student's logits and the teacher's
-/// top-1 classes.
+/// The [`AgreementMetric`] input: the student's and the teacher's top-1
+/// classes of the rows (or tokens) that count.
 #[derive(Debug, Clone)]
 pub struct AgreementInput {
-    /// The student's logits, `[batch, classes]`.
-    pub student: Tensor<2>,
-    /// The teacher's most probable class per row, `[batch]` (`None`: the
+    /// The student's most probable class per row, `[rows]`.
+    pub student_top1: Tensor<1, Int>,
+    /// The teacher's most probable class per row, `[rows]` (`None`: the
     /// teacher did not run).
     pub teacher_top1: Option<Tensor<1, Int>>,
 }
@@ -197,12 +197,16 @@ impl AgreementMetric {
     /// The batch's agreement in percent and its rows (`None`: the teacher did
     /// not run).
     fn batch_value(&self, input: &AgreementInput) -> Result<(Option<f64>, usize), TensorReadError> {
-        let [rows, _] = input.student.dims();
+        let [rows] = input.student_top1.dims();
         let Some(teacher) = &input.teacher_top1 else {
             return Ok((None, rows));
         };
-        let student = input.student.clone().argmax(1).reshape([rows]);
-        let same = student
+        if rows == 0 {
+            return Ok((None, 0));
+        }
+        let same = input
+            .student_top1
+            .clone()
             .equal(teacher.clone())
             .int()
             .sum()
@@ -244,15 +248,16 @@ impl RowAverage {
         }
     }
 
-    /// Counts `value` for `rows` rows; `None` (nothing to count) reports "N/A".
+    /// Counts `value` for `rows` rows; `None` or no rows (nothing to count)
+    /// reports "N/A".
     fn update(&mut self, value: Option<f64>, rows: usize) -> SerializedEntry {
         match value {
-            Some(value) => {
+            Some(value) if rows > 0 => {
                 self.state.update(value, rows);
                 self.rows += rows;
                 self.state.compute_update(self.format())
             }
-            None => SerializedEntry::not_available(self.unit),
+            _ => SerializedEntry::not_available(self.unit),
         }
     }
 

@@ -4,7 +4,9 @@
 //! source and a [`KdLoss`](crate::KdLoss), and implements burn-train's
 //! `TrainStep` and `InferenceStep` for [`ClassificationBatch`]es: give it to
 //! `Learner::new` and `SupervisedTraining::launch` and it distils with no
-//! hand-written loop.
+//! hand-written loop. [`LmDistiller`] is its twin for causal language
+//! models over [`TokenBatch`](crate::lm::TokenBatch)es: micro-batched with
+//! the whole batch's normaliser, and on-policy (GKD) when asked.
 //!
 //! What the user writes: [`Classifier`] for the student's and the teacher's
 //! model types (one method, their logits). It is a trait rather than closures
@@ -39,6 +41,9 @@
 mod batch;
 mod classifier;
 mod distiller;
+mod lm_distiller;
+mod lm_loss;
+mod lm_output;
 mod metrics;
 mod output;
 mod teacher;
@@ -46,8 +51,11 @@ mod teacher;
 pub use batch::ClassificationBatch;
 pub use classifier::{Classifier, DistillInput};
 pub use distiller::Distiller;
+pub use lm_distiller::{Completions, LmDistiller};
+pub use lm_loss::LmLoss;
+pub use lm_output::LmOutput;
 pub use metrics::{AgreementInput, AgreementMetric, DistillLossInput, DistillLossMetric, LossTerm};
 pub use output::DistillOutput;
 #[cfg(feature = "store")]
 pub use teacher::StoredTeacher;
-pub use teacher::{FrozenTeacher, TeacherSource};
+pub use teacher::{FrozenTeacher, LmTeacherSource, TeacherSource};

@@ -83,8 +83,9 @@ impl Adaptor<DistillLossInput> for DistillOutput {
 
 impl Adaptor<AgreementInput> for DistillOutput {
     fn adapt(&self) -> AgreementInput {
+        let [rows, _] = self.output.dims();
         AgreementInput {
-            student: self.output.clone(),
+            student_top1: self.output.clone().argmax(1).reshape([rows]),
             teacher_top1: self.teacher_top1.clone(),
         }
     }

@@ -5,13 +5,16 @@ use core::fmt::Debug;
 #[cfg(feature = "store")]
 use std::sync::Arc;
 
-use burn::tensor::{Device, Tensor};
+use burn::module::Module;
+use burn::tensor::{Bool, Device, Int, Tensor};
 
 use super::batch::ClassificationBatch;
 use super::classifier::{Classifier, DistillInput};
 use crate::error::DistillError;
 #[cfg(feature = "store")]
 use crate::kd::KdLoss;
+use crate::linear::LinearTeacher;
+use crate::lm::{CausalLm, OutputLayer, TokenBatch};
 #[cfg(feature = "store")]
 use crate::store::TeacherStore;
 use crate::teacher::TeacherOutput;
@@ -80,7 +83,7 @@ pub struct FrozenTeacher<T> {
     replicas: Vec<T>,
 }
 
-impl<T: Classifier> FrozenTeacher<T> {
+impl<T: Module> FrozenTeacher<T> {
     /// `teacher` in evaluation mode, on the device it is on.
     pub fn new(teacher: T) -> Self {
         Self {
@@ -152,8 +155,92 @@ impl<T: Classifier> TeacherSource<T::Input> for FrozenTeacher<T> {
     }
 }
 
+/// A source of a causal LM teacher's outputs for a [`TokenBatch`]: what an
+/// [`LmDistiller`](super::LmDistiller) scores its student against.
+pub trait LmTeacherSource: Clone + Debug + Send + Sync + 'static {
+    /// The teacher's output over `batch.tokens` — its logits
+    /// `[batch, seq, vocab]` (position `t` predicting token `t + 1`, as the
+    /// student's), or top-k rows, one per token — without autodiff, on
+    /// `device` (the student's).
+    ///
+    /// # Errors
+    /// When the source cannot serve the batch.
+    fn teach(&self, batch: &TokenBatch, device: &Device) -> Result<TeacherOutput<3>, DistillError>;
+
+    /// The teacher for [`FusedLinearKdLoss`](crate::FusedLinearKdLoss): its
+    /// hidden states and output layer where it has them (the logits are then
+    /// made chunk by chunk), else [`teach`](Self::teach)'s output.
+    ///
+    /// # Errors
+    /// As [`teach`](Self::teach); a teacher given as probabilities, which the
+    /// fused loss does not take.
+    fn teach_linear(
+        &self,
+        batch: &TokenBatch,
+        device: &Device,
+    ) -> Result<LinearTeacher<3>, DistillError> {
+        match self.teach(batch, device)? {
+            TeacherOutput::Logits(logits) => Ok(LinearTeacher::Logits(logits)),
+            TeacherOutput::TopK(sparse) => Ok(LinearTeacher::TopK(sparse)),
+            TeacherOutput::Probs(_) | TeacherOutput::LogProbs(_) => {
+                Err(DistillError::UnsupportedTeacher {
+                    teacher: "LmTeacherSource::teach (probabilities)",
+                    reason: "the fused linear loss takes a teacher's hidden states, logits or top-k rows",
+                })
+            }
+        }
+    }
+}
+
+impl<T: CausalLm> FrozenTeacher<T> {
+    /// The copy for `device`, where it runs, and `batch` moved there.
+    fn lm_replica(
+        &self,
+        batch: &TokenBatch,
+        device: &Device,
+    ) -> (&T, Tensor<2, Int>, Option<Tensor<2, Bool>>) {
+        let replica = self.replica_for(device);
+        let teacher_device = replica
+            .devices()
+            .first()
+            .cloned()
+            .unwrap_or_else(|| device.clone())
+            .without_autodiff();
+        let move_int = |t: &Tensor<2, Int>| t.clone().without_autodiff().to_device(&teacher_device);
+        let move_bool = |t: &Tensor<2, Bool>| t.clone().to_device(&teacher_device);
+        (
+            replica,
+            move_int(&batch.tokens),
+            batch.padding_mask.as_ref().map(move_bool),
+        )
+    }
+}
+
+impl<T: CausalLm> LmTeacherSource for FrozenTeacher<T> {
+    fn teach(&self, batch: &TokenBatch, device: &Device) -> Result<TeacherOutput<3>, DistillError> {
+        let (replica, tokens, padding) = self.lm_replica(batch, device);
+        let logits = replica.logits(tokens, padding).without_autodiff();
+        Ok(TeacherOutput::Logits(on_device(logits, device)))
+    }
+
+    fn teach_linear(
+        &self,
+        batch: &TokenBatch,
+        device: &Device,
+    ) -> Result<LinearTeacher<3>, DistillError> {
+        let (replica, tokens, padding) = self.lm_replica(batch, device);
+        let hidden = replica.hidden(tokens, padding).without_autodiff();
+        let OutputLayer { weight, bias } = replica.output_layer();
+        Ok(LinearTeacher::Hidden {
+            hidden: on_device(hidden, device),
+            weight: on_device(weight.without_autodiff(), device),
+            bias: bias.map(|bias| on_device(bias.without_autodiff(), device)),
+        })
+    }
+}
+
 /// `tensor` on `device` without autodiff (a no-op when it is there already).
-fn on_device(tensor: Tensor<2>, device: &Device) -> Tensor<2> {
+fn on_device<const D: usize>(tensor: Tensor<D>, device: &Device) -> Tensor<D> {
     if tensor.device() == *device {
         tensor
     } else {

@@ -14,6 +14,8 @@ mod ensemble;
 mod errors;
 mod gradients;
 mod linear;
+#[cfg(feature = "train")]
+mod lm;
 mod numerics;
 mod properties;
 mod sequences;

@@ -1,5 +1,5 @@
-//! Language models: a batch of token sequences and the causal shift, done
-//! once here — position `t` of a causal LM's logits predicts token `t + 1`.
+//! A batch of token sequences and the causal shift, done once here:
+//! position `t` of a causal LM's logits predicts token `t + 1`.
 
 use burn::tensor::{Bool, Int, Tensor};
 
@@ -83,6 +83,30 @@ impl TokenBatch {
         self.tokens.dims()
     }
 
+    /// Sequences `range` of the batch, with their masks and examples (a
+    /// micro-batch).
+    ///
+    /// # Panics
+    /// If `range` is empty or reaches past the batch.
+    pub fn sequences(&self, range: core::ops::Range<usize>) -> TokenBatch {
+        let [batch, seq] = self.dims();
+        assert!(
+            range.start < range.end && range.end <= batch,
+            "TokenBatch::sequences: range {range:?} is empty or past the batch's {batch} sequences"
+        );
+        let rows = |t: &Tensor<2, Bool>| t.clone().slice([range.clone(), 0..seq]);
+        TokenBatch {
+            tokens: self.tokens.clone().slice([range.clone(), 0..seq]),
+            padding_mask: self.padding_mask.as_ref().map(rows),
+            prompt_mask: self.prompt_mask.as_ref().map(rows),
+            examples: if self.examples.is_empty() {
+                Vec::new()
+            } else {
+                self.examples[range.clone()].to_vec()
+            },
+        }
+    }
+
     /// Checks the masks' shapes and devices against the tokens', and the
     /// examples' count (when given) against the batch.
     pub fn check(&self) -> Result<(), DistillError> {
@@ -155,6 +179,49 @@ impl TokenBatch {
             left_out = left_out.bool_or(next_mask(prompt.clone()));
         }
         Ok(Targets::for_sequences(labels).with_padding_mask(left_out))
+    }
+
+    /// Each sequence's prompt: its tokens under the prompt mask, read back to
+    /// the host (what [`generate`](super::generate) completes for on-policy
+    /// distillation).
+    ///
+    /// # Errors
+    /// Without a prompt mask; a prompt that is empty, covers padding, or is
+    /// not a prefix of its sequence ([`DistillError::InvalidPrompt`]).
+    pub fn prompts(&self) -> Result<Vec<Vec<usize>>, DistillError> {
+        self.check()?;
+        let Some(prompt_mask) = &self.prompt_mask else {
+            return Err(DistillError::MissingPromptMask);
+        };
+        let [batch, seq] = self.dims();
+        let tokens: Vec<i64> = self.tokens.clone().into_data().iter::<i64>().collect();
+        let prompt: Vec<bool> = prompt_mask.clone().into_data().iter::<bool>().collect();
+        let padding: Vec<bool> = match &self.padding_mask {
+            Some(mask) => mask.clone().into_data().iter::<bool>().collect(),
+            None => vec![false; batch * seq],
+        };
+        (0..batch)
+            .map(|sequence| {
+                let row = sequence * seq..(sequence + 1) * seq;
+                let in_prompt = &prompt[row.clone()];
+                let length = in_prompt.iter().take_while(|&&p| p).count();
+                let invalid = |reason: &str| DistillError::InvalidPrompt {
+                    sequence,
+                    length,
+                    reason: reason.to_string(),
+                };
+                if length == 0 {
+                    return Err(invalid("the prompt mask marks no token of it"));
+                }
+                if in_prompt[length..].iter().any(|&p| p) {
+                    return Err(invalid("the prompt mask is not a prefix of the sequence"));
+                }
+                if padding[row.clone()][..length].iter().any(|&p| p) {
+                    return Err(invalid("the prompt mask covers padding"));
+                }
+                Ok(tokens[row][..length].iter().map(|&t| t as usize).collect())
+            })
+            .collect()
     }
 
     /// The number of positions [`next_token_targets`](Self::next_token_targets)

@@ -1,0 +1,100 @@
+//! The one trait a causal language model implements to be distilled, as a
+//! student or a teacher, and sampled from.
+
+use burn::module::{Module, ModuleDisplay};
+use burn::nn::Linear;
+use burn::tensor::{Bool, Int, Tensor};
+
+/// A causal language model: its last hidden states over a batch of token
+/// sequences, and the output layer that turns them into logits.
+///
+/// Position `t` of the output sees tokens `0..=t` only (the model applies its
+/// own causal mask) and predicts token `t + 1`. Two methods rather than one
+/// (the logits) because the fused linear loss
+/// ([`FusedLinearKdLoss`](crate::FusedLinearKdLoss)) takes the hidden states
+/// and the output layer and never makes the `[batch, seq, vocab]` logits
+/// whole; [`logits`](Self::logits) is provided from them.
+/// (`ModuleDisplay` and `Sync` come with `#[derive(Module)]`; burn's Learner
+/// needs them.)
+///
+/// ```
+/// use burn::module::Module;
+/// use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig};
+/// use burn::tensor::{Bool, Device, Int, Tensor};
+/// use burn_distill::lm::{CausalLm, OutputLayer};
+///
+/// /// A bigram model: each position sees its own token only.
+/// #[derive(Module, Debug)]
+/// struct Bigram {
+///     embedding: Embedding,
+///     output: Linear,
+/// }
+///
+/// impl CausalLm for Bigram {
+///     fn hidden(&self, tokens: Tensor<2, Int>, _padding: Option<Tensor<2, Bool>>) -> Tensor<3> {
+///         self.embedding.forward(tokens)
+///     }
+///     fn output_layer(&self) -> OutputLayer {
+///         OutputLayer::from_linear(&self.output)
+///     }
+/// }
+///
+/// let device = Device::flex();
+/// let model = Bigram {
+///     embedding: EmbeddingConfig::new(10, 4).init(&device),
+///     output: LinearConfig::new(4, 10).init(&device),
+/// };
+/// let tokens = Tensor::<2, Int>::from_ints([[1, 2, 3]], &device);
+/// assert_eq!(model.logits(tokens, None).dims(), [1, 3, 10]);
+/// ```
+pub trait CausalLm: Module + ModuleDisplay + Sync + 'static {
+    /// The last hidden states `[batch, seq, d]` over `tokens` `[batch, seq]`,
+    /// before the output layer. `padding_mask`: `true` on padding (burn's
+    /// convention, as burn's transformer takes it), or `None`.
+    fn hidden(&self, tokens: Tensor<2, Int>, padding_mask: Option<Tensor<2, Bool>>) -> Tensor<3>;
+
+    /// The output layer: `logits = hidden · weight + bias`.
+    fn output_layer(&self) -> OutputLayer;
+
+    /// The logits `[batch, seq, vocab]`: the output layer over
+    /// [`hidden`](Self::hidden).
+    fn logits(&self, tokens: Tensor<2, Int>, padding_mask: Option<Tensor<2, Bool>>) -> Tensor<3> {
+        self.output_layer()
+            .forward(self.hidden(tokens, padding_mask))
+    }
+}
+
+/// A causal LM's output layer: `weight` `[d, vocab]` (as burn's `Linear`
+/// holds it; a tied embedding `[vocab, d]` gives its transpose) and an
+/// optional `bias` `[vocab]`.
+#[derive(Debug, Clone)]
+pub struct OutputLayer {
+    /// `[d, vocab]`.
+    pub weight: Tensor<2>,
+    /// `[vocab]`.
+    pub bias: Option<Tensor<1>>,
+}
+
+impl OutputLayer {
+    /// The weights of a burn [`Linear`].
+    pub fn from_linear(linear: &Linear) -> Self {
+        Self {
+            weight: linear.weight.val(),
+            bias: linear.bias.as_ref().map(|bias| bias.val()),
+        }
+    }
+
+    /// The vocabulary size.
+    pub fn vocab(&self) -> usize {
+        self.weight.dims()[1]
+    }
+
+    /// `hidden · weight + bias`, `[batch, seq, vocab]`.
+    pub fn forward(&self, hidden: Tensor<3>) -> Tensor<3> {
+        let logits = hidden.matmul(self.weight.clone().unsqueeze::<3>());
+        match &self.bias {
+            Some(bias) => logits + bias.clone().unsqueeze::<3>(),
+            None => logits,
+        }
+    }
+}
