@@ -59,8 +59,11 @@ pub trait CausalLm: Module + ModuleDisplay + Sync + 'static {
     /// The logits `[batch, seq, vocab]`: the output layer over
     /// [`hidden`](Self::hidden).
     fn logits(&self, tokens: Tensor<2, Int>, padding_mask: Option<Tensor<2, Bool>>) -> Tensor<3> {
-        self.output_layer()
-            .forward(self.hidden(tokens, padding_mask))
+        // The hidden states first, then the layer, as the fused loss reads
+        // them: burn initialises a parameter when it is first read, so one
+        // order for both keeps a lazily initialised model the same model.
+        let hidden = self.hidden(tokens, padding_mask);
+        self.output_layer().forward(hidden)
     }
 }
 

@@ -8,7 +8,7 @@ use super::teacher::LmTeacherSource;
 use crate::dkd::DkdLoss;
 use crate::error::DistillError;
 use crate::kd::KdLoss;
-use crate::linear::{AUTO_CHUNK_ELEMENTS, FusedLinearKdLoss, LinearTeacher, affine};
+use crate::linear::{FusedLinearKdLoss, LinearTeacher, affine};
 use crate::lm::{CausalLm, OutputLayer, TokenBatch};
 use crate::loss::{DistillLoss, LinearStudent};
 use crate::shape::flatten_rows;
@@ -235,7 +235,8 @@ impl LmLoss for FusedLinearKdLoss {
                 bias,
             } => {
                 let [rows, _] = hidden.dims();
-                let chunk = (AUTO_CHUNK_ELEMENTS / weight.dims()[1].max(1)).max(1);
+                // The loss's chunks: top-1 holds no more logits than it does.
+                let chunk = self.rows_per_chunk(weight.dims()[1]);
                 by_chunks(
                     rows,
                     chunk,

@@ -300,3 +300,37 @@ impl<I: DistillInput> TeacherSource<I> for StoredTeacher {
         ))
     }
 }
+
+/// A stored teacher for token sequences: each example of the store is one
+/// sequence of the data set, stored as one row per position of the batch's
+/// `[batch, seq]` (`TeacherStoreWriter::append_sequence_logits` over the
+/// teacher's `[seq, vocab]` logits, padding included). The batcher must pad
+/// every sequence to the length it was stored at and fill
+/// [`TokenBatch::examples`].
+#[cfg(feature = "store")]
+impl LmTeacherSource for StoredTeacher {
+    fn teach(&self, batch: &TokenBatch, device: &Device) -> Result<TeacherOutput<3>, DistillError> {
+        let [sequences, seq] = batch.dims();
+        if batch.examples.len() != sequences {
+            return Err(DistillError::BatchMismatch {
+                argument: "batch.examples (a StoredTeacher reads the teacher by data-set index)",
+                found: batch.examples.len(),
+                expected: sequences,
+            });
+        }
+        for &example in &batch.examples {
+            let rows = self.store.rows_of(example)?;
+            if rows != seq {
+                return Err(DistillError::PositionsMismatch {
+                    argument: "the store's rows of batch.examples (one per token of the sequence)",
+                    found: vec![example, rows],
+                    positions: vec![example, seq],
+                });
+            }
+        }
+        let device = device.clone().without_autodiff();
+        Ok(TeacherOutput::TopK(
+            self.store.read(&batch.examples, &device)?,
+        ))
+    }
+}
