@@ -8,7 +8,7 @@
 //!
 //! ```text
 //! cargo run --release --example lm_distill -- --quick    # every row on a slice
-//! cargo run --release --example lm_distill               # the README's table
+//! cargo run --release --example lm_distill               # the full plan
 //! ```
 //!
 //! Prints the table and writes `lm_distill.json` and `lm_distill.png`

@@ -782,3 +782,48 @@ fn sequence_targets_still_come_from_the_batch() {
             .count()
     );
 }
+
+#[cfg(feature = "store")]
+#[test]
+fn a_stored_teacher_serves_token_sequences_as_the_live_one_does() {
+    use burn_distill::store::{StorePrecision, TeacherStore, TeacherStoreConfig};
+    use burn_distill::train::StoredTeacher;
+    let device = Device::flex();
+    let autodiff = device.clone().autodiff();
+    let student = TinyLm::new(1, &autodiff, DType::F32);
+    let teacher = TinyLm::new(2, &device, DType::F32);
+    let batch = ragged_batch(&autodiff).with_examples(vec![0, 1, 2, 3]);
+    // Every class kept, exact f32: the store is the dense teacher.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lm.bds");
+    let config = TeacherStoreConfig::new(VOCAB, VOCAB, 1.0).with_precision(StorePrecision::F32);
+    let mut writer = config.create(&path).unwrap();
+    let logits = teacher.logits(batch.tokens.clone().without_autodiff(), None);
+    for s in 0..4 {
+        writer
+            .append_sequence_logits(logits.clone().slice(s..s + 1).reshape([6, VOCAB]))
+            .unwrap();
+    }
+    writer.finish().unwrap();
+    let loss = KdLossConfig::new().with_temperature(1.0).init();
+    let stored = StoredTeacher::new(TeacherStore::open(&path).unwrap(), &loss).unwrap();
+    let live = LmDistiller::new(student.clone(), FrozenTeacher::new(teacher), loss.clone())
+        .with_micro_batch(3);
+    let from_store = LmDistiller::new(student, stored, loss).with_micro_batch(3);
+    let a = live.forward(batch.clone());
+    let b = from_store.forward(batch.clone());
+    assert_close("loss", &[scalar(b.loss)], &[scalar(a.loss)], 1e-5);
+    assert_eq!(
+        int_values(a.teacher_top1.unwrap()),
+        int_values(b.teacher_top1.unwrap())
+    );
+    // Without example indices the store cannot serve the batch.
+    let no_examples = TokenBatch::new(batch.tokens.clone())
+        .with_padding_mask(batch.padding_mask.clone().unwrap());
+    let panic = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        from_store.forward(no_examples)
+    }))
+    .unwrap_err();
+    let message = panic.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(message.contains("batch.examples"), "{message}");
+}
