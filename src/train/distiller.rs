@@ -3,11 +3,12 @@
 //! burn-train model.
 
 use burn::module::Module;
-use burn::tensor::{Int, Tensor};
+use burn::tensor::Tensor;
 use burn::train::{InferenceStep, TrainOutput, TrainStep};
 
 use super::batch::ClassificationBatch;
 use super::classifier::Classifier;
+use super::lm_loss::top1_rows;
 use super::output::DistillOutput;
 use super::teacher::TeacherSource;
 use crate::kd::KdLoss;
@@ -150,7 +151,7 @@ where
         let logits = self.student.logits(inputs);
         match teacher {
             Some(teacher) => {
-                let teacher_top1 = top1(&teacher);
+                let teacher_top1 = top1_rows(&teacher);
                 let parts =
                     self.loss
                         .forward_parts(logits.clone(), teacher, Targets::new(targets.clone()));
@@ -178,22 +179,6 @@ where
                     teacher_top1: None,
                 }
             }
-        }
-    }
-}
-
-/// The teacher's most probable class per row, `[batch]`.
-fn top1(teacher: &TeacherOutput) -> Tensor<1, Int> {
-    let top1 = |scores: &Tensor<2>| {
-        let [rows, _] = scores.dims();
-        scores.clone().detach().argmax(1).reshape([rows])
-    };
-    match teacher {
-        TeacherOutput::Logits(t) | TeacherOutput::Probs(t) | TeacherOutput::LogProbs(t) => top1(t),
-        TeacherOutput::TopK(sparse) => {
-            let [rows, _] = sparse.indices().dims();
-            let best = sparse.log_probs().clone().detach().argmax(1);
-            sparse.indices().clone().gather(1, best).reshape([rows])
         }
     }
 }

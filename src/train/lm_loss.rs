@@ -119,8 +119,8 @@ fn by_chunks<O>(
         .collect())
 }
 
-/// The top-1 of a teacher of any form.
-fn dense_top1(teacher: &TeacherOutput) -> Tensor<1, Int> {
+/// The teacher's most probable class per row, of any form, `[rows]`.
+pub(super) fn top1_rows(teacher: &TeacherOutput) -> Tensor<1, Int> {
     match teacher {
         TeacherOutput::Logits(t) | TeacherOutput::Probs(t) | TeacherOutput::LogProbs(t) => {
             argmax_rows(t.clone().detach())
@@ -159,7 +159,7 @@ macro_rules! logits_lm_loss {
             }
 
             fn teacher_top1(&self, teacher: &TeacherOutput) -> Tensor<1, Int> {
-                dense_top1(teacher)
+                top1_rows(teacher)
             }
 
             fn ignore_index(&self) -> Option<i64> {
@@ -248,7 +248,7 @@ impl LmLoss for FusedLinearKdLoss {
                 )
             }
             LinearTeacher::Logits(logits) => argmax_rows(logits.clone().detach()),
-            LinearTeacher::TopK(sparse) => dense_top1(&TeacherOutput::TopK(sparse.clone())),
+            LinearTeacher::TopK(sparse) => top1_rows(&TeacherOutput::TopK(sparse.clone())),
         }
     }
 
