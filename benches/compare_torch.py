@@ -5,6 +5,9 @@ With --divergences, the baseline for benches/divergences.rs instead: every
 divergence as TRL, DistiLLM, MiniLLM and DistillKit write it, DKD as mdistiller
 writes it, and a top-64 teacher with a tail bucket, each with the same hard
 cross-entropy term and weights as the Rust side (0.9 soft, 0.1 hard, T = 4).
+With --lm, the baseline for benches/lm_step.rs's loss cases: forward KL,
+MiniLLM's reverse KL and TRL's JSD (β = 0.5) at 992 × 4096, T = 1,
+0.5 soft + 0.5 hard, as the lm_distill example's rows.
 
 Optional: it needs torch, which CI does not install. To reproduce BENCHMARKS.md:
 
@@ -12,6 +15,7 @@ Optional: it needs torch, which CI does not install. To reproduce BENCHMARKS.md:
     /tmp/torchenv/bin/python benches/compare_torch.py            # timing table
     /usr/bin/time -v /tmp/torchenv/bin/python benches/compare_torch.py --once eager 512 32000
     /tmp/torchenv/bin/python benches/compare_torch.py --divergences   # divergences table
+    /tmp/torchenv/bin/python benches/compare_torch.py --lm   # benches/lm_step.rs's loss cases
 
 Timing: each case is warmed up (torch.compile compiles there), then timed over
 repeated runs for at least 3 s (at least 10 runs). The mean time per run is
@@ -176,6 +180,24 @@ DIVERGENCES = [
 DIVERGENCE_SIZES = [(64, 32000), (512, 32000)]
 
 
+def lm_with_hard(soft_fn):
+    """The lm_distill example's rows: T = 1, 0.5 · soft + 0.5 · CE."""
+
+    def loss(student, teacher, targets):
+        return 0.5 * soft_fn(student, teacher) + 0.5 * F.cross_entropy(student, targets)
+
+    return loss
+
+
+# benches/lm_step.rs's loss cases: 32 sequences × 31 scored tokens, vocabulary 4,096.
+LM_LOSSES = [
+    ("fkl", lm_with_hard(forward_kl)),
+    ("rkl", lm_with_hard(minillm_reverse_kl)),
+    ("jsd", lm_with_hard(trl_jsd(0.5))),
+]
+LM_SIZE = (32 * 31, 4096)
+
+
 def make_step(mode, loss=kd_loss):
     loss_fn = torch.compile(loss) if mode == "compile" else loss
 
@@ -232,12 +254,38 @@ def divergences():
             print(f"| {name} | {batch}×{classes} | {cells[0]} | {cells[1]} |", flush=True)
 
 
+def lm_losses():
+    """The table for benches/lm_step.rs's loss cases."""
+    batch, classes = LM_SIZE
+    g = torch.Generator().manual_seed(0)
+    student = torch.randn(batch, classes, generator=g) * 2.0
+    teacher = torch.randn(batch, classes, generator=g) * 2.0
+    targets = torch.randint(4, classes, (batch,), generator=g)
+    print("| loss | rows×vocab | torch eager: mean (median) | torch.compile: mean (median) |")
+    print("|---|---|---|---|")
+    for name, loss in LM_LOSSES:
+        cells = []
+        for mode in ["eager", "compile"]:
+            torch._dynamo.reset()
+            mean, median, n = time_case(mode, batch, classes, loss, (student, teacher, targets))
+            cells.append(f"{fmt(mean)} ({fmt(median)}, n={n})")
+        print(f"| {name} | {batch}×{classes} | {cells[0]} | {cells[1]} |", flush=True)
+
+
+def header(setting):
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"CPU capability {torch.backends.cpu.get_cpu_capability()}, f32, {setting}"
+    )
+
+
 def main():
+    if len(sys.argv) == 2 and sys.argv[1] == "--lm":
+        header("T=1, 0.5 soft + 0.5 hard")
+        lm_losses()
+        return
     if len(sys.argv) == 2 and sys.argv[1] == "--divergences":
-        print(
-            f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-            f"CPU capability {torch.backends.cpu.get_cpu_capability()}, f32, T={T}"
-        )
+        header(f"T={T}")
         divergences()
         return
     if len(sys.argv) == 5 and sys.argv[1] == "--once":
@@ -245,10 +293,7 @@ def main():
         grad = make_step(mode)(*inputs(batch, classes))
         print(f"{mode} {batch}x{classes}: sum|grad| {grad.abs().sum().item():.4f}")
         return
-    print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-        f"CPU capability {torch.backends.cpu.get_cpu_capability()}, f32, T={T}"
-    )
+    header(f"T={T}")
     print("| B×C | torch eager: mean (median) | torch.compile: mean (median) |")
     print("|---|---|---|")
     for batch, classes in SIZES:

@@ -36,6 +36,8 @@ for vocab in 32000 128256; do
     /usr/bin/time -f "$mode $vocab: %M KiB, %e s" "${CARGO_TARGET_DIR:-target}"/release/examples/linear_memory "$mode" 2048 512 "$vocab" 2>&1 | tail -1
   done
 done
+echo "== cargo bench --bench lm_step"
+cargo bench --bench lm_step 2>&1 | grep -E "^threads|^lm_step|time:"
 if [ -n "$python" ]; then
   echo "== PyTorch"
   "$python" benches/compare_torch.py
@@ -52,4 +54,5 @@ if [ -n "$python" ]; then
     /usr/bin/time -f "torch import + inputs $vocab: %M KiB" "$python" -c "import sys; sys.path.insert(0, 'benches'); import compare_torch_linear as c; c.inputs(2048, 512, $vocab)" 2>&1 | tail -1
   done
   "$python" benches/compare_torch_store.py
+  "$python" benches/compare_torch.py --lm
 fi

@@ -3,7 +3,7 @@
 //! a final layer norm and the output layer.
 
 use burn::config::Config;
-use burn::module::Module;
+use burn::module::{Module, ModuleVisitor, Param};
 use burn::nn::attention::generate_autoregressive_mask;
 use burn::nn::transformer::{
     TransformerEncoder, TransformerEncoderConfig, TransformerEncoderInput,
@@ -24,8 +24,18 @@ pub struct GptConfig {
 }
 
 impl GptConfig {
+    /// A model with every parameter initialised now, in the module's order:
+    /// burn initialises a parameter when it is first read, so otherwise a
+    /// model's values would depend on what else drew from the device's
+    /// generator before its first forward.
     pub fn init(&self, device: &Device) -> Gpt {
-        Gpt {
+        struct Touch;
+        impl ModuleVisitor for Touch {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+                let _ = param.val();
+            }
+        }
+        let model = Gpt {
             tokens: EmbeddingConfig::new(self.vocab, self.d_model).init(device),
             positions: EmbeddingConfig::new(self.context, self.d_model).init(device),
             blocks: TransformerEncoderConfig::new(
@@ -39,7 +49,9 @@ impl GptConfig {
             .init(device),
             norm: LayerNormConfig::new(self.d_model).init(device),
             output: LinearConfig::new(self.d_model, self.vocab).init(device),
-        }
+        };
+        model.visit(&mut Touch);
+        model
     }
 
     /// Parameters, for the table.

@@ -4,12 +4,12 @@ use std::path::Path;
 
 use plotters::prelude::*;
 use plotters::style::FontStyle;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::Plan;
 
 /// One way of training the student (or the teacher), measured.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Row {
     pub name: String,
     pub what: String,
@@ -59,7 +59,7 @@ impl Row {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     pub quick: bool,
     pub backend: String,
@@ -129,7 +129,7 @@ impl Report {
             .iter()
             .cloned()
             .fold(f64::INFINITY, f64::min)
-            .max(1.0);
+            .max(0.0);
         let high = values.iter().cloned().fold(1.0, f64::max);
         let root = BitMapBackend::new(path, (1100, 650)).into_drawing_area();
         root.fill(&WHITE)?;
@@ -144,11 +144,15 @@ impl Report {
             .margin(15)
             .x_label_area_size(40)
             .y_label_area_size(60)
-            .build_cartesian_2d(0.0..steps, (low * 0.95..high * 1.05).log_scale())?;
+            // A linear axis: the values span well under a decade, where a
+            // log axis gets no labelled ticks.
+            .build_cartesian_2d(0.0..steps, low * 0.95..high * 1.05)?;
         chart
             .configure_mesh()
             .x_desc("training step")
-            .y_desc("perplexity")
+            .y_desc("validation perplexity")
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .y_label_formatter(&|y| format!("{y:.0}"))
             .draw()?;
         for (i, row) in lines.iter().enumerate() {
             let color = Palette99::pick(i).to_rgba();
