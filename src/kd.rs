@@ -228,6 +228,9 @@ impl ModuleDisplay for KdLoss {
             .add("scale_by_t_squared", &self.scale_by_t_squared)
             .add("divergence", &format!("{:?}", self.divergence))
             .add("fused_kernel", &self.fused_kernel)
+            .add("ignore_index", &format!("{:?}", self.ignore_index))
+            .add("truncate_teacher_classes", &self.truncate_teacher_classes)
+            .add("logit_standardization", &self.logit_standardization)
             .optional()
     }
 }
@@ -305,6 +308,36 @@ impl KdLoss {
     /// Whether the fused kernel is used where it serves (see [`KdLossConfig::fused_kernel`]).
     pub fn fused_kernel(&self) -> bool {
         self.fused_kernel
+    }
+
+    /// Whether a teacher with more classes than the student is cut to the
+    /// student's (see [`KdLossConfig::truncate_teacher_classes`]).
+    pub fn truncate_teacher_classes(&self) -> bool {
+        self.truncate_teacher_classes
+    }
+
+    /// Whether both models' logits are z-scored per row first (see
+    /// [`KdLossConfig::logit_standardization`]).
+    ///
+    /// Every setting has a getter and is shown by the loss's `Display`:
+    ///
+    /// ```
+    /// use burn_distill::KdLossConfig;
+    ///
+    /// let kd = KdLossConfig::new()
+    ///     .with_ignore_index(Some(-100))
+    ///     .with_truncate_teacher_classes(true)
+    ///     .with_logit_standardization(true)
+    ///     .init();
+    /// assert_eq!(kd.ignore_index(), Some(-100));
+    /// assert!(kd.truncate_teacher_classes() && kd.logit_standardization());
+    /// let shown = kd.to_string();
+    /// for setting in ["ignore_index: Some(-100)", "truncate_teacher_classes: true", "logit_standardization: true"] {
+    ///     assert!(shown.contains(setting), "{setting} not in {shown}");
+    /// }
+    /// ```
+    pub fn logit_standardization(&self) -> bool {
+        self.logit_standardization
     }
 
     /// `soft_weight · T² · D + hard_weight · CE`, reduced over the kept

@@ -96,15 +96,18 @@ impl<T: Module> FrozenTeacher<T> {
     /// device, and none is copied per step). Batches on any other device use
     /// the first copy.
     ///
-    /// # Panics
-    /// If `devices` is empty.
-    pub fn with_replicas(teacher: T, devices: &[Device]) -> Self {
-        assert!(
-            !devices.is_empty(),
-            "FrozenTeacher::with_replicas: `devices` is empty; give at least one device"
-        );
+    /// # Errors
+    /// [`DistillError::InvalidParameter`] naming `devices` if it is empty.
+    pub fn with_replicas(teacher: T, devices: &[Device]) -> Result<Self, DistillError> {
+        if devices.is_empty() {
+            return Err(DistillError::InvalidParameter {
+                argument: "devices",
+                value: 0,
+                requirement: "at least 1 (the devices to copy the teacher to)",
+            });
+        }
         let teacher = teacher.valid();
-        Self {
+        Ok(Self {
             replicas: devices
                 .iter()
                 .map(|device| {
@@ -113,7 +116,7 @@ impl<T: Module> FrozenTeacher<T> {
                         .to_device(&device.clone().without_autodiff())
                 })
                 .collect(),
-        }
+        })
     }
 
     /// The teacher (the first copy).

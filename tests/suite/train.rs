@@ -482,8 +482,15 @@ fn replicas_serve_each_device_its_own_teacher() {
     let ndarray = Device::ndarray();
     flex.seed(5);
     let teacher =
-        FrozenTeacher::with_replicas(Net::new(16, &flex), &[flex.clone(), ndarray.clone()]);
+        FrozenTeacher::with_replicas(Net::new(16, &flex), &[flex.clone(), ndarray.clone()])
+            .unwrap();
     assert_eq!(teacher.replicas().len(), 2);
+    // No device to copy to: an error naming the argument, not a panic.
+    let err = FrozenTeacher::with_replicas(Net::new(16, &flex), &[]).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "devices = 0 is invalid: it must be at least 1 (the devices to copy the teacher to)"
+    );
     for device in [&flex, &ndarray] {
         let b = batch(3, 1, &device.clone().autodiff());
         teacher.teach(&b, &device.clone().autodiff()).unwrap();
