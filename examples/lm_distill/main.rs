@@ -210,9 +210,9 @@ impl Plan {
                 },
                 batch: 32,
                 teacher_steps: 3000,
-                // 1,000 steps (32,000 of the 51,634 training sentences) keep
-                // the full run within an hour on 2 cores with the teacher
-                // trained, 40 minutes with it cached: at 1,500 it took 67.
+                // 1,000 steps (32,000 of the 51,634 training sentences): the
+                // full run took 61:57 on 2 cores with the teacher trained and
+                // 37:31 with it cached; at 1,500 steps, 67:27.
                 student_steps: 1000,
                 lr: 1e-3,
                 eval_every: 100,
