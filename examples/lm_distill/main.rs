@@ -518,16 +518,17 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     })
 }
 
-/// The teacher: loaded from the cache, or trained on hard labels and saved.
+/// The teacher: loaded from the cache, or trained on hard labels and saved,
+/// under `key` ([`Plan::teacher_key`]).
 fn teacher(
     cli: &Cli,
+    key: &str,
     plan: &Plan,
     data: &Data,
     cache: &Path,
     device: &Device,
 ) -> Result<(Gpt, Row), String> {
     let config = plan.config(&plan.teacher, 0.1);
-    let key = plan.teacher_key(cli.seed);
     let path = cache.join(format!("teacher-{:016x}.bpk", fnv1a(key.as_bytes())));
     device.seed(cli.seed ^ 0x7EAC);
     let mut model = config.init(device);
@@ -645,7 +646,8 @@ fn run(cli: &Cli) -> Result<Report, String> {
     // What the splits hold (the test split may be shorter than the cap).
     plan.valid_sequences = data.valid.rows.len();
     plan.test_sequences = data.test.rows.len();
-    let (teacher, teacher_row) = teacher(cli, &plan, &data, &cache, &device)?;
+    let key = plan.teacher_key(cli.seed);
+    let (teacher, teacher_row) = teacher(cli, &key, &plan, &data, &cache, &device)?;
     let teacher = teacher.to_device(&plain);
     let mut rows = vec![teacher_row];
     let student_config = plan.config(&plan.student, 0.0);
@@ -752,7 +754,6 @@ fn run(cli: &Cli) -> Result<Report, String> {
         &data.train,
         None,
     ))?;
-    let key = plan.teacher_key(cli.seed);
     for k in [8, 64] {
         let store = store(
             &teacher,

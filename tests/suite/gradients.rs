@@ -195,21 +195,18 @@ fn teacher_is_detached_and_student_trains() {
         // The student's gradient is the closed form of the defaults (T = 4,
         // 0.9 soft with T², 0.1 hard, batchmean), written out in f64:
         // (0.9·T·(softmax(z/T) − softmax(v/T)) + 0.1·(softmax(z) − onehot)) / B.
-        let softmax = |x: &[f64], t: f64| -> Vec<f64> {
-            let m = x.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-            let e: Vec<f64> = x.iter().map(|&a| ((a - m) / t).exp()).collect();
-            let sum: f64 = e.iter().sum();
-            e.iter().map(|&a| a / sum).collect()
-        };
         let t = 4.0;
+        let (q, p, s) = (
+            reference_softmax(&z, classes, t),
+            reference_softmax(&v, classes, t),
+            reference_softmax(&z, classes, 1.0),
+        );
         for (r, label) in [0usize, 1, 2].into_iter().enumerate() {
-            let zr = &z[r * classes..(r + 1) * classes];
-            let vr = &v[r * classes..(r + 1) * classes];
-            let (q, p, s) = (softmax(zr, t), softmax(vr, t), softmax(zr, 1.0));
             for c in 0..classes {
+                let i = r * classes + c;
                 let onehot = if c == label { 1.0 } else { 0.0 };
-                let expected = (0.9 * t * (q[c] - p[c]) + 0.1 * (s[c] - onehot)) / batch as f64;
-                let got = g[r * classes + c];
+                let expected = (0.9 * t * (q[i] - p[i]) + 0.1 * (s[i] - onehot)) / batch as f64;
+                let got = g[i];
                 assert!(
                     (got - expected).abs() <= 1e-4 * expected.abs() + 2e-6,
                     "{name}: gradient [{r}, {c}] {got} vs closed form {expected}"
