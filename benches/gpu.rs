@@ -23,7 +23,8 @@
 //! gradient alive; they are not peaks inside a kernel.
 
 use burn::tensor::{DType, Device, Distribution, Int, Tensor};
-use burn_distill::{KdLoss, KdLossConfig, cube_kernel_launches};
+use burn_distill::diagnostics::cube_kernel_launches;
+use burn_distill::{KdLoss, KdLossConfig};
 use criterion::{BenchmarkId, Criterion, Throughput, black_box, criterion_group, criterion_main};
 use std::time::Duration;
 

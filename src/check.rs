@@ -3,9 +3,94 @@
 //! and the values, so that no bad input reaches burn.
 
 use burn::tensor::kind::Basic;
-use burn::tensor::{Int, Tensor};
+use burn::tensor::{Bool, Device, Int, Tensor};
 
+use crate::backend::host_backend;
+use crate::diagnostics::read_back;
 use crate::error::DistillError;
+
+/// How the checks that need tensor values — labels and top-k indices in
+/// range, probabilities not negative, a [`Reduction::GlobalCount`] of 0 with
+/// nothing kept — are made.
+///
+/// [`Reduction::GlobalCount`]: crate::Reduction::GlobalCount
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ValueChecks {
+    /// Read back and refused with the error that names them: `check`, and
+    /// every forward on a backend whose tensors are in host memory, where a
+    /// read is a copy and not a wait for a device.
+    Read,
+    /// Not read: a bad value makes the loss NaN on the device (see
+    /// [`BadPositions`]). Every forward on a device backend (wgpu, CUDA, …),
+    /// so that a training step never waits for the device.
+    OnDevice,
+}
+
+impl ValueChecks {
+    /// The value checks of a forward on `device` — decided here and nowhere
+    /// else.
+    pub(crate) fn for_forward(device: &Device) -> Self {
+        #[cfg(test)]
+        if tests::ON_DEVICE.get() {
+            return Self::OnDevice;
+        }
+        match host_backend(device) {
+            Some(_) => Self::Read,
+            None => Self::OnDevice,
+        }
+    }
+}
+
+/// The positions a forward found bad on the device ([`ValueChecks::OnDevice`]),
+/// `[positions]`, `true` = bad: each one's loss is NaN, and so is every
+/// reduced loss of a batch that has one (even where it is padding, as
+/// [`ValueChecks::Read`] refuses it there too). `None`: none found (or not
+/// looked for on the device).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct BadPositions(Option<Tensor<1, Bool>>);
+
+impl BadPositions {
+    /// These positions bad too.
+    pub(crate) fn or(self, bad: Tensor<1, Bool>) -> Self {
+        Self(Some(match self.0 {
+            Some(found) => found.bool_or(bad),
+            None => bad,
+        }))
+    }
+
+    /// Both sets.
+    pub(crate) fn union(self, other: Self) -> Self {
+        match other.0 {
+            Some(bad) => self.or(bad),
+            None => self,
+        }
+    }
+
+    /// `values` `[positions]` with the bad positions NaN.
+    pub(crate) fn per_position(&self, values: Tensor<1>) -> Tensor<1> {
+        match &self.0 {
+            Some(bad) => values.mask_fill(bad.clone(), f64::NAN),
+            None => values,
+        }
+    }
+
+    /// A reduced loss `[1]`, NaN if any position is bad.
+    pub(crate) fn reduced(&self, loss: Tensor<1>) -> Tensor<1> {
+        match &self.0 {
+            Some(bad) => loss.mask_fill(bad.clone().any(), f64::NAN),
+            None => loss,
+        }
+    }
+}
+
+/// `[N]`: entries of `indices` outside `0..classes`.
+pub(crate) fn out_of_range<const D: usize>(
+    indices: &Tensor<D, Int>,
+    classes: usize,
+) -> Tensor<D, Bool> {
+    let low = indices.clone().lower_elem(0);
+    low.bool_or(indices.clone().greater_equal_elem(classes as i64))
+}
 
 /// Checks that a temperature is finite and strictly positive.
 pub(crate) fn check_temperature(argument: &'static str, value: f64) -> Result<(), DistillError> {
@@ -80,7 +165,10 @@ pub(crate) fn check_index_bounds(
     indices: &Tensor<1, Int>,
     classes: usize,
 ) -> Result<(), DistillError> {
-    let bounds = Tensor::cat(vec![indices.clone().min(), indices.clone().max()], 0).into_data();
+    let bounds = read_back(Tensor::cat(
+        vec![indices.clone().min(), indices.clone().max()],
+        0,
+    ));
     check_label_values(argument, &bounds.iter::<i64>().collect::<Vec<_>>(), classes)
 }
 
@@ -146,12 +234,15 @@ pub(crate) fn check_mask_length(
     }
 }
 
-/// Top-k indices are checked against the student's batch and classes.
+/// Top-k indices are checked against the student's batch and classes; their
+/// range as `values` says (on the device: the rows with an index out of
+/// range, which the loss then clamps into range to index safely).
 pub(crate) fn check_top_k(
     indices: &Tensor<2, Int>,
     batch: usize,
     classes: usize,
-) -> Result<(), DistillError> {
+    values: ValueChecks,
+) -> Result<BadPositions, DistillError> {
     let [rows, k] = indices.dims();
     if rows != batch {
         return Err(DistillError::BatchMismatch {
@@ -168,9 +259,193 @@ pub(crate) fn check_top_k(
             requirement: "between 1 and the student's number of classes",
         });
     }
-    check_index_bounds(
-        "teacher.indices",
-        &indices.clone().flatten::<1>(0, 1),
-        classes,
-    )
+    match values {
+        ValueChecks::Read => {
+            check_index_bounds(
+                "teacher.indices",
+                &indices.clone().flatten::<1>(0, 1),
+                classes,
+            )?;
+            Ok(BadPositions::default())
+        }
+        ValueChecks::OnDevice => {
+            let bad_rows = out_of_range(indices, classes).any_dim(1);
+            Ok(BadPositions::default().or(bad_rows.reshape([batch])))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The on-device checks run on flex here (a forward there reads, as on
+    //! every host backend): what a wgpu or CUDA forward does with bad values,
+    //! tested on every CI step, not only where an adapter exists.
+
+    use std::cell::Cell;
+
+    use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+
+    use crate::dkd::DkdLossConfig;
+    use crate::{
+        FusedLinearKdLossConfig, KdLossConfig, LinearTeacher, Reduction, SparseTeacher, Targets,
+        TeacherOutput,
+    };
+
+    thread_local! {
+        /// Forwards on this thread check values as on a device backend.
+        pub(super) static ON_DEVICE: Cell<bool> = const { Cell::new(false) };
+    }
+
+    /// Runs `f` with forwards checking values on the device.
+    fn on_device<R>(f: impl FnOnce() -> R) -> R {
+        ON_DEVICE.set(true);
+        let out = f();
+        ON_DEVICE.set(false);
+        out
+    }
+
+    fn values(t: Tensor<1>) -> Vec<f64> {
+        t.into_data().iter::<f64>().collect()
+    }
+
+    fn logits(device: &Device, seed: f32) -> Tensor<2> {
+        let data: Vec<f32> = (0..24)
+            .map(|i| ((i as f32 * 0.37 + seed).sin()) * 2.0)
+            .collect();
+        Tensor::from_data(TensorData::new(data, [6, 4]), device)
+    }
+
+    fn labels(values: [i64; 6], device: &Device) -> Tensor<1, Int> {
+        Tensor::from_data(TensorData::new(values.to_vec(), [6]), device)
+    }
+
+    fn nan_exactly_at(got: Vec<f64>, bad: &[usize], what: &str) {
+        for (i, value) in got.iter().enumerate() {
+            assert_eq!(
+                value.is_nan(),
+                bad.contains(&i),
+                "{what}: position {i} is {value}"
+            );
+        }
+    }
+
+    /// Valid input: the same values whichever way the values are checked.
+    #[test]
+    fn valid_input_gives_the_same_loss_either_way() {
+        let device = Device::flex();
+        let (z, v) = (logits(&device, 0.0), logits(&device, 1.0));
+        let y = labels([0, 3, 2, 1, 3, 0], &device);
+        let kd = KdLossConfig::new()
+            .with_hard_weight(0.5)
+            .with_ignore_index(Some(3))
+            .init();
+        let top_k = SparseTeacher::top_k(v.clone(), 2, 2.0);
+        for teacher in [TeacherOutput::Logits(v.clone()), TeacherOutput::TopK(top_k)] {
+            let read = values(kd.forward_no_reduction(z.clone(), teacher.clone(), y.clone()));
+            let device_checked = on_device(|| {
+                values(kd.forward_no_reduction(z.clone(), teacher.clone(), y.clone()))
+            });
+            assert_eq!(read, device_checked);
+            assert!(read.iter().all(|v| v.is_finite()));
+        }
+    }
+
+    #[test]
+    fn bad_labels_are_nan_at_their_positions() {
+        let device = Device::flex().autodiff();
+        let z = logits(&device, 0.0).require_grad();
+        let v = logits(&device, 1.0);
+        let y = labels([0, 1, 4, 2, -1, 3], &device);
+        let kd = KdLossConfig::new().with_hard_weight(0.5).init();
+        on_device(|| {
+            let per = kd.forward_no_reduction(z.clone(), v.clone(), y.clone());
+            nan_exactly_at(values(per), &[2, 4], "KdLoss");
+            let loss = kd.forward(z.clone(), v.clone(), y.clone());
+            assert!(values(loss.clone())[0].is_nan());
+            // The gradient stays finite: the bad positions get none.
+            let grad = z.grad(&loss.backward()).expect("gradient");
+            let grad: Vec<f64> = grad.into_data().iter::<f64>().collect();
+            assert!(grad.iter().all(|g| g.is_finite()));
+            let parts = kd.forward_parts(z.clone(), v.clone(), y.clone());
+            assert!(values(parts.hard)[0].is_nan());
+            // As padding too: the reduced loss is NaN (check refuses it there).
+            let padding =
+                Tensor::<1, Bool>::from_data([false, false, true, false, true, false], &device);
+            let masked = Targets::new(y.clone()).with_padding_mask(padding);
+            assert!(values(kd.forward(z.clone(), v.clone(), masked))[0].is_nan());
+            let dkd = DkdLossConfig::new().init();
+            nan_exactly_at(
+                values(dkd.forward_no_reduction(z.clone(), v.clone(), y.clone())),
+                &[2, 4],
+                "DkdLoss",
+            );
+        });
+        // Read back instead, the same input is refused by name.
+        let error = kd
+            .check(&z, &TeacherOutput::Logits(v), &Targets::new(y))
+            .unwrap_err();
+        assert!(error.to_string().contains("-1"), "{error}");
+    }
+
+    #[test]
+    fn bad_teacher_rows_are_nan() {
+        let device = Device::flex();
+        let z = logits(&device, 0.0);
+        let y = labels([0, 1, 2, 3, 0, 1], &device);
+        let kd = KdLossConfig::new().init();
+        let mut p = burn::tensor::activation::softmax(logits(&device, 1.0), 1);
+        p = p.slice_assign([3..4, 1..2], Tensor::<2>::from_floats([[-0.25]], &device));
+        let indices = Tensor::<2, Int>::from_data(
+            TensorData::new(vec![0i64, 1, 2, 3, 4, 0, 1, 2, 3, 0, 1, 2], [6, 2]),
+            &device,
+        );
+        let log_probs = Tensor::<2>::from_floats([[-1.0, -2.0]; 6], &device);
+        let top_k = SparseTeacher::new(indices, log_probs);
+        on_device(|| {
+            let probs = kd.forward_no_reduction(z.clone(), TeacherOutput::Probs(p), y.clone());
+            nan_exactly_at(values(probs), &[3], "negative probability");
+            let top_k = kd.forward_no_reduction(z.clone(), TeacherOutput::TopK(top_k), y.clone());
+            nan_exactly_at(values(top_k), &[2], "top-k index 4 of 4 classes");
+        });
+    }
+
+    #[test]
+    fn a_zero_global_count_with_tokens_kept_is_nan() {
+        let device = Device::flex();
+        let (z, v) = (logits(&device, 0.0), logits(&device, 1.0));
+        let y = labels([0, 1, 2, 3, 0, 1], &device);
+        let kd = KdLossConfig::new().init();
+        let mask = |padding: [bool; 6]| Tensor::<1, Bool>::from_data(padding, &device);
+        let targets = |padding| {
+            Targets::new(y.clone())
+                .with_padding_mask(mask(padding))
+                .with_reduction(Reduction::GlobalCount(0))
+        };
+        let linear = FusedLinearKdLossConfig::new(KdLossConfig::new())
+            .with_chunk_size(Some(4))
+            .init();
+        let hidden = logits(&device, 2.0);
+        let weight = logits(&device, 3.0).slice([0..4, 0..4]);
+        on_device(|| {
+            let one_kept = targets([true, true, true, false, true, true]);
+            assert!(values(kd.forward(z.clone(), v.clone(), one_kept.clone()))[0].is_nan());
+            let linear_loss = linear.forward(
+                hidden.clone(),
+                weight.clone(),
+                None,
+                LinearTeacher::Logits(v.clone()),
+                one_kept,
+            );
+            assert!(values(linear_loss)[0].is_nan());
+            // Nothing kept: a count of 0 is what it is, and the loss 0.
+            let none_kept = targets([true; 6]);
+            assert_eq!(values(kd.forward(z.clone(), v.clone(), none_kept))[0], 0.0);
+            // No mask at all: every position is kept, refused without reading.
+            let unmasked = Targets::new(y.clone()).with_reduction(Reduction::GlobalCount(0));
+            let refused = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                kd.forward(z.clone(), v.clone(), unmasked)
+            }));
+            assert!(refused.is_err());
+        });
+    }
 }

@@ -25,13 +25,13 @@ use burn::config::Config;
 use burn::module::Module;
 use burn::tensor::{Bool, Int, Tensor};
 
-use crate::check::{check_temperature, check_weight};
+use crate::check::{BadPositions, ValueChecks, check_temperature, check_weight};
 use crate::divergence::forward_kl_unchecked;
 use crate::error::{DistillError, or_panic};
 use crate::fused::{self, FusedLoss, FusedSpec, serves};
-use crate::reduction::{PositionWeights, reduce};
+use crate::reduction::Reducer;
 use crate::shape::{LogitsShape, to_rows};
-use crate::targets::{Targets, blank_left_out_rows};
+use crate::targets::{Targets, blank_left_out_rows, usable_labels};
 use crate::teacher::{PreparedTeacher, TeacherOutput};
 use crate::temperature::{compute_dtype, log_softmax_unchecked, scaled_logsumexp, standardize};
 
@@ -142,7 +142,9 @@ impl DkdLoss {
     /// (by default their mean), `[1]`.
     ///
     /// # Panics
-    /// On bad input, with the message of [`check`](Self::check).
+    /// On bad input, with the message of [`check`](Self::check) — on a
+    /// device backend only where knowing it needs no tensor values; bad
+    /// values make the loss NaN there (see the crate's "Checks").
     pub fn forward<const D: usize>(
         &self,
         student_logits: Tensor<D>,
@@ -156,7 +158,7 @@ impl DkdLoss {
         let weights = [(self.alpha, self.beta)];
         let (rows, [total]) =
             or_panic(self.rows(student_logits, teacher.into(), targets.into(), weights));
-        reduce(total, rows.keep.as_ref(), &rows.weights).cast(dtype)
+        rows.reducer.reduce(total).cast(dtype)
     }
 
     /// The total and its two parts.
@@ -176,8 +178,7 @@ impl DkdLoss {
         let weights = [(1.0, 0.0), (0.0, 1.0)];
         let (rows, [tckd, nckd]) =
             or_panic(self.rows(student_logits, teacher.into(), targets.into(), weights));
-        let tckd = reduce(tckd, rows.keep.as_ref(), &rows.weights);
-        let nckd = reduce(nckd, rows.keep.as_ref(), &rows.weights);
+        let (tckd, nckd) = (rows.reducer.reduce(tckd), rows.reducer.reduce(nckd));
         let total = tckd.clone().mul_scalar(self.alpha) + nckd.clone().mul_scalar(self.beta);
         DkdLossOutput {
             total: total.cast(dtype),
@@ -204,10 +205,7 @@ impl DkdLoss {
         let weights = [(self.alpha, self.beta)];
         let (rows, [total]) =
             or_panic(self.rows(student_logits, teacher.into(), targets.into(), weights));
-        let values = match rows.keep {
-            Some(keep) => total.mask_fill(keep.bool_not(), 0.0),
-            None => total,
-        };
+        let values = rows.reducer.per_position(total);
         <Tensor<D> as LogitsShape>::per_position(values.cast(dtype), &rows.positions)
     }
 
@@ -222,7 +220,8 @@ impl DkdLoss {
         Tensor<D>: LogitsShape,
     {
         let (student, teacher, positions) = to_rows(student_logits.clone(), teacher.clone())?;
-        self.check_rows(&student, &teacher, targets, &positions)
+        self.check_rows(&student, &teacher, targets, &positions, ValueChecks::Read)
+            .map(|_| ())
     }
 
     /// [`check`](Self::check) on the flattened input.
@@ -232,7 +231,8 @@ impl DkdLoss {
         teacher: &TeacherOutput,
         targets: &Targets,
         positions: &[usize],
-    ) -> Result<(), DistillError> {
+        values: ValueChecks,
+    ) -> Result<BadPositions, DistillError> {
         let [_, classes] = student_logits.dims();
         if let TeacherOutput::TopK(_) = teacher {
             return Err(DistillError::UnsupportedTeacher {
@@ -240,7 +240,7 @@ impl DkdLoss {
                 reason: TOP_K_REASON,
             });
         }
-        teacher.check(student_logits, false)?;
+        let bad = teacher.check(student_logits, false, values)?;
         if classes < 2 {
             return Err(DistillError::InvalidParameter {
                 argument: "classes",
@@ -257,7 +257,15 @@ impl DkdLoss {
         if targets.labels.is_none() {
             return Err(DistillError::MissingLabels);
         }
-        targets.check("student_logits", student_logits, classes, positions, None)
+        let labels = targets.check(
+            "student_logits",
+            student_logits,
+            classes,
+            positions,
+            None,
+            values,
+        )?;
+        Ok(bad.union(labels))
     }
 
     /// Per row, `[batch]` each, after the checks, in the compute dtype (f32
@@ -271,7 +279,8 @@ impl DkdLoss {
         weights: [(f64, f64); K],
     ) -> Result<(Reducing, [Tensor<1>; K]), DistillError> {
         let (student_logits, teacher, positions) = to_rows(student_logits, teacher)?;
-        self.check_rows(&student_logits, &teacher, &targets, &positions)?;
+        let values = ValueChecks::for_forward(&student_logits.device());
+        let bad = self.check_rows(&student_logits, &teacher, &targets, &positions, values)?;
         let [batch, classes] = student_logits.dims();
         let compute = compute_dtype(student_logits.dtype());
         let z = student_logits.cast(compute);
@@ -289,8 +298,11 @@ impl DkdLoss {
         };
         let keep = targets.kept_rows(None);
         let reducing = Reducing {
-            weights: targets.position_weights(keep.as_ref(), &positions, compute),
-            keep: keep.clone(),
+            reducer: Reducer {
+                weights: targets.position_weights(keep.as_ref(), &positions, compute),
+                keep: keep.clone(),
+                bad,
+            },
             positions,
         };
         let kernel = self.fused_kernel && serves(&z, &v);
@@ -307,7 +319,11 @@ impl DkdLoss {
             true => standardize(z),
             false => z,
         };
-        let labels = targets.labels.expect("checked: DKD has labels");
+        let labels = usable_labels(
+            targets.labels.expect("checked: DKD has labels"),
+            None,
+            classes,
+        );
         let scale = t * t;
         if kernel {
             let spec = FusedSpec {
@@ -323,7 +339,12 @@ impl DkdLoss {
                 std::array::from_fn(|k| out.clone().slice([0..batch, k..k + 1]).squeeze_dim(1));
             return Ok((reducing, columns));
         }
-        let target_mask: Tensor<2, Bool> = labels.clone().one_hot::<2>(classes).equal_elem(1);
+        // Not burn's `one_hot`, which reads the labels back to check them.
+        let class_ids = Tensor::<1, Int>::arange(0..classes as i64, &labels.device());
+        let target_mask = class_ids
+            .reshape([1, classes])
+            .expand([batch, classes])
+            .equal(labels.clone().reshape([batch, 1]).expand([batch, classes]));
         let index = labels.reshape([batch, 1]);
 
         let (student_binary, student_rest) = split(z, t, target_mask.clone(), index.clone());
@@ -342,11 +363,9 @@ impl DkdLoss {
     }
 }
 
-/// How a call's per-position values are reduced: which count, their weights,
-/// the student's positions.
+/// How a call's per-position values are reduced, and the student's positions.
 struct Reducing {
-    keep: Option<Tensor<1, Bool>>,
-    weights: PositionWeights,
+    reducer: Reducer,
     positions: Vec<usize>,
 }
 

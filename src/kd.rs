@@ -18,13 +18,13 @@
 
 use burn::config::Config;
 use burn::module::{Content, DisplaySettings, Module, ModuleDisplay};
-use burn::tensor::{Bool, DType, Int, Tensor};
+use burn::tensor::{DType, Int, Tensor};
 
-use crate::check::{check_temperature, check_weight};
+use crate::check::{BadPositions, ValueChecks, check_temperature, check_weight};
 use crate::divergence::Divergence;
 use crate::error::{DistillError, or_panic};
 use crate::fused::{self, FusedLoss, FusedSpec, serves_kd};
-use crate::reduction::{PositionWeights, reduce};
+use crate::reduction::Reducer;
 use crate::shape::{LogitsShape, flatten_rows, positions_of, to_rows};
 use crate::sparse::bucket_log_probs;
 use crate::targets::{Targets, blank_left_out_rows, usable_labels};
@@ -249,10 +249,8 @@ struct Rows {
     /// `[total]` or `[soft, hard]` (hard is `None` without labels).
     total_or_soft: Tensor<1>,
     hard: Option<Tensor<1>>,
-    /// Positions that count (`None`: all).
-    keep: Option<Tensor<1, Bool>>,
-    /// Each position's weight in the reduced loss.
-    weights: PositionWeights,
+    /// Positions that count, their weights, bad positions.
+    reducer: Reducer,
     /// The student's positions (`[rows]` or `[batch, seq]`).
     positions: Vec<usize>,
     /// The student's dtype, to which the results are cast back.
@@ -260,17 +258,15 @@ struct Rows {
 }
 
 impl Rows {
-    /// `values` reduced as the targets say.
+    /// `values` reduced as the targets say (NaN if a position is bad).
     fn reduce(&self, values: Tensor<1>) -> Tensor<1> {
-        reduce(values, self.keep.as_ref(), &self.weights)
+        self.reducer.reduce(values)
     }
 
-    /// `values` per position, 0 where a position does not count.
+    /// `values` per position, 0 where a position does not count, NaN where
+    /// it is bad.
     fn per_position(&self, values: Tensor<1>) -> Tensor<1> {
-        match &self.keep {
-            Some(keep) => values.mask_fill(keep.clone().bool_not(), 0.0),
-            None => values,
-        }
+        self.reducer.per_position(values)
     }
 }
 
@@ -344,7 +340,9 @@ impl KdLoss {
     /// positions (by default their mean); `[1]`.
     ///
     /// # Panics
-    /// On bad input, with the message of [`check`](Self::check).
+    /// On bad input, with the message of [`check`](Self::check) — on a
+    /// device backend only where knowing it needs no tensor values; bad
+    /// values make the loss NaN there (see the crate's "Checks").
     pub fn forward<const D: usize>(
         &self,
         student_logits: Tensor<D>,
@@ -436,9 +434,11 @@ impl KdLoss {
     }
 
     /// Checks everything the forwards check, without computing the loss: for
-    /// callers that must validate untrusted input without panicking. Reads
-    /// back from the device the labels' and top-k indices' bounds and, for
-    /// [`TeacherOutput::Probs`], their minimum (a few scalars).
+    /// callers that must validate untrusted input without panicking, and for
+    /// the checks of values a forward on a device backend leaves to the
+    /// device (see the crate's "Checks"). Reads back the labels' and top-k
+    /// indices' bounds and, for [`TeacherOutput::Probs`], their minimum (a
+    /// few scalars; on a GPU each is a wait for the device).
     ///
     /// ```
     /// use burn::tensor::{Device, Int, Tensor};
@@ -463,7 +463,8 @@ impl KdLoss {
         Tensor<D>: LogitsShape,
     {
         let (student, teacher, positions) = to_rows(student_logits.clone(), teacher.clone())?;
-        self.check_rows(&student, &teacher, targets, &positions)
+        self.check_rows(&student, &teacher, targets, &positions, ValueChecks::Read)
+            .map(|_| ())
     }
 
     /// [`check`](Self::check) on the flattened input.
@@ -473,9 +474,10 @@ impl KdLoss {
         teacher: &TeacherOutput,
         targets: &Targets,
         positions: &[usize],
-    ) -> Result<(), DistillError> {
+        values: ValueChecks,
+    ) -> Result<BadPositions, DistillError> {
         let classes = student_logits.dims()[1];
-        teacher.check(student_logits, self.truncate_teacher_classes)?;
+        let bad = teacher.check(student_logits, self.truncate_teacher_classes, values)?;
         if self.logit_standardization {
             if !matches!(teacher, TeacherOutput::Logits(_)) {
                 return Err(DistillError::UnsupportedTeacher {
@@ -491,13 +493,15 @@ impl KdLoss {
                 });
             }
         }
-        targets.check(
+        let labels = targets.check(
             "student_logits",
             student_logits,
             classes,
             positions,
             self.ignore_index,
-        )
+            values,
+        )?;
+        Ok(bad.union(labels))
     }
 
     /// The per-position terms after the checks.
@@ -509,7 +513,8 @@ impl KdLoss {
         columns: Columns,
     ) -> Result<Rows, DistillError> {
         let (student_logits, teacher, positions) = to_rows(student_logits, teacher)?;
-        self.check_rows(&student_logits, &teacher, &targets, &positions)?;
+        let values = ValueChecks::for_forward(&student_logits.device());
+        let bad = self.check_rows(&student_logits, &teacher, &targets, &positions, values)?;
         let classes = student_logits.dims()[1];
         let dtype = student_logits.dtype();
         let (student, teacher) = match self.kernel_reads_half(&student_logits, &teacher) {
@@ -528,11 +533,9 @@ impl KdLoss {
         };
         let keep = targets.kept_rows(self.ignore_index);
         let weights = targets.position_weights(keep.as_ref(), &positions, compute_dtype(dtype));
-        // Ignored labels become class 0, so that they index safely; their rows
-        // are masked out.
         let labels = targets
             .labels
-            .map(|labels| usable_labels(labels, self.ignore_index));
+            .map(|labels| usable_labels(labels, self.ignore_index, classes));
         let kernel = self.uses_kernel(&student, &teacher);
         // Wherever autodiff runs through the rows (its path, or standardisation
         // before the kernel), left-out rows are zeroed first (see
@@ -556,8 +559,7 @@ impl KdLoss {
         Ok(Rows {
             total_or_soft,
             hard,
-            keep,
-            weights,
+            reducer: Reducer { keep, weights, bad },
             positions,
             dtype,
         })
@@ -723,19 +725,21 @@ pub(crate) fn try_hard_loss<const D: usize>(
     let Some(labels) = targets.labels.clone() else {
         return Err(DistillError::MissingLabels);
     };
-    targets.check(
+    let bad = targets.check(
         "student_logits",
         &student,
         classes,
         &positions,
         ignore_index,
+        ValueChecks::for_forward(&student.device()),
     )?;
     let dtype = student.dtype();
     let keep = targets.kept_rows(ignore_index);
     let weights = targets.position_weights(keep.as_ref(), &positions, compute_dtype(dtype));
     let student = blank_left_out_rows(student.cast(compute_dtype(dtype)), keep.as_ref());
-    let rows = hard_rows(student, usable_labels(labels, ignore_index));
-    Ok(reduce(rows, keep.as_ref(), &weights).cast(dtype))
+    let rows = hard_rows(student, usable_labels(labels, ignore_index, classes));
+    let reducer = Reducer { keep, weights, bad };
+    Ok(reducer.reduce(rows).cast(dtype))
 }
 
 /// Cross-entropy of `softmax(logits)` (T = 1) against integer labels, per row.

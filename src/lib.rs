@@ -19,16 +19,34 @@
 //! - The soft term is multiplied by `T²` (configurable) so its gradient's size does
 //!   not depend on the temperature.
 //! - Arguments are named `student_*` and `teacher_*`; the teacher never gets a gradient.
-//! - Bad input is reported before any tensor operation, as a [`DistillError`]: the
-//!   losses' forwards panic with its message (as burn-nn's do), and
-//!   [`KdLoss::check`] returns it for input that must not panic; configs have
-//!   `try_init`.
+//! - Bad input is reported before any tensor operation, as a [`DistillError`]
+//!   (see Checks below); configs have `try_init`.
 //! - Every forward takes `(student_logits, teacher, targets)`: the teacher as a
 //!   [`TeacherOutput`] (or logits), the targets as [`Targets`] (or labels), which
 //!   also carry a padding mask and the [`Reduction`].
 //! - Logits are `[rows, classes]` or a language model's `[batch, seq, vocab]`
 //!   ([`LogitsShape`]); labels and masks have their shape without the class
 //!   axis. Masks follow burn: in a padding mask, `true` is padding.
+//!
+//! ## Checks
+//! Every loss checks its input in two kinds, and `check` (on [`KdLoss`],
+//! [`DkdLoss`], [`FusedLinearKdLoss`], and [`DistillLoss`] for all three)
+//! makes both without computing the loss, returning the [`DistillError`]:
+//! - **Shapes, dtypes, devices and settings**, known without reading a
+//!   tensor: every forward checks them and panics with the error's message
+//!   (as burn-nn's losses do).
+//! - **Values** — labels in `0..classes` (or `ignore_index`), top-k indices in
+//!   range, probabilities not negative or NaN, a [`Reduction::GlobalCount`] of
+//!   0 with tokens kept. Checking them needs the values on the host. Where the
+//!   tensors are in host memory (flex, ndarray) that is a copy, and a forward
+//!   reads them and panics as above. On a device backend (wgpu, CUDA, …) it
+//!   would make every training step wait for the device, so a forward reads
+//!   nothing there ([`diagnostics::device_reads`] counts it: 0 per forward):
+//!   it finds bad values on the device instead, and the loss is NaN at each bad
+//!   position (`forward_no_reduction`) and as a whole (the reduced loss, even
+//!   where the bad position is padding), with finite gradients. PyTorch's losses do
+//!   the same on CUDA, by a device-side assert. Call `check` on a batch (it
+//!   reads) to have the error name the argument and the value.
 //!
 //! ## Example
 //! ```
@@ -51,6 +69,7 @@
 
 mod backend;
 mod check;
+pub mod diagnostics;
 pub mod divergence;
 pub mod dkd;
 pub mod ensemble;
@@ -75,9 +94,8 @@ pub mod train;
 pub use divergence::Divergence;
 pub use dkd::{DkdLoss, DkdLossConfig, DkdLossOutput};
 pub use error::DistillError;
-pub use fused::cube_kernel_launches;
 pub use kd::{KdLoss, KdLossConfig, KdLossOutput};
-pub use linear::{AUTO_CHUNK_ELEMENTS, FusedLinearKdLoss, FusedLinearKdLossConfig, LinearTeacher};
+pub use linear::{FusedLinearKdLoss, FusedLinearKdLossConfig, LinearTeacher};
 pub use loss::{DistillLoss, LinearStudent};
 #[allow(deprecated)]
 pub use reduction::Normalizer;

@@ -40,7 +40,7 @@ use burn::module::Module;
 use burn::nn::Linear;
 use burn::tensor::Tensor;
 
-use crate::check::{check_device, check_non_empty, check_same_shape};
+use crate::check::{BadPositions, ValueChecks, check_device, check_non_empty, check_same_shape};
 use crate::error::{DistillError, or_panic};
 use crate::fused;
 use crate::kd::{KdLoss, KdLossConfig, KdLossOutput, try_hard_loss};
@@ -346,7 +346,8 @@ impl FusedLinearKdLoss {
     /// model's `[batch, seq, d]`; the targets have its positions.
     ///
     /// # Panics
-    /// On bad input, with the message of [`try_forward`](Self::try_forward).
+    /// On bad input, with the message of [`try_forward`](Self::try_forward)
+    /// (bad values on a device backend: as [`KdLoss::forward`]).
     pub fn forward<const D: usize>(
         &self,
         hidden: Tensor<D>,
@@ -364,7 +365,8 @@ impl FusedLinearKdLoss {
     /// Fallible [`forward`](Self::forward): the shapes and devices of the
     /// layers and the teacher, the targets against the whole batch, and every
     /// check of [`KdLoss::check`] on each chunk (an error stops at the first
-    /// chunk that has it).
+    /// chunk that has it) — the checks of values only where the tensors are
+    /// in host memory, as in [`KdLoss::forward`].
     pub fn try_forward<const D: usize>(
         &self,
         hidden: Tensor<D>,
@@ -431,13 +433,14 @@ impl FusedLinearKdLoss {
         bias: Option<&Tensor<1>>,
         teacher: LinearTeacher<D>,
         targets: &Targets,
-    ) -> Result<(Tensor<2>, LinearTeacher, Vec<usize>), DistillError> {
-        let (hidden, positions) = self.check_student(hidden, weight, bias, targets)?;
+        values: ValueChecks,
+    ) -> Result<(Tensor<2>, LinearTeacher, Vec<usize>, BadPositions), DistillError> {
+        let (hidden, positions, bad) = self.check_student(hidden, weight, bias, targets, values)?;
         let teacher = teacher.into_rows(&positions)?;
         let [rows, _] = hidden.dims();
         check_same_shape("teacher rows", &[teacher.rows()], "hidden rows", &[rows])?;
         teacher.check(&hidden)?;
-        Ok((hidden, teacher, positions))
+        Ok((hidden, teacher, positions, bad))
     }
 
     /// The student's half of [`check_input`](Self::check_input).
@@ -447,7 +450,8 @@ impl FusedLinearKdLoss {
         weight: &Tensor<2>,
         bias: Option<&Tensor<1>>,
         targets: &Targets,
-    ) -> Result<(Tensor<2>, Vec<usize>), DistillError> {
+        values: ValueChecks,
+    ) -> Result<(Tensor<2>, Vec<usize>, BadPositions), DistillError> {
         let positions = positions_of(&hidden);
         let hidden = flatten_rows(hidden);
         let [rows, d] = hidden.dims();
@@ -459,8 +463,9 @@ impl FusedLinearKdLoss {
             check_device("hidden", &hidden, "bias", bias)?;
             check_same_shape("bias", &bias.dims(), "weight columns", &[vocab])?;
         }
-        targets.check("hidden", &hidden, vocab, &positions, self.kd.ignore_index())?;
-        Ok((hidden, positions))
+        let ignore_index = self.kd.ignore_index();
+        let bad = targets.check("hidden", &hidden, vocab, &positions, ignore_index, values)?;
+        Ok((hidden, positions, bad))
     }
 
     /// The hard-label cross-entropy of `hidden · weight + bias` alone,
@@ -476,7 +481,9 @@ impl FusedLinearKdLoss {
         if targets.labels.is_none() {
             return Err(DistillError::MissingLabels);
         }
-        let (hidden, positions) = self.check_student(hidden, &weight, bias.as_ref(), &targets)?;
+        let values = ValueChecks::for_forward(&hidden.device());
+        let (hidden, positions, bad) =
+            self.check_student(hidden, &weight, bias.as_ref(), &targets, values)?;
         let autodiff = hidden.is_autodiff();
         let (hidden, weight) = (hidden.without_autodiff(), weight.without_autodiff());
         let bias = bias.map(Tensor::without_autodiff);
@@ -498,7 +505,7 @@ impl FusedLinearKdLoss {
             let loss = try_hard_loss(logits, chunk, ignore_index)?;
             value = Some(accumulate(value, loss));
         }
-        let value = value.expect("rows ≥ 1 (checked)");
+        let value = bad.reduced(value.expect("rows ≥ 1 (checked)"));
         Ok(if autodiff { value.autodiff() } else { value })
     }
 
@@ -512,8 +519,9 @@ impl FusedLinearKdLoss {
         targets: Targets,
         parts: bool,
     ) -> Result<KdLossOutput, DistillError> {
-        let (hidden, teacher, positions) =
-            self.check_input(hidden, &weight, bias.as_ref(), teacher, &targets)?;
+        let values = ValueChecks::for_forward(&hidden.device());
+        let (hidden, teacher, positions, bad) =
+            self.check_input(hidden, &weight, bias.as_ref(), teacher, &targets, values)?;
         let [rows, _] = hidden.dims();
         let [_, vocab] = weight.dims();
         let keep = targets.kept_rows(self.kd.ignore_index());
@@ -587,10 +595,16 @@ impl FusedLinearKdLoss {
         }
         let value = value.expect("rows ≥ 1 (checked)");
         let lift = |t: Tensor<1>| if autodiff { t.autodiff() } else { t };
+        // The chunks' losses are NaN where their labels or teacher rows are
+        // bad; this is the whole batch's (a `GlobalCount(0)` with tokens kept).
         let output = |total: Tensor<1>| KdLossOutput {
-            soft: lift(soft.unwrap_or_else(|| total.zeros_like().without_autodiff())),
-            hard: lift(hard.unwrap_or_else(|| total.zeros_like().without_autodiff())),
-            total,
+            soft: bad.reduced(lift(
+                soft.unwrap_or_else(|| total.zeros_like().without_autodiff()),
+            )),
+            hard: bad.reduced(lift(
+                hard.unwrap_or_else(|| total.zeros_like().without_autodiff()),
+            )),
+            total: bad.reduced(total),
         };
         if let Some(sums) = host_sums {
             return Ok(output(sums.attach(value, hidden, weight, bias)));

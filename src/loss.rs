@@ -6,6 +6,7 @@
 use burn::module::{Module, ModuleDisplay};
 use burn::tensor::Tensor;
 
+use crate::check::ValueChecks;
 use crate::dkd::DkdLoss;
 use crate::error::{DistillError, or_panic};
 use crate::kd::{KdLoss, KdLossOutput, try_hard_loss};
@@ -249,6 +250,7 @@ where
             student.bias.as_ref(),
             teacher.clone(),
             targets,
+            ValueChecks::Read,
         )
         .map(|_| ())
     }

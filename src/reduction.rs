@@ -3,6 +3,8 @@
 
 use burn::tensor::{Bool, DType, Tensor};
 
+use crate::check::BadPositions;
+
 /// How the per-position losses (rows, or a language model's tokens) are
 /// reduced to one value. Positions that do not count (padding, a label equal
 /// to `ignore_index`, a `false` in `keep_rows`) contribute exactly 0 and get
@@ -132,6 +134,36 @@ pub(crate) fn position_weights(
             let count = kept.clone().sum().clamp_min(1.0);
             PositionWeights::PerPosition(kept / count)
         }
+    }
+}
+
+/// How one call's per-position values are reduced: the positions that count,
+/// their weights, and the positions found bad on the device.
+#[derive(Debug, Clone)]
+pub(crate) struct Reducer {
+    /// Positions that count (`None`: all).
+    pub keep: Option<Tensor<1, Bool>>,
+    /// Each position's weight in the reduced loss.
+    pub weights: PositionWeights,
+    /// Positions with a bad label or teacher row, found on the device.
+    pub bad: BadPositions,
+}
+
+impl Reducer {
+    /// `values` reduced (see [`reduce`]), NaN if a position is bad.
+    pub(crate) fn reduce(&self, values: Tensor<1>) -> Tensor<1> {
+        self.bad
+            .reduced(reduce(values, self.keep.as_ref(), &self.weights))
+    }
+
+    /// `values` per position, 0 where a position does not count, NaN where
+    /// it is bad.
+    pub(crate) fn per_position(&self, values: Tensor<1>) -> Tensor<1> {
+        let values = match &self.keep {
+            Some(keep) => values.mask_fill(keep.clone().bool_not(), 0.0),
+            None => values,
+        };
+        self.bad.per_position(values)
     }
 }
 

@@ -9,7 +9,7 @@
 
 use burn::tensor::{Int, Tensor};
 
-use crate::check::{check_temperature, check_top_k};
+use crate::check::{BadPositions, ValueChecks, check_temperature, check_top_k};
 use crate::divergence::forward_kl_unchecked;
 use crate::error::{DistillError, or_panic};
 use crate::temperature::{log_softmax_unchecked, scaled_logsumexp, try_log_softmax};
@@ -112,8 +112,13 @@ impl SparseTeacher {
     }
 
     /// Checks the stored rows against a student's `[batch, classes]`.
-    pub(crate) fn check_against(&self, batch: usize, classes: usize) -> Result<(), DistillError> {
-        check_top_k(&self.indices, batch, classes)
+    pub(crate) fn check_against(
+        &self,
+        batch: usize,
+        classes: usize,
+        values: ValueChecks,
+    ) -> Result<BadPositions, DistillError> {
+        check_top_k(&self.indices, batch, classes, values)
     }
 
     /// Number of stored classes per row.
@@ -149,7 +154,7 @@ pub fn try_sparse_forward_kl(
 ) -> Result<Tensor<1>, DistillError> {
     check_temperature("temperature", temperature)?;
     let [rows, classes] = student_logits.dims();
-    teacher.check_against(rows, classes)?;
+    teacher.check_against(rows, classes, ValueChecks::Read)?;
     let (student, teacher) = bucket_log_probs(
         student_logits,
         teacher.indices.clone(),

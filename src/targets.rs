@@ -4,7 +4,11 @@
 
 use burn::tensor::{Bool, DType, Int, Tensor};
 
-use crate::check::{check_device, check_index_bounds, check_mask_length, check_non_empty};
+use crate::check::{
+    BadPositions, ValueChecks, check_device, check_index_bounds, check_mask_length,
+    check_non_empty, out_of_range,
+};
+use crate::diagnostics::read_back;
 use crate::error::DistillError;
 use crate::reduction::{PositionWeights, Reduction, position_weights};
 
@@ -164,9 +168,10 @@ impl Targets {
     /// logits' shape without the class axis), its `[rows, ·]` tensor
     /// `student` (named `student_argument`) and `classes`: labels and
     /// padding mask of that shape, a row mask only for `[rows]` positions,
-    /// all on the student's device, labels in `0..classes` or equal to
-    /// `ignore_index` (their bounds are read back), and a
-    /// [`Reduction::GlobalCount`] of 0 only where nothing is kept.
+    /// all on the student's device; and, as `values` says (read back, or
+    /// found on the device as the positions that have them), labels outside
+    /// `0..classes` that are not `ignore_index`, and a
+    /// [`Reduction::GlobalCount`] of 0 where something is kept.
     pub(crate) fn check(
         &self,
         student_argument: &'static str,
@@ -174,17 +179,19 @@ impl Targets {
         classes: usize,
         positions: &[usize],
         ignore_index: Option<i64>,
-    ) -> Result<(), DistillError> {
+        values: ValueChecks,
+    ) -> Result<BadPositions, DistillError> {
         let rows = student.dims()[0];
         check_non_empty(student_argument, &[rows, classes])?;
+        let mut bad = BadPositions::default();
         if let Some(labels) = &self.labels {
             check_positions("targets", &self.labels_shape, positions)?;
             check_device(student_argument, student, "targets", labels)?;
-            check_index_bounds(
-                "targets",
-                &usable_labels(labels.clone(), ignore_index),
-                classes,
-            )?;
+            let labels = ignored_as_class_0(labels.clone(), ignore_index);
+            match values {
+                ValueChecks::Read => check_index_bounds("targets", &labels, classes)?,
+                ValueChecks::OnDevice => bad = bad.or(out_of_range(&labels, classes)),
+            }
         }
         if let Some(keep) = &self.keep_rows {
             if positions.len() != 1 {
@@ -202,16 +209,25 @@ impl Targets {
             check_device(student_argument, student, "padding_mask", padding)?;
         }
         if self.reduction == Reduction::GlobalCount(0) && self.weights.is_none() {
-            // Read back only here: a count of 0 is the rare case to refuse.
-            let kept = match self.kept_rows(ignore_index) {
-                Some(keep) => keep.int().sum().into_scalar::<i64>() as usize,
-                None => rows,
-            };
-            if kept > 0 {
-                return Err(DistillError::ZeroGlobalCount { kept });
+            match (self.kept_rows(ignore_index), values) {
+                // Every position kept: known without reading anything.
+                (None, _) => return Err(DistillError::ZeroGlobalCount { kept: rows }),
+                (Some(keep), ValueChecks::Read) => {
+                    let kept = read_back(keep.int().sum())
+                        .iter::<i64>()
+                        .next()
+                        .unwrap_or(0);
+                    if kept > 0 {
+                        return Err(DistillError::ZeroGlobalCount {
+                            kept: kept as usize,
+                        });
+                    }
+                }
+                // Each kept position is one too many.
+                (Some(keep), ValueChecks::OnDevice) => bad = bad.or(keep),
             }
         }
-        Ok(())
+        Ok(bad)
     }
 
     /// The positions that count: not padding, kept by the row mask, not
@@ -307,12 +323,24 @@ pub(crate) fn blank_left_out_rows(x: Tensor<2>, keep: Option<&Tensor<1, Bool>>) 
 }
 
 /// Labels with `ignore_index` replaced by class 0, so that ignored rows pass
-/// the range check and index safely; their rows are masked out.
-pub(crate) fn usable_labels(labels: Tensor<1, Int>, ignore_index: Option<i64>) -> Tensor<1, Int> {
+/// the range check; their rows are masked out.
+fn ignored_as_class_0(labels: Tensor<1, Int>, ignore_index: Option<i64>) -> Tensor<1, Int> {
     match ignore_index {
         Some(ignore) => labels.clone().mask_fill(labels.equal_elem(ignore), 0),
         None => labels,
     }
+}
+
+/// Labels that index `0..classes` safely: `ignore_index` as class 0 (those
+/// rows are masked out), and any other out of range clamped into it (where
+/// the checks ran on the device, such a position's loss is NaN already; where
+/// they were read back, none is left).
+pub(crate) fn usable_labels(
+    labels: Tensor<1, Int>,
+    ignore_index: Option<i64>,
+    classes: usize,
+) -> Tensor<1, Int> {
+    ignored_as_class_0(labels, ignore_index).clamp(0, classes as i64 - 1)
 }
 
 impl From<Tensor<1, Int>> for Targets {

@@ -4,7 +4,8 @@
 
 use burn::tensor::{Bool, DType, Int, Tensor};
 
-use crate::check::{check_device, check_non_empty, check_same_shape};
+use crate::check::{BadPositions, ValueChecks, check_device, check_non_empty, check_same_shape};
+use crate::diagnostics::read_back;
 use crate::error::DistillError;
 use crate::sparse::SparseTeacher;
 use crate::targets::blank_left_out_rows;
@@ -141,19 +142,21 @@ impl TeacherOutput {
 
     /// Checks the teacher against the student's `[batch, classes]` and device:
     /// the same shape (or more classes, when `truncate` allows cutting them),
-    /// the same device, probabilities that are not negative (their minimum is
-    /// read back), top-k indices in range (their bounds are read back).
+    /// the same device; and, as `values` says (read back, or found on the
+    /// device as the rows that have them), probabilities that are negative or
+    /// NaN and top-k indices out of range.
     pub(crate) fn check(
         &self,
         student_logits: &Tensor<2>,
         truncate: bool,
-    ) -> Result<(), DistillError> {
+        values: ValueChecks,
+    ) -> Result<BadPositions, DistillError> {
         let student_shape = student_logits.dims();
         let [batch, classes] = student_shape;
         let (tensor, argument) = self.tensor();
         check_device("student_logits", student_logits, argument, tensor)?;
         if let Self::TopK(sparse) = self {
-            return sparse.check_against(batch, classes);
+            return sparse.check_against(batch, classes, values);
         }
         let shape = tensor.dims();
         let cut = truncate && shape[0] == batch && shape[1] > classes;
@@ -161,16 +164,31 @@ impl TeacherOutput {
             check_same_shape("student_logits", &student_shape, argument, &shape)?;
         }
         check_non_empty("student_logits", &student_shape)?;
-        if let Self::Probs(probs) = self {
-            let min = probs.clone().min().cast(DType::F64).into_scalar::<f64>();
-            if min.is_nan() || min < 0.0 {
-                return Err(DistillError::InvalidProbabilities {
-                    argument,
-                    value: min,
-                });
+        let Self::Probs(probs) = self else {
+            return Ok(BadPositions::default());
+        };
+        match values {
+            ValueChecks::Read => {
+                let min = read_back(probs.clone().min().cast(DType::F64))
+                    .iter::<f64>()
+                    .next()
+                    .unwrap_or(0.0);
+                if min.is_nan() || min < 0.0 {
+                    return Err(DistillError::InvalidProbabilities {
+                        argument,
+                        value: min,
+                    });
+                }
+                Ok(BadPositions::default())
+            }
+            ValueChecks::OnDevice => {
+                let bad = probs
+                    .clone()
+                    .lower_elem(0.0)
+                    .bool_or(probs.clone().is_nan());
+                Ok(BadPositions::default().or(bad.any_dim(1).reshape([batch])))
             }
         }
-        Ok(())
     }
 
     /// The checked teacher, detached, cut to `classes` when it has more (the
@@ -206,7 +224,10 @@ impl TeacherOutput {
             Self::TopK(sparse) => {
                 let (indices, log_probs) = sparse.into_parts();
                 PreparedTeacher::TopK {
-                    indices,
+                    // In range already where they were read back; on the
+                    // device a row with one out of range is NaN, and its
+                    // indices clamped so that they index safely.
+                    indices: indices.clamp(0, classes as i64 - 1),
                     log_probs: log_probs.detach().cast(dtype),
                 }
             }

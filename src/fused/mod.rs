@@ -166,27 +166,8 @@ pub(crate) fn serves_kd(
     }
 }
 
-/// How many times the fused Cube kernel has been launched from the calling
-/// thread (always 0 without the `cube-kernel` feature): a way to tell that a
-/// loss on a Cube device (wgpu, CUDA, …) took the fused kernel rather than
-/// burn ops and autodiff. Each `KdLoss` forward that takes it launches it
-/// once; the backward pass is a second, elementwise kernel, not counted.
-///
-/// ```
-/// use burn::tensor::{Device, Int, Tensor};
-/// use burn_distill::{KdLossConfig, cube_kernel_launches};
-///
-/// // On flex the CPU kernel runs, not the Cube one: the count stays. On a
-/// // wgpu or CUDA device (with the feature) the same forward adds one.
-/// let device = Device::flex();
-/// let student = Tensor::<2>::from_floats([[1.0, 2.0, 0.5]], &device);
-/// let teacher = Tensor::<2>::from_floats([[1.5, 3.0, 0.0]], &device);
-/// let labels = Tensor::<1, Int>::from_ints([1], &device);
-/// let before = cube_kernel_launches();
-/// KdLossConfig::new().init().forward(student, teacher, labels);
-/// assert_eq!(cube_kernel_launches(), before);
-/// ```
-pub fn cube_kernel_launches() -> u64 {
+/// See [`crate::diagnostics::cube_kernel_launches`].
+pub(crate) fn cube_kernel_launches() -> u64 {
     #[cfg(feature = "cube-kernel")]
     return cube::rows_launches();
     #[cfg(not(feature = "cube-kernel"))]
@@ -233,8 +214,9 @@ pub(crate) fn columns(
     }
     #[cfg(any(feature = "flex", feature = "ndarray", feature = "cube-kernel"))]
     {
+        use crate::diagnostics::read_back;
         use extension::FusedLabels;
-        let host = |t: Tensor<1, Int>| -> Arc<[i64]> { t.into_data().iter::<i64>().collect() };
+        let host = |t: Tensor<1, Int>| -> Arc<[i64]> { read_back(t).iter::<i64>().collect() };
         let teacher = FusedTeacher {
             values: teacher_values.clone(),
             indices: teacher_indices.map(|i| host(i.clone().flatten(0, 1))),

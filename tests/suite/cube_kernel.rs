@@ -9,7 +9,8 @@
 use crate::common;
 
 use burn::tensor::{Bool, DType, Device, Tensor, TensorData};
-use burn_distill::{Divergence, KdLoss, KdLossConfig, Targets, cube_kernel_launches};
+use burn_distill::diagnostics::cube_kernel_launches;
+use burn_distill::{Divergence, KdLoss, KdLossConfig, Targets};
 use common::{EVERY_DIVERGENCE, Normals, Rng, assert_allclose, devices, labels, values};
 
 /// The wgpu device, if the tests were built with it and found an adapter.

@@ -7,6 +7,8 @@ mod common;
 
 #[cfg(feature = "cube-kernel")]
 mod cube_kernel;
+#[cfg(feature = "wgpu")]
+mod device_reads;
 mod devices;
 mod divergences;
 mod engine_parity;
