@@ -143,8 +143,9 @@ pub(crate) fn kd_rows(
     }
 
     let single_block = soft_blocks.len() == 1;
-    std::thread::scope(|scope| {
-        let mut handles = Vec::new();
+    // Rayon's global pool — the one burn-flex's and gemm's threads are — so
+    // that the loss and the model's matmuls never oversubscribe the cores.
+    rayon::scope(|scope| {
         let mut hard_iter = hard_blocks.iter_mut();
         for (block, (soft, grads)) in soft_blocks
             .iter_mut()
@@ -165,25 +166,20 @@ pub(crate) fn kd_rows(
             if single_block {
                 job.run(spec);
             } else {
-                handles.push(scope.spawn(move || job.run(spec)));
+                scope.spawn(move |_| job.run(spec));
             }
-        }
-        for handle in handles {
-            handle.join().expect("kd kernel thread panicked");
         }
     });
     out
 }
 
-/// Threads for `rows × classes` elements: one below [`PARALLEL_MIN_ELEMENTS`],
-/// else every core (at most one per row).
+/// Blocks for `rows × classes` elements: one below [`PARALLEL_MIN_ELEMENTS`],
+/// else one per thread of rayon's pool (at most one per row).
 fn thread_count(rows: usize, classes: usize) -> usize {
     if rows * classes < PARALLEL_MIN_ELEMENTS {
         return 1;
     }
-    std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .clamp(1, rows.max(1))
+    rayon::current_num_threads().clamp(1, rows.max(1))
 }
 
 /// The backward pass: `Σ_k upstream[b, k] · G_k[b, :]` for row-major
@@ -198,7 +194,7 @@ pub(crate) fn weighted_gradient(
     let rows = upstream.len() / columns;
     let mut out = buffers.remove(0);
     let rows_per_thread = rows.div_ceil(thread_count(rows, classes)).max(1);
-    std::thread::scope(|scope| {
+    rayon::scope(|scope| {
         for (block, chunk) in out.chunks_mut(rows_per_thread * classes).enumerate() {
             let others = &buffers;
             let first_row = block * rows_per_thread;
@@ -228,7 +224,7 @@ pub(crate) fn weighted_gradient(
             if rows_per_thread >= rows {
                 job();
             } else {
-                scope.spawn(job);
+                scope.spawn(move |_| job());
             }
         }
     });

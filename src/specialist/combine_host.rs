@@ -1,7 +1,9 @@
 //! The eq. 5 combiner on the host, for flex: rows are independent, so each is
-//! solved on its own (in f64, across threads) and stops when its own `q`
+//! solved on its own (in f64, on rayon's pool) and stops when its own `q`
 //! settles. Same start, accelerated update, objective, `TINY` and stopping
 //! rule as the tensor version in `combine.rs`.
+
+use rayon::prelude::*;
 
 use super::combine::TINY;
 
@@ -44,10 +46,9 @@ pub(crate) fn combine_rows(
             trace: vec![0.0],
         };
     }
+    // Blocks for rayon's global pool (burn-flex's and gemm's threads).
     let threads = if batch * classes >= 1 << 15 {
-        std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(batch.max(1))
+        rayon::current_num_threads().min(batch.max(1))
     } else {
         1
     };
@@ -55,39 +56,33 @@ pub(crate) fn combine_rows(
     let mut q = vec![0.0; batch * classes];
     let mut objective = vec![0.0; batch];
     let mut active = vec![0.0; batch * m_count];
-    let traces: Vec<Vec<f64>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = q
-            .chunks_mut(per_thread * classes)
-            .zip(objective.chunks_mut(per_thread))
-            .zip(active.chunks_mut((per_thread * m_count).max(1)))
-            .enumerate()
-            .map(|(block, ((q, objective), active))| {
-                let first = block * per_thread;
-                scope.spawn(move || {
-                    let mut trace: Vec<f64> = Vec::new();
-                    for (local, row) in (first..first + objective.len()).enumerate() {
-                        let row_trace = solve_row(
-                            &generalist[row * classes..(row + 1) * classes],
-                            row,
-                            specialists,
-                            top_n,
-                            max_iterations,
-                            tolerance,
-                            &mut q[local * classes..(local + 1) * classes],
-                            &mut active[local * m_count..(local + 1) * m_count],
-                        );
-                        objective[local] = *row_trace.last().expect("initial objective");
-                        add_padded(&mut trace, &row_trace);
-                    }
-                    trace
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("combiner thread panicked"))
-            .collect()
-    });
+    // Collected in block order, so that the summed trace is the same however
+    // the blocks are scheduled.
+    let traces: Vec<Vec<f64>> = q
+        .par_chunks_mut(per_thread * classes)
+        .zip(objective.par_chunks_mut(per_thread))
+        .zip(active.par_chunks_mut(per_thread * m_count))
+        .enumerate()
+        .map(|(block, ((q, objective), active))| {
+            let first = block * per_thread;
+            let mut trace: Vec<f64> = Vec::new();
+            for (local, row) in (first..first + objective.len()).enumerate() {
+                let row_trace = solve_row(
+                    &generalist[row * classes..(row + 1) * classes],
+                    row,
+                    specialists,
+                    top_n,
+                    max_iterations,
+                    tolerance,
+                    &mut q[local * classes..(local + 1) * classes],
+                    &mut active[local * m_count..(local + 1) * m_count],
+                );
+                objective[local] = *row_trace.last().expect("initial objective");
+                add_padded(&mut trace, &row_trace);
+            }
+            trace
+        })
+        .collect();
     let mut trace = Vec::new();
     for t in &traces {
         add_padded(&mut trace, t);
@@ -276,4 +271,60 @@ fn row_objective<'a>(
         j += kl_term(p[s.classes.len()], total - in_subset);
     }
     j
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A batch large enough for several blocks on rayon's pool gives every
+    /// row exactly what it gets solved alone (one block on the calling
+    /// thread): the rows are independent, and the split must not mix them.
+    #[test]
+    fn blocks_on_the_pool_solve_each_row_as_alone() {
+        let (batch, classes) = (4000, 10); // 40,000 elements: over the threshold
+        let mut state = 7u64;
+        let mut uniform = || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 11) as f64 / (1u64 << 53) as f64) + 0.01
+        };
+        let normalised = |row: Vec<f64>| {
+            let sum: f64 = row.iter().sum();
+            row.into_iter().map(|p| p / sum).collect::<Vec<f64>>()
+        };
+        let generalist: Vec<f64> = (0..batch)
+            .flat_map(|_| normalised((0..classes).map(|_| uniform()).collect()))
+            .collect();
+        let subset = [1usize, 4, 7];
+        let probs: Vec<f64> = (0..batch)
+            .flat_map(|_| normalised((0..subset.len() + 1).map(|_| uniform()).collect()))
+            .collect();
+        let member: Vec<bool> = (0..classes).map(|c| subset.contains(&c)).collect();
+        let specialist = |rows: std::ops::Range<usize>| HostSpecialist {
+            classes: &subset,
+            member: member.clone(),
+            probs: probs[rows.start * 4..rows.end * 4].to_vec(),
+        };
+        let whole = combine_rows(&generalist, classes, &[specialist(0..batch)], 3, 50, 1e-9);
+        for row in [0, 1, 1999, 2000, 3999] {
+            let alone = combine_rows(
+                &generalist[row * classes..(row + 1) * classes],
+                classes,
+                &[specialist(row..row + 1)],
+                3,
+                50,
+                1e-9,
+            );
+            assert_eq!(
+                &whole.q[row * classes..(row + 1) * classes],
+                &alone.q[..],
+                "row {row}"
+            );
+            assert_eq!(whole.objective[row], alone.objective[0], "row {row}");
+            assert_eq!(whole.active[row], alone.active[0], "row {row}");
+        }
+        assert!(whole.iterations > 0);
+    }
 }
