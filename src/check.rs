@@ -83,13 +83,31 @@ impl BadPositions {
     }
 }
 
-/// `[N]`: entries of `indices` outside `0..classes`.
+/// Entries of `indices` outside `0..classes`: those that clamping into it
+/// changes (two launches on a device, not three).
 pub(crate) fn out_of_range<const D: usize>(
     indices: &Tensor<D, Int>,
     classes: usize,
 ) -> Tensor<D, Bool> {
-    let low = indices.clone().lower_elem(0);
-    low.bool_or(indices.clone().greater_equal_elem(classes as i64))
+    let clamped = indices.clone().clamp(0, classes as i64 - 1);
+    clamped.not_equal(indices.clone())
+}
+
+/// `base[index]` as an argument name, for errors about one of several tensors
+/// (`specialist_probs[2]`). The errors' fields are `&'static str`, so each
+/// distinct name is made once and kept (a few bytes, on error paths only).
+pub(crate) fn indexed(base: &'static str, index: usize) -> &'static str {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    type Names = Mutex<HashMap<(&'static str, usize), &'static str>>;
+    static NAMES: OnceLock<Names> = OnceLock::new();
+    let mut names = NAMES
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    names
+        .entry((base, index))
+        .or_insert_with(|| Box::leak(format!("{base}[{index}]").into_boxed_str()))
 }
 
 /// Checks that a temperature is finite and strictly positive.

@@ -32,7 +32,7 @@
 use burn::config::Config;
 use burn::tensor::{Bool, Tensor};
 
-use crate::check::{check_mask_length, check_non_empty, check_same_shape};
+use crate::check::{check_device, check_mask_length, check_non_empty, check_same_shape};
 use crate::error::{DistillError, or_panic};
 use crate::reduction::{Reduction, position_weights, reduce};
 
@@ -215,6 +215,7 @@ pub fn try_masked_mean(
 ) -> Result<Tensor<1>, DistillError> {
     let [length] = rows.dims();
     check_mask_length(&keep_rows, length)?;
+    check_device("rows", &rows, "keep_rows", &keep_rows)?;
     let weights = position_weights(Reduction::Mean, Some(&keep_rows), &[length], rows.dtype());
     Ok(reduce(rows, Some(&keep_rows), &weights))
 }
@@ -232,7 +233,13 @@ pub(crate) fn check_log_prob_pair(
         "teacher_log_probs",
         &teacher_shape,
     )?;
-    check_non_empty("student_log_probs", &student_shape)
+    check_non_empty("student_log_probs", &student_shape)?;
+    check_device(
+        "student_log_probs",
+        student_log_probs,
+        "teacher_log_probs",
+        teacher_log_probs,
+    )
 }
 
 /// [`forward_kl`] without the shape checks, for callers that already made them.

@@ -18,7 +18,7 @@
 
 use burn::tensor::Tensor;
 
-use crate::check::{check_non_empty, check_temperature, check_weight};
+use crate::check::{check_device, check_non_empty, check_temperature, check_weight, indexed};
 use crate::error::{DistillError, or_panic};
 use crate::temperature::try_log_softmax;
 
@@ -200,6 +200,8 @@ fn check_teachers(
                 found: other.dims().to_vec(),
             });
         }
+        let argument = indexed("teacher_logits", index);
+        check_device("teacher_logits[0]", first, argument, other)?;
     }
     let weights = match weights {
         None => vec![1.0; teacher_logits.len()],

@@ -150,20 +150,39 @@ pub(crate) struct Reducer {
 }
 
 impl Reducer {
-    /// `values` reduced (see [`reduce`]), NaN if a position is bad.
+    /// `values` reduced (see [`reduce`]), NaN if a position is bad: the bad
+    /// positions' NaN is put in after the left-out ones are zeroed, so that
+    /// it reaches the sum even where the position is padding.
     pub(crate) fn reduce(&self, values: Tensor<1>) -> Tensor<1> {
-        self.bad
-            .reduced(reduce(values, self.keep.as_ref(), &self.weights))
+        weighted_sum(self.per_position(values), &self.weights)
     }
 
     /// `values` per position, 0 where a position does not count, NaN where
     /// it is bad.
     pub(crate) fn per_position(&self, values: Tensor<1>) -> Tensor<1> {
-        let values = match &self.keep {
-            Some(keep) => values.mask_fill(keep.clone().bool_not(), 0.0),
-            None => values,
-        };
-        self.bad.per_position(values)
+        self.bad
+            .per_position(zero_left_out(values, self.keep.as_ref()))
+    }
+}
+
+/// `values` with the positions that do not count set to 0 (value and gradient).
+fn zero_left_out(values: Tensor<1>, keep: Option<&Tensor<1, Bool>>) -> Tensor<1> {
+    match keep {
+        Some(keep) => values.mask_fill(keep.clone().bool_not(), 0.0),
+        None => values,
+    }
+}
+
+/// `Σ weight · value`.
+fn weighted_sum(values: Tensor<1>, weights: &PositionWeights) -> Tensor<1> {
+    // Sums, not `mean()`: on wgpu, burn 0.22.1's mean of 0..70001 is 30674.2
+    // (35000 exact) while the sum is right (measured on lavapipe).
+    match weights {
+        PositionWeights::Scale(factor) => values.sum().mul_scalar(*factor),
+        PositionWeights::PerPosition(w) => {
+            let w = w.clone().cast(values.dtype());
+            (values * w).sum()
+        }
     }
 }
 
@@ -174,17 +193,5 @@ pub(crate) fn reduce(
     keep: Option<&Tensor<1, Bool>>,
     weights: &PositionWeights,
 ) -> Tensor<1> {
-    let values = match keep {
-        Some(keep) => values.mask_fill(keep.clone().bool_not(), 0.0),
-        None => values,
-    };
-    // Sums, not `mean()`: on wgpu, burn 0.22.1's mean of 0..70001 is 30674.2
-    // (35000 exact) while the sum is right (measured on lavapipe).
-    match weights {
-        PositionWeights::Scale(factor) => values.sum().mul_scalar(*factor),
-        PositionWeights::PerPosition(w) => {
-            let w = w.clone().cast(values.dtype());
-            (values * w).sum()
-        }
-    }
+    weighted_sum(zero_left_out(values, keep), weights)
 }

@@ -9,7 +9,7 @@
 
 use burn::tensor::{Int, Tensor};
 
-use crate::check::{BadPositions, ValueChecks, check_temperature, check_top_k};
+use crate::check::{BadPositions, ValueChecks, check_device, check_temperature, check_top_k};
 use crate::divergence::forward_kl_unchecked;
 use crate::error::{DistillError, or_panic};
 use crate::temperature::{log_softmax_unchecked, scaled_logsumexp, try_log_softmax};
@@ -45,6 +45,7 @@ impl SparseTeacher {
                 right_shape: b.to_vec(),
             });
         }
+        check_device("indices", &indices, "log_probs", &log_probs)?;
         Ok(Self { indices, log_probs })
     }
 
@@ -154,6 +155,12 @@ pub fn try_sparse_forward_kl(
 ) -> Result<Tensor<1>, DistillError> {
     check_temperature("temperature", temperature)?;
     let [rows, classes] = student_logits.dims();
+    check_device(
+        "student_logits",
+        &student_logits,
+        "teacher.log_probs",
+        &teacher.log_probs,
+    )?;
     teacher.check_against(rows, classes, ValueChecks::Read)?;
     let (student, teacher) = bucket_log_probs(
         student_logits,

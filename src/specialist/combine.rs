@@ -34,6 +34,7 @@ use burn::tensor::{Bool, IndexingUpdateOp, Tensor, TensorData};
 use super::combine_host::{HostSpecialist, combine_rows};
 
 use super::Specialist;
+use crate::check::{check_device, indexed};
 use crate::divergence::forward_kl_unchecked;
 use crate::error::{DistillError, or_panic};
 
@@ -194,7 +195,7 @@ impl SpecialistCombiner {
                 requirement: "at most the number of classes",
             });
         }
-        for (specialist, probs) in specialists.iter().zip(specialist_probs) {
+        for (m, (specialist, probs)) in specialists.iter().zip(specialist_probs).enumerate() {
             if specialist.subset().num_classes() != classes {
                 return Err(DistillError::WidthMismatch {
                     argument: "generalist_probs",
@@ -202,15 +203,17 @@ impl SpecialistCombiner {
                     expected: specialist.subset().num_classes(),
                 });
             }
-            specialist.check_outputs("specialist_probs[m]", probs)?;
+            let argument = indexed("specialist_probs", m);
+            specialist.check_outputs(argument, probs)?;
             let found = probs.dims()[0];
             if found != batch {
                 return Err(DistillError::BatchMismatch {
-                    argument: "specialist_probs[m]",
+                    argument,
                     found,
                     expected: batch,
                 });
             }
+            check_device("generalist_probs", &generalist_probs, argument, probs)?;
         }
 
         let device = generalist_probs.device();

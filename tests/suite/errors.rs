@@ -393,6 +393,78 @@ fn device_mismatch_names_both_devices() {
     );
 }
 
+/// Mixed devices in the helpers outside the losses (the divergences, the
+/// masked mean, the ensembles, the combiner) are a `DeviceMismatch` naming both
+/// arguments — an ensemble's and the combiner's by their index — not a panic
+/// from inside burn.
+#[test]
+#[allow(deprecated)] // Device::ndarray
+fn device_mismatch_in_the_helpers_names_the_arguments() {
+    use burn_distill::divergence::{forward_kl, try_masked_mean};
+    use burn_distill::ensemble::{try_arithmetic_mean, try_geometric_mean};
+    use burn_distill::specialist::SpecialistCombinerConfig;
+    let (flex, ndarray) = (Device::flex(), Device::ndarray());
+    let names = |err: DistillError| match err {
+        DistillError::DeviceMismatch {
+            left_argument,
+            right_argument,
+            left_device,
+            right_device,
+        } => {
+            assert_ne!(left_device, right_device);
+            (left_argument, right_argument)
+        }
+        other => panic!("unexpected {other:?}"),
+    };
+    let q = Tensor::<2>::zeros([2, 3], &flex);
+    let p = Tensor::<2>::zeros([2, 3], &ndarray);
+    let panic = catch_unwind(AssertUnwindSafe(|| forward_kl(q.clone(), p.clone())))
+        .expect_err("mixed devices must not compute");
+    let message = panic.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(
+        message.contains("student_log_probs") && message.contains("teacher_log_probs"),
+        "{message}"
+    );
+    let panic = catch_unwind(AssertUnwindSafe(|| {
+        Divergence::Tvd.rows(q.clone(), p.clone())
+    }))
+    .expect_err("mixed devices must not compute");
+    let message = panic.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(message.contains("teacher_log_probs"), "{message}");
+    let keep = Tensor::<1, Bool>::from_data([true, false], &ndarray);
+    let err = try_masked_mean(Tensor::<1>::zeros([2], &flex), keep).unwrap_err();
+    assert_eq!(names(err), ("rows", "keep_rows"));
+    let teachers = [q.clone(), q.clone(), p.clone()];
+    let err = try_arithmetic_mean(&teachers, 2.0, None).unwrap_err();
+    assert_eq!(names(err), ("teacher_logits[0]", "teacher_logits[2]"));
+    let err = try_geometric_mean(&teachers, 2.0, None).unwrap_err();
+    assert_eq!(names(err), ("teacher_logits[0]", "teacher_logits[2]"));
+    let indices = Tensor::<2, Int>::zeros([2, 1], &ndarray);
+    let err = SparseTeacher::try_new(indices, Tensor::<2>::zeros([2, 1], &flex)).unwrap_err();
+    assert_eq!(names(err), ("indices", "log_probs"));
+    let top_k = SparseTeacher::new(
+        Tensor::<2, Int>::zeros([2, 1], &ndarray),
+        Tensor::<2>::zeros([2, 1], &ndarray),
+    );
+    let err = try_sparse_forward_kl(q.clone(), &top_k, 1.0).unwrap_err();
+    assert_eq!(names(err), ("student_logits", "teacher.log_probs"));
+    // The combiner: the second specialist's outputs on another device.
+    let combiner = SpecialistCombinerConfig::new().init();
+    let specialists = [
+        Specialist::new(ClassSubset::new(vec![0, 1], 4).unwrap()),
+        Specialist::new(ClassSubset::new(vec![2, 3], 4).unwrap()),
+    ];
+    let pg = Tensor::<2>::ones([2, 4], &flex).div_scalar(4.0);
+    let outputs = [
+        Tensor::<2>::ones([2, 3], &flex).div_scalar(3.0),
+        Tensor::<2>::ones([2, 3], &ndarray).div_scalar(3.0),
+    ];
+    let err = combiner
+        .try_combine(pg, &specialists, &outputs)
+        .unwrap_err();
+    assert_eq!(names(err), ("generalist_probs", "specialist_probs[1]"));
+}
+
 /// Logit standardisation needs two classes per row (a z-score of one value is
 /// 0/0) and the teacher as logits.
 #[test]

@@ -786,7 +786,7 @@ fn combiner_errors_name_the_argument() {
     assert_eq!(
         err,
         DistillError::WidthMismatch {
-            argument: "specialist_probs[m]",
+            argument: "specialist_probs[0]",
             found: 4,
             expected: 3
         }
@@ -798,7 +798,7 @@ fn combiner_errors_name_the_argument() {
     assert_eq!(
         err,
         DistillError::BatchMismatch {
-            argument: "specialist_probs[m]",
+            argument: "specialist_probs[0]",
             found: 1,
             expected: 2
         }
