@@ -28,7 +28,7 @@ use burn::tensor::{Bool, Int, Tensor};
 use crate::check::{BadPositions, ValueChecks, check_temperature, check_weight};
 use crate::divergence::forward_kl_unchecked;
 use crate::error::{DistillError, or_panic};
-use crate::fused::{self, FusedLoss, FusedSpec, serves};
+use crate::fused::{self, FusedLoss, FusedSpec};
 use crate::reduction::Reducer;
 use crate::shape::{LogitsShape, to_rows};
 use crate::targets::{Targets, blank_left_out_rows, usable_labels};
@@ -305,10 +305,13 @@ impl DkdLoss {
             },
             positions,
         };
-        let kernel = self.fused_kernel && serves(&z, &v);
+        let kernel = self
+            .fused_kernel
+            .then(|| fused::plan(&z, &v, false, FusedLoss::Dkd))
+            .flatten();
         // Wherever autodiff runs through the rows (its path, or standardisation
         // before the kernel), left-out rows are zeroed first.
-        let (z, v) = match !kernel || self.logit_standardization {
+        let (z, v) = match kernel.is_none() || self.logit_standardization {
             true => (
                 blank_left_out_rows(z, keep.as_ref()),
                 blank_left_out_rows(v, keep.as_ref()),
@@ -325,7 +328,7 @@ impl DkdLoss {
             classes,
         );
         let scale = t * t;
-        if kernel {
+        if let Some(kernel) = kernel {
             let spec = FusedSpec {
                 temperature: t,
                 teacher_temperature: teacher_t,
@@ -333,8 +336,7 @@ impl DkdLoss {
                 weights: weights.to_vec(),
                 loss: FusedLoss::Dkd,
             };
-            let out =
-                fused::columns(&z, &v, None, Some(&labels), spec).expect("serves() was checked");
+            let out = fused::columns(kernel, &z, &v, None, Some(&labels), spec);
             let columns =
                 std::array::from_fn(|k| out.clone().slice([0..batch, k..k + 1]).squeeze_dim(1));
             return Ok((reducing, columns));

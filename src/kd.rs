@@ -23,7 +23,7 @@ use burn::tensor::{DType, Int, Tensor};
 use crate::check::{BadPositions, ValueChecks, check_temperature, check_weight};
 use crate::divergence::Divergence;
 use crate::error::{DistillError, or_panic};
-use crate::fused::{self, FusedLoss, FusedSpec, serves_kd};
+use crate::fused::{self, FusedLoss, FusedSpec, Kernel};
 use crate::reduction::Reducer;
 use crate::shape::{LogitsShape, flatten_rows, positions_of, to_rows};
 use crate::sparse::bucket_log_probs;
@@ -536,20 +536,20 @@ impl KdLoss {
         let labels = targets
             .labels
             .map(|labels| usable_labels(labels, self.ignore_index, classes));
-        let kernel = self.uses_kernel(&student, &teacher);
+        let kernel = self.kernel(&student, &teacher);
         // Wherever autodiff runs through the rows (its path, or standardisation
         // before the kernel), left-out rows are zeroed first (see
         // `blank_left_out_rows`); the kernel alone needs no such copy.
-        let (student, teacher) = match !kernel || self.logit_standardization {
+        let (student, teacher) = match kernel.is_none() || self.logit_standardization {
             true => (
                 blank_left_out_rows(student, keep.as_ref()),
                 teacher.blank_left_out_rows(keep.as_ref()),
             ),
             false => (student, teacher),
         };
-        let (total_or_soft, hard) = match teacher {
-            teacher if kernel => self.kernel_rows(student, &teacher, labels, columns),
-            teacher => {
+        let (total_or_soft, hard) = match kernel {
+            Some(kernel) => self.kernel_rows(kernel, student, &teacher, labels, columns),
+            None => {
                 let view = self.student_view(student.clone());
                 let soft = self.soft_rows(view, teacher);
                 let hard = labels.map(|labels| hard_rows(student, labels));
@@ -574,14 +574,17 @@ impl KdLoss {
         }
     }
 
-    /// Whether the fused kernel computes the soft term: f32 on a host backend
-    /// that has it compiled in, and the setting on.
-    fn uses_kernel(&self, student: &Tensor<2>, teacher: &PreparedTeacher) -> bool {
+    /// The fused engine that computes the terms, if the setting is on and
+    /// one serves these tensors ([`fused::plan`]).
+    fn kernel(&self, student: &Tensor<2>, teacher: &PreparedTeacher) -> Option<Kernel> {
         let (values, top_k) = match teacher {
             PreparedTeacher::Dense(dense) => (&dense.values, false),
             PreparedTeacher::TopK { log_probs, .. } => (log_probs, true),
         };
-        self.fused_kernel && serves_kd(student, values, top_k)
+        let loss = FusedLoss::Kd(self.divergence);
+        self.fused_kernel
+            .then(|| fused::plan(student, values, top_k, loss))
+            .flatten()
     }
 
     /// `Some(the teacher's dtype)` when the fused Cube kernel will take these
@@ -614,6 +617,7 @@ impl KdLoss {
     /// term is autodiff on the raw logits.
     fn kernel_rows(
         &self,
+        kernel: Kernel,
         student: Tensor<2>,
         teacher: &PreparedTeacher,
         labels: Option<Tensor<1, Int>>,
@@ -637,8 +641,7 @@ impl KdLoss {
             loss: FusedLoss::Kd(self.divergence),
         };
         let kernel = |student: &Tensor<2>, labels: Option<&Tensor<1, Int>>, weights| {
-            fused::columns(student, &values, indices, labels, spec(weights))
-                .expect("uses_kernel checked that the kernel serves these tensors")
+            fused::columns(kernel, student, &values, indices, labels, spec(weights))
         };
         if self.logit_standardization {
             let soft = kernel(&self.student_view(student.clone()), None, vec![(1.0, 0.0)]);

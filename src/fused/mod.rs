@@ -17,8 +17,8 @@
 //! ndarray (its `ndarray` feature) — the losses cast f16 and bf16 to f32
 //! before — and f32, f16 and bf16 tensors on Cube devices (its `cube-kernel`
 //! feature), which the kernel reads into f32 itself;
-//! [`columns`] answers `None` elsewhere and the loss uses burn ops and
-//! autodiff instead. A tensor-op version of the closed form was measured 1.8×
+//! [`plan`] — the one function that decides, once per call — answers `None`
+//! elsewhere and the loss uses burn ops and autodiff instead. A tensor-op version of the closed form was measured 1.8×
 //! slower than autodiff on ndarray (1.41 s vs 0.79 s at 512×32000), so other
 //! backends do not get one.
 
@@ -145,25 +145,36 @@ pub(crate) fn reads_half(student_logits: &Tensor<2>, teacher_values: &Tensor<2>)
         && engine(student_logits, teacher_values) == Some(Engine::Cube)
 }
 
-/// Whether the CPU kernel serves these tensors: f32 on a host backend whose
-/// feature compiled the kernel in. (DKD and the fused linear loss's host sums
-/// have the CPU engine only.)
-pub(crate) fn serves(student_logits: &Tensor<2>, teacher_values: &Tensor<2>) -> bool {
-    engine(student_logits, teacher_values) == Some(Engine::Host)
+/// A fused engine chosen for one loss call by [`plan`] — the one place that
+/// decides — and taken by [`columns`], which runs it without deciding again.
+/// Only `plan` makes one; without an engine compiled in there is none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Kernel {
+    engine: Engine,
+    /// Planned for a top-k teacher (indices given to `columns`).
+    top_k: bool,
+    /// Planned for DKD.
+    dkd: bool,
 }
 
-/// Whether a fused engine serves `KdLoss` on these tensors: the CPU kernel
-/// as [`serves`], or the Cube kernel for a dense teacher.
-pub(crate) fn serves_kd(
+/// The fused engine for this call, if one serves it: the CPU kernel for
+/// f32 on flex or ndarray (every loss, dense and top-k teachers), the Cube
+/// kernel for f32/f16/bf16 on a Cube device (`KdLoss` with a dense teacher
+/// only: top-k and DKD take burn ops there); `None` where none does, or
+/// without an engine compiled in.
+pub(crate) fn plan(
     student_logits: &Tensor<2>,
     teacher_values: &Tensor<2>,
     top_k: bool,
-) -> bool {
-    match engine(student_logits, teacher_values) {
-        Some(Engine::Host) => true,
-        Some(Engine::Cube) => !top_k,
-        None => false,
-    }
+    loss: FusedLoss,
+) -> Option<Kernel> {
+    let engine = engine(student_logits, teacher_values)?;
+    let dkd = loss == FusedLoss::Dkd;
+    let served = match engine {
+        Engine::Host => true,
+        Engine::Cube => !top_k && !dkd,
+    };
+    (served && ANY_ENGINE).then_some(Kernel { engine, top_k, dkd })
 }
 
 /// See [`crate::diagnostics::cube_kernel_launches`].
@@ -190,8 +201,8 @@ pub(crate) struct FusedTeacher {
 /// The KD terms by a fused kernel, `[batch, K]`: column `k` is
 /// `w_s·soft_row + w_h·hard_row` for `(w_s, w_h) = spec.weights[k]`, per row
 /// (not divided by the batch size), each column differentiable with respect to
-/// the student through its closed-form gradient. `None` when no engine
-/// serves these tensors (see [`serves_kd`]; DKD: [`serves`]).
+/// the student through its closed-form gradient, by the engine `kernel`
+/// that [`plan`] chose for these tensors.
 ///
 /// `teacher_values` are dense `[batch, classes]` values at
 /// `spec.teacher_temperature`, or, with `teacher_indices`, the `[batch, k]`
@@ -201,17 +212,19 @@ pub(crate) struct FusedTeacher {
 /// The CPU engine reads labels and indices back, because it indexes with
 /// them on the host; the Cube engine reads the labels on the device.
 pub(crate) fn columns(
+    kernel: Kernel,
     student_logits: &Tensor<2>,
     teacher_values: &Tensor<2>,
     teacher_indices: Option<&Tensor<2, Int>>,
     targets: Option<&Tensor<1, Int>>,
     spec: FusedSpec,
-) -> Option<Tensor<2>> {
-    let engine = engine(student_logits, teacher_values)?;
-    let dkd = spec.loss == FusedLoss::Dkd;
-    if engine == Engine::Cube && (teacher_indices.is_some() || dkd) || !ANY_ENGINE {
-        return None;
-    }
+) -> Tensor<2> {
+    debug_assert_eq!(
+        (kernel.top_k, kernel.dkd),
+        (teacher_indices.is_some(), spec.loss == FusedLoss::Dkd),
+        "columns() runs what plan() was asked for"
+    );
+    let engine = kernel.engine;
     #[cfg(any(feature = "flex", feature = "ndarray", feature = "cube-kernel"))]
     {
         use crate::diagnostics::read_back;
@@ -226,17 +239,20 @@ pub(crate) fn columns(
             (Some(t), Engine::Host) => FusedLabels::Host(host(t.clone())),
             (Some(t), Engine::Cube) => FusedLabels::Device(t.clone()),
         };
-        Some(extension::fused_kd_columns(
-            student_logits,
-            teacher,
-            labels,
-            spec,
-        ))
+        extension::fused_kd_columns(student_logits, teacher, labels, spec)
     }
     #[cfg(not(any(feature = "flex", feature = "ndarray", feature = "cube-kernel")))]
     {
-        let _ = (teacher_indices, targets, spec);
-        None
+        // `plan` answers `None` for every call in this build (`ANY_ENGINE`).
+        let _ = (
+            engine,
+            student_logits,
+            teacher_values,
+            teacher_indices,
+            targets,
+            spec,
+        );
+        unreachable!("no fused engine is compiled in, so plan() made no Kernel")
     }
 }
 
@@ -274,7 +290,7 @@ pub(crate) fn layer_gradients(
     bias: Option<&Tensor<1>>,
 ) -> Option<LayerGradients> {
     let f32s = bias.is_none_or(|b| b.dtype() == DType::F32);
-    if !(f32s && serves(hidden, weight)) {
+    if !(f32s && engine(hidden, weight) == Some(Engine::Host)) {
         return None;
     }
     #[cfg(any(feature = "flex", feature = "ndarray"))]
@@ -303,11 +319,22 @@ mod tests {
             (Device::ndarray(), cfg!(feature = "ndarray")),
             (Device::ndarray().autodiff(), cfg!(feature = "ndarray")),
         ];
+        let losses = [
+            (false, FusedLoss::Kd(Divergence::ForwardKl)),
+            (true, FusedLoss::Kd(Divergence::Tvd)),
+            (false, FusedLoss::Dkd),
+        ];
         for (device, compiled_in) in cases {
             let f32s = Tensor::<2>::zeros([2, 3], &device);
-            assert_eq!(serves(&f32s, &f32s), compiled_in, "{device:?}");
             let f64s = Tensor::<2>::zeros([2, 3], (&device, DType::F64));
-            assert!(!serves(&f64s, &f64s), "{device:?}");
+            for (top_k, loss) in losses {
+                let planned = plan(&f32s, &f32s, top_k, loss);
+                assert_eq!(planned.is_some(), compiled_in, "{device:?} {loss:?}");
+                if let Some(kernel) = planned {
+                    assert_eq!(kernel.engine, Engine::Host);
+                }
+                assert!(plan(&f64s, &f64s, top_k, loss).is_none(), "{device:?}");
+            }
         }
     }
 }
