@@ -233,6 +233,8 @@ pub enum DistillError {
         operation: &'static str,
         /// The operating system's message.
         message: String,
+        /// The I/O error itself, also [`source`](std::error::Error::source).
+        source: IoSource,
     },
     /// A teacher store whose bytes are not what was written: cut short,
     /// a checksum that differs, a value no writer produces.
@@ -466,6 +468,7 @@ impl fmt::Display for DistillError {
                 path,
                 operation,
                 message,
+                ..
             } => write!(f, "teacher store {path}: could not {operation}: {message}"),
             Self::StoreDamaged { path, what } => write!(
                 f,
@@ -512,7 +515,53 @@ impl fmt::Display for DistillError {
     }
 }
 
-impl std::error::Error for DistillError {}
+impl std::error::Error for DistillError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::StoreIo { source, .. } => Some(&*source.0),
+            _ => None,
+        }
+    }
+}
+
+/// An I/O error kept inside a [`DistillError`]: shared, so that the error
+/// stays `Clone`, and equal to another of the same kind and message.
+#[derive(Debug, Clone)]
+pub struct IoSource(pub std::sync::Arc<std::io::Error>);
+
+impl IoSource {
+    /// The I/O error.
+    pub fn error(&self) -> &std::io::Error {
+        &self.0
+    }
+}
+
+impl From<std::io::Error> for IoSource {
+    fn from(error: std::io::Error) -> Self {
+        Self(std::sync::Arc::new(error))
+    }
+}
+
+impl PartialEq for IoSource {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.kind() == other.0.kind() && self.0.to_string() == other.0.to_string()
+    }
+}
+
+/// A teacher store's I/O error on `path` while doing `operation`.
+#[cfg_attr(not(feature = "store"), allow(dead_code))]
+pub(crate) fn store_io(
+    path: &std::path::Path,
+    operation: &'static str,
+    error: std::io::Error,
+) -> DistillError {
+    DistillError::StoreIo {
+        path: path.display().to_string(),
+        operation,
+        message: error.to_string(),
+        source: error.into(),
+    }
+}
 
 /// Unwraps a checked result, panicking with the error's message.
 ///

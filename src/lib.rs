@@ -93,7 +93,7 @@ pub mod train;
 
 pub use divergence::Divergence;
 pub use dkd::{DkdLoss, DkdLossConfig, DkdLossOutput};
-pub use error::DistillError;
+pub use error::{DistillError, IoSource};
 pub use kd::{KdLoss, KdLossConfig, KdLossOutput};
 pub use linear::{FusedLinearKdLoss, FusedLinearKdLossConfig, LinearTeacher};
 pub use loss::{DistillLoss, LinearStudent};

@@ -11,7 +11,7 @@ use super::format::{
     FLAG_EXAMPLE_OFFSETS, FOOTER, Footer, Header, MAGIC, PREAMBLE, VERSION, sum_exp, unpack_indices,
 };
 use super::{StorePrecision, TeacherStoreConfig};
-use crate::error::DistillError;
+use crate::error::{DistillError, store_io};
 use crate::kd::KdLoss;
 use crate::sparse::SparseTeacher;
 
@@ -60,18 +60,10 @@ impl TeacherStore {
             path: path.display().to_string(),
             what,
         };
-        let file = File::open(path).map_err(|e| DistillError::StoreIo {
-            path: path.display().to_string(),
-            operation: "open",
-            message: e.to_string(),
-        })?;
+        let file = File::open(path).map_err(|e| store_io(path, "open", e))?;
         let file_bytes = file
             .metadata()
-            .map_err(|e| DistillError::StoreIo {
-                path: path.display().to_string(),
-                operation: "read the size of",
-                message: e.to_string(),
-            })?
+            .map_err(|e| store_io(path, "read the size of", e))?
             .len();
         if file_bytes < (PREAMBLE + 4 + FOOTER) as u64 {
             return Err(damaged(format!(
@@ -85,11 +77,8 @@ impl TeacherStore {
         // file); another program truncating it under a running reader would
         // fault, the contract of every memory-mapped format (safetensors,
         // `torch.load(mmap=True)`).
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| DistillError::StoreIo {
-            path: path.display().to_string(),
-            operation: "memory-map",
-            message: e.to_string(),
-        })?;
+        let map =
+            unsafe { memmap2::Mmap::map(&file) }.map_err(|e| store_io(path, "memory-map", e))?;
         if map.len() as u64 != file_bytes {
             return Err(damaged(format!(
                 "its size changed from {file_bytes} to {} bytes while opening",

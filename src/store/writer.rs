@@ -11,7 +11,7 @@ use burn::tensor::{DType, Tensor};
 use super::TeacherStoreConfig;
 use super::format::{FLAG_EXAMPLE_OFFSETS, Footer, Header, pack_indices, sum_exp, sum_f64};
 use crate::check::check_non_empty;
-use crate::error::DistillError;
+use crate::error::{DistillError, store_io};
 use crate::fused::math::exp;
 use crate::sparse::SparseTeacher;
 
@@ -119,14 +119,6 @@ fn sort_key(value: f32, class: usize) -> u64 {
     ((ordered as u64) << 32) | (u32::MAX - class as u32) as u64
 }
 
-fn io_error(path: &Path, operation: &'static str, error: std::io::Error) -> DistillError {
-    DistillError::StoreIo {
-        path: path.display().to_string(),
-        operation,
-        message: error.to_string(),
-    }
-}
-
 impl TeacherStoreWriter {
     pub(super) fn create(config: &TeacherStoreConfig, path: &Path) -> Result<Self, DistillError> {
         let header = config.header()?;
@@ -144,7 +136,7 @@ impl TeacherStoreWriter {
             .write(true)
             .create_new(true)
             .open(&partial)
-            .map_err(|e| io_error(&partial, "create the temporary file", e))?;
+            .map_err(|e| store_io(&partial, "create the temporary file", e))?;
         let mut writer = Self {
             row_bytes: header.row_bytes(),
             header,
@@ -440,7 +432,7 @@ impl TeacherStoreWriter {
     fn write(&mut self, bytes: &[u8]) -> Result<(), DistillError> {
         let file = self.file.as_mut().expect("open until finished");
         if let Err(e) = file.write_all(bytes) {
-            let error = io_error(&self.partial, "write", e);
+            let error = store_io(&self.partial, "write", e);
             self.broken = Some(error.clone());
             return Err(error);
         }
@@ -485,12 +477,12 @@ impl TeacherStoreWriter {
         let file = self.file.take().expect("open until finished");
         let file = file
             .into_inner()
-            .map_err(|e| io_error(&self.partial, "write", e.into_error()))?;
+            .map_err(|e| store_io(&self.partial, "write", e.into_error()))?;
         file.sync_all()
-            .map_err(|e| io_error(&self.partial, "flush to disk", e))?;
+            .map_err(|e| store_io(&self.partial, "flush to disk", e))?;
         drop(file);
         fs::rename(&self.partial, &self.path)
-            .map_err(|e| io_error(&self.path, "rename into place", e))?;
+            .map_err(|e| store_io(&self.path, "rename into place", e))?;
         self.finished = true;
         // The rename itself reaches the disk with the directory (best effort:
         // not every platform can open a directory).

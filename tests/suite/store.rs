@@ -447,6 +447,14 @@ fn damaged_header_footer_tables_and_foreign_files_are_named() {
         ),
         "{missing:?}"
     );
+    // The I/O error itself is the error's source, not only its message.
+    let source = std::error::Error::source(&missing).expect("an I/O error has a source");
+    let io = source
+        .downcast_ref::<std::io::Error>()
+        .expect("the source is the std::io::Error");
+    assert_eq!(io.kind(), std::io::ErrorKind::NotFound);
+    assert!(missing.to_string().contains(&io.to_string()), "{missing}");
+    assert_eq!(missing.clone(), missing);
 }
 
 #[test]
