@@ -15,7 +15,7 @@ use burn_cubecl::tensor::CubeTensor;
 use cubecl::{CubeCount, CubeDim, calculate_cube_count_elemwise};
 
 use super::FusedSpec;
-use super::cube_kernel::{CubeDivergence, RowsConfig, kd_rows_kernel, weighted_gradient_kernel};
+use super::cube_kernel::{RowsConfig, kd_rows_kernel, weighted_gradient_kernel};
 use super::pointwise::Plugin;
 
 thread_local! {
@@ -89,14 +89,11 @@ pub(crate) fn rows(
     let grad0 = gradients.first().cloned().unwrap_or_else(placeholder);
     let grad1 = gradients.get(1).cloned().unwrap_or_else(placeholder);
 
-    let (divergence, mix, scale) = match Plugin::of(spec.loss.divergence()) {
-        Plugin::ForwardKl => (CubeDivergence::ForwardKl, 0.0, 1.0),
-        Plugin::ReverseKl => (CubeDivergence::ReverseKl, 0.0, 1.0),
-        Plugin::Jsd { beta, scale } => (CubeDivergence::Jsd, beta, scale),
-        Plugin::SkewForwardKl { alpha } => (CubeDivergence::SkewForwardKl, alpha, 1.0),
-        Plugin::SkewReverseKl { alpha } => (CubeDivergence::SkewReverseKl, alpha, 1.0),
-        Plugin::Tvd => (CubeDivergence::Tvd, 0.0, 1.0),
-    };
+    let Plugin {
+        kind: divergence,
+        mix,
+        scale,
+    } = Plugin::of(spec.loss.divergence());
     let with_labels = labels.is_some();
     let properties = client.properties();
     let config = RowsConfig {

@@ -18,8 +18,11 @@
 //! So forward KL reads each logit twice and writes each gradient once; the
 //! other divergences read each logit three times. The maximum starts at the
 //! lowest finite f32, not `−inf` (WGSL has no infinity literal), so a `−inf`
-//! logit adds `e^{−inf} = 0` and never meets `−inf − (−inf)`. `exp` and `ln`
-//! are polynomials ([`precise_exp`], [`precise_ln`]), not the GPU's own, and
+//! logit adds `e^{−inf} = 0` and never meets `−inf − (−inf)`. The per-class
+//! terms are the CPU kernel's text (`divergence_table!` of
+//! [`super::pointwise`], compiled here with `#[cube]`), and `exp` and `ln` are
+//! its polynomials ([`exp`], [`ln`] on `kernel_math!` of [`super::math`]), not
+//! the GPU's own, and
 //! sums are f32 (the CPU kernel's are f64): the tests hold values and
 //! gradients to 1e-4 of the CPU kernel's and of f64 at T = 1 to 4; at T = 20
 //! the `T²` factor magnifies the rounding of a near-uniform row's sums to
@@ -35,25 +38,14 @@
 
 use cubecl::prelude::*;
 
-/// The divergence a kernel is compiled for (the plug-ins of
-/// [`super::pointwise`]; their parameters are run-time scalars).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) enum CubeDivergence {
-    ForwardKl,
-    ReverseKl,
-    /// `scale · (β KL(p‖m) + (1−β) KL(q‖m))`, `mix = β`.
-    Jsd,
-    /// `KL(p ‖ αp + (1−α)q)`, `mix = α`.
-    SkewForwardKl,
-    /// `KL(q ‖ αq + (1−α)p)`, `mix = α`.
-    SkewReverseKl,
-    Tvd,
-}
+use super::math::kernel_math;
+pub(crate) use super::pointwise::Kind;
+use super::pointwise::divergence_table;
 
 /// What one compiled rows kernel computes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct RowsConfig {
-    pub divergence: CubeDivergence,
+    pub divergence: Kind,
     /// Threads per row: a power of two.
     pub block: u32,
     /// Output columns: 1 or 2.
@@ -66,108 +58,55 @@ pub(crate) struct RowsConfig {
     pub with_gradients: bool,
 }
 
-/// `e^x` for `x ≤ 0` to about an ulp, `−inf` → 0: the CPU kernel's
-/// polynomial (Cephes `expf`, see the crate's `fused::math::exp`) in CubeCL.
-/// A GPU's own `exp` may be off by `3 + 2|x|` ulp (Vulkan's precision rules;
-/// lavapipe's is off by a few), and at a high temperature the soft term's
-/// `T²` turns one ulp of a near-uniform row's sums into 10⁻⁴ of its value.
+// The shared polynomial cores (`exp_remainder`, `ln_normal`) and the
+// divergence table (`terms`, `xlog`), compiled as CubeCL functions.
+kernel_math!(#[cube]);
+divergence_table!(#[cube]; [#[comptime]]);
+
 #[cube]
-fn precise_exp(x: f32) -> f32 {
+fn to_bits(x: f32) -> u32 {
+    u32::reinterpret(x)
+}
+
+#[cube]
+fn from_bits(bits: u32) -> f32 {
+    f32::reinterpret(bits)
+}
+
+#[cube]
+fn float_of(small: u32) -> f32 {
+    f32::cast_from(small)
+}
+
+/// `e^x` for `x ≤ 0` to a few ulp, `−inf` → 0: the CPU kernel's `exp`
+/// (`fused::math`, the same `exp_remainder`) with `n` rounded by `floor`, not
+/// the CPU's 1.5·2²³ trick, which a GPU compiler may fold away as
+/// `(a + c) − c = a`. A GPU's own `exp` may be off by `3 + 2|x|` ulp
+/// (Vulkan's precision rules; lavapipe's is off by a few), and at a high
+/// temperature the soft term's `T²` turns one ulp of a near-uniform row's sums
+/// into 10⁻⁴ of its value.
+#[cube]
+fn exp(x: f32) -> f32 {
     let lowest = -87.33655f32;
     let clamped = f32::max(x, lowest);
-    // x = n·ln 2 + r, |r| ≤ ln 2 / 2 (`floor`, not the CPU's 1.5·2²³ rounding
-    // trick, which a GPU compiler may fold away as `(a + c) − c = a`).
     let n = f32::floor(clamped * 1.442695f32 + 0.5f32);
-    let r = clamped - n * 0.6933594f32 + n * 2.1219444e-4f32;
-    let p = 1.9875691e-4f32 * r + 1.3981999e-3f32;
-    let p = p * r + 8.333452e-3f32;
-    let p = p * r + 4.1665796e-2f32;
-    let p = p * r + 1.6666665e-1f32;
-    let p = p * r + 0.5f32;
-    let e_r = p * (r * r) + r + 1.0f32;
+    let e_r = exp_remainder(clamped, n);
     // 2ⁿ from its exponent bits (n ≥ −126 after the clamp).
     let biased = u32::cast_from(i32::cast_from(n) + 127i32);
     let scale = f32::reinterpret(biased << 23u32);
     select(x < lowest, 0.0f32, e_r * scale)
 }
 
-/// `ln x` to about an ulp, for `x > 0`: the exponent read from the bits, the
-/// mantissa brought into `[√½, √2)` and its logarithm summed as
-/// `2·atanh((m−1)/(m+1))`. A GPU's own `log` may be off by 2⁻²¹ in absolute
-/// terms (Vulkan's precision rules; Mesa's lavapipe is), an error the soft
-/// term's `T²` multiplies by hundreds at high temperatures. Zero, subnormal,
-/// infinite and NaN arguments take the built-in `ln`.
+/// `ln x` to a few ulp for normal `x > 0`: the CPU kernel's `ln_normal`
+/// (`fused::math`). A GPU's own `log` may be off by 2⁻²¹ in absolute terms
+/// (Vulkan's precision rules; Mesa's lavapipe is), an error the soft term's
+/// `T²` multiplies by hundreds at high temperatures. Zero, subnormal, infinite
+/// and NaN arguments take the built-in `ln` (WGSL has no infinity literal to
+/// select).
 #[cube]
-fn precise_ln(x: f32) -> f32 {
-    let bits = u32::reinterpret(x);
-    let mut exponent = f32::cast_from((bits >> 23u32) & 255u32) - 127.0f32;
-    let mut m = f32::reinterpret((bits & 8388607u32) | 1065353216u32);
-    if m > 1.4142135f32 {
-        m *= 0.5f32;
-        exponent += 1.0f32;
-    }
-    let s = (m - 1.0f32) / (m + 1.0f32);
-    let s2 = s * s;
-    let odd = 1.0f32 / 9.0f32 + s2 * (1.0f32 / 11.0f32);
-    let odd = 1.0f32 / 7.0f32 + s2 * odd;
-    let odd = 1.0f32 / 5.0f32 + s2 * odd;
-    let odd = 1.0f32 / 3.0f32 + s2 * odd;
-    let series = 2.0f32 * s + 2.0f32 * s * s2 * odd;
-    // ln 2 split so that `exponent · LN2_HI` is exact.
-    let ln = exponent * 0.693145751953125f32 + (exponent * 1.4286068e-6f32 + series);
+fn ln(x: f32) -> f32 {
     let normal = x >= 1.1754944e-38f32 && x <= 3.4028235e38f32;
-    select(normal, ln, f32::ln(x))
-}
-
-/// `w · log_ratio`, 0 where the weight `w` is 0 (whatever the log-ratio).
-#[cube]
-fn xlog(w: f32, log_ratio: f32) -> f32 {
-    select(w > 0.0f32, w * log_ratio, 0.0f32)
-}
-
-/// A divergence's `(t_j, h_j)` for one class (see [`super::pointwise`] for
-/// the derivations): `p`, `q` and their logarithms `lp`, `lq`.
-#[cube]
-fn terms(
-    p: f32,
-    lp: f32,
-    q: f32,
-    lq: f32,
-    mix: f32,
-    scale: f32,
-    #[comptime] divergence: CubeDivergence,
-) -> (f32, f32) {
-    match divergence {
-        CubeDivergence::ForwardKl => (xlog(p, lp - lq), 0.0f32 - p),
-        CubeDivergence::ReverseKl => {
-            let t = xlog(q, lq - lp);
-            (t, t)
-        }
-        CubeDivergence::Jsd => {
-            let lm = precise_ln(mix * p + (1.0f32 - mix) * q);
-            let student = xlog(q, lq - lm);
-            let t = mix * xlog(p, lp - lm) + (1.0f32 - mix) * student;
-            (scale * t, scale * (1.0f32 - mix) * student)
-        }
-        CubeDivergence::SkewForwardKl => {
-            let m = mix * p + (1.0f32 - mix) * q;
-            // m ≥ αp > 0 wherever p > 0; where p = 0 both are 0.
-            let h = select(p > 0.0f32, (mix - 1.0f32) * p * (q / m), 0.0f32);
-            (xlog(p, lp - precise_ln(m)), h)
-        }
-        CubeDivergence::SkewReverseKl => {
-            let m = mix * q + (1.0f32 - mix) * p;
-            let t = xlog(q, lq - precise_ln(m));
-            // m ≥ αq > 0 wherever q > 0.
-            let h = select(q > 0.0f32, t - mix * q * (q / m), 0.0f32);
-            (t, h)
-        }
-        CubeDivergence::Tvd => {
-            let d = q - p;
-            let half_sign = select(d > 0.0f32, 0.5f32, select(d < 0.0f32, -0.5f32, 0.0f32));
-            (0.5f32 * f32::abs(d), q * half_sign)
-        }
-    }
+    select(normal, ln_normal(x), f32::ln(x))
 }
 
 /// `w · term`, exactly 0 when the weight is 0 (even for an infinite term).
@@ -255,22 +194,22 @@ pub(crate) fn kd_rows_kernel<F: Float, G: Float, I: Int>(
         let z = f32::cast_from(student[z_start + i]);
         let v = f32::cast_from(teacher[z_start + i]);
         if z > max_z {
-            sum_z = sum_z * precise_exp((max_z - z) * inv_t) + 1.0f32;
+            sum_z = sum_z * exp((max_z - z) * inv_t) + 1.0f32;
             if comptime!(config.separate_hard) {
-                sum_one = sum_one * precise_exp(max_z - z) + 1.0f32;
+                sum_one = sum_one * exp(max_z - z) + 1.0f32;
             }
             max_z = z;
         } else {
-            sum_z += precise_exp((z - max_z) * inv_t);
+            sum_z += exp((z - max_z) * inv_t);
             if comptime!(config.separate_hard) {
-                sum_one += precise_exp(z - max_z);
+                sum_one += exp(z - max_z);
             }
         }
         if v > max_v {
-            sum_v = sum_v * precise_exp((max_v - v) * inv_t_teacher) + 1.0f32;
+            sum_v = sum_v * exp((max_v - v) * inv_t_teacher) + 1.0f32;
             max_v = v;
         } else {
-            sum_v += precise_exp((v - max_v) * inv_t_teacher);
+            sum_v += exp((v - max_v) * inv_t_teacher);
         }
         i += block;
     }
@@ -292,18 +231,18 @@ pub(crate) fn kd_rows_kernel<F: Float, G: Float, I: Int>(
             let a = shared_max_z[tid];
             let b = shared_max_z[other];
             let m = f32::max(a, b);
-            shared_sum_z[tid] = shared_sum_z[tid] * precise_exp((a - m) * inv_t)
-                + shared_sum_z[other] * precise_exp((b - m) * inv_t);
+            shared_sum_z[tid] = shared_sum_z[tid] * exp((a - m) * inv_t)
+                + shared_sum_z[other] * exp((b - m) * inv_t);
             if comptime!(config.separate_hard) {
-                shared_sum_one[tid] = shared_sum_one[tid] * precise_exp(a - m)
-                    + shared_sum_one[other] * precise_exp(b - m);
+                shared_sum_one[tid] =
+                    shared_sum_one[tid] * exp(a - m) + shared_sum_one[other] * exp(b - m);
             }
             shared_max_z[tid] = m;
             let a = shared_max_v[tid];
             let b = shared_max_v[other];
             let m = f32::max(a, b);
-            shared_sum_v[tid] = shared_sum_v[tid] * precise_exp((a - m) * inv_t_teacher)
-                + shared_sum_v[other] * precise_exp((b - m) * inv_t_teacher);
+            shared_sum_v[tid] = shared_sum_v[tid] * exp((a - m) * inv_t_teacher)
+                + shared_sum_v[other] * exp((b - m) * inv_t_teacher);
             shared_max_v[tid] = m;
         }
         sync_cube();
@@ -312,9 +251,9 @@ pub(crate) fn kd_rows_kernel<F: Float, G: Float, I: Int>(
     let max_z = shared_max_z[0];
     let sum_z_total = shared_sum_z[0];
     let sum_v_total = shared_sum_v[0];
-    let ln_sum_z = precise_ln(sum_z_total);
+    let ln_sum_z = ln(sum_z_total);
     let max_v = shared_max_v[0];
-    let ln_sum_v = precise_ln(sum_v_total);
+    let ln_sum_v = ln(sum_v_total);
     let mut sum_one = shared_sum_z[0];
     if comptime!(config.separate_hard) {
         sum_one = shared_sum_one[0];
@@ -324,7 +263,7 @@ pub(crate) fn kd_rows_kernel<F: Float, G: Float, I: Int>(
     // Pass 2 (not forward KL): Σt and Σh.
     let mut sum_t = 0.0f32;
     let mut sum_h = f32::new(-1.0);
-    if comptime!(config.divergence != CubeDivergence::ForwardKl) {
+    if comptime!(config.divergence != Kind::ForwardKl) {
         let mut acc_t = 0.0f32;
         let mut acc_h = 0.0f32;
         let mut i = UNIT_POS_X as usize;
@@ -332,9 +271,9 @@ pub(crate) fn kd_rows_kernel<F: Float, G: Float, I: Int>(
             let lq = (f32::cast_from(student[z_start + i]) - max_z) * inv_t - ln_sum_z;
             let lp = (f32::cast_from(teacher[z_start + i]) - max_v) * inv_t_teacher - ln_sum_v;
             let (t, h) = terms(
-                precise_exp(lp),
+                exp(lp),
                 lp,
-                precise_exp(lq),
+                exp(lq),
                 lq,
                 mix,
                 scale,
@@ -363,7 +302,7 @@ pub(crate) fn kd_rows_kernel<F: Float, G: Float, I: Int>(
     let inv_sum_one = 1.0f32 / sum_one;
     let inv_sum_z = 1.0f32 / sum_z_total;
     let inv_sum_v = 1.0f32 / sum_v_total;
-    let forward_kl = comptime!(config.divergence == CubeDivergence::ForwardKl);
+    let forward_kl = comptime!(config.divergence == Kind::ForwardKl);
     if comptime!(config.with_gradients || forward_kl) {
         let mut acc_weighted = 0.0f32;
         let mut acc_z = 0.0f32;
@@ -378,24 +317,17 @@ pub(crate) fn kd_rows_kernel<F: Float, G: Float, I: Int>(
             let mut q = 0.0f32;
             let mut h = 0.0f32;
             if comptime!(forward_kl) {
-                let exp_a = precise_exp(a);
-                let exp_b = precise_exp(b);
+                let exp_a = exp(a);
+                let exp_b = exp(b);
                 acc_weighted += xlog(exp_a, a - b);
                 acc_v += exp_a;
                 acc_z += exp_b;
                 q = exp_b * inv_sum_z;
                 h = 0.0f32 - exp_a * inv_sum_v;
             } else if comptime!(config.with_gradients) {
-                q = precise_exp(lq);
-                let (_t, factor) = terms(
-                    precise_exp(lp),
-                    lp,
-                    q,
-                    lq,
-                    mix,
-                    scale,
-                    comptime!(config.divergence),
-                );
+                q = exp(lq);
+                let (_t, factor) =
+                    terms(exp(lp), lp, q, lq, mix, scale, comptime!(config.divergence));
                 h = factor;
             }
             if comptime!(config.with_gradients) {
@@ -403,7 +335,7 @@ pub(crate) fn kd_rows_kernel<F: Float, G: Float, I: Int>(
                 let mut hard = 0.0f32;
                 if comptime!(config.with_labels) {
                     let softmax_one = if comptime!(config.separate_hard) {
-                        precise_exp(z - max_z) * inv_sum_one
+                        exp(z - max_z) * inv_sum_one
                     } else {
                         q
                     };
@@ -423,7 +355,7 @@ pub(crate) fn kd_rows_kernel<F: Float, G: Float, I: Int>(
                 block_sums(acc_weighted, acc_v, &mut shared_sum_z, &mut shared_sum_v);
             let (total_z, _unused) =
                 block_sums(acc_z, 0.0f32, &mut shared_sum_z, &mut shared_sum_v);
-            sum_t = weighted / total_v - precise_ln(total_v) + precise_ln(total_z);
+            sum_t = weighted / total_v - ln(total_v) + ln(total_z);
         }
     }
 
@@ -431,8 +363,7 @@ pub(crate) fn kd_rows_kernel<F: Float, G: Float, I: Int>(
         let soft_value = soft_factor * sum_t;
         let mut cross_entropy = 0.0f32;
         if comptime!(config.with_labels) {
-            cross_entropy =
-                precise_ln(sum_one) - (f32::cast_from(student[z_start + label]) - max_z);
+            cross_entropy = ln(sum_one) - (f32::cast_from(student[z_start + label]) - max_z);
         }
         let columns = comptime!(config.columns) as usize;
         values[row * columns] = part(soft_weight0, soft_value) + part(hard_weight0, cross_entropy);

@@ -7,7 +7,8 @@
 //!
 //! One engine serves every loss: `KdLoss` with each [`Divergence`] (a
 //! plug-in giving per class the value term and the gradient factor
-//! `h = q·∂D/∂q`, [`pointwise`]; the softmax's chain rule, temperature, `T²`,
+//! `h = q·∂D/∂q`, [`pointwise`], whose table of per-class terms is the one
+//! text both kernels compile; the softmax's chain rule, temperature, `T²`,
 //! weights, hard term and masks are shared), with a dense or a top-k teacher,
 //! and DKD, whose target/non-target split adds its own chain-rule factors.
 //! The Cube kernel serves the dense teacher with every divergence; the top-k
@@ -41,7 +42,8 @@ mod linear_host;
 ))]
 #[cfg_attr(not(any(feature = "flex", feature = "ndarray")), allow(dead_code))]
 pub(crate) mod math;
-// The Cube kernel uses only the divergence mapping (`Plugin`).
+// The divergence table: the CPU kernel's plug-ins, and the text the Cube
+// kernel compiles (`divergence_table!`) with its mapping (`Plugin`).
 #[cfg(any(feature = "flex", feature = "ndarray", feature = "cube-kernel"))]
 #[cfg_attr(
     not(any(feature = "flex", feature = "ndarray")),

@@ -39,161 +39,164 @@
 //! is branch-free (selects, no `if` around work), so the compiler vectorises
 //! the row loop it is inlined into.
 
-use super::math::ln;
 use crate::divergence::Divergence;
 
+/// Which divergence a kernel computes; its parameters (`mix`, `scale` of
+/// [`Plugin`]) are run-time values. The Cube kernel is compiled per kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Kind {
+    /// `KL(p ‖ q)`.
+    ForwardKl,
+    /// `KL(q ‖ p)`.
+    ReverseKl,
+    /// `scale · (β KL(p‖m) + (1−β) KL(q‖m))`, `mix = β`, `0 < β < 1`.
+    Jsd,
+    /// `KL(p ‖ αp + (1−α)q)`, `mix = α`, `0 < α < 1`.
+    SkewForwardKl,
+    /// `KL(q ‖ αq + (1−α)p)`, `mix = α`, `0 < α < 1`.
+    SkewReverseKl,
+    /// `½ Σ |q − p|`.
+    Tvd,
+}
+
+/// Defines the divergence table — every divergence's `(t_j, h_j)` per class
+/// (see the module docs for the derivations) — with the attributes given:
+/// `#[inline(always)]` for the CPU kernel (here, [`terms`]), `#[cube]` for
+/// the Cube kernel (`kind` then `#[comptime]`, the second argument). This is
+/// the only text of the per-class terms the kernels compute. The invoking
+/// module provides `ln` (the target's, both built on
+/// [`super::math::kernel_math`]), `select(bool, f32, f32)` and [`Kind`]
+/// (names, not macro arguments: CubeCL's expansion of a call needs the
+/// callee's name to come from the macro's own text).
+///
+/// A term whose weight (`p_j` or `q_j`) is 0 is 0, never `0 · log 0` or
+/// `0 · (−inf)`; every branch is a select, so the CPU loop vectorises.
+macro_rules! divergence_table {
+    ($(#[$attr:meta])*; [$($comptime:tt)*]) => {
+        /// `w · log_ratio`, 0 where the weight `w` is 0 (whatever the log-ratio).
+        $(#[$attr])*
+        fn xlog(w: f32, log_ratio: f32) -> f32 {
+            select(w > 0.0f32, w * log_ratio, 0.0f32)
+        }
+
+        /// One divergence's `(t_j, h_j)` for one class: `p`, `q` and their
+        /// logarithms `lp`, `lq`; `mix` and `scale` as [`Kind`] says.
+        $(#[$attr])*
+        #[allow(clippy::too_many_arguments)]
+        pub(super) fn terms(
+            p: f32,
+            lp: f32,
+            q: f32,
+            lq: f32,
+            mix: f32,
+            scale: f32,
+            $($comptime)* kind: Kind,
+        ) -> (f32, f32) {
+            match kind {
+                Kind::ForwardKl => (xlog(p, lp - lq), 0.0f32 - p),
+                Kind::ReverseKl => {
+                    let t = xlog(q, lq - lp);
+                    (t, t)
+                }
+                Kind::Jsd => {
+                    let lm = ln(mix * p + (1.0f32 - mix) * q);
+                    let student = xlog(q, lq - lm);
+                    let t = mix * xlog(p, lp - lm) + (1.0f32 - mix) * student;
+                    (scale * t, scale * (1.0f32 - mix) * student)
+                }
+                Kind::SkewForwardKl => {
+                    let m = mix * p + (1.0f32 - mix) * q;
+                    // m ≥ αp > 0 wherever p > 0; where p = 0 both are 0.
+                    let h = select(p > 0.0f32, (mix - 1.0f32) * p * (q / m), 0.0f32);
+                    (xlog(p, lp - ln(m)), h)
+                }
+                Kind::SkewReverseKl => {
+                    let m = mix * q + (1.0f32 - mix) * p;
+                    let t = xlog(q, lq - ln(m));
+                    // m ≥ αq > 0 wherever q > 0.
+                    let h = select(q > 0.0f32, t - mix * q * (q / m), 0.0f32);
+                    (t, h)
+                }
+                Kind::Tvd => {
+                    let d = q - p;
+                    let half_sign =
+                        select(d > 0.0f32, 0.5f32, select(d < 0.0f32, -0.5f32, 0.0f32));
+                    (0.5f32 * f32::abs(d), q * half_sign)
+                }
+            }
+        }
+    };
+}
+#[cfg(feature = "cube-kernel")]
+pub(super) use divergence_table;
+
+#[cfg(any(feature = "flex", feature = "ndarray"))]
+use super::math::{ln, select};
+#[cfg(any(feature = "flex", feature = "ndarray"))]
+divergence_table!(#[inline(always)]; []);
+
 /// One divergence's per-class value term and gradient factor (see the module
-/// docs); `lp`, `lq` are the log-probabilities of `p`, `q`.
+/// docs); `lp`, `lq` are the log-probabilities of `p`, `q`. One type per
+/// [`Kind`], so that the CPU row loop is monomorphised per divergence with
+/// [`terms`] inlined and its `match` folded away.
 pub(super) trait Pointwise: Copy {
     /// `(t_j, h_j)`.
     fn terms(self, p: f32, lp: f32, q: f32, lq: f32) -> (f32, f32);
 }
 
-/// `KL(p ‖ q)`.
-#[derive(Clone, Copy)]
-pub(super) struct ForwardKl;
+macro_rules! pointwise_types {
+    ($($kind:ident),*) => {$(
+        #[derive(Clone, Copy)]
+        pub(super) struct $kind {
+            pub(super) mix: f32,
+            pub(super) scale: f32,
+        }
 
-impl Pointwise for ForwardKl {
-    #[inline(always)]
-    fn terms(self, p: f32, lp: f32, _q: f32, lq: f32) -> (f32, f32) {
-        (xlog(p, lp - lq), -p)
-    }
+        #[cfg(any(feature = "flex", feature = "ndarray"))]
+        impl Pointwise for $kind {
+            #[inline(always)]
+            fn terms(self, p: f32, lp: f32, q: f32, lq: f32) -> (f32, f32) {
+                terms(p, lp, q, lq, self.mix, self.scale, Kind::$kind)
+            }
+        }
+    )*};
 }
+pointwise_types!(ForwardKl, ReverseKl, Jsd, SkewForwardKl, SkewReverseKl, Tvd);
 
-/// `KL(q ‖ p)`.
-#[derive(Clone, Copy)]
-pub(super) struct ReverseKl;
-
-impl Pointwise for ReverseKl {
-    #[inline(always)]
-    fn terms(self, _p: f32, lp: f32, q: f32, lq: f32) -> (f32, f32) {
-        let t = xlog(q, lq - lp);
-        (t, t)
-    }
-}
-
-/// `β KL(p ‖ m) + (1−β) KL(q ‖ m)`, `0 < β < 1`, both times `scale`.
-#[derive(Clone, Copy)]
-pub(super) struct Jsd {
-    pub(super) beta: f32,
-    pub(super) scale: f32,
-}
-
-impl Pointwise for Jsd {
-    #[inline(always)]
-    fn terms(self, p: f32, lp: f32, q: f32, lq: f32) -> (f32, f32) {
-        let lm = ln(self.beta * p + (1.0 - self.beta) * q);
-        let student = xlog(q, lq - lm);
-        let t = self.beta * xlog(p, lp - lm) + (1.0 - self.beta) * student;
-        (self.scale * t, self.scale * (1.0 - self.beta) * student)
-    }
-}
-
-/// `KL(p ‖ αp + (1−α)q)`, `0 < α < 1`.
-#[derive(Clone, Copy)]
-pub(super) struct SkewForwardKl {
-    pub(super) alpha: f32,
-}
-
-impl Pointwise for SkewForwardKl {
-    #[inline(always)]
-    fn terms(self, p: f32, lp: f32, q: f32, _lq: f32) -> (f32, f32) {
-        let m = self.alpha * p + (1.0 - self.alpha) * q;
-        // m ≥ αp > 0 wherever p > 0; where p = 0 both are 0.
-        let h = if p > 0.0 {
-            -(1.0 - self.alpha) * p * (q / m)
-        } else {
-            0.0
-        };
-        (xlog(p, lp - ln(m)), h)
-    }
-}
-
-/// `KL(q ‖ αq + (1−α)p)`, `0 < α < 1`.
-#[derive(Clone, Copy)]
-pub(super) struct SkewReverseKl {
-    pub(super) alpha: f32,
-}
-
-impl Pointwise for SkewReverseKl {
-    #[inline(always)]
-    fn terms(self, p: f32, _lp: f32, q: f32, lq: f32) -> (f32, f32) {
-        let m = self.alpha * q + (1.0 - self.alpha) * p;
-        let t = xlog(q, lq - ln(m));
-        // m ≥ αq > 0 wherever q > 0.
-        let h = if q > 0.0 {
-            t - self.alpha * q * (q / m)
-        } else {
-            0.0
-        };
-        (t, h)
-    }
-}
-
-/// `½ Σ |q − p|`.
-#[derive(Clone, Copy)]
-pub(super) struct Tvd;
-
-impl Pointwise for Tvd {
-    #[inline(always)]
-    fn terms(self, p: f32, _lp: f32, q: f32, _lq: f32) -> (f32, f32) {
-        let d = q - p;
-        let half_sign = if d > 0.0 {
-            0.5
-        } else if d < 0.0 {
-            -0.5
-        } else {
-            0.0
-        };
-        (0.5 * d.abs(), q * half_sign)
-    }
-}
-
-/// `w · log_ratio`, 0 where the weight `w` is 0 (whatever the log-ratio).
-#[inline(always)]
-fn xlog(w: f32, log_ratio: f32) -> f32 {
-    if w > 0.0 { w * log_ratio } else { 0.0 }
-}
-
-/// A [`Divergence`] as the plug-in that computes it, with the endpoint
-/// settings mapped to the plain KLs (see the module docs).
+/// A [`Divergence`] as the kernels compute it: its [`Kind`], with the
+/// endpoint settings mapped to the plain KLs (see the module docs), and its
+/// parameters.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub(super) enum Plugin {
-    ForwardKl,
-    ReverseKl,
-    Jsd { beta: f32, scale: f32 },
-    SkewForwardKl { alpha: f32 },
-    SkewReverseKl { alpha: f32 },
-    Tvd,
+pub(crate) struct Plugin {
+    pub(crate) kind: Kind,
+    /// `β` of the JSDs, `α` of the skews; 0 otherwise.
+    pub(crate) mix: f32,
+    /// The normalised JSD's `1 / (β(1−β))`; 1 otherwise.
+    pub(crate) scale: f32,
 }
 
 impl Plugin {
     /// The plug-in of a checked divergence.
-    pub(super) fn of(divergence: Divergence) -> Self {
-        match divergence {
+    pub(crate) fn of(divergence: Divergence) -> Self {
+        let (kind, mix, scale) = match divergence {
             Divergence::ForwardKl
             | Divergence::Jsd { beta: 0.0 }
             | Divergence::JsdNormalized { beta: 0.0 }
-            | Divergence::SkewForwardKl { alpha: 0.0 } => Self::ForwardKl,
+            | Divergence::SkewForwardKl { alpha: 0.0 } => (Kind::ForwardKl, 0.0, 1.0),
             Divergence::ReverseKl
             | Divergence::Jsd { beta: 1.0 }
             | Divergence::JsdNormalized { beta: 1.0 }
-            | Divergence::SkewReverseKl { alpha: 0.0 } => Self::ReverseKl,
-            Divergence::Jsd { beta } => Self::Jsd {
-                beta: beta as f32,
-                scale: 1.0,
-            },
-            Divergence::JsdNormalized { beta } => Self::Jsd {
-                beta: beta as f32,
-                scale: (1.0 / (beta * (1.0 - beta))) as f32,
-            },
-            Divergence::SkewForwardKl { alpha } => Self::SkewForwardKl {
-                alpha: alpha as f32,
-            },
-            Divergence::SkewReverseKl { alpha } => Self::SkewReverseKl {
-                alpha: alpha as f32,
-            },
-            Divergence::Tvd => Self::Tvd,
+            | Divergence::SkewReverseKl { alpha: 0.0 } => (Kind::ReverseKl, 0.0, 1.0),
+            Divergence::Jsd { beta } => (Kind::Jsd, beta, 1.0),
+            Divergence::JsdNormalized { beta } => (Kind::Jsd, beta, 1.0 / (beta * (1.0 - beta))),
+            Divergence::SkewForwardKl { alpha } => (Kind::SkewForwardKl, alpha, 1.0),
+            Divergence::SkewReverseKl { alpha } => (Kind::SkewReverseKl, alpha, 1.0),
+            Divergence::Tvd => (Kind::Tvd, 0.0, 1.0),
+        };
+        Self {
+            kind,
+            mix: mix as f32,
+            scale: scale as f32,
         }
     }
 }
@@ -201,40 +204,45 @@ impl Plugin {
 /// Calls the generic row loop with the plug-in of `$plugin`, monomorphised per
 /// divergence so that each loop is vectorised with its terms inlined.
 macro_rules! with_plugin {
-    ($plugin:expr, |$d:ident| $body:expr) => {
-        match $plugin {
-            $crate::fused::pointwise::Plugin::ForwardKl => {
-                let $d = $crate::fused::pointwise::ForwardKl;
+    ($plugin:expr, |$d:ident| $body:expr) => {{
+        let $crate::fused::pointwise::Plugin { kind, mix, scale } = $plugin;
+        match kind {
+            $crate::fused::pointwise::Kind::ForwardKl => {
+                let $d = $crate::fused::pointwise::ForwardKl { mix, scale };
                 $body
             }
-            $crate::fused::pointwise::Plugin::ReverseKl => {
-                let $d = $crate::fused::pointwise::ReverseKl;
+            $crate::fused::pointwise::Kind::ReverseKl => {
+                let $d = $crate::fused::pointwise::ReverseKl { mix, scale };
                 $body
             }
-            $crate::fused::pointwise::Plugin::Jsd { beta, scale } => {
-                let $d = $crate::fused::pointwise::Jsd { beta, scale };
+            $crate::fused::pointwise::Kind::Jsd => {
+                let $d = $crate::fused::pointwise::Jsd { mix, scale };
                 $body
             }
-            $crate::fused::pointwise::Plugin::SkewForwardKl { alpha } => {
-                let $d = $crate::fused::pointwise::SkewForwardKl { alpha };
+            $crate::fused::pointwise::Kind::SkewForwardKl => {
+                let $d = $crate::fused::pointwise::SkewForwardKl { mix, scale };
                 $body
             }
-            $crate::fused::pointwise::Plugin::SkewReverseKl { alpha } => {
-                let $d = $crate::fused::pointwise::SkewReverseKl { alpha };
+            $crate::fused::pointwise::Kind::SkewReverseKl => {
+                let $d = $crate::fused::pointwise::SkewReverseKl { mix, scale };
                 $body
             }
-            $crate::fused::pointwise::Plugin::Tvd => {
-                let $d = $crate::fused::pointwise::Tvd;
+            $crate::fused::pointwise::Kind::Tvd => {
+                let $d = $crate::fused::pointwise::Tvd { mix, scale };
                 $body
             }
         }
-    };
+    }};
 }
 pub(super) use with_plugin;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn plug(kind: Kind, mix: f32, scale: f32) -> Plugin {
+        Plugin { kind, mix, scale }
+    }
 
     /// `h_j = q_j ∂D/∂q_j` of each plug-in against a central finite difference
     /// of its own `Σ t_j` in f64 (each `q_j` moved alone, off the simplex: the
@@ -245,18 +253,12 @@ mod tests {
         let p = [0.5f64, 0.2, 0.25, 0.05];
         let q = [0.1f64, 0.4, 0.3, 0.2];
         let plugins: [(&str, Plugin); 6] = [
-            ("forward", Plugin::ForwardKl),
-            ("reverse", Plugin::ReverseKl),
-            (
-                "jsd",
-                Plugin::Jsd {
-                    beta: 0.3,
-                    scale: 1.7,
-                },
-            ),
-            ("skew forward", Plugin::SkewForwardKl { alpha: 0.1 }),
-            ("skew reverse", Plugin::SkewReverseKl { alpha: 0.4 }),
-            ("tvd", Plugin::Tvd),
+            ("forward", plug(Kind::ForwardKl, 0.0, 1.0)),
+            ("reverse", plug(Kind::ReverseKl, 0.0, 1.0)),
+            ("jsd", plug(Kind::Jsd, 0.3, 1.7)),
+            ("skew forward", plug(Kind::SkewForwardKl, 0.1, 1.0)),
+            ("skew reverse", plug(Kind::SkewReverseKl, 0.4, 1.0)),
+            ("tvd", plug(Kind::Tvd, 0.0, 1.0)),
         ];
         for (name, plugin) in plugins {
             let total = |q: &[f64; 4]| -> f64 {
@@ -293,15 +295,12 @@ mod tests {
     #[test]
     fn ruled_out_classes_contribute_nothing() {
         for plugin in [
-            Plugin::ForwardKl,
-            Plugin::ReverseKl,
-            Plugin::Jsd {
-                beta: 0.5,
-                scale: 1.0,
-            },
-            Plugin::SkewForwardKl { alpha: 0.1 },
-            Plugin::SkewReverseKl { alpha: 0.1 },
-            Plugin::Tvd,
+            plug(Kind::ForwardKl, 0.0, 1.0),
+            plug(Kind::ReverseKl, 0.0, 1.0),
+            plug(Kind::Jsd, 0.5, 1.0),
+            plug(Kind::SkewForwardKl, 0.1, 1.0),
+            plug(Kind::SkewReverseKl, 0.1, 1.0),
+            plug(Kind::Tvd, 0.0, 1.0),
         ] {
             let inf = f32::NEG_INFINITY;
             let (t, h) = with_plugin!(plugin, |d| d.terms(0.0, inf, 0.0, inf));
