@@ -10,7 +10,10 @@
 //!   (what a first, cold pass over the file costs on top of the reads);
 //! - baselines: `SparseTeacher::top_k` of 256 × 32,000 teacher logits (what a
 //!   live teacher costs even after its forward pass, which the store saves
-//!   too), and `append_logits` of them (writing straight from logits).
+//!   too), selected on the host by the crate's top-k selection; the same
+//!   through burn's `log_softmax` and `topk` (`burn_topk`, what
+//!   `SparseTeacher::top_k` did before); and `append_logits` of them
+//!   (writing straight from logits).
 //!
 //! Throughputs are examples (rows) per second; bytes per row are printed
 //! first, so MB/s = rows/s × bytes per row.
@@ -24,6 +27,7 @@ use std::time::Duration;
 use burn::tensor::{Device, Distribution, Tensor};
 use burn_distill::SparseTeacher;
 use burn_distill::store::{StorePrecision, TeacherStore, TeacherStoreConfig};
+use burn_distill::temperature::log_softmax;
 use criterion::{BenchmarkId, Criterion, Throughput, black_box, criterion_group, criterion_main};
 
 const VOCAB: usize = 32_000;
@@ -140,6 +144,15 @@ fn bench(c: &mut Criterion) {
                 let teacher = SparseTeacher::top_k(batch_logits.clone(), k, T);
                 // Wait for the values, as a read from the store does.
                 black_box(teacher.log_probs().clone().into_data())
+            })
+        });
+        // What `SparseTeacher::top_k` did before it selected on the host:
+        // burn's log-softmax and `topk`, which sorts every row.
+        group.bench_function(BenchmarkId::new("burn_topk", format!("k{k}")), |b| {
+            b.iter(|| {
+                let log_p = log_softmax(batch_logits.clone(), T, 1);
+                let (log_probs, indices) = log_p.topk_with_indices(k, 1);
+                black_box((log_probs.into_data(), indices))
             })
         });
         let out = dir.path().join(format!("logits-k{k}.bdts"));

@@ -88,6 +88,12 @@ pub mod store;
 mod targets;
 mod teacher;
 pub mod temperature;
+// The selection is built everywhere; only the CPU backends and the store run it.
+#[cfg_attr(
+    not(any(feature = "flex", feature = "ndarray", feature = "store")),
+    allow(dead_code)
+)]
+mod top_k;
 #[cfg(feature = "train")]
 pub mod train;
 

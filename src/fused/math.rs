@@ -120,6 +120,29 @@ pub(crate) fn exp(x: f32) -> f32 {
     if x < LOWEST { 0.0 } else { e_r * scale }
 }
 
+/// `Σ exp((v − shift)·scale)` in f64: the exponentials a block at a time
+/// with the vectorised [`exp`] (so `(v − shift)·scale` must be at most
+/// about 0.01), each block summed by [`sum_f64`].
+pub(crate) fn sum_exp_shifted(values: &[f32], shift: f32, scale: f32) -> f64 {
+    let mut block = [0.0f32; 64];
+    let mut sum = 0.0f64;
+    for part in values.chunks(64) {
+        for (e, &v) in block.iter_mut().zip(part) {
+            *e = exp((v - shift) * scale);
+        }
+        sum += sum_f64(&block[..part.len()]);
+    }
+    sum
+}
+
+/// A sum of f32 values in f64, in blocks the compiler vectorises.
+pub(crate) fn sum_f64(values: &[f32]) -> f64 {
+    values
+        .chunks(64)
+        .map(|block| block.iter().map(|&e| e as f64).sum::<f64>())
+        .sum()
+}
+
 /// `ln x` for `x ≥ 0`: `0` → `−inf`, `+inf` → `+inf`, NaN → NaN. Subnormal
 /// inputs (below 1.18e−38) are read as the smallest normal number, `−87.34`:
 /// the kernel only takes logs of probabilities, where such a value only ever

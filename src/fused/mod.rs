@@ -33,13 +33,10 @@ mod extension;
 mod kernel;
 #[cfg(any(feature = "flex", feature = "ndarray"))]
 mod linear_host;
-// Also the teacher store's host-side log-softmax.
-#[cfg(any(
-    feature = "flex",
-    feature = "ndarray",
-    feature = "store",
-    feature = "cube-kernel"
-))]
+#[cfg(any(feature = "flex", feature = "ndarray"))]
+mod top_k_host;
+// Also the top-k selection's and the teacher store's; built everywhere, so
+// that the selection is too.
 #[cfg_attr(not(any(feature = "flex", feature = "ndarray")), allow(dead_code))]
 pub(crate) mod math;
 // The divergence table: the CPU kernel's plug-ins, and the text the Cube
@@ -57,6 +54,7 @@ use burn::tensor::{DType, Int, Tensor};
 
 use crate::backend::{HostBackend, host_backend, is_cube};
 use crate::divergence::Divergence;
+use crate::top_k::{BadRow, Selection, TopKRows};
 
 /// Whether any fused engine is compiled in.
 const ANY_ENGINE: bool = cfg!(any(
@@ -177,6 +175,34 @@ pub(crate) fn plan(
         Engine::Cube => !top_k && !dkd,
     };
     (served && ANY_ENGINE).then_some(Kernel { engine, top_k, dkd })
+}
+
+/// [`crate::top_k`]'s selection of `logits`' rows, on the backend's buffer
+/// in place, where a CPU engine serves the logits — flex or ndarray with the
+/// crate's feature, f32, f16 or bf16 (read as f32); `None` elsewhere, where
+/// the caller selects on the device or reads the logits back.
+pub(crate) fn host_top_k(
+    logits: &Tensor<2>,
+    selection: Selection,
+) -> Option<Result<TopKRows, BadRow>> {
+    #[cfg(not(any(feature = "flex", feature = "ndarray")))]
+    {
+        let _ = (logits, selection);
+        None
+    }
+    #[cfg(any(feature = "flex", feature = "ndarray"))]
+    {
+        if host_backend(&logits.device()).is_none()
+            || !matches!(logits.dtype(), DType::F32 | DType::F16 | DType::BF16)
+        {
+            return None;
+        }
+        let values = logits.clone().detach().without_autodiff().cast(DType::F32);
+        if engine(&values, &values) != Some(Engine::Host) {
+            return None;
+        }
+        Some(top_k_host::top_k(values, selection))
+    }
 }
 
 /// See [`crate::diagnostics::cube_kernel_launches`].
@@ -337,6 +363,49 @@ mod tests {
                 }
                 assert!(plan(&f64s, &f64s, top_k, loss).is_none(), "{device:?}");
             }
+        }
+    }
+
+    /// The host selection serves f32 and half-precision logits on the CPU
+    /// backends compiled in (with ties to the smaller class, which burn's
+    /// sort does not promise); f64 is left to the caller.
+    #[test]
+    #[allow(deprecated)] // Device::ndarray
+    fn host_top_k_serves_the_cpu_backends() {
+        let selection = Selection {
+            k: 2,
+            temperature: 1.0,
+            with_tails: false,
+            refuse_bad_rows: false,
+        };
+        for (device, compiled_in) in [
+            (Device::flex(), cfg!(feature = "flex")),
+            (Device::flex().autodiff(), cfg!(feature = "flex")),
+            (Device::ndarray(), cfg!(feature = "ndarray")),
+            (Device::ndarray().autodiff(), cfg!(feature = "ndarray")),
+        ] {
+            let tied = Tensor::<2>::from_floats([[1.0, 2.0, 2.0, 2.0, 0.0]], &device);
+            let selected = host_top_k(&tied, selection);
+            assert_eq!(selected.is_some(), compiled_in, "{device:?}");
+            if let Some(rows) = selected {
+                assert_eq!(rows.unwrap().indices, [1, 2], "{device:?}");
+            }
+            let f64s = Tensor::<2>::zeros([2, 3], (&device, DType::F64));
+            assert!(host_top_k(&f64s, selection).is_none(), "{device:?}");
+        }
+        let flex_f16 = Tensor::<2>::zeros([2, 3], (&Device::flex(), DType::F16));
+        assert_eq!(
+            host_top_k(&flex_f16, selection).is_some(),
+            cfg!(feature = "flex")
+        );
+        // Bad rows are refused when asked, before selecting.
+        let nan = Tensor::<2>::from_floats([[0.0, 1.0], [f32::NAN, 0.0]], &Device::flex());
+        let refuse = Selection {
+            refuse_bad_rows: true,
+            ..selection
+        };
+        if let Some(found) = host_top_k(&nan, refuse) {
+            assert_eq!(found.unwrap_err().row, 1);
         }
     }
 }

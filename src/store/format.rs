@@ -12,7 +12,7 @@
 //! short anywhere has no end marker; its length is then checked against what
 //! the header and footer say it holds.
 
-use crate::fused::math::exp;
+use crate::fused::math::sum_exp_shifted;
 use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
 use half::{bf16, f16};
 
@@ -324,26 +324,9 @@ pub(super) fn unpack_indices(bytes: &[u8], bits: u32, count: usize, out: &mut Ve
     }));
 }
 
-/// `Σ exp(v)` over log-probabilities (each at most 0.01): the exponentials a
-/// block at a time with the fused kernel's vectorised `exp`, summed in f64.
+/// `Σ exp(v)` over log-probabilities (each at most 0.01), in f64.
 pub(super) fn sum_exp(values: &[f32]) -> f64 {
-    let mut block = [0.0f32; 64];
-    let mut sum = 0.0f64;
-    for part in values.chunks(64) {
-        for (e, &v) in block.iter_mut().zip(part) {
-            *e = exp(v);
-        }
-        sum += sum_f64(&block[..part.len()]);
-    }
-    sum
-}
-
-/// A sum of f32 values in f64, in blocks the compiler vectorises.
-pub(super) fn sum_f64(values: &[f32]) -> f64 {
-    values
-        .chunks(64)
-        .map(|block| block.iter().map(|&e| e as f64).sum::<f64>())
-        .sum()
+    sum_exp_shifted(values, 0.0, 1.0)
 }
 
 #[cfg(test)]

@@ -9,11 +9,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use burn::tensor::{DType, Tensor};
 
 use super::TeacherStoreConfig;
-use super::format::{FLAG_EXAMPLE_OFFSETS, Footer, Header, pack_indices, sum_exp, sum_f64};
+use super::format::{FLAG_EXAMPLE_OFFSETS, Footer, Header, pack_indices, sum_exp};
 use crate::check::check_non_empty;
 use crate::error::{DistillError, store_io};
-use crate::fused::math::exp;
+use crate::fused;
 use crate::sparse::SparseTeacher;
+use crate::top_k::{BadRow, Selection, TopKRows, check_rows, top_k_rows};
 
 /// How far the `k` probabilities of a row may sum above 1 (rounding of an f32
 /// log-softmax, or of a teacher stored in half precision) before the row is
@@ -97,26 +98,6 @@ struct HostRows {
     /// Each row's tail mass when known exactly (from the logits); otherwise
     /// `1 − Σ p` of the row's log-probabilities.
     tails: Option<Vec<f32>>,
-}
-
-/// `exp((v − max)·inv_t)` of a row into `exps`, with the fused kernel's
-/// vectorised `exp` (about 1 ulp), and their sum in f64.
-fn exp_shifted(logits: &[f32], max: f32, inv_t: f32, exps: &mut Vec<f32>) -> f64 {
-    exps.clear();
-    exps.extend(logits.iter().map(|&v| exp((v - max) * inv_t)));
-    sum_f64(exps)
-}
-
-/// A key that orders logits as numbers (no NaN here), then classes in reverse:
-/// the larger key wins, and among equal logits the smaller class.
-fn sort_key(value: f32, class: usize) -> u64 {
-    let bits = value.to_bits();
-    let ordered = if bits >> 31 == 1 {
-        !bits
-    } else {
-        bits | 1 << 31
-    };
-    ((ordered as u64) << 32) | (u32::MAX - class as u32) as u64
 }
 
 impl TeacherStoreWriter {
@@ -212,66 +193,32 @@ impl TeacherStoreWriter {
                 expected: vocab,
             });
         }
-        let values = teacher_logits
-            .detach()
-            .cast(DType::F32)
-            .into_data()
-            .try_into_vec::<f32>()
-            .expect("f32 after cast");
-        let k = self.header.k as usize;
-        let (mut indices, mut log_probs) =
-            (Vec::with_capacity(rows * k), Vec::with_capacity(rows * k));
-        let mut tails = Vec::with_capacity(rows);
-        let mut exps = Vec::with_capacity(vocab);
-        let mut heap = std::collections::BinaryHeap::with_capacity(k + 1);
-        for (row, logits) in values.chunks_exact(vocab).enumerate() {
-            let refuse = |reason: String| DistillError::InvalidTopK {
-                argument: "teacher_logits",
-                row,
-                reason,
-            };
-            if let Some(v) = logits.iter().find(|v| v.is_nan() || **v == f32::INFINITY) {
-                return Err(refuse(format!("it holds the logit {v}")));
-            }
-            let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
-            if max == f64::NEG_INFINITY {
-                return Err(refuse("every logit is -inf".into()));
-            }
-            let t = self.header.temperature;
-            // 1/T beyond f32 (T < 3e-39) would make the maximum's (v − max)·(1/T)
-            // a NaN; f32::MAX keeps it 0 and every other term 0 after exp.
-            let inv_t = ((1.0 / t) as f32).min(f32::MAX);
-            let total = exp_shifted(logits, max as f32, inv_t, &mut exps);
-            let log_sum = total.ln();
-            // The k largest, kept in a min-heap of sortable keys: a larger key
-            // is a larger logit, then a smaller class (ties go to the first).
-            heap.clear();
-            for (class, &v) in logits.iter().enumerate() {
-                let key = std::cmp::Reverse(sort_key(v, class));
-                if heap.len() < k {
-                    heap.push(key);
-                } else if key < *heap.peek().expect("k ≥ 1") {
-                    heap.pop();
-                    heap.push(key);
-                }
-            }
-            let start = indices.len();
-            // Ascending Reverse order = descending keys: the largest first.
-            let mut best = std::mem::take(&mut heap).into_sorted_vec();
-            for &std::cmp::Reverse(key) in &best {
-                let class = (u32::MAX - key as u32) as usize;
-                indices.push(class as i64);
-                log_probs.push(((logits[class] as f64 - max) / t - log_sum) as f32);
-                exps[class] = 0.0;
-            }
-            // The heap's allocation, for the next row.
-            best.clear();
-            heap = best.into();
-            debug_assert_eq!(indices.len() - start, k);
-            // The tail summed over its own classes: exact even when it is
-            // tiny, where 1 − Σ p_k would be rounding.
-            tails.push((sum_f64(&exps) / total) as f32);
-        }
+        let selection = Selection {
+            k: self.header.k as usize,
+            temperature: self.header.temperature,
+            with_tails: true,
+            refuse_bad_rows: true,
+        };
+        // In place on the CPU backends; elsewhere the logits are read back.
+        let selected = fused::host_top_k(&teacher_logits, selection).unwrap_or_else(|| {
+            let values = teacher_logits
+                .detach()
+                .cast(DType::F32)
+                .into_data()
+                .try_into_vec::<f32>()
+                .expect("f32 after cast");
+            check_rows(&values, vocab)?;
+            Ok(top_k_rows(&values, vocab, &selection))
+        });
+        let TopKRows {
+            indices,
+            log_probs,
+            tails,
+        } = selected.map_err(|BadRow { row, reason }| DistillError::InvalidTopK {
+            argument: "teacher_logits",
+            row,
+            reason,
+        })?;
         Ok(HostRows {
             rows,
             indices,

@@ -25,6 +25,7 @@ mod specialists;
 #[cfg(feature = "store")]
 mod store;
 mod teacher_output;
+mod top_k;
 mod torch_parity;
 #[cfg(feature = "train")]
 mod train;
