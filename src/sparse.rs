@@ -62,7 +62,8 @@ impl SparseTeacher {
     /// store`); elsewhere burn's `topk` runs on the device. f16 and bf16
     /// logits are computed in f32 and their log-probabilities given back in
     /// the logits' dtype. A row holding a NaN or `+∞` gets NaN
-    /// log-probabilities, which a loss's `check` reports.
+    /// log-probabilities, as a log-softmax of it does (the teacher store's
+    /// `append_logits` refuses such a row instead).
     ///
     /// # Panics
     /// If `k` is 0 or exceeds the number of classes, or `T` is invalid (see
