@@ -152,6 +152,7 @@ pub(crate) fn top_k_rows(logits: &[f32], classes: usize, selection: &Selection) 
 /// One task's buffers, reused from row to row.
 struct Scratch {
     heap: BinaryHeap<Reverse<u64>>,
+    /// The row's `k` best, as [`sort_key`]s, largest first.
     best: Vec<u64>,
     /// The row's exponentials, for the tail; `None`: no tail asked.
     exps: Option<Vec<f32>>,
@@ -176,7 +177,7 @@ impl Scratch {
         log_probs: &mut [f32],
     ) -> f32 {
         self.select(logits, indices.len());
-        let max = logits[self.best[0] as usize];
+        let max = value_of(self.best[0]);
         // 1/T beyond f32 (T < 3e-39) would make the maximum's (v − max)·(1/T)
         // a NaN; f32::MAX keeps it 0 and every other term 0 after exp.
         let inv_t = ((1.0 / temperature) as f32).min(f32::MAX);
@@ -189,23 +190,23 @@ impl Scratch {
             }
         };
         let log_sum = total.ln();
-        for ((index, log_prob), &class) in indices.iter_mut().zip(log_probs).zip(&self.best) {
-            *index = class as i64;
-            let v = logits[class as usize] as f64;
+        for ((index, log_prob), &key) in indices.iter_mut().zip(log_probs).zip(&self.best) {
+            *index = class_of(key) as i64;
+            let v = value_of(key) as f64;
             *log_prob = ((v - max as f64) / temperature - log_sum) as f32;
         }
         match &mut self.exps {
             None => 0.0,
             Some(exps) => {
-                for &class in &self.best {
-                    exps[class as usize] = 0.0;
+                for &key in &self.best {
+                    exps[class_of(key)] = 0.0;
                 }
                 (sum_f64(exps) / total) as f32
             }
         }
     }
 
-    /// Leaves in `best` the classes of the `k` largest logits, largest first.
+    /// Leaves in `best` the keys of the `k` largest logits, largest first.
     fn select(&mut self, logits: &[f32], k: usize) {
         let heap = &mut self.heap;
         heap.clear();
@@ -240,13 +241,9 @@ impl Scratch {
             offer(start + i, v, &mut bar);
         }
         self.best.clear();
-        self.best
-            .extend(heap.drain().map(|Reverse(key)| class_of(key) as u64));
-        // Largest logit first, then the smaller class.
-        self.best.sort_unstable_by(|&a, &b| {
-            let (a, b) = (a as usize, b as usize);
-            sort_key(logits[b], b).cmp(&sort_key(logits[a], a))
-        });
+        self.best.extend(heap.drain().map(|Reverse(key)| key));
+        // Descending keys: the largest logit first, then the smaller class.
+        self.best.sort_unstable_by(|a, b| b.cmp(a));
     }
 }
 
