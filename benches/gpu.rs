@@ -8,7 +8,9 @@
 //! cargo bench --features cuda,cube-kernel --bench gpu          # with BURN_DISTILL_BENCH_DEVICE=cuda
 //! ```
 //!
-//! 512×32000 runs in f16 too where the device has it. `BURN_DISTILL_BENCH_LLM=1`
+//! 512×32000 runs in f16 too where the device has it, and with a top-k
+//! teacher (`SparseTeacher::top_k` of the teacher's logits, k = 8 and 64,
+//! selected before the timing) as `top8`/`top64` cases. `BURN_DISTILL_BENCH_LLM=1`
 //! adds the LLM-scale case 8192×128256 (4.2 GB per f32 logit tensor) in f32
 //! and, where the device has it, bf16. All cases:
 //! T = 4, 0.9 soft / 0.1 hard, T², forward KL, `KdLoss::forward`:
@@ -24,7 +26,7 @@
 
 use burn::tensor::{DType, Device, Distribution, Int, Tensor};
 use burn_distill::diagnostics::cube_kernel_launches;
-use burn_distill::{KdLoss, KdLossConfig};
+use burn_distill::{KdLoss, KdLossConfig, SparseTeacher, TeacherOutput};
 use criterion::{BenchmarkId, Criterion, Throughput, black_box, criterion_group, criterion_main};
 use std::time::Duration;
 
@@ -45,21 +47,29 @@ fn device() -> Device {
     }
 }
 
-/// `(batch, classes, dtype)` cases.
-fn cases(device: &Device) -> Vec<(usize, usize, DType)> {
-    let mut cases = vec![(512, 10, DType::F32), (512, 32000, DType::F32)];
+/// `(batch, classes, dtype, top-k)` cases: `top_k` `None` for the dense teacher.
+fn cases(device: &Device) -> Vec<(usize, usize, DType, Option<usize>)> {
+    let mut cases = vec![(512, 10, DType::F32, None), (512, 32000, DType::F32, None)];
     if device.supports_dtype(DType::F16) {
-        cases.push((512, 32000, DType::F16));
+        cases.push((512, 32000, DType::F16, None));
     }
+    cases.push((512, 32000, DType::F32, Some(8)));
+    cases.push((512, 32000, DType::F32, Some(64)));
     if std::env::var_os("BURN_DISTILL_BENCH_LLM").is_some() {
-        cases.push((8192, 128256, DType::F32));
+        cases.push((8192, 128256, DType::F32, None));
         if device.supports_dtype(DType::BF16) {
-            cases.push((8192, 128256, DType::BF16));
+            cases.push((8192, 128256, DType::BF16, None));
         } else {
             println!("bf16: not supported by this device; skipped");
         }
     }
     cases
+}
+
+/// A case's name: `512x32000/F32`, `512x32000/F32/top8`.
+fn case_name(batch: usize, classes: usize, dtype: DType, top_k: Option<usize>) -> String {
+    let teacher = top_k.map_or(String::new(), |k| format!("/top{k}"));
+    format!("{batch}x{classes}/{dtype:?}{teacher}")
 }
 
 fn losses() -> [(&'static str, KdLoss); 2] {
@@ -76,16 +86,21 @@ fn inputs(
     batch: usize,
     classes: usize,
     dtype: DType,
-) -> (Tensor<2>, Tensor<2>, Tensor<1, Int>) {
+    top_k: Option<usize>,
+) -> (Tensor<2>, TeacherOutput, Tensor<1, Int>) {
     let normal =
         |d| Tensor::<2>::random([batch, classes], Distribution::Normal(0.0, 3.0), d).cast(dtype);
     let labels =
         Tensor::<1, Int>::random([batch], Distribution::Uniform(0.0, classes as f64), device);
-    (normal(device), normal(device), labels)
+    let teacher = match top_k {
+        None => TeacherOutput::Logits(normal(device)),
+        Some(k) => TeacherOutput::TopK(SparseTeacher::top_k(normal(device), k, T)),
+    };
+    (normal(device), teacher, labels)
 }
 
 /// One forward + backward; returns the gradient.
-fn step(kd: &KdLoss, z: &Tensor<2>, v: &Tensor<2>, y: &Tensor<1, Int>) -> Tensor<2> {
+fn step(kd: &KdLoss, z: &Tensor<2>, v: &TeacherOutput, y: &Tensor<1, Int>) -> Tensor<2> {
     let z = z.clone().require_grad();
     let loss = kd.forward(z.clone(), v.clone(), y.clone());
     let grads = loss.backward();
@@ -101,10 +116,11 @@ fn in_use(device: &Device) -> Option<u64> {
 /// Prints the memory the graph holds between forward and backward, in units
 /// of one `[batch, classes]` tensor of the inputs' dtype.
 fn report_memory(device: &Device) {
-    for (batch, classes, dtype) in cases(device) {
+    for (batch, classes, dtype, top_k) in cases(device) {
         let unit = (batch * classes * dtype.size()) as f64;
+        let size = case_name(batch, classes, dtype, top_k);
         for (name, kd) in losses() {
-            let (z, v, y) = inputs(device, batch, classes, dtype);
+            let (z, v, y) = inputs(device, batch, classes, dtype, top_k);
             let Some(base) = in_use(device) else {
                 println!("memory: this device reports no memory-pool usage");
                 return;
@@ -116,7 +132,7 @@ fn report_memory(device: &Device) {
             let grad = zg.grad(&grads).expect("gradient");
             let after = in_use(device).expect("usage") as f64 - base as f64;
             println!(
-                "memory {name} {batch}x{classes} {dtype:?}: held for backward {:.1} MB = {:.2} x [B,C]; \
+                "memory {name} {size}: held for backward {:.1} MB = {:.2} x [B,C]; \
                  after backward (gradient alive) {:.1} MB = {:.2} x [B,C]",
                 held / 1e6,
                 held / unit,
@@ -137,10 +153,10 @@ fn bench_gpu(c: &mut Criterion) {
     group.warm_up_time(Duration::from_secs(1));
     group.measurement_time(Duration::from_secs(3));
     group.sample_size(20);
-    for (batch, classes, dtype) in cases(&device) {
+    for (batch, classes, dtype, top_k) in cases(&device) {
         group.throughput(Throughput::Elements((batch * classes) as u64));
-        let (z, v, y) = inputs(&device, batch, classes, dtype);
-        let size = format!("{batch}x{classes}/{dtype:?}");
+        let (z, v, y) = inputs(&device, batch, classes, dtype, top_k);
+        let size = case_name(batch, classes, dtype, top_k);
         for (name, kd) in losses() {
             let before = cube_kernel_launches();
             black_box(step(&kd, &z, &v, &y));

@@ -216,6 +216,32 @@ pub(crate) fn check_label_values(
     }
 }
 
+/// No class appears twice in a row of `indices` (row-major `[rows, k]`, in
+/// `0..classes`): a top-k teacher's classes are distinct, and a class stored
+/// twice would be two buckets of one class, which no distribution is.
+fn check_distinct_classes(indices: &[i64], k: usize, classes: usize) -> Result<(), DistillError> {
+    // One mark per class, set for a row's classes and cleared after it.
+    let mut seen = vec![false; classes];
+    for (row, classes_of_row) in indices.chunks(k).enumerate() {
+        let twice = classes_of_row.iter().find(|&&c| {
+            let first = !seen[c as usize];
+            seen[c as usize] = true;
+            !first
+        });
+        for &c in classes_of_row {
+            seen[c as usize] = false;
+        }
+        if let Some(class) = twice {
+            return Err(DistillError::InvalidTopK {
+                argument: "teacher.indices",
+                row,
+                reason: format!("class {class} appears twice"),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Two tensors on one device (hardware and backend; autodiff may differ).
 pub(crate) fn check_device<const D: usize, const E: usize, K: Basic, L: Basic>(
     left_argument: &'static str,
@@ -279,11 +305,9 @@ pub(crate) fn check_top_k(
     }
     match values {
         ValueChecks::Read => {
-            check_index_bounds(
-                "teacher.indices",
-                &indices.clone().flatten::<1>(0, 1),
-                classes,
-            )?;
+            let read: Vec<i64> = read_back(indices.clone()).iter::<i64>().collect();
+            check_label_values("teacher.indices", &read, classes)?;
+            check_distinct_classes(&read, k, classes)?;
             Ok(BadPositions::default())
         }
         ValueChecks::OnDevice => {

@@ -436,9 +436,10 @@ impl KdLoss {
     /// Checks everything the forwards check, without computing the loss: for
     /// callers that must validate untrusted input without panicking, and for
     /// the checks of values a forward on a device backend leaves to the
-    /// device (see the crate's "Checks"). Reads back the labels' and top-k
-    /// indices' bounds and, for [`TeacherOutput::Probs`], their minimum (a
-    /// few scalars; on a GPU each is a wait for the device).
+    /// device (see the crate's "Checks"). Reads back the labels' bounds, a
+    /// top-k teacher's indices (their range, and no class twice in a row) and,
+    /// for [`TeacherOutput::Probs`], their minimum (a few scalars and the
+    /// `[batch, k]` indices; on a GPU each read is a wait for the device).
     ///
     /// ```
     /// use burn::tensor::{Device, Int, Tensor};

@@ -36,7 +36,7 @@
 //!   tensor: every forward checks them and panics with the error's message
 //!   (as burn-nn's losses do).
 //! - **Values** — labels in `0..classes` (or `ignore_index`), top-k indices in
-//!   range, probabilities not negative or NaN, a [`Reduction::GlobalCount`] of
+//!   range and distinct in each row, probabilities not negative or NaN, a [`Reduction::GlobalCount`] of
 //!   0 with tokens kept. Checking them needs the values on the host. Where the
 //!   tensors are in host memory (flex, ndarray) that is a copy, and a forward
 //!   reads them and panics as above. On a device backend (wgpu, CUDA, …) it

@@ -218,7 +218,7 @@ pub fn try_sparse_forward_kl(
 /// `q = softmax(student_logits / T)`. The student's tail is the log-sum-exp of
 /// its logits outside the teacher's classes (exact, no `1 − Σ` cancellation);
 /// the teacher's is `1 − Σ p_k`, clamped at 0. With `k = C` both tails are
-/// empty (`−inf`).
+/// empty (`−inf`). A row with a class stored twice is NaN.
 pub(crate) fn bucket_log_probs(
     student_logits: Tensor<2>,
     indices: Tensor<2, Int>,
@@ -228,21 +228,25 @@ pub(crate) fn bucket_log_probs(
     let [rows, classes] = student_logits.dims();
     let k = indices.dims()[1];
     let log_q = log_softmax_unchecked(student_logits.clone(), temperature, 1);
-    let student_top = log_q.clone().gather(1, indices.clone());
     let options = (&log_q.device(), log_q.dtype());
+    // How often each class is among the teacher's.
+    let marks = Tensor::<2>::zeros([rows, classes], options).scatter(
+        1,
+        indices.clone(),
+        Tensor::ones([rows, k], options),
+        burn::tensor::IndexingUpdateOp::Add,
+    );
+    // A class stored twice (which `check` refuses, and a forward on a device
+    // does not read to refuse) makes its row NaN.
+    let repeated = marks.clone().greater_elem(1.0).any_dim(1).expand([rows, k]);
+    let student_top = log_q.gather(1, indices).mask_fill(repeated, f32::NAN);
     // With k = C nothing lies outside the teacher's classes: both tails are
     // empty (for the teacher, 1 − Σp would only be rounding noise).
     let empty_tail = || Tensor::full([rows, 1], f32::NEG_INFINITY, options);
     let (student_tail, teacher_tail) = if k == classes {
         (empty_tail(), empty_tail())
     } else {
-        // Mark the teacher's classes, then log-sum-exp the student's other logits.
-        let marks = Tensor::<2>::zeros([rows, classes], options).scatter(
-            1,
-            indices,
-            Tensor::ones([rows, k], options),
-            burn::tensor::IndexingUpdateOp::Add,
-        );
+        // The student's logits outside the teacher's classes, log-sum-exp'd.
         let outside = student_logits
             .clone()
             .mask_fill(marks.greater_elem(0.0), f32::NEG_INFINITY);

@@ -15,7 +15,9 @@ use burn_cubecl::tensor::CubeTensor;
 use cubecl::{CubeCount, CubeDim, calculate_cube_count_elemwise};
 
 use super::FusedSpec;
-use super::cube_kernel::{RowsConfig, kd_rows_kernel, weighted_gradient_kernel};
+use super::cube_kernel::{
+    RowsConfig, kd_rows_kernel, kd_top_k_rows_kernel, weighted_gradient_kernel,
+};
 use super::pointwise::Plugin;
 
 thread_local! {
@@ -45,19 +47,24 @@ pub(crate) struct CubeGradients {
     buffers: Vec<CubeTensor>,
 }
 
-/// The rows kernel on `student` and a dense `teacher` (`[rows, classes]`,
-/// f32, f16 or bf16 each), with `labels` (`[rows]`, already checked and with ignored rows
-/// mapped to class 0) for the hard term: the `[rows, spec.weights.len()]`
-/// value columns and, when asked, their gradients.
+/// The rows kernel on `student` (`[rows, classes]`) and a dense `teacher`
+/// (`[rows, classes]`; `indices` `None`) or a top-k one (`teacher` the
+/// `[rows, k]` log-probabilities of the `[rows, k]` classes `indices`, in
+/// range), f32, f16 or bf16 each, with `labels` (`[rows]`, already checked
+/// and with ignored rows mapped to class 0) for the hard term: the
+/// `[rows, spec.weights.len()]` value columns and, when asked, their
+/// gradients.
 pub(crate) fn rows(
     student: CubeTensor,
     teacher: CubeTensor,
+    indices: Option<CubeTensor>,
     labels: Option<CubeTensor>,
     spec: &FusedSpec,
     with_gradients: bool,
 ) -> (CubeTensor, CubeGradients) {
     let student = into_contiguous(student);
     let teacher = into_contiguous(teacher);
+    let indices = indices.map(into_contiguous);
     let [rows, classes] = student.shape().dims::<2>();
     let columns = spec.weights.len();
     assert!(
@@ -114,32 +121,65 @@ pub(crate) fn rows(
             .map_or(0.0, |&(ws, wh)| if hard { wh } else { ws }) as f32
     };
     ROWS_LAUNCHES.set(ROWS_LAUNCHES.get() + 1);
-    kd_rows_kernel::launch(
-        &client,
-        cube_count,
-        CubeDim::new_1d(config.block),
-        student.into_tensor_arg(),
-        teacher.into_tensor_arg(),
-        labels_arg.into_tensor_arg(),
-        values.clone().into_tensor_arg(),
-        grad0.into_tensor_arg(),
-        grad1.into_tensor_arg(),
-        (1.0 / spec.temperature) as f32,
-        (1.0 / spec.teacher_temperature) as f32,
-        spec.soft_factor as f32,
-        mix,
-        scale,
-        weight(0, false),
-        weight(0, true),
-        weight(1, false),
-        weight(1, true),
-        config,
-        [
-            dtype_to_storage_type(student_dtype),
-            dtype_to_storage_type(teacher_dtype),
-            dtype_to_storage_type(label_dtype),
-        ],
+    let dim = CubeDim::new_1d(config.block);
+    let inv_t = (1.0 / spec.temperature) as f32;
+    let soft_factor = spec.soft_factor as f32;
+    let (student_type, teacher_type, label_type) = (
+        dtype_to_storage_type(student_dtype),
+        dtype_to_storage_type(teacher_dtype),
+        dtype_to_storage_type(label_dtype),
     );
+    match indices {
+        None => kd_rows_kernel::launch(
+            &client,
+            cube_count,
+            dim,
+            student.into_tensor_arg(),
+            teacher.into_tensor_arg(),
+            labels_arg.into_tensor_arg(),
+            values.clone().into_tensor_arg(),
+            grad0.into_tensor_arg(),
+            grad1.into_tensor_arg(),
+            inv_t,
+            (1.0 / spec.teacher_temperature) as f32,
+            soft_factor,
+            mix,
+            scale,
+            weight(0, false),
+            weight(0, true),
+            weight(1, false),
+            weight(1, true),
+            config,
+            [student_type, teacher_type, label_type],
+        ),
+        Some(indices) => {
+            let k = teacher.shape().dims::<2>()[1] as u32;
+            let index_type = dtype_to_storage_type(indices.dtype);
+            kd_top_k_rows_kernel::launch(
+                &client,
+                cube_count,
+                dim,
+                student.into_tensor_arg(),
+                teacher.into_tensor_arg(),
+                indices.into_tensor_arg(),
+                labels_arg.into_tensor_arg(),
+                values.clone().into_tensor_arg(),
+                grad0.into_tensor_arg(),
+                grad1.into_tensor_arg(),
+                inv_t,
+                soft_factor,
+                mix,
+                scale,
+                weight(0, false),
+                weight(0, true),
+                weight(1, false),
+                weight(1, true),
+                config,
+                k,
+                [student_type, teacher_type, label_type, index_type],
+            )
+        }
+    }
     (values, CubeGradients { buffers: gradients })
 }
 

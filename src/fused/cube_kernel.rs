@@ -115,6 +115,146 @@ fn part(w: f32, term: f32) -> f32 {
     select(w == 0.0f32, 0.0f32, w * term)
 }
 
+/// The two output columns' coefficients of the soft and the hard term.
+#[derive(CubeType, Clone, Copy)]
+struct Weights {
+    soft0: f32,
+    hard0: f32,
+    soft1: f32,
+    hard1: f32,
+}
+
+/// The hard term's gradient factor `softmax(z)_i − [i = label]` for one
+/// class (`shifted = z_i − max z`), 0 without labels: the softmax at T = 1 is
+/// `q` unless the temperature differs (then from its own sum's inverse).
+#[cube]
+fn hard_gradient(
+    shifted: f32,
+    q: f32,
+    inv_sum_one: f32,
+    is_label: bool,
+    #[comptime] config: RowsConfig,
+) -> f32 {
+    let mut hard = 0.0f32;
+    if comptime!(config.with_labels) {
+        let softmax_one = if comptime!(config.separate_hard) {
+            exp(shifted) * inv_sum_one
+        } else {
+            q
+        };
+        hard = softmax_one - select(is_label, 1.0f32, 0.0f32);
+    }
+    hard
+}
+
+/// Writes one class's gradient of each output column: `c_s,k · soft + w_h,k ·
+/// hard` for the `coefficients` `c_s,k` (soft) and `w_h,k` (hard); 0 where the row
+/// is not `kept`.
+#[allow(clippy::too_many_arguments)]
+#[cube]
+fn write_gradient<F: Float>(
+    grad0: &mut Tensor<F>,
+    grad1: &mut Tensor<F>,
+    index: usize,
+    soft: f32,
+    hard: f32,
+    coefficients: Weights,
+    kept: bool,
+    #[comptime] columns: u32,
+) {
+    let g0 = part(coefficients.soft0, soft) + part(coefficients.hard0, hard);
+    grad0[index] = F::cast_from(select(kept, g0, 0.0f32));
+    if comptime!(columns == 2) {
+        let g1 = part(coefficients.soft1, soft) + part(coefficients.hard1, hard);
+        grad1[index] = F::cast_from(select(kept, g1, 0.0f32));
+    }
+}
+
+/// Writes one row's value columns `w_s,k · soft + w_h,k · CE + poison` for
+/// the `weights` (`poison`: 0, or NaN for a bad row).
+#[cube]
+fn write_values(
+    values: &mut Tensor<f32>,
+    row: usize,
+    soft_value: f32,
+    cross_entropy: f32,
+    weights: Weights,
+    poison: f32,
+    #[comptime] columns: u32,
+) {
+    let width = comptime!(columns) as usize;
+    values[row * width] =
+        part(weights.soft0, soft_value) + part(weights.hard0, cross_entropy) + poison;
+    if comptime!(columns == 2) {
+        values[row * width + 1] =
+            part(weights.soft1, soft_value) + part(weights.hard1, cross_entropy) + poison;
+    }
+}
+
+/// Sorts `keys` (`padded` entries, a power of two) ascending in shared
+/// memory, moving `values` with them: a bitonic network, every thread taking
+/// pairs, a barrier after each step (all threads take part in every one).
+#[cube]
+fn sort_stored(keys: &mut Shared<[u32]>, values: &mut Shared<[u32]>, padded: usize) {
+    sync_cube();
+    let block = CUBE_DIM_X as usize;
+    let mut size = 2usize;
+    while size <= padded {
+        let mut stride = size / 2;
+        while stride > 0 {
+            let mut t = UNIT_POS_X as usize;
+            while t < padded / 2 {
+                // The pair (i, i + stride), i with its `stride` bit clear.
+                let i = 2 * stride * (t / stride) + t % stride;
+                let partner = i + stride;
+                let a = keys[i];
+                let b = keys[partner];
+                let ascending = (i & size) == 0;
+                let out_of_order = (ascending && a > b) || (!ascending && a < b);
+                if out_of_order {
+                    keys[i] = b;
+                    keys[partner] = a;
+                    let v = values[i];
+                    values[i] = values[partner];
+                    values[partner] = v;
+                }
+                t += block;
+            }
+            sync_cube();
+            stride /= 2;
+        }
+        size *= 2;
+    }
+}
+
+/// The position of `class` among the sorted `keys` (`padded` entries), or a
+/// position holding a larger key (`≥` the stored count when it is not stored):
+/// the lower bound by binary search.
+#[cube]
+fn find_stored(keys: &Shared<[u32]>, class: u32, padded: usize) -> usize {
+    let mut low = 0usize;
+    let mut high = padded;
+    while low < high {
+        let middle = (low + high) / 2;
+        if keys[middle] < class {
+            low = middle + 1;
+        } else {
+            high = middle;
+        }
+    }
+    // `low` is the first key ≥ class: the class itself, or past it.
+    let mut found = padded;
+    // Nested: kernel code's `&&` evaluates both sides, and `keys[padded]`
+    // is past the end.
+    #[allow(clippy::collapsible_if)]
+    if low < padded {
+        if keys[low] == class {
+            found = low;
+        }
+    }
+    found
+}
+
 /// Sums `a` and `b` over the cube's threads (a power of two) in shared memory; every
 /// thread gets the totals.
 #[cube]
@@ -331,22 +471,22 @@ pub(crate) fn kd_rows_kernel<F: Float, G: Float, I: Int>(
                 h = factor;
             }
             if comptime!(config.with_gradients) {
-                let soft = h - q * sum_h;
-                let mut hard = 0.0f32;
-                if comptime!(config.with_labels) {
-                    let softmax_one = if comptime!(config.separate_hard) {
-                        exp(z - max_z) * inv_sum_one
-                    } else {
-                        q
-                    };
-                    hard = softmax_one - select(i == label, 1.0f32, 0.0f32);
-                }
-                grad0[z_start + i] =
-                    F::cast_from(part(soft_coef0, soft) + part(hard_weight0, hard));
-                if comptime!(config.columns == 2) {
-                    grad1[z_start + i] =
-                        F::cast_from(part(soft_coef1, soft) + part(hard_weight1, hard));
-                }
+                let hard = hard_gradient(z - max_z, q, inv_sum_one, i == label, config);
+                write_gradient(
+                    grad0,
+                    grad1,
+                    z_start + i,
+                    h - q * sum_h,
+                    hard,
+                    Weights {
+                        soft0: soft_coef0,
+                        hard0: hard_weight0,
+                        soft1: soft_coef1,
+                        hard1: hard_weight1,
+                    },
+                    true,
+                    config.columns,
+                );
             }
             i += block;
         }
@@ -365,12 +505,307 @@ pub(crate) fn kd_rows_kernel<F: Float, G: Float, I: Int>(
         if comptime!(config.with_labels) {
             cross_entropy = ln(sum_one) - (f32::cast_from(student[z_start + label]) - max_z);
         }
-        let columns = comptime!(config.columns) as usize;
-        values[row * columns] = part(soft_weight0, soft_value) + part(hard_weight0, cross_entropy);
-        if comptime!(config.columns == 2) {
-            values[row * columns + 1] =
-                part(soft_weight1, soft_value) + part(hard_weight1, cross_entropy);
+        write_values(
+            values,
+            row,
+            soft_value,
+            cross_entropy,
+            Weights {
+                soft0: soft_weight0,
+                hard0: hard_weight0,
+                soft1: soft_weight1,
+                hard1: hard_weight1,
+            },
+            0.0f32,
+            config.columns,
+        );
+    }
+}
+
+/// Online maximum and sum: `(max, sum)` with `x` added, where `sum` is
+/// `Σ e^{(x_i − max)·inv_t}` over what was added so far.
+#[cube]
+fn online_add(x: f32, max: f32, sum: f32, inv_t: f32) -> (f32, f32) {
+    let mut new_max = max;
+    let mut new_sum = sum;
+    if x > max {
+        new_sum = sum * exp((max - x) * inv_t) + 1.0f32;
+        new_max = x;
+    } else {
+        new_sum += exp((x - max) * inv_t);
+    }
+    (new_max, new_sum)
+}
+
+/// Merges every thread's online `(max, sum)` across the cube (a power of
+/// two) in shared memory; every thread gets the totals.
+#[cube]
+fn merge_online(
+    max: f32,
+    sum: f32,
+    inv_t: f32,
+    shared_max: &mut Shared<[f32]>,
+    shared_sum: &mut Shared<[f32]>,
+) -> (f32, f32) {
+    let tid = UNIT_POS_X as usize;
+    shared_max[tid] = max;
+    shared_sum[tid] = sum;
+    sync_cube();
+    let mut stride = CUBE_DIM_X as usize / 2;
+    while stride > 0 {
+        if tid < stride {
+            let other = tid + stride;
+            let a = shared_max[tid];
+            let b = shared_max[other];
+            let m = f32::max(a, b);
+            shared_sum[tid] =
+                shared_sum[tid] * exp((a - m) * inv_t) + shared_sum[other] * exp((b - m) * inv_t);
+            shared_max[tid] = m;
         }
+        sync_cube();
+        stride /= 2;
+    }
+    let total_max = shared_max[0];
+    let total_sum = shared_sum[0];
+    sync_cube();
+    (total_max, total_sum)
+}
+
+/// One row per cube with a top-k teacher: the divergence over `k + 1`
+/// buckets — the teacher's `k` stored classes and the tail ("everything
+/// else") — as the CPU kernel's `top_k_terms` computes it, with the same
+/// outputs as [`kd_rows_kernel`]. `log_probs`, `indices`: `[rows, k]`, the
+/// teacher's log-probabilities at the temperature and their classes (in
+/// range). Per row:
+/// 1. the student's online maximum and sums (as the dense kernel's pass 1);
+/// 2. the same over the classes outside the teacher's (each class looked up
+///    by binary search among the `k`, sorted in shared memory), so that the student's tail mass
+///    `Q_tail` is summed, not `1 − Σ q` (no cancellation), relative to its
+///    own maximum (no underflow however far below the top classes it is);
+/// 3. the buckets' `(t, h)` (threads over the `k` classes), the teacher's
+///    tail `max(1 − Σ p, 0)`, the tail bucket's terms;
+/// 4. the gradient: a stored class gets its bucket's `h`, a tail class
+///    `q_i · h_tail / Q_tail`, then `(f/T)(h − q Σh)`
+///    plus the hard term, as the dense kernel.
+///
+/// With `k = classes` the tail is empty (`p = q = 0`), as on the CPU. A row
+/// with a class stored twice has NaN values and a zero gradient (`check`
+/// refuses it; a forward does not read the classes to).
+#[allow(clippy::too_many_arguments)]
+#[cube(launch)]
+pub(crate) fn kd_top_k_rows_kernel<F: Float, G: Float, I: Int, J: Int>(
+    student: &Tensor<F>,
+    log_probs: &Tensor<G>,
+    indices: &Tensor<J>,
+    labels: &Tensor<I>,
+    values: &mut Tensor<f32>,
+    grad0: &mut Tensor<F>,
+    grad1: &mut Tensor<F>,
+    inv_t: f32,
+    soft_factor: f32,
+    mix: f32,
+    scale: f32,
+    soft_weight0: f32,
+    hard_weight0: f32,
+    soft_weight1: f32,
+    hard_weight1: f32,
+    #[comptime] config: RowsConfig,
+    #[comptime] k: u32,
+    #[define(F, G, I, J)] _dtypes: [ElemType; 4],
+) {
+    let rows = student.shape(0);
+    let classes = student.shape(1);
+    let row = CUBE_POS;
+    if row >= rows {
+        terminate!();
+    }
+    let tid = UNIT_POS_X as usize;
+    let block = comptime!(config.block) as usize;
+    let width = comptime!(k) as usize;
+    let z_start = row * classes;
+    let k_start = row * width;
+    let lowest = f32::min_value();
+
+    // The teacher's classes sorted (padded with u32::MAX to a power of two),
+    // with each one's entry, for every thread's look-ups by binary search.
+    let padded = comptime!(k.next_power_of_two()) as usize;
+    let mut stored = Shared::<[u32]>::new_slice(comptime!(k.next_power_of_two() as usize));
+    let mut entry = Shared::<[u32]>::new_slice(comptime!(k.next_power_of_two() as usize));
+    let mut j = UNIT_POS_X as usize;
+    while j < padded {
+        let mut class = 0xffff_ffffu32;
+        if j < width {
+            class = u32::cast_from(indices[k_start + j]);
+        }
+        stored[j] = class;
+        entry[j] = j as u32;
+        j += block;
+    }
+    sort_stored(&mut stored, &mut entry, padded);
+    // A class stored twice makes the row's values NaN: the forward does not
+    // read the classes back to refuse it (`check` does).
+    let mut twice = 0.0f32;
+    let mut j = UNIT_POS_X as usize + 1;
+    while j < width {
+        twice += select(stored[j - 1] == stored[j], 1.0f32, 0.0f32);
+        j += block;
+    }
+
+    // Pass 1: the student's online maximum and sums.
+    let mut max_z = lowest;
+    let mut sum_z = 0.0f32;
+    let mut max_one = lowest;
+    let mut sum_one = 0.0f32;
+    let mut i = UNIT_POS_X as usize;
+    while i < classes {
+        let z = f32::cast_from(student[z_start + i]);
+        let (m, s) = online_add(z, max_z, sum_z, inv_t);
+        max_z = m;
+        sum_z = s;
+        if comptime!(config.separate_hard) {
+            let (m1, s1) = online_add(z, max_one, sum_one, 1.0f32);
+            max_one = m1;
+            sum_one = s1;
+        }
+        i += block;
+    }
+    let mut shared_max = Shared::<[f32]>::new_slice(comptime!(config.block as usize));
+    let mut shared_sum = Shared::<[f32]>::new_slice(comptime!(config.block as usize));
+    let (max_z, sum_z_total) = merge_online(max_z, sum_z, inv_t, &mut shared_max, &mut shared_sum);
+    let mut sum_one_total = sum_z_total;
+    if comptime!(config.separate_hard) {
+        // The same maximum as `max_z` (the raw logits'), summed at T = 1.
+        let (_m, s) = merge_online(max_one, sum_one, 1.0f32, &mut shared_max, &mut shared_sum);
+        sum_one_total = s;
+    }
+    let ln_sum_z = ln(sum_z_total);
+
+    // Pass 2: the classes outside the teacher's (sorted before the sort's
+    // last barrier).
+    let mut max_out = lowest;
+    let mut sum_out = 0.0f32;
+    let mut i = UNIT_POS_X as usize;
+    while i < classes {
+        if find_stored(&stored, i as u32, padded) >= width {
+            let (m, s) = online_add(
+                f32::cast_from(student[z_start + i]),
+                max_out,
+                sum_out,
+                inv_t,
+            );
+            max_out = m;
+            sum_out = s;
+        }
+        i += block;
+    }
+    let (max_out, sum_out) =
+        merge_online(max_out, sum_out, inv_t, &mut shared_max, &mut shared_sum);
+
+    // Pass 3: the stored buckets, then the tail bucket.
+    let mut acc_t = 0.0f32;
+    let mut acc_h = 0.0f32;
+    let mut acc_p = 0.0f32;
+    let mut j = UNIT_POS_X as usize;
+    while j < width {
+        let lp = f32::cast_from(log_probs[k_start + entry[j] as usize]);
+        let p = exp(lp);
+        let class = stored[j] as usize;
+        let lq = (f32::cast_from(student[z_start + class]) - max_z) * inv_t - ln_sum_z;
+        let (t, h) = terms(p, lp, exp(lq), lq, mix, scale, comptime!(config.divergence));
+        acc_t += t;
+        acc_h += h;
+        acc_p += p;
+        j += block;
+    }
+    let (stored_t, stored_h) = block_sums(acc_t, acc_h, &mut shared_max, &mut shared_sum);
+    let (teacher_mass, repeats) = block_sums(acc_p, twice, &mut shared_max, &mut shared_sum);
+    // A quiet NaN from its bits (WGSL has no NaN literal), added to the bad
+    // row's values; its gradient is 0, as the other bad rows' (the crate's
+    // "Checks").
+    let bad_row = repeats > 0.0f32;
+    let poison = select(bad_row, from_bits(0x7fc0_0000u32), 0.0f32);
+    let empty_tail = width >= classes;
+    let p_tail = select(empty_tail, 0.0f32, f32::max(1.0f32 - teacher_mass, 0.0f32));
+    // `ln 0 = −inf`, taken of a run-time zero (WGSL has no infinity literal,
+    // and CubeCL folds `ln` of a constant into one).
+    let lp_tail = ln(p_tail);
+    let lq_open = ln(sum_out) + (max_out - max_z) * inv_t - ln_sum_z;
+    let q_tail = select(empty_tail, 0.0f32, exp(lq_open));
+    let lq_tail = select(empty_tail, ln(q_tail), lq_open);
+    let (t_tail, h_tail) = terms(
+        p_tail,
+        lp_tail,
+        q_tail,
+        lq_tail,
+        mix,
+        scale,
+        comptime!(config.divergence),
+    );
+    let sum_t = stored_t + t_tail;
+    let sum_h = stored_h + h_tail;
+    // A tail class's factor `q_i h_tail / Q_tail = e^{(z_i − max_out)/T} h_tail / sum_out`.
+    let tail_scale = select(sum_out > 0.0f32, h_tail / sum_out, 0.0f32);
+
+    let mut label = classes;
+    if comptime!(config.with_labels) {
+        label = u32::cast_from(labels[row]) as usize;
+    }
+    if comptime!(config.with_gradients) {
+        let soft_coef0 = soft_weight0 * soft_factor * inv_t;
+        let soft_coef1 = soft_weight1 * soft_factor * inv_t;
+        let inv_sum_one = 1.0f32 / sum_one_total;
+        let mut i = UNIT_POS_X as usize;
+        while i < classes {
+            let z = f32::cast_from(student[z_start + i]);
+            let lq = (z - max_z) * inv_t - ln_sum_z;
+            let q = exp(lq);
+            let position = find_stored(&stored, i as u32, padded);
+            let mut factor = exp((z - max_out) * inv_t) * tail_scale;
+            if position < width {
+                let lp = f32::cast_from(log_probs[k_start + entry[position] as usize]);
+                let (_t, h) = terms(exp(lp), lp, q, lq, mix, scale, comptime!(config.divergence));
+                factor = h;
+            }
+            let hard = hard_gradient(z - max_z, q, inv_sum_one, i == label, config);
+            write_gradient(
+                grad0,
+                grad1,
+                z_start + i,
+                factor - q * sum_h,
+                hard,
+                Weights {
+                    soft0: soft_coef0,
+                    hard0: hard_weight0,
+                    soft1: soft_coef1,
+                    hard1: hard_weight1,
+                },
+                !bad_row,
+                config.columns,
+            );
+            i += block;
+        }
+    }
+
+    if tid == 0 {
+        let soft_value = soft_factor * sum_t;
+        let mut cross_entropy = 0.0f32;
+        if comptime!(config.with_labels) {
+            cross_entropy = ln(sum_one_total) - (f32::cast_from(student[z_start + label]) - max_z);
+        }
+        write_values(
+            values,
+            row,
+            soft_value,
+            cross_entropy,
+            Weights {
+                soft0: soft_weight0,
+                hard0: hard_weight0,
+                soft1: soft_weight1,
+                hard1: hard_weight1,
+            },
+            poison,
+            config.columns,
+        );
     }
 }
 

@@ -21,63 +21,73 @@ use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{Autodiff, Backend, Dispatch, backend_extension};
 #[cfg(any(feature = "flex", feature = "ndarray"))]
 use burn::tensor::TensorData;
-use burn::tensor::{Int, Tensor};
+use burn::tensor::{Device, Int, Tensor};
 
-use super::FusedSpec;
-use super::FusedTeacher;
 #[cfg(any(feature = "flex", feature = "ndarray"))]
 use super::kernel::{TeacherRows, kd_rows, weighted_gradient};
+use super::{FusedSpec, FusedTeacher};
 
 /// `[batch, weights.len()]`: for each row and each weight pair `(w_s, w_h)`,
 /// `w_s · soft_factor · D(p‖q) + w_h · CE` (`D` the spec's divergence), differentiable with respect to
 /// the student (the teacher gets no gradient), on a backend and in dtypes
 /// that an engine serves (see [`super::engine`]).
 ///
-/// The teacher is dense (`indices` `None`: `values` `[batch, classes]`) or a
-/// stored top-k (`values` `[batch, k]` log-probabilities and their classes;
-/// CPU engines only). The labels (already checked to lie in `0..classes`;
-/// `None`: no hard term) are in `labels`: on the host for the CPU engines,
-/// which index with them there, as a device tensor for the Cube engine.
+/// The teacher is dense (`indices` [`FusedInts::None`]: `values` `[batch,
+/// classes]`) or a stored top-k (`values` `[batch, k]` log-probabilities and
+/// their classes, in range). The labels (already checked to lie in
+/// `0..classes`; `None`: no hard term) and the top-k classes are on the host
+/// for the CPU engines, which index with them there, and device tensors for
+/// the Cube engine.
 pub(crate) fn fused_kd_columns(
     student_logits: &Tensor<2>,
     teacher: FusedTeacher,
-    labels: FusedLabels,
+    labels: FusedInts<1>,
     spec: FusedSpec,
 ) -> Tensor<2> {
-    // burn's extension routing takes a tensor, not an optional one: where
-    // the labels are not on the device, a 1-element placeholder goes.
-    let on_device = matches!(labels, FusedLabels::Device(_));
-    let placeholder = || Tensor::<1, Int>::zeros([1], &student_logits.device());
-    let (host_labels, device_labels) = match labels {
-        FusedLabels::None => (None, placeholder()),
-        FusedLabels::Host(labels) => (Some(labels), placeholder()),
-        FusedLabels::Device(labels) => (None, labels),
-    };
-    let device_labels = device_labels.into_dispatch();
+    let device = student_logits.device();
+    let (host_labels, device_labels, labels_on_device) = labels.split(&device);
+    let (indices, device_indices, indices_on_device) = teacher.indices.split(&device);
     let out = <Dispatch as FusedKd>::fused_kd_columns(
         student_logits.clone().into_dispatch(),
         teacher.values.clone().into_dispatch(),
-        device_labels,
+        device_labels.into_dispatch(),
+        device_indices.into_dispatch(),
         HostRows {
-            indices: teacher.indices,
+            indices,
             labels: host_labels,
-            device_labels: on_device,
+            device_labels: labels_on_device,
+            device_indices: indices_on_device,
         },
         spec,
     );
     Tensor::from_dispatch(out)
 }
 
-/// Where the labels are for the engine that runs.
+/// Integers the kernel reads — labels (`D = 1`) or a top-k teacher's classes
+/// (`D = 2`, row-major on the host) — where the engine that runs wants them.
 // Built once per call and consumed at once: its size does not matter.
 #[allow(clippy::large_enum_variant)]
-pub(crate) enum FusedLabels {
-    /// No hard term.
+pub(crate) enum FusedInts<const D: usize> {
+    /// None (no hard term; a dense teacher).
     None,
     /// Read back to the host (the CPU engines).
     Host(Arc<[i64]>),
     /// On the device (the Cube engine).
-    Device(Tensor<1, Int>),
+    Device(Tensor<D, Int>),
+}
+
+impl<const D: usize> FusedInts<D> {
+    /// The host values, and the device tensor for burn's extension routing
+    /// (which takes a tensor, not an optional one: a 1-element placeholder
+    /// where the values are not on the device) with whether it is one.
+    fn split(self, device: &Device) -> (Option<Arc<[i64]>>, Tensor<D, Int>, bool) {
+        let placeholder = || Tensor::<D, Int>::zeros([1; D], device);
+        match self {
+            Self::None => (None, placeholder(), false),
+            Self::Host(values) => (Some(values), placeholder(), false),
+            Self::Device(tensor) => (None, tensor, true),
+        }
+    }
 }
 
 /// What the CPU engines read on the host: a top-k teacher's classes
@@ -89,6 +99,9 @@ pub(crate) struct HostRows {
     /// Whether the device labels are the labels (else a placeholder).
     #[cfg_attr(not(feature = "cube-kernel"), allow(dead_code))]
     device_labels: bool,
+    /// Whether the device indices are the top-k classes (else a placeholder).
+    #[cfg_attr(not(feature = "cube-kernel"), allow(dead_code))]
+    device_indices: bool,
 }
 
 #[backend_extension(
@@ -103,6 +116,7 @@ pub(crate) trait FusedKd: Backend {
         student_logits: FloatTensor<Self>,
         teacher_values: FloatTensor<Self>,
         device_labels: IntTensor<Self>,
+        device_indices: IntTensor<Self>,
         host: HostRows,
         spec: FusedSpec,
     ) -> FloatTensor<Self>;
@@ -120,6 +134,7 @@ pub(crate) trait RowEngine: Backend {
         student: FloatTensor<Self>,
         teacher: FloatTensor<Self>,
         device_labels: IntTensor<Self>,
+        device_indices: IntTensor<Self>,
         host: &HostRows,
         spec: &FusedSpec,
         with_gradients: bool,
@@ -135,10 +150,20 @@ impl<B: RowEngine> FusedKd for B {
         student: FloatTensor<Self>,
         teacher: FloatTensor<Self>,
         device_labels: IntTensor<Self>,
+        device_indices: IntTensor<Self>,
         host: HostRows,
         spec: FusedSpec,
     ) -> FloatTensor<Self> {
-        B::rows(student, teacher, device_labels, &host, &spec, false).0
+        B::rows(
+            student,
+            teacher,
+            device_labels,
+            device_indices,
+            &host,
+            &spec,
+            false,
+        )
+        .0
     }
 }
 
@@ -148,6 +173,7 @@ impl<B: RowEngine, C: CheckpointStrategy> FusedKd for Autodiff<B, C> {
         student: FloatTensor<Self>,
         teacher: FloatTensor<Self>,
         device_labels: IntTensor<Self>,
+        device_indices: IntTensor<Self>,
         host: HostRows,
         spec: FusedSpec,
     ) -> FloatTensor<Self> {
@@ -159,13 +185,31 @@ impl<B: RowEngine, C: CheckpointStrategy> FusedKd for Autodiff<B, C> {
         {
             OpsKind::Tracked(prep) => {
                 let student = student.primitive().clone();
-                let (values, gradients) =
-                    B::rows(student, teacher, device_labels, &host, &spec, true);
+                let (values, gradients) = B::rows(
+                    student,
+                    teacher,
+                    device_labels,
+                    device_indices,
+                    &host,
+                    &spec,
+                    true,
+                );
                 prep.finish(gradients, values)
             }
             OpsKind::UnTracked(prep) => {
                 let student = student.primitive().clone();
-                prep.finish(B::rows(student, teacher, device_labels, &host, &spec, false).0)
+                prep.finish(
+                    B::rows(
+                        student,
+                        teacher,
+                        device_labels,
+                        device_indices,
+                        &host,
+                        &spec,
+                        false,
+                    )
+                    .0,
+                )
             }
         }
     }
@@ -194,16 +238,18 @@ impl RowEngine for burn_cubecl::CubeBackend {
         student: FloatTensor<Self>,
         teacher: FloatTensor<Self>,
         device_labels: IntTensor<Self>,
+        device_indices: IntTensor<Self>,
         host: &HostRows,
         spec: &FusedSpec,
         with_gradients: bool,
     ) -> (FloatTensor<Self>, Self::Gradients) {
         assert!(
             host.indices.is_none() && host.labels.is_none(),
-            "the cube kernel takes a dense teacher and labels on the device"
+            "the cube kernel takes labels and top-k classes on the device"
         );
         let labels = host.device_labels.then_some(device_labels);
-        super::cube::rows(student, teacher, labels, spec, with_gradients)
+        let indices = host.device_indices.then_some(device_indices);
+        super::cube::rows(student, teacher, indices, labels, spec, with_gradients)
     }
 
     fn combine(gradients: Self::Gradients, upstream: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -263,6 +309,7 @@ impl<B: HostBackend> RowEngine for B {
         student: FloatTensor<Self>,
         teacher: FloatTensor<Self>,
         _device_labels: IntTensor<Self>,
+        _device_indices: IntTensor<Self>,
         host: &HostRows,
         spec: &FusedSpec,
         with_gradients: bool,

@@ -495,7 +495,8 @@ fn dense_terms<D: Pointwise>(
 /// With bucket probabilities `Q_b` and `H = Σ_b h_b` (`h_b = Q_b ∂D/∂Q_b`),
 /// the chain rule through `Q_b = Σ_{i∈b} q_i` gives
 /// `∂D/∂z_i = (1/T)(Σ_{b∋i} q_i h_b/Q_b − q_i H)`: a stored class gets
-/// `h_b` of its bucket (summed if it is stored twice), a tail class
+/// `h_b` of its bucket (the classes are distinct: `check` refuses a row that
+/// stores one twice, and a CPU forward checks), a tail class
 /// `q_i · h_tail/Q_tail`. So the same gradient pass as the dense teacher
 /// applies, with these as the factors. The student's tail is summed over the
 /// classes outside the teacher's (exact, no `1 − Σ q` cancellation); the

@@ -11,8 +11,8 @@
 //! text both kernels compile; the softmax's chain rule, temperature, `T²`,
 //! weights, hard term and masks are shared), with a dense or a top-k teacher,
 //! and DKD, whose target/non-target split adds its own chain-rule factors.
-//! The Cube kernel serves the dense teacher with every divergence; the top-k
-//! teacher and DKD take burn ops and autodiff there.
+//! The Cube kernel serves the dense and the top-k teacher with every
+//! divergence; DKD takes burn ops and autodiff there.
 //!
 //! It serves f32 tensors on flex (with this crate's `flex` feature) and on
 //! ndarray (its `ndarray` feature) — the losses cast f16 and bf16 to f32
@@ -47,8 +47,6 @@ pub(crate) mod math;
     allow(dead_code, unused_macros, unused_imports)
 )]
 mod pointwise;
-
-use std::sync::Arc;
 
 use burn::tensor::{DType, Int, Tensor};
 
@@ -157,11 +155,19 @@ pub(crate) struct Kernel {
     dkd: bool,
 }
 
+/// The most classes a top-k teacher may store for the Cube kernel, which
+/// keeps a row's classes sorted in the cube's shared memory (8 bytes each
+/// with their entries, 8 KiB at 1,024: within the 16 KiB every WebGPU device
+/// has, beside the kernel's 2 KiB of sums); more take burn ops.
+pub(crate) const CUBE_TOP_K_LIMIT: usize = 1024;
+
 /// The fused engine for this call, if one serves it: the CPU kernel for
 /// f32 on flex or ndarray (every loss, dense and top-k teachers), the Cube
-/// kernel for f32/f16/bf16 on a Cube device (`KdLoss` with a dense teacher
-/// only: top-k and DKD take burn ops there); `None` where none does, or
-/// without an engine compiled in.
+/// kernel for f32/f16/bf16 on a Cube device (`KdLoss` with a dense teacher,
+/// or a top-k one of at most [`CUBE_TOP_K_LIMIT`] classes; DKD takes burn ops
+/// there); `None` where none does, or without an engine compiled in.
+/// `teacher_values` are a top-k teacher's `[batch, k]` log-probabilities
+/// when `top_k`.
 pub(crate) fn plan(
     student_logits: &Tensor<2>,
     teacher_values: &Tensor<2>,
@@ -172,7 +178,7 @@ pub(crate) fn plan(
     let dkd = loss == FusedLoss::Dkd;
     let served = match engine {
         Engine::Host => true,
-        Engine::Cube => !top_k && !dkd,
+        Engine::Cube => !dkd && (!top_k || teacher_values.dims()[1] <= CUBE_TOP_K_LIMIT),
     };
     (served && ANY_ENGINE).then_some(Kernel { engine, top_k, dkd })
 }
@@ -214,16 +220,13 @@ pub(crate) fn cube_kernel_launches() -> u64 {
 }
 
 /// The teacher as the extension takes it: dense values, or top-k
-/// log-probabilities with their classes read back to the host.
-#[cfg_attr(
-    not(any(feature = "flex", feature = "ndarray", feature = "cube-kernel")),
-    allow(dead_code)
-)]
+/// log-probabilities with their classes where the engine reads them.
+#[cfg(any(feature = "flex", feature = "ndarray", feature = "cube-kernel"))]
 pub(crate) struct FusedTeacher {
     /// `[batch, classes]` logits or log-probabilities, or `[batch, k]` top-k log-probabilities.
     pub values: Tensor<2>,
-    /// The top-k classes, row-major `[batch × k]`; `None` for a dense teacher.
-    pub indices: Option<Arc<[i64]>>,
+    /// The top-k classes `[batch, k]`; none for a dense teacher.
+    pub indices: extension::FusedInts<2>,
 }
 
 /// The KD terms by a fused kernel, `[batch, K]`: column `k` is
@@ -236,9 +239,10 @@ pub(crate) struct FusedTeacher {
 /// `spec.teacher_temperature`, or, with `teacher_indices`, the `[batch, k]`
 /// log-probabilities of a top-k teacher's classes.
 ///
-/// Shapes, labels and indices must already be checked (the losses' `check`).
-/// The CPU engine reads labels and indices back, because it indexes with
-/// them on the host; the Cube engine reads the labels on the device.
+/// Shapes, labels and indices must already be checked (the losses' `check`),
+/// or, on a device, clamped into range. The CPU engine reads labels and
+/// indices back, because it indexes with them on the host; the Cube engine
+/// reads both on the device.
 pub(crate) fn columns(
     kernel: Kernel,
     student_logits: &Tensor<2>,
@@ -256,17 +260,23 @@ pub(crate) fn columns(
     #[cfg(any(feature = "flex", feature = "ndarray", feature = "cube-kernel"))]
     {
         use crate::diagnostics::read_back;
-        use extension::FusedLabels;
-        let host = |t: Tensor<1, Int>| -> Arc<[i64]> { read_back(t).iter::<i64>().collect() };
+        use extension::FusedInts;
+        // The CPU engine indexes on the host; the Cube engine on the device.
+        fn place<const D: usize>(ints: Option<&Tensor<D, Int>>, engine: Engine) -> FusedInts<D> {
+            match (ints, engine) {
+                (None, _) => FusedInts::None,
+                (Some(t), Engine::Host) => {
+                    let flat = t.clone().reshape([t.shape().num_elements()]);
+                    FusedInts::Host(read_back(flat).iter::<i64>().collect())
+                }
+                (Some(t), Engine::Cube) => FusedInts::Device(t.clone()),
+            }
+        }
         let teacher = FusedTeacher {
             values: teacher_values.clone(),
-            indices: teacher_indices.map(|i| host(i.clone().flatten(0, 1))),
+            indices: place(teacher_indices, engine),
         };
-        let labels = match (targets, engine) {
-            (None, _) => FusedLabels::None,
-            (Some(t), Engine::Host) => FusedLabels::Host(host(t.clone())),
-            (Some(t), Engine::Cube) => FusedLabels::Device(t.clone()),
-        };
+        let labels = place(targets, engine);
         extension::fused_kd_columns(student_logits, teacher, labels, spec)
     }
     #[cfg(not(any(feature = "flex", feature = "ndarray", feature = "cube-kernel")))]

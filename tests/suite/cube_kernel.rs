@@ -8,9 +8,9 @@
 
 use crate::common;
 
-use burn::tensor::{Bool, DType, Device, Tensor, TensorData};
+use burn::tensor::{Bool, DType, Device, Int, Tensor, TensorData};
 use burn_distill::diagnostics::cube_kernel_launches;
-use burn_distill::{Divergence, KdLoss, KdLossConfig, Targets};
+use burn_distill::{Divergence, KdLoss, KdLossConfig, SparseTeacher, Targets, TeacherOutput};
 use common::{EVERY_DIVERGENCE, Normals, Rng, assert_allclose, devices, labels, values};
 
 /// The wgpu device, if the tests were built with it and found an adapter.
@@ -45,6 +45,9 @@ struct Problem {
     teacher: Vec<f64>,
     labels: Option<Vec<i64>>,
     keep: Option<Vec<bool>>,
+    /// A top-k teacher instead of the dense one: `(k, classes, their
+    /// log-probabilities)`, row-major `[rows, k]`.
+    top_k: Option<(usize, Vec<i64>, Vec<f64>)>,
 }
 
 impl Problem {
@@ -61,6 +64,44 @@ impl Problem {
                     .collect(),
             ),
             keep: None,
+            top_k: None,
+        }
+    }
+
+    /// The teacher as its `k` largest logits at `temperature`: classes and
+    /// log-probabilities computed here in f64 (sorted by value, ties to the
+    /// smaller class), not by the crate.
+    fn with_top_k(mut self, k: usize, temperature: f64) -> Self {
+        let (mut indices, mut log_probs) = (Vec::new(), Vec::new());
+        for row in self.teacher.chunks(self.classes) {
+            let scaled: Vec<f64> = row.iter().map(|v| v / temperature).collect();
+            let max = scaled.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let log_sum = max + scaled.iter().map(|s| (s - max).exp()).sum::<f64>().ln();
+            let mut order: Vec<usize> = (0..self.classes).collect();
+            order.sort_by(|&a, &b| scaled[b].total_cmp(&scaled[a]).then(a.cmp(&b)));
+            for &c in &order[..k] {
+                indices.push(c as i64);
+                log_probs.push(scaled[c] - log_sum);
+            }
+        }
+        self.top_k = Some((k, indices, log_probs));
+        self
+    }
+
+    fn teacher(&self, device: &Device, dtype: DType) -> TeacherOutput {
+        let shape = [self.rows, self.classes];
+        let tensor = |v: &[f64], shape: [usize; 2]| {
+            Tensor::<2>::from_data(TensorData::new(v.to_vec(), shape), (device, DType::F64))
+                .cast(dtype)
+        };
+        match &self.top_k {
+            None => TeacherOutput::Logits(tensor(&self.teacher, shape)),
+            Some((k, indices, log_probs)) => {
+                let shape = [self.rows, *k];
+                let indices =
+                    Tensor::<2, Int>::from_data(TensorData::new(indices.clone(), shape), device);
+                TeacherOutput::TopK(SparseTeacher::new(indices, tensor(log_probs, shape)))
+            }
         }
     }
 
@@ -86,14 +127,15 @@ impl Problem {
                 .cast(dtype)
         };
         let z = tensor(&self.student).require_grad();
-        let parts = loss.forward_parts(z.clone(), tensor(&self.teacher), self.targets(&device));
+        let teacher = || self.teacher(&device, dtype);
+        let parts = loss.forward_parts(z.clone(), teacher(), self.targets(&device));
         let gradient = z.grad(&parts.total.backward()).expect("student gradient");
         assert_eq!(
             gradient.dtype(),
             dtype,
             "the gradient comes back in the logits' dtype"
         );
-        let rows = loss.forward_no_reduction(z, tensor(&self.teacher), self.targets(&device));
+        let rows = loss.forward_no_reduction(z, teacher(), self.targets(&device));
         Outcome {
             total: values(parts.total)[0],
             soft: values(parts.soft)[0],
@@ -113,6 +155,43 @@ struct Outcome {
 }
 
 impl Outcome {
+    /// Values within `rtol` 1e-4 and `atol` 2e-5 (the f32 rounding of a
+    /// row's per-class terms, about 1e-7 of each, times `T²` and the
+    /// normalised JSD's 1/(β(1−β)) — 9 × 11 at T = 3, β = 0.9); every
+    /// gradient entry within 1e-4 of itself plus 1e-6 (the same rounding
+    /// times `T`, the factor and the weights), not relative to the largest
+    /// entry. TVD's gradient is judged as a whole, as in [`Self::assert_matches`].
+    #[track_caller]
+    fn assert_matches_per_entry(&self, reference: &Outcome, what: &str) {
+        let (rtol, atol) = (1e-4, 2e-5);
+        let scalars = [self.total, self.soft, self.hard];
+        let expected = [reference.total, reference.soft, reference.hard];
+        assert_allclose(
+            &format!("{what}: total, soft, hard"),
+            &scalars,
+            &expected,
+            rtol,
+            atol,
+        );
+        assert_allclose(
+            &format!("{what}: rows"),
+            &self.rows,
+            &reference.rows,
+            rtol,
+            atol,
+        );
+        if what.starts_with("Tvd") {
+            return self.assert_matches(reference, what, TOLERANCE);
+        }
+        assert_allclose(
+            &format!("{what}: gradient"),
+            &self.gradient,
+            &reference.gradient,
+            rtol,
+            1e-6,
+        );
+    }
+
     #[track_caller]
     fn assert_matches(&self, reference: &Outcome, what: &str, (rtol, atol): (f64, f64)) {
         let scalars = [self.total, self.soft, self.hard];
@@ -293,6 +372,119 @@ fn masked_rows_and_classes_match() {
                     assert_eq!(kernel.gradient[r * classes + c], 0.0, "{what}: class {c}");
                 }
             }
+        }
+    }
+}
+
+/// A top-k teacher on the Cube kernel (k + 1 buckets: the stored classes
+/// and the tail), every divergence, T = 1 and 3, labels and none: equal to
+/// the CPU engine and to the f64 burn-ops reference, per gradient entry;
+/// `k = classes` (an empty tail) and `k = 1` included; each forward launches
+/// the kernel once.
+#[test]
+fn top_k_teacher_matches_the_cpu_engine_and_f64() {
+    let Some(gpu) = wgpu() else { return };
+    let flex = Device::flex();
+    for (rows, classes, k) in [
+        (5, 1000, 8),
+        (3, 37, 37),
+        (2, 32001, 64),
+        (4, 3, 1),
+        (1, 300, 129),
+    ] {
+        for (d, &divergence) in EVERY_DIVERGENCE.iter().enumerate() {
+            for temperature in [1.0, 3.0] {
+                for labelled in [true, false] {
+                    let mut problem = Problem::random(rows, classes, 2.0, 31 + d as u64)
+                        .with_top_k(k, temperature);
+                    if !labelled {
+                        problem.labels = None;
+                    }
+                    let what = format!(
+                        "{divergence:?} T={temperature} {rows}x{classes} top-{k} labels {labelled}"
+                    );
+                    let loss = kd(divergence, temperature, true);
+                    let before = cube_kernel_launches();
+                    let kernel = problem.run(&loss, &gpu, DType::F32);
+                    assert_eq!(
+                        cube_kernel_launches() - before,
+                        2,
+                        "{what}: kernel launches"
+                    );
+                    let cpu = problem.run(&loss, &flex, DType::F32);
+                    let f64_reference =
+                        problem.run(&kd(divergence, temperature, false), &flex, DType::F64);
+                    kernel.assert_matches_per_entry(&f64_reference, &format!("{what} vs f64"));
+                    kernel.assert_matches_per_entry(&cpu, &format!("{what} vs CPU engine"));
+                }
+            }
+        }
+    }
+}
+
+/// The top-k kernel's hard cases: a student whose tail lies 200 nats below
+/// its top classes (the tail's mass underflows f32 against the row's sum, but
+/// not against its own maximum: its gradient is still its own softmax times
+/// the tail factor), `−inf` logits among the tail, and masked rows: equal to
+/// the CPU engine and the f64 reference, and, for forward KL, the far tail's
+/// gradient equal to its closed form.
+#[test]
+fn top_k_teacher_hard_cases_match_the_cpu_engine() {
+    let Some(gpu) = wgpu() else { return };
+    let flex = Device::flex();
+    let (rows, classes, k) = (4, 257, 5);
+    for divergence in EVERY_DIVERGENCE {
+        let mut problem = Problem::random(rows, classes, 2.0, 47).with_top_k(k, 2.0);
+        let (_, indices, log_probs) = problem.top_k.clone().expect("a top-k teacher");
+        // Row 1: the student's tail 200 nats (at T = 2) below its top classes.
+        for c in 0..classes {
+            if !indices[k..2 * k].contains(&(c as i64)) {
+                problem.student[classes + c] -= 400.0;
+            }
+        }
+        // Row 2: a few tail classes ruled out in the student.
+        for c in (0..classes).step_by(50) {
+            if !indices[2 * k..3 * k].contains(&(c as i64)) {
+                problem.student[2 * classes + c] = f64::NEG_INFINITY;
+            }
+        }
+        problem.keep = Some(vec![true, true, true, false]);
+        let what = format!("{divergence:?} top-k hard cases");
+        let loss = kd(divergence, 2.0, true);
+        let kernel = problem.run(&loss, &gpu, DType::F32);
+        let cpu = problem.run(&loss, &flex, DType::F32);
+        let f64_reference = problem.run(&kd(divergence, 2.0, false), &flex, DType::F64);
+        kernel.assert_matches_per_entry(&cpu, &format!("{what} vs CPU engine"));
+        kernel.assert_matches_per_entry(&f64_reference, &format!("{what} vs f64"));
+        let masked = &kernel.gradient[3 * classes..];
+        assert!(masked.iter().all(|&g| g == 0.0), "{what}: masked row");
+        if divergence == Divergence::ForwardKl {
+            // The far tail's gradient in closed form: the soft term's
+            // `(T²/T)·(q_i − p_tail·q_i/Q_tail)` with `q_i ≈ 0`, times the soft
+            // weight over the 3 kept rows — `−0.7/3 · 2 · p_tail · s_i`, `s`
+            // the softmax of the tail's own logits at T = 2 (the hard term's
+            // softmax there is 0 in f32 too, so the label's entry is −0.3/3).
+            let tail: Vec<usize> = (0..classes)
+                .filter(|c| !indices[k..2 * k].contains(&(*c as i64)))
+                .collect();
+            let p_tail = 1.0 - log_probs[k..2 * k].iter().map(|lp| lp.exp()).sum::<f64>();
+            let scaled: Vec<f64> = tail
+                .iter()
+                .map(|&c| problem.student[classes + c] / 2.0)
+                .collect();
+            let max = scaled.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let sum: f64 = scaled.iter().map(|s| (s - max).exp()).sum();
+            let label = problem.labels.as_ref().expect("labels")[1] as usize;
+            let expected: Vec<f64> = scaled
+                .iter()
+                .zip(&tail)
+                .map(|(s, &c)| {
+                    let hard = if c == label { -0.3 / 3.0 } else { 0.0 };
+                    -0.7 / 3.0 * 2.0 * p_tail * (s - max).exp() / sum + hard
+                })
+                .collect();
+            let got: Vec<f64> = tail.iter().map(|&c| kernel.gradient[classes + c]).collect();
+            assert_allclose(&format!("{what}: far tail"), &got, &expected, 1e-4, 1e-9);
         }
     }
 }

@@ -267,6 +267,36 @@ fn bad_values_make_the_forward_nan_and_check_names_them() {
         "{error}"
     );
 
+    // A class stored twice in row 2, on the Cube kernel and on burn ops.
+    let indices = Tensor::<2, Int>::from_data(
+        TensorData::new(vec![0i64, 1, 2, 3, 4, 4, 6, 0, 1, 5, 2, 3], [ROWS, 2]),
+        &device,
+    );
+    let log_probs = Tensor::<2>::from_floats([[-1.0, -2.0]; ROWS], &device);
+    let teacher = TeacherOutput::TopK(SparseTeacher::new(indices, log_probs));
+    for fused in [true, false] {
+        let kd = KdLossConfig::new()
+            .with_hard_weight(0.5)
+            .with_fused_kernel(fused)
+            .init();
+        nan_at(
+            kd.forward_no_reduction(z.clone(), teacher.clone(), y.clone()),
+            &[2],
+            &format!("top-k class twice, fused {fused}"),
+        );
+    }
+    let error = kd
+        .check(&z, &teacher, &Targets::new(y.clone()))
+        .unwrap_err();
+    assert_eq!(
+        error,
+        DistillError::InvalidTopK {
+            argument: "teacher.indices",
+            row: 2,
+            reason: "class 4 appears twice".into()
+        }
+    );
+
     // DKD with a label out of range at 0.
     let dkd = DkdLossConfig::new().init();
     let y_bad = labels(&[8, 1, 2, 3, 4, 5], &device);

@@ -556,6 +556,28 @@ fn top_k_teacher_errors() {
         ),
         "{err:?}"
     );
+    // A class stored twice in a row (row 1's class 2) is no distribution:
+    // refused, naming the row and the class, by KdLoss and sparse_forward_kl.
+    let twice = SparseTeacher::new(
+        Tensor::<2, Int>::from_ints([[0, 1], [2, 2]], &device()),
+        Tensor::<2>::full([2, 2], -1.0, &device()),
+    );
+    let expected = DistillError::InvalidTopK {
+        argument: "teacher.indices",
+        row: 1,
+        reason: "class 2 appears twice".into(),
+    };
+    let err = kd_error(
+        &kd,
+        &z,
+        TeacherOutput::TopK(twice.clone()),
+        Targets::unlabelled(),
+    );
+    assert_eq!(err, expected);
+    assert_eq!(
+        try_sparse_forward_kl(z.clone(), &twice, 1.0).unwrap_err(),
+        expected
+    );
     let err = SparseTeacher::try_top_k(z.clone(), 5, 1.0).unwrap_err();
     assert!(
         matches!(
