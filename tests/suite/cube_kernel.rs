@@ -155,15 +155,9 @@ struct Outcome {
 }
 
 impl Outcome {
-    /// Values within `rtol` 1e-4 and `atol` 2e-5 (the f32 rounding of a
-    /// row's per-class terms, about 1e-7 of each, times `T²` and the
-    /// normalised JSD's 1/(β(1−β)) — 9 × 11 at T = 3, β = 0.9); every
-    /// gradient entry within 1e-4 of itself plus 1e-6 (the same rounding
-    /// times `T`, the factor and the weights), not relative to the largest
-    /// entry. TVD's gradient is judged as a whole, as in [`Self::assert_matches`].
+    /// The scalars (total, soft, hard) and the per-row values within `rtol`, `atol`.
     #[track_caller]
-    fn assert_matches_per_entry(&self, reference: &Outcome, what: &str) {
-        let (rtol, atol) = (1e-4, 2e-5);
+    fn assert_values(&self, reference: &Outcome, what: &str, rtol: f64, atol: f64) {
         let scalars = [self.total, self.soft, self.hard];
         let expected = [reference.total, reference.soft, reference.hard];
         assert_allclose(
@@ -180,6 +174,18 @@ impl Outcome {
             rtol,
             atol,
         );
+    }
+
+    /// Values within `rtol` 1e-4 and `atol` 2e-5 (the f32 rounding of a
+    /// row's per-class terms, about 1e-7 of each, times `T²` and the
+    /// normalised JSD's 1/(β(1−β)) — 9 × 11 at T = 3, β = 0.9); every
+    /// gradient entry within 1e-4 of itself plus 1e-6 (the same rounding
+    /// times `T`, the factor and the weights), not relative to the largest
+    /// entry. TVD's gradient is judged as a whole, as in [`Self::assert_matches`].
+    #[track_caller]
+    fn assert_matches_per_entry(&self, reference: &Outcome, what: &str) {
+        let (rtol, atol) = (1e-4, 2e-5);
+        self.assert_values(reference, what, rtol, atol);
         if what.starts_with("Tvd") {
             return self.assert_matches(reference, what, TOLERANCE);
         }
@@ -194,22 +200,7 @@ impl Outcome {
 
     #[track_caller]
     fn assert_matches(&self, reference: &Outcome, what: &str, (rtol, atol): (f64, f64)) {
-        let scalars = [self.total, self.soft, self.hard];
-        let expected = [reference.total, reference.soft, reference.hard];
-        assert_allclose(
-            &format!("{what}: total, soft, hard"),
-            &scalars,
-            &expected,
-            rtol,
-            atol,
-        );
-        assert_allclose(
-            &format!("{what}: rows"),
-            &self.rows,
-            &reference.rows,
-            rtol,
-            atol,
-        );
+        self.assert_values(reference, what, rtol, atol);
         assert!(
             self.gradient.iter().all(|g| g.is_finite()),
             "{what}: finite gradient"
