@@ -8,12 +8,13 @@
 //! cargo bench --features cuda,cube-kernel --bench gpu          # with BURN_DISTILL_BENCH_DEVICE=cuda
 //! ```
 //!
-//! 512×32000 runs in f16 too where the device has it, and with a top-k
+//! 512×32000 runs in f16 too where the device has it, with a top-k
 //! teacher (`SparseTeacher::top_k` of the teacher's logits, k = 8 and 64,
-//! selected before the timing) as `top8`/`top64` cases. `BURN_DISTILL_BENCH_LLM=1`
+//! selected before the timing) as `top8`/`top64` cases, and as DKD
+//! (`DkdLoss`, α = 1, β = 8, the same T) as the `dkd` case. `BURN_DISTILL_BENCH_LLM=1`
 //! adds the LLM-scale case 8192×128256 (4.2 GB per f32 logit tensor) in f32
 //! and, where the device has it, bf16. All cases:
-//! T = 4, 0.9 soft / 0.1 hard, T², forward KL, `KdLoss::forward`:
+//! T = 4, 0.9 soft / 0.1 hard, T², forward KL, `KdLoss::forward` (but `dkd`):
 //! - `fused`: the Cube kernel with its closed-form backward;
 //! - `autodiff`: `fused_kernel = false` (burn ops, autodiff through them) —
 //!   what every GPU user had before.
@@ -26,7 +27,7 @@
 
 use burn::tensor::{DType, Device, Distribution, Int, Tensor};
 use burn_distill::diagnostics::cube_kernel_launches;
-use burn_distill::{KdLoss, KdLossConfig, SparseTeacher, TeacherOutput};
+use burn_distill::{DkdLoss, DkdLossConfig, KdLoss, KdLossConfig, SparseTeacher, TeacherOutput};
 use criterion::{BenchmarkId, Criterion, Throughput, black_box, criterion_group, criterion_main};
 use std::time::Duration;
 
@@ -47,18 +48,33 @@ fn device() -> Device {
     }
 }
 
-/// `(batch, classes, dtype, top-k)` cases: `top_k` `None` for the dense teacher.
-fn cases(device: &Device) -> Vec<(usize, usize, DType, Option<usize>)> {
-    let mut cases = vec![(512, 10, DType::F32, None), (512, 32000, DType::F32, None)];
+/// What a case computes.
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    /// `KdLoss` with the dense teacher.
+    Dense,
+    /// `KdLoss` with the teacher's top `k` classes.
+    TopK(usize),
+    /// `DkdLoss` with the dense teacher.
+    Dkd,
+}
+
+/// `(batch, classes, dtype, kind)` cases.
+fn cases(device: &Device) -> Vec<(usize, usize, DType, Kind)> {
+    let mut cases = vec![
+        (512, 10, DType::F32, Kind::Dense),
+        (512, 32000, DType::F32, Kind::Dense),
+    ];
     if device.supports_dtype(DType::F16) {
-        cases.push((512, 32000, DType::F16, None));
+        cases.push((512, 32000, DType::F16, Kind::Dense));
     }
-    cases.push((512, 32000, DType::F32, Some(8)));
-    cases.push((512, 32000, DType::F32, Some(64)));
+    cases.push((512, 32000, DType::F32, Kind::TopK(8)));
+    cases.push((512, 32000, DType::F32, Kind::TopK(64)));
+    cases.push((512, 32000, DType::F32, Kind::Dkd));
     if std::env::var_os("BURN_DISTILL_BENCH_LLM").is_some() {
-        cases.push((8192, 128256, DType::F32, None));
+        cases.push((8192, 128256, DType::F32, Kind::Dense));
         if device.supports_dtype(DType::BF16) {
-            cases.push((8192, 128256, DType::BF16, None));
+            cases.push((8192, 128256, DType::BF16, Kind::Dense));
         } else {
             println!("bf16: not supported by this device; skipped");
         }
@@ -66,17 +82,47 @@ fn cases(device: &Device) -> Vec<(usize, usize, DType, Option<usize>)> {
     cases
 }
 
-/// A case's name: `512x32000/F32`, `512x32000/F32/top8`.
-fn case_name(batch: usize, classes: usize, dtype: DType, top_k: Option<usize>) -> String {
-    let teacher = top_k.map_or(String::new(), |k| format!("/top{k}"));
+/// A case's name: `512x32000/F32`, `512x32000/F32/top8`, `512x32000/F32/dkd`.
+fn case_name(batch: usize, classes: usize, dtype: DType, kind: Kind) -> String {
+    let teacher = match kind {
+        Kind::Dense => String::new(),
+        Kind::TopK(k) => format!("/top{k}"),
+        Kind::Dkd => "/dkd".to_string(),
+    };
     format!("{batch}x{classes}/{dtype:?}{teacher}")
 }
 
-fn losses() -> [(&'static str, KdLoss); 2] {
+/// The loss of a case.
+enum Loss {
+    Kd(KdLoss),
+    Dkd(DkdLoss),
+}
+
+impl Loss {
+    fn forward(&self, z: Tensor<2>, v: TeacherOutput, y: Tensor<1, Int>) -> Tensor<1> {
+        match self {
+            Self::Kd(kd) => kd.forward(z, v, y),
+            Self::Dkd(dkd) => dkd.forward(z, v, y),
+        }
+    }
+}
+
+/// The fused and the burn-ops form of a case's loss.
+fn losses(kind: Kind) -> [(&'static str, Loss); 2] {
+    if kind == Kind::Dkd {
+        let config = DkdLossConfig::new().with_temperature(T);
+        return [
+            ("fused", Loss::Dkd(config.clone().init())),
+            (
+                "autodiff",
+                Loss::Dkd(config.with_fused_kernel(false).init()),
+            ),
+        ];
+    }
     let config = KdLossConfig::new().with_temperature(T);
     [
-        ("fused", config.clone().init()),
-        ("autodiff", config.with_fused_kernel(false).init()),
+        ("fused", Loss::Kd(config.clone().init())),
+        ("autodiff", Loss::Kd(config.with_fused_kernel(false).init())),
     ]
 }
 
@@ -86,21 +132,21 @@ fn inputs(
     batch: usize,
     classes: usize,
     dtype: DType,
-    top_k: Option<usize>,
+    kind: Kind,
 ) -> (Tensor<2>, TeacherOutput, Tensor<1, Int>) {
     let normal =
         |d| Tensor::<2>::random([batch, classes], Distribution::Normal(0.0, 3.0), d).cast(dtype);
     let labels =
         Tensor::<1, Int>::random([batch], Distribution::Uniform(0.0, classes as f64), device);
-    let teacher = match top_k {
-        None => TeacherOutput::Logits(normal(device)),
-        Some(k) => TeacherOutput::TopK(SparseTeacher::top_k(normal(device), k, T)),
+    let teacher = match kind {
+        Kind::Dense | Kind::Dkd => TeacherOutput::Logits(normal(device)),
+        Kind::TopK(k) => TeacherOutput::TopK(SparseTeacher::top_k(normal(device), k, T)),
     };
     (normal(device), teacher, labels)
 }
 
 /// One forward + backward; returns the gradient.
-fn step(kd: &KdLoss, z: &Tensor<2>, v: &TeacherOutput, y: &Tensor<1, Int>) -> Tensor<2> {
+fn step(kd: &Loss, z: &Tensor<2>, v: &TeacherOutput, y: &Tensor<1, Int>) -> Tensor<2> {
     let z = z.clone().require_grad();
     let loss = kd.forward(z.clone(), v.clone(), y.clone());
     let grads = loss.backward();
@@ -116,11 +162,11 @@ fn in_use(device: &Device) -> Option<u64> {
 /// Prints the memory the graph holds between forward and backward, in units
 /// of one `[batch, classes]` tensor of the inputs' dtype.
 fn report_memory(device: &Device) {
-    for (batch, classes, dtype, top_k) in cases(device) {
+    for (batch, classes, dtype, kind) in cases(device) {
         let unit = (batch * classes * dtype.size()) as f64;
-        let size = case_name(batch, classes, dtype, top_k);
-        for (name, kd) in losses() {
-            let (z, v, y) = inputs(device, batch, classes, dtype, top_k);
+        let size = case_name(batch, classes, dtype, kind);
+        for (name, kd) in losses(kind) {
+            let (z, v, y) = inputs(device, batch, classes, dtype, kind);
             let Some(base) = in_use(device) else {
                 println!("memory: this device reports no memory-pool usage");
                 return;
@@ -153,11 +199,11 @@ fn bench_gpu(c: &mut Criterion) {
     group.warm_up_time(Duration::from_secs(1));
     group.measurement_time(Duration::from_secs(3));
     group.sample_size(20);
-    for (batch, classes, dtype, top_k) in cases(&device) {
+    for (batch, classes, dtype, kind) in cases(&device) {
         group.throughput(Throughput::Elements((batch * classes) as u64));
-        let (z, v, y) = inputs(&device, batch, classes, dtype, top_k);
-        let size = case_name(batch, classes, dtype, top_k);
-        for (name, kd) in losses() {
+        let (z, v, y) = inputs(&device, batch, classes, dtype, kind);
+        let size = case_name(batch, classes, dtype, kind);
+        for (name, kd) in losses(kind) {
             let before = cube_kernel_launches();
             black_box(step(&kd, &z, &v, &y));
             let fused = cube_kernel_launches() > before;

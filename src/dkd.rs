@@ -57,9 +57,10 @@ pub struct DkdLossConfig {
     /// ([`standardize`], Sun et al. 2024). Default: false.
     #[config(default = false)]
     pub logit_standardization: bool,
-    /// Where it serves (f32 compute on flex or ndarray, as for
+    /// Where it serves (f32 compute on flex or ndarray, and on Cube devices
+    /// with the `cube-kernel` feature, as for
     /// [`KdLossConfig::fused_kernel`](crate::KdLossConfig::fused_kernel)),
-    /// compute the values and the gradient in closed form in the fused CPU
+    /// compute the values and the gradient in closed form in the fused
     /// kernel, `T·[α(q_y − p_y)(δ_iy − q̂_i) + β(q̂_i − p̂_i)]` per class, with
     /// one autodiff node; elsewhere, and with `false`, burn ops and autodiff
     /// (the reference). Default: true.

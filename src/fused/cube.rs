@@ -14,11 +14,11 @@ use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::{CubeCount, CubeDim, calculate_cube_count_elemwise};
 
-use super::FusedSpec;
 use super::cube_kernel::{
-    RowsConfig, kd_rows_kernel, kd_top_k_rows_kernel, weighted_gradient_kernel,
+    RowsConfig, dkd_rows_kernel, kd_rows_kernel, kd_top_k_rows_kernel, weighted_gradient_kernel,
 };
 use super::pointwise::Plugin;
+use super::{FusedLoss, FusedSpec};
 
 thread_local! {
     /// Launches of the rows kernel from this thread: the proof that a loss on
@@ -51,9 +51,10 @@ pub(crate) struct CubeGradients {
 /// (`[rows, classes]`; `indices` `None`) or a top-k one (`teacher` the
 /// `[rows, k]` log-probabilities of the `[rows, k]` classes `indices`, in
 /// range), f32, f16 or bf16 each, with `labels` (`[rows]`, already checked
-/// and with ignored rows mapped to class 0) for the hard term: the
-/// `[rows, spec.weights.len()]` value columns and, when asked, their
-/// gradients.
+/// and with ignored rows mapped to class 0) for the hard term — or, for
+/// DKD (`spec.loss`), the dense teacher and the labels splitting target
+/// from non-target classes: the `[rows, spec.weights.len()]` value columns
+/// and, when asked, their gradients.
 pub(crate) fn rows(
     student: CubeTensor,
     teacher: CubeTensor,
@@ -130,6 +131,27 @@ pub(crate) fn rows(
         dtype_to_storage_type(label_dtype),
     );
     match indices {
+        None if spec.loss == FusedLoss::Dkd => dkd_rows_kernel::launch(
+            &client,
+            cube_count,
+            dim,
+            student.into_tensor_arg(),
+            teacher.into_tensor_arg(),
+            // DKD's check refused a call without labels.
+            labels_arg.into_tensor_arg(),
+            values.clone().into_tensor_arg(),
+            grad0.into_tensor_arg(),
+            grad1.into_tensor_arg(),
+            inv_t,
+            (1.0 / spec.teacher_temperature) as f32,
+            soft_factor,
+            weight(0, false),
+            weight(0, true),
+            weight(1, false),
+            weight(1, true),
+            config,
+            [student_type, teacher_type, label_type],
+        ),
         None => kd_rows_kernel::launch(
             &client,
             cube_count,

@@ -2,7 +2,9 @@
 //! Vulkan, Metal, CUDA, ROCm): the same engine as the CPU kernel
 //! ([`super::kernel`]) — the divergence a plug-in giving per class its value
 //! term `t` and gradient factor `h`, the gradient `(f/T)(h − q Σh)` plus the
-//! hard term's `softmax(z) − onehot` — with one cube of threads per row.
+//! hard term's `softmax(z) − onehot` — with one cube of threads per row:
+//! [`kd_rows_kernel`] for a dense teacher, [`kd_top_k_rows_kernel`] for a
+//! top-k one, [`dkd_rows_kernel`] for DKD.
 //!
 //! Per row, the threads stride over the classes (any count: a thread past the
 //! end does nothing) in up to three passes:
@@ -15,8 +17,9 @@
 //!    `Σ e^a (a − b) / Σ e^a − ln Σ e^a + ln Σ e^b` from sums taken in this
 //!    pass (`a`, `b` the shifted, scaled logits).
 //!
-//! So forward KL reads each logit twice and writes each gradient once; the
-//! other divergences read each logit three times. The maximum starts at the
+//! (These for the dense teacher; the other two kernels list their own.) So
+//! forward KL reads each logit twice and writes each gradient once; the other
+//! divergences read each logit three times, DKD twice. The maximum starts at the
 //! lowest finite f32, not `−inf` (WGSL has no infinity literal), so a `−inf`
 //! logit adds `e^{−inf} = 0` and never meets `−inf − (−inf)`. The per-class
 //! terms are the CPU kernel's text (`divergence_table!` of
@@ -26,7 +29,9 @@
 //! sums are f32 (the CPU kernel's are f64): the tests hold values and
 //! gradients to 1e-4 of the CPU kernel's and of f64 at T = 1 to 4; at T = 20
 //! the `T²` factor magnifies the rounding of a near-uniform row's sums to
-//! about 5e-5 of the value (measured on lavapipe).
+//! about 5e-5 of the value (measured on lavapipe). DKD sums `kl_term`s, each
+//! of its share's size, so its rows stay within 1e-4 of f64 at T = 100 too
+//! (tested), where two nearly agreeing models' KL is 10⁻⁶ of its terms.
 
 // The polynomial constants are Cephes' (as the CPU kernel's `fused::math`);
 // kernel code has no `contains` or `std` constant paths.
@@ -807,6 +812,175 @@ pub(crate) fn kd_top_k_rows_kernel<F: Float, G: Float, I: Int, J: Int>(
             config.columns,
         );
     }
+}
+
+/// One row per cube for DKD (Zhao et al. 2022), as the CPU kernel's `dkd_row`
+/// computes it, with label `y = labels[row]` (in range): `values[row, k] =
+/// w_t,k · f · TCKD + w_n,k · f · NCKD` for the weights `(w_t, w_n)` of each
+/// column (in the `soft`/`hard` weight slots) and, when asked, each column's
+/// gradient. Per row:
+/// 1. online maxima and sums of the non-target classes (`i ≠ y`) of student
+///    and teacher, so that the binary logits `u_y = (x_y − max)/T` and
+///    `u_rest = ln Σ_{i≠y} e^{(x_i − max)/T}` are exact however confident
+///    either model is (no `1 − q_y` cancellation), and TCKD from them;
+/// 2. NCKD, the forward KL of the renormalised non-target distributions
+///    `p̂`, `q̂`, and the gradient, per unit of `f/T`:
+///    `w_t (q_y − p_y)(δ_iy − q̂_i) + w_n (q̂_i − p̂_i)` (`q̂_y = p̂_y = 0`).
+///
+/// Both KLs are sums of [`kl_term`]s, each `≥ 0` and of the size of its
+/// share of the result, so that the f32 sums keep their precision where the
+/// two models nearly agree (high `T`: the plain `Σ p (ln p − ln q)` there
+/// cancels terms `1/ε` times larger than the result). `f` (`soft_factor`) is
+/// `T²`; the hard weights `w_n` multiply NCKD, not a cross-entropy (DKD has
+/// none).
+#[allow(clippy::too_many_arguments)]
+#[cube(launch)]
+pub(crate) fn dkd_rows_kernel<F: Float, G: Float, I: Int>(
+    student: &Tensor<F>,
+    teacher: &Tensor<G>,
+    labels: &Tensor<I>,
+    values: &mut Tensor<f32>,
+    grad0: &mut Tensor<F>,
+    grad1: &mut Tensor<F>,
+    inv_t: f32,
+    inv_t_teacher: f32,
+    soft_factor: f32,
+    tckd_weight0: f32,
+    nckd_weight0: f32,
+    tckd_weight1: f32,
+    nckd_weight1: f32,
+    #[comptime] config: RowsConfig,
+    #[define(F, G, I)] _dtypes: [ElemType; 3],
+) {
+    let rows = student.shape(0);
+    let classes = student.shape(1);
+    let row = CUBE_POS;
+    if row >= rows {
+        terminate!();
+    }
+    let tid = UNIT_POS_X as usize;
+    let block = comptime!(config.block) as usize;
+    let z_start = row * classes;
+    let lowest = f32::min_value();
+    let label = u32::cast_from(labels[row]) as usize;
+
+    // Pass 1: the non-target classes' online maxima and sums.
+    let mut max_z = lowest;
+    let mut sum_z = 0.0f32;
+    let mut max_v = lowest;
+    let mut sum_v = 0.0f32;
+    let mut i = UNIT_POS_X as usize;
+    while i < classes {
+        if i != label {
+            let (m, s) = online_add(f32::cast_from(student[z_start + i]), max_z, sum_z, inv_t);
+            max_z = m;
+            sum_z = s;
+            let (m, s) = online_add(
+                f32::cast_from(teacher[z_start + i]),
+                max_v,
+                sum_v,
+                inv_t_teacher,
+            );
+            max_v = m;
+            sum_v = s;
+        }
+        i += block;
+    }
+    let mut shared_max = Shared::<[f32]>::new_slice(comptime!(config.block as usize));
+    let mut shared_sum = Shared::<[f32]>::new_slice(comptime!(config.block as usize));
+    let (max_z, sum_z) = merge_online(max_z, sum_z, inv_t, &mut shared_max, &mut shared_sum);
+    let (max_v, sum_v) = merge_online(
+        max_v,
+        sum_v,
+        inv_t_teacher,
+        &mut shared_max,
+        &mut shared_sum,
+    );
+
+    // TCKD from the binary logits [u_y, u_rest] of each model.
+    let (lq_y, lq_rest) = binary_log_probs(
+        (f32::cast_from(student[z_start + label]) - max_z) * inv_t,
+        ln(sum_z),
+    );
+    let (lp_y, lp_rest) = binary_log_probs(
+        (f32::cast_from(teacher[z_start + label]) - max_v) * inv_t_teacher,
+        ln(sum_v),
+    );
+    let p_y = exp(lp_y);
+    let q_y = exp(lq_y);
+    let tckd =
+        kl_term(p_y, lp_y, q_y, lq_y) + kl_term(exp(lp_rest), lp_rest, exp(lq_rest), lq_rest);
+    let target_gap = q_y - p_y;
+
+    // Pass 2: NCKD's sums and the gradient.
+    // Without non-target mass (every other class ruled out) q̂ or p̂ is 0.
+    let inv_sum_z = select(sum_z > 0.0f32, 1.0f32 / sum_z, 0.0f32);
+    let inv_sum_v = select(sum_v > 0.0f32, 1.0f32 / sum_v, 0.0f32);
+    let coef = soft_factor * inv_t;
+    // ln Σ e^b and ln Σ e^a: a shared rounding of both shifts every log ratio
+    // alike, which moves the sum of `kl_term`s only by its square.
+    let ln_sum_z = ln(sum_z);
+    let ln_sum_v = ln(sum_v);
+    let mut acc_kl = 0.0f32;
+    let mut i = UNIT_POS_X as usize;
+    while i < classes {
+        let mut tckd_gradient = target_gap;
+        let mut nckd_gradient = 0.0f32;
+        if i != label {
+            let b = (f32::cast_from(student[z_start + i]) - max_z) * inv_t;
+            let a = (f32::cast_from(teacher[z_start + i]) - max_v) * inv_t_teacher;
+            let q_hat = exp(b) * inv_sum_z;
+            let p_hat = exp(a) * inv_sum_v;
+            acc_kl += kl_term(p_hat, a - ln_sum_v, q_hat, b - ln_sum_z);
+            tckd_gradient = 0.0f32 - target_gap * q_hat;
+            nckd_gradient = q_hat - p_hat;
+        }
+        if comptime!(config.with_gradients) {
+            write_gradient(
+                grad0,
+                grad1,
+                z_start + i,
+                tckd_gradient,
+                nckd_gradient,
+                Weights {
+                    soft0: tckd_weight0 * coef,
+                    hard0: nckd_weight0 * coef,
+                    soft1: tckd_weight1 * coef,
+                    hard1: nckd_weight1 * coef,
+                },
+                true,
+                config.columns,
+            );
+        }
+        i += block;
+    }
+    let (nckd, _unused) = block_sums(acc_kl, 0.0f32, &mut shared_max, &mut shared_sum);
+
+    if tid == 0 {
+        write_values(
+            values,
+            row,
+            soft_factor * tckd,
+            soft_factor * nckd,
+            Weights {
+                soft0: tckd_weight0,
+                hard0: nckd_weight0,
+                soft1: tckd_weight1,
+                hard1: nckd_weight1,
+            },
+            0.0f32,
+            config.columns,
+        );
+    }
+}
+
+/// The binary log-probabilities `[log b_y, log b_rest] = u − logaddexp(u_y,
+/// u_rest)` of the logits `u_y`, `u_rest` (`u_rest` may be `−inf`).
+#[cube]
+fn binary_log_probs(u_y: f32, u_rest: f32) -> (f32, f32) {
+    let top = f32::max(u_y, u_rest);
+    let all = top + ln(exp(u_y - top) + exp(u_rest - top));
+    (u_y - all, u_rest - all)
 }
 
 /// The backward pass in place: `grad0[b, :] ← u[b, 0]·grad0[b, :] (+

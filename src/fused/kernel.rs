@@ -24,7 +24,7 @@
 const PARALLEL_MIN_ELEMENTS: usize = 1 << 16;
 
 use super::math::exp;
-use super::pointwise::{Plugin, Pointwise, with_plugin};
+use super::pointwise::{Plugin, Pointwise, kl_term, with_plugin};
 use super::{FusedLoss, FusedSpec};
 
 /// What one call of the kernel works on: the settings, the labels, and the
@@ -668,12 +668,9 @@ fn dkd_row(z: &[f32], v: &[f32], y: usize, spec: &Job, scratch: &mut Scratch) ->
         let p_hat = *ep * rp;
         let log_q = (zi - max_rest_z) * inv_t + ln_rq;
         let log_p = (vi - max_rest_v) * inv_t_teacher + ln_rp;
-        // Forward KL's term; 0 where p̂ = 0 (the target among them).
-        *ep = if p_hat > 0.0 {
-            p_hat * (log_p - log_q)
-        } else {
-            0.0
-        };
+        // Forward KL's term, each of its share's size (no cancellation where
+        // the models nearly agree); 0 where p̂ = q̂ = 0 (the target).
+        *ep = kl_term(p_hat, log_p, q_hat, log_q);
         *eq = q_hat;
         *gap = q_hat - p_hat;
     }

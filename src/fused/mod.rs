@@ -12,7 +12,7 @@
 //! weights, hard term and masks are shared), with a dense or a top-k teacher,
 //! and DKD, whose target/non-target split adds its own chain-rule factors.
 //! The Cube kernel serves the dense and the top-k teacher with every
-//! divergence; DKD takes burn ops and autodiff there.
+//! divergence, and DKD.
 //!
 //! It serves f32 tensors on flex (with this crate's `flex` feature) and on
 //! ndarray (its `ndarray` feature) — the losses cast f16 and bf16 to f32
@@ -163,9 +163,9 @@ pub(crate) const CUBE_TOP_K_LIMIT: usize = 1024;
 
 /// The fused engine for this call, if one serves it: the CPU kernel for
 /// f32 on flex or ndarray (every loss, dense and top-k teachers), the Cube
-/// kernel for f32/f16/bf16 on a Cube device (`KdLoss` with a dense teacher,
-/// or a top-k one of at most [`CUBE_TOP_K_LIMIT`] classes; DKD takes burn ops
-/// there); `None` where none does, or without an engine compiled in.
+/// kernel for f32/f16/bf16 on a Cube device (every loss, with a dense
+/// teacher or a top-k one of at most [`CUBE_TOP_K_LIMIT`] classes); `None`
+/// where none does, or without an engine compiled in.
 /// `teacher_values` are a top-k teacher's `[batch, k]` log-probabilities
 /// when `top_k`.
 pub(crate) fn plan(
@@ -178,7 +178,7 @@ pub(crate) fn plan(
     let dkd = loss == FusedLoss::Dkd;
     let served = match engine {
         Engine::Host => true,
-        Engine::Cube => !dkd && (!top_k || teacher_values.dims()[1] <= CUBE_TOP_K_LIMIT),
+        Engine::Cube => !top_k || teacher_values.dims()[1] <= CUBE_TOP_K_LIMIT,
     };
     (served && ANY_ENGINE).then_some(Kernel { engine, top_k, dkd })
 }

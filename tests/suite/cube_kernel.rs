@@ -10,7 +10,9 @@ use crate::common;
 
 use burn::tensor::{Bool, DType, Device, Int, Tensor, TensorData};
 use burn_distill::diagnostics::cube_kernel_launches;
-use burn_distill::{Divergence, KdLoss, KdLossConfig, SparseTeacher, Targets, TeacherOutput};
+use burn_distill::{
+    Divergence, DkdLoss, DkdLossConfig, KdLoss, KdLossConfig, SparseTeacher, Targets, TeacherOutput,
+};
 use common::{EVERY_DIVERGENCE, Normals, Rng, assert_allclose, devices, labels, values};
 
 /// The wgpu device, if the tests were built with it and found an adapter.
@@ -146,6 +148,44 @@ impl Problem {
     }
 }
 
+fn dkd(temperature: f64, fused: bool) -> DkdLoss {
+    DkdLossConfig::new()
+        .with_temperature(temperature)
+        .with_alpha(1.0)
+        .with_beta(8.0)
+        .with_fused_kernel(fused)
+        .init()
+}
+
+impl Problem {
+    /// DKD's `(total, TCKD, NCKD, per-row totals, gradients)` on `device` in
+    /// `dtype`: the gradients of `forward` (one output column) and of
+    /// `forward_parts`' TCKD (two columns, the NCKD one weighted 0),
+    /// concatenated.
+    fn run_dkd(&self, loss: &DkdLoss, device: &Device, dtype: DType) -> Outcome {
+        let device = device.clone().autodiff();
+        let shape = [self.rows, self.classes];
+        let tensor = |v: &[f64]| {
+            Tensor::<2>::from_data(TensorData::new(v.to_vec(), shape), (&device, DType::F64))
+                .cast(dtype)
+        };
+        let z = tensor(&self.student).require_grad();
+        let teacher = || self.teacher(&device, dtype);
+        let total = loss.forward(z.clone(), teacher(), self.targets(&device));
+        let gradient = z.grad(&total.backward()).expect("student gradient");
+        let parts = loss.forward_parts(z.clone(), teacher(), self.targets(&device));
+        let tckd_gradient = z.grad(&parts.tckd.backward()).expect("student gradient");
+        let rows = loss.forward_no_reduction(z, teacher(), self.targets(&device));
+        Outcome {
+            total: values(parts.total)[0],
+            soft: values(parts.tckd)[0],
+            hard: values(parts.nckd)[0],
+            rows: values(rows),
+            gradient: [values(gradient), values(tckd_gradient)].concat(),
+        }
+    }
+}
+
 struct Outcome {
     total: f64,
     soft: f64,
@@ -184,6 +224,13 @@ impl Outcome {
     /// entry. TVD's gradient is judged as a whole, as in [`Self::assert_matches`].
     #[track_caller]
     fn assert_matches_per_entry(&self, reference: &Outcome, what: &str) {
+        self.assert_matches_per_entry_within(reference, what, 1e-6);
+    }
+
+    /// [`Self::assert_matches_per_entry`] with the gradient entries' absolute
+    /// tolerance `gradient_atol`.
+    #[track_caller]
+    fn assert_matches_per_entry_within(&self, reference: &Outcome, what: &str, gradient_atol: f64) {
         let (rtol, atol) = (1e-4, 2e-5);
         self.assert_values(reference, what, rtol, atol);
         if what.starts_with("Tvd") {
@@ -194,7 +241,7 @@ impl Outcome {
             &self.gradient,
             &reference.gradient,
             rtol,
-            1e-6,
+            gradient_atol,
         );
     }
 
@@ -476,6 +523,95 @@ fn top_k_teacher_hard_cases_match_the_cpu_engine() {
                 .collect();
             let got: Vec<f64> = tail.iter().map(|&c| kernel.gradient[classes + c]).collect();
             assert_allclose(&format!("{what}: far tail"), &got, &expected, 1e-4, 1e-9);
+        }
+    }
+}
+
+/// DKD on the Cube kernel, at T = 1 and 4, for class counts from 2 (one
+/// non-target class) to 32001 and batch sizes down to 1: values (total, TCKD,
+/// NCKD, rows) and every entry of the total's and TCKD's gradients equal to
+/// the CPU engine and the f64 burn-ops reference; each forward launches the
+/// kernel once.
+#[test]
+fn dkd_matches_the_cpu_engine_and_f64() {
+    let Some(gpu) = wgpu() else { return };
+    let flex = Device::flex();
+    for (rows, classes) in [(4, 2), (3, 3), (5, 1000), (2, 32001), (1, 37)] {
+        for temperature in [1.0, 4.0] {
+            let problem = Problem::random(rows, classes, 2.0, 61 + classes as u64);
+            let what = format!("DKD T={temperature} {rows}x{classes}");
+            let before = cube_kernel_launches();
+            let kernel = problem.run_dkd(&dkd(temperature, true), &gpu, DType::F32);
+            assert_eq!(
+                cube_kernel_launches() - before,
+                3,
+                "{what}: kernel launches"
+            );
+            let cpu = problem.run_dkd(&dkd(temperature, true), &flex, DType::F32);
+            let f64_reference = problem.run_dkd(&dkd(temperature, false), &flex, DType::F64);
+            kernel.assert_matches_per_entry(&f64_reference, &format!("{what} vs f64"));
+            kernel.assert_matches_per_entry(&cpu, &format!("{what} vs CPU engine"));
+        }
+    }
+}
+
+/// DKD's hard cases on the Cube kernel: a teacher sure of the target (`1 −
+/// p_y` below f32's resolution), a target the student gives ~e⁻²⁰, logits
+/// ±1e4, a class both models rule out (`−inf`), two models that nearly agree
+/// (row 2: at T = 100 its TCKD and NCKD are ~10⁻⁶ of their terms `p ln(p/q)`),
+/// a masked row, at T = 0.05, 1 and 100: every row's value and gradient entry
+/// equal to the CPU engine and the f64 reference, and the masked row's
+/// gradient exactly 0.
+#[test]
+fn dkd_hard_cases_match_the_cpu_engine() {
+    let Some(gpu) = wgpu() else { return };
+    let flex = Device::flex();
+    let ninf = f64::NEG_INFINITY;
+    #[rustfmt::skip]
+    let student = vec![
+        1e4, -1e4, 9999.0, 0.0, 9998.5,
+        -20.0, 0.0, 1.0, -0.5, 0.2,
+        0.5, ninf, 0.25, -1.0, 2.0,
+        1.0, 0.9, 1.1, 0.95, 1.05,
+    ];
+    #[rustfmt::skip]
+    let teacher = vec![
+        9999.0, 1e4, -1e4, 2.0, 9990.0,
+        30.0, 1.0, 2.0, 0.0, -1.0,
+        0.4, ninf, 0.3, -1.2, 1.5,
+        1.0, 0.9, 1.1, 0.95, 1.0501,
+    ];
+    let problem = Problem {
+        rows: 4,
+        classes: 5,
+        student,
+        teacher,
+        labels: Some(vec![2, 0, 4, 1]),
+        keep: Some(vec![true, true, true, false]),
+        top_k: None,
+    };
+    for temperature in [0.05, 1.0, 100.0] {
+        let what = format!("DKD hard cases T={temperature}");
+        let kernel = problem.run_dkd(&dkd(temperature, true), &gpu, DType::F32);
+        let cpu = problem.run_dkd(&dkd(temperature, true), &flex, DType::F32);
+        let f64_reference = problem.run_dkd(&dkd(temperature, false), &flex, DType::F64);
+        eprintln!(
+            "DEBUG {what} rows {:?} {:?} {:?}",
+            kernel.rows, cpu.rows, f64_reference.rows
+        );
+        eprintln!(
+            "DEBUG {what} tckd {:?} {:?} {:?} nckd {:?} {:?} {:?}",
+            kernel.soft, cpu.soft, f64_reference.soft, kernel.hard, cpu.hard, f64_reference.hard
+        );
+        // Gradient entries `T·β·(q̂ − p̂)/rows` of near-equal probabilities:
+        // their f32 rounding grows with T (the floor of the CPU engine's own
+        // f64 check, `numerics.rs`).
+        let atol = 1e-6 + 2e-8 * temperature;
+        kernel.assert_matches_per_entry_within(&cpu, &format!("{what} vs CPU engine"), atol);
+        kernel.assert_matches_per_entry_within(&f64_reference, &format!("{what} vs f64"), atol);
+        for copy in 0..2 {
+            let masked = &kernel.gradient[copy * 20 + 15..copy * 20 + 20];
+            assert!(masked.iter().all(|&g| g == 0.0), "{what}: masked row");
         }
     }
 }

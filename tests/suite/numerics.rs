@@ -487,7 +487,8 @@ fn top_k_fused_matches_f64_reference_at_extremes() {
 /// DKD through the fused f32 kernel against its reference (burn ops,
 /// autodiff) in f64: a teacher sure of the target (`1 − p_y` below f32's
 /// resolution), a target the student gives ~e⁻²⁰, logits ±1e4, a class both
-/// rule out, at T = 0.05, 1 and 100, total and both parts, with a row mask.
+/// rule out, two models that nearly agree (row 3), at T = 0.05, 1 and 100,
+/// total, both parts and every row, with a row mask.
 #[test]
 fn dkd_fused_matches_f64_reference_at_extremes() {
     let ninf = f64::NEG_INFINITY;
@@ -531,7 +532,9 @@ fn dkd_fused_matches_f64_reference_at_extremes() {
                 let grad = values(zt.grad(&total.clone().backward()).expect("gradient"));
                 let parts = dkd.forward_parts(zt.clone(), vt(), targets());
                 let tckd_grad = values(zt.grad(&parts.tckd.clone().backward()).expect("gradient"));
-                let values = [values(total), values(parts.tckd), values(parts.nckd)].concat();
+                // Each row too: the means hide row 2 (its terms nearly cancel at T = 100).
+                let rows = values(dkd.forward_no_reduction(zt.clone(), vt(), targets()));
+                let values = [values(total), values(parts.tckd), values(parts.nckd), rows].concat();
                 (values, vec![grad, tckd_grad])
             };
             assert_f32_matches_f64(&format!("DKD {device:?}"), t, &[true], run);
