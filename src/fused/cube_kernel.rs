@@ -13,9 +13,8 @@
 //!    student (at `T`, and at 1 for the hard term when `T ≠ 1`) and the
 //!    teacher; merged across the cube in shared memory;
 //! 2. `Σ t` and `Σ h` (skipped for forward KL, whose `Σ h = −Σ p = −1`);
-//! 3. the gradient of each output column, and forward KL's value as
-//!    `Σ e^a (a − b) / Σ e^a − ln Σ e^a + ln Σ e^b` from sums taken in this
-//!    pass (`a`, `b` the shifted, scaled logits).
+//! 3. the gradient of each output column, and forward KL's value as the sum
+//!    of its `kl_term`s.
 //!
 //! (These for the dense teacher; the other two kernels list their own.) So
 //! forward KL reads each logit twice and writes each gradient once; the other
@@ -27,11 +26,12 @@
 //! its polynomials ([`exp`], [`ln`] on `kernel_math!` of [`super::math`]), not
 //! the GPU's own, and
 //! sums are f32 (the CPU kernel's are f64): the tests hold values and
-//! gradients to 1e-4 of the CPU kernel's and of f64 at T = 1 to 4; at T = 20
-//! the `T²` factor magnifies the rounding of a near-uniform row's sums to
-//! about 5e-5 of the value (measured on lavapipe). DKD sums `kl_term`s, each
-//! of its share's size, so its rows stay within 1e-4 of f64 at T = 100 too
-//! (tested), where two nearly agreeing models' KL is 10⁻⁶ of its terms.
+//! gradients to 1e-4 of the CPU kernel's and of f64 at T = 1 to 4. The KLs
+//! (forward, reverse, DKD's two) sum `kl_term`s of the log-ratio taken from
+//! the logits' difference, each term of its share's size, so that a row of
+//! two nearly agreeing models stays within 1e-5 of f64 at T = 1 to 100
+//! (tested), where the plain terms `p (ln p − ln q)` cancel to 10⁻⁶ of their
+//! size; the other divergences' terms still cancel there.
 
 // The polynomial constants are Cephes' (as the CPU kernel's `fused::math`);
 // kernel code has no `contains` or `std` constant paths.
@@ -405,6 +405,11 @@ pub(crate) fn kd_rows_kernel<F: Float, G: Float, I: Int>(
     }
     sync_cube();
 
+    // `ln p − ln q` from the logits' difference where both share the
+    // temperature (see `log_ratio`).
+    let same_temperature = inv_t == inv_t_teacher;
+    let shift = (max_v - max_z) * inv_t + (ln_sum_v - ln_sum_z);
+
     // Pass 2 (not forward KL): Σt and Σh.
     let mut sum_t = 0.0f32;
     let mut sum_h = f32::new(-1.0);
@@ -413,13 +418,17 @@ pub(crate) fn kd_rows_kernel<F: Float, G: Float, I: Int>(
         let mut acc_h = 0.0f32;
         let mut i = UNIT_POS_X as usize;
         while i < classes {
-            let lq = (f32::cast_from(student[z_start + i]) - max_z) * inv_t - ln_sum_z;
-            let lp = (f32::cast_from(teacher[z_start + i]) - max_v) * inv_t_teacher - ln_sum_v;
+            let z = f32::cast_from(student[z_start + i]);
+            let v = f32::cast_from(teacher[z_start + i]);
+            let lq = (z - max_z) * inv_t - ln_sum_z;
+            let lp = (v - max_v) * inv_t_teacher - ln_sum_v;
+            let g = log_ratio(v - z, lp, lq, inv_t, shift, same_temperature);
             let (t, h) = terms(
                 exp(lp),
                 lp,
                 exp(lq),
                 lq,
+                g,
                 mix,
                 scale,
                 comptime!(config.divergence),
@@ -433,10 +442,8 @@ pub(crate) fn kd_rows_kernel<F: Float, G: Float, I: Int>(
         sum_h = total_h;
     }
 
-    // Last pass: the gradients; for forward KL also its value, from sums
-    // taken in this pass: with `a`, `b` the shifted, scaled logits,
-    // `KL = Σ e^a (a − b) / Σ e^a − ln Σ e^a + ln Σ e^b`, every sum over the
-    // same `e^a`, `e^b` (as the CPU kernel's are).
+    // Last pass: the gradients; for forward KL also its value, the sum of
+    // its `kl_term`s.
     // Without labels no class is the label.
     let mut label = classes;
     if comptime!(config.with_labels) {
@@ -449,30 +456,35 @@ pub(crate) fn kd_rows_kernel<F: Float, G: Float, I: Int>(
     let inv_sum_v = 1.0f32 / sum_v_total;
     let forward_kl = comptime!(config.divergence == Kind::ForwardKl);
     if comptime!(config.with_gradients || forward_kl) {
-        let mut acc_weighted = 0.0f32;
-        let mut acc_z = 0.0f32;
-        let mut acc_v = 0.0f32;
+        let mut acc_t = 0.0f32;
         let mut i = UNIT_POS_X as usize;
         while i < classes {
             let z = f32::cast_from(student[z_start + i]);
+            let v = f32::cast_from(teacher[z_start + i]);
             let b = (z - max_z) * inv_t;
-            let a = (f32::cast_from(teacher[z_start + i]) - max_v) * inv_t_teacher;
+            let a = (v - max_v) * inv_t_teacher;
             let lq = b - ln_sum_z;
             let lp = a - ln_sum_v;
+            let g = log_ratio(v - z, lp, lq, inv_t, shift, same_temperature);
             let mut q = 0.0f32;
             let mut h = 0.0f32;
             if comptime!(forward_kl) {
-                let exp_a = exp(a);
-                let exp_b = exp(b);
-                acc_weighted += xlog(exp_a, a - b);
-                acc_v += exp_a;
-                acc_z += exp_b;
-                q = exp_b * inv_sum_z;
-                h = 0.0f32 - exp_a * inv_sum_v;
+                let p = exp(a) * inv_sum_v;
+                q = exp(b) * inv_sum_z;
+                acc_t += kl_term(p, q, g);
+                h = 0.0f32 - p;
             } else if comptime!(config.with_gradients) {
                 q = exp(lq);
-                let (_t, factor) =
-                    terms(exp(lp), lp, q, lq, mix, scale, comptime!(config.divergence));
+                let (_t, factor) = terms(
+                    exp(lp),
+                    lp,
+                    q,
+                    lq,
+                    g,
+                    mix,
+                    scale,
+                    comptime!(config.divergence),
+                );
                 h = factor;
             }
             if comptime!(config.with_gradients) {
@@ -496,11 +508,9 @@ pub(crate) fn kd_rows_kernel<F: Float, G: Float, I: Int>(
             i += block;
         }
         if comptime!(forward_kl) {
-            let (weighted, total_v) =
-                block_sums(acc_weighted, acc_v, &mut shared_sum_z, &mut shared_sum_v);
-            let (total_z, _unused) =
-                block_sums(acc_z, 0.0f32, &mut shared_sum_z, &mut shared_sum_v);
-            sum_t = weighted / total_v - ln(total_v) + ln(total_z);
+            let (total_t, _unused) =
+                block_sums(acc_t, 0.0f32, &mut shared_sum_z, &mut shared_sum_v);
+            sum_t = total_t;
         }
     }
 
@@ -716,7 +726,16 @@ pub(crate) fn kd_top_k_rows_kernel<F: Float, G: Float, I: Int, J: Int>(
         let p = exp(lp);
         let class = stored[j] as usize;
         let lq = (f32::cast_from(student[z_start + class]) - max_z) * inv_t - ln_sum_z;
-        let (t, h) = terms(p, lp, exp(lq), lq, mix, scale, comptime!(config.divergence));
+        let (t, h) = terms(
+            p,
+            lp,
+            exp(lq),
+            lq,
+            lp - lq,
+            mix,
+            scale,
+            comptime!(config.divergence),
+        );
         acc_t += t;
         acc_h += h;
         acc_p += p;
@@ -742,6 +761,7 @@ pub(crate) fn kd_top_k_rows_kernel<F: Float, G: Float, I: Int, J: Int>(
         lp_tail,
         q_tail,
         lq_tail,
+        lp_tail - lq_tail,
         mix,
         scale,
         comptime!(config.divergence),
@@ -768,7 +788,16 @@ pub(crate) fn kd_top_k_rows_kernel<F: Float, G: Float, I: Int, J: Int>(
             let mut factor = exp((z - max_out) * inv_t) * tail_scale;
             if position < width {
                 let lp = f32::cast_from(log_probs[k_start + entry[position] as usize]);
-                let (_t, h) = terms(exp(lp), lp, q, lq, mix, scale, comptime!(config.divergence));
+                let (_t, h) = terms(
+                    exp(lp),
+                    lp,
+                    q,
+                    lq,
+                    lp - lq,
+                    mix,
+                    scale,
+                    comptime!(config.divergence),
+                );
                 factor = h;
             }
             let hard = hard_gradient(z - max_z, q, inv_sum_one, i == label, config);
@@ -909,7 +938,7 @@ pub(crate) fn dkd_rows_kernel<F: Float, G: Float, I: Int>(
     let p_y = exp(lp_y);
     let q_y = exp(lq_y);
     let tckd =
-        kl_term(p_y, lp_y, q_y, lq_y) + kl_term(exp(lp_rest), lp_rest, exp(lq_rest), lq_rest);
+        kl_term(p_y, q_y, lp_y - lq_y) + kl_term(exp(lp_rest), exp(lq_rest), lp_rest - lq_rest);
     let target_gap = q_y - p_y;
 
     // Pass 2: NCKD's sums and the gradient.
@@ -921,17 +950,29 @@ pub(crate) fn dkd_rows_kernel<F: Float, G: Float, I: Int>(
     // alike, which moves the sum of `kl_term`s only by its square.
     let ln_sum_z = ln(sum_z);
     let ln_sum_v = ln(sum_v);
+    let same_temperature = inv_t == inv_t_teacher;
+    let shift = (max_v - max_z) * inv_t + (ln_sum_v - ln_sum_z);
     let mut acc_kl = 0.0f32;
     let mut i = UNIT_POS_X as usize;
     while i < classes {
         let mut tckd_gradient = target_gap;
         let mut nckd_gradient = 0.0f32;
         if i != label {
-            let b = (f32::cast_from(student[z_start + i]) - max_z) * inv_t;
-            let a = (f32::cast_from(teacher[z_start + i]) - max_v) * inv_t_teacher;
+            let z = f32::cast_from(student[z_start + i]);
+            let v = f32::cast_from(teacher[z_start + i]);
+            let b = (z - max_z) * inv_t;
+            let a = (v - max_v) * inv_t_teacher;
             let q_hat = exp(b) * inv_sum_z;
             let p_hat = exp(a) * inv_sum_v;
-            acc_kl += kl_term(p_hat, a - ln_sum_v, q_hat, b - ln_sum_z);
+            let g = log_ratio(
+                v - z,
+                a - ln_sum_v,
+                b - ln_sum_z,
+                inv_t,
+                shift,
+                same_temperature,
+            );
+            acc_kl += kl_term(p_hat, q_hat, g);
             tckd_gradient = 0.0f32 - target_gap * q_hat;
             nckd_gradient = q_hat - p_hat;
         }
@@ -954,7 +995,10 @@ pub(crate) fn dkd_rows_kernel<F: Float, G: Float, I: Int>(
         }
         i += block;
     }
-    let (nckd, _unused) = block_sums(acc_kl, 0.0f32, &mut shared_max, &mut shared_sum);
+    let (terms_sum, _unused) = block_sums(acc_kl, 0.0f32, &mut shared_max, &mut shared_sum);
+    // A teacher that rules out every non-target class has no p̂: NCKD 0 (its
+    // terms would sum q̂ to 1).
+    let nckd = select(sum_v > 0.0f32, terms_sum, 0.0f32);
 
     if tid == 0 {
         write_values(
@@ -972,6 +1016,17 @@ pub(crate) fn dkd_rows_kernel<F: Float, G: Float, I: Int>(
             config.columns,
         );
     }
+}
+
+/// `ln p − ln q` of one class: from the logits' difference `v − z` where
+/// teacher and student share the temperature, `(v − z)/T − shift` with the
+/// row's `shift = (max v − max z)/T + ln Σ_p − ln Σ_q` (rounded relative to
+/// `v − z`, not to each log-probability: the KLs' terms are of its size where
+/// p ≈ q, and a rounding of `shift` moves every class alike, which moves
+/// their sum only by its square); `lp − lq` otherwise.
+#[cube]
+fn log_ratio(difference: f32, lp: f32, lq: f32, inv_t: f32, shift: f32, same: bool) -> f32 {
+    select(same, difference * inv_t - shift, lp - lq)
 }
 
 /// The binary log-probabilities `[log b_y, log b_rest] = u − logaddexp(u_y,

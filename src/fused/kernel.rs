@@ -470,6 +470,11 @@ fn dense_terms<D: Pointwise>(
     let rp = (1.0 / sum_p) as f32;
     let (ln_sum_p, ln_sum_q) = (sum_p.ln() as f32, student.ln_sum_q as f32);
     let (max_z, inv_t, rq) = (student.max_z, student.inv_t, student.rq);
+    // `ln p − ln q` from the logits' difference where both share the
+    // temperature: rounded relative to `v − z`, not to each log-probability
+    // (the KLs' terms are of its size where p ≈ q).
+    let same_temperature = inv_t_teacher == inv_t;
+    let shift = (sum_p.ln() - student.ln_sum_q) as f32 + (max_v - max_z) * inv_t;
     for ((((&zi, &vi), ep_t), &eq), h) in student
         .z
         .iter()
@@ -480,12 +485,21 @@ fn dense_terms<D: Pointwise>(
     {
         let log_p = (vi - max_v) * inv_t_teacher - ln_sum_p;
         let log_q = (zi - max_z) * inv_t - ln_sum_q;
-        let (term, factor) = divergence.terms(*ep_t * rp, log_p, eq * rq, log_q);
+        let log_ratio = if same_temperature {
+            (vi - zi) * inv_t - shift
+        } else {
+            log_p - log_q
+        };
+        let (term, factor) = divergence.terms(*ep_t * rp, log_p, eq * rq, log_q, log_ratio);
         // e^a is not needed past this point: its slot takes the value term.
         *ep_t = term;
         *h = factor;
     }
-    (sum(exp_teacher), sum(&scratch.factors))
+    let sum_h = match divergence.sum_h_is_minus_one() {
+        true => -1.0,
+        false => sum(&scratch.factors),
+    };
+    (sum(exp_teacher), sum_h)
 }
 
 /// A top-k teacher row: the divergence over the `k` stored classes and the
@@ -571,7 +585,7 @@ fn top_k_terms<D: Pointwise>(
     let bucket_factors = &mut scratch.bucket_factors;
     bucket_factors.clear();
     for &[p, lp, q, lq] in buckets.iter() {
-        let (t, h) = divergence.terms(p, lp, q, lq);
+        let (t, h) = divergence.terms(p, lp, q, lq, lp - lq);
         value += t as f64;
         sum_h += h as f64;
         bucket_factors.push(h);
@@ -655,8 +669,11 @@ fn dkd_row(z: &[f32], v: &[f32], y: usize, spec: &Job, scratch: &mut Scratch) ->
     };
 
     // NCKD over the non-target classes; q̂, then q̂ − p̂, in place.
-    // log q̂_i = (z_i − max_rest)/T − u_rest.
+    // log q̂_i = (z_i − max_rest)/T − u_rest; their difference from the
+    // logits' where both share the temperature (see `dense_terms`).
     let (ln_rq, ln_rp) = (-q_rest as f32, -p_rest as f32);
+    let same_temperature = inv_t_teacher == inv_t;
+    let shift = (p_rest - q_rest) as f32 + (max_rest_v - max_rest_z) * inv_t;
     for ((((&zi, &vi), eq), ep), gap) in z
         .iter()
         .zip(v)
@@ -670,11 +687,21 @@ fn dkd_row(z: &[f32], v: &[f32], y: usize, spec: &Job, scratch: &mut Scratch) ->
         let log_p = (vi - max_rest_v) * inv_t_teacher + ln_rp;
         // Forward KL's term, each of its share's size (no cancellation where
         // the models nearly agree); 0 where p̂ = q̂ = 0 (the target).
-        *ep = kl_term(p_hat, log_p, q_hat, log_q);
+        let log_ratio = if same_temperature {
+            (vi - zi) * inv_t - shift
+        } else {
+            log_p - log_q
+        };
+        *ep = kl_term(p_hat, q_hat, log_ratio);
         *eq = q_hat;
         *gap = q_hat - p_hat;
     }
-    let nckd = sum(&scratch.other);
+    // A teacher that rules out every non-target class has no p̂: NCKD 0 (the
+    // terms would sum q̂ to 1).
+    let nckd = match p_rest == f64::NEG_INFINITY {
+        true => 0.0,
+        false => sum(&scratch.other),
+    };
     (tckd, nckd)
 }
 

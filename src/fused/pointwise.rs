@@ -20,12 +20,18 @@
 //! # The plug-ins (derived with `m` the mixture where there is one)
 //! | divergence | `t_j` | `∂D/∂q_j` | `h_j` (constants dropped) |
 //! |---|---|---|---|
-//! | forward KL | `p_j (log p_j − log q_j)` | `−p_j / q_j` | `−p_j` |
-//! | reverse KL | `q_j (log q_j − log p_j)` | `log(q_j/p_j) + 1` | `q_j (log q_j − log p_j)` = `t_j` |
+//! | forward KL | `p_j (log p_j − log q_j) − p_j + q_j` ² | `1 − p_j / q_j` | `−p_j` |
+//! | reverse KL | `q_j (log q_j − log p_j) − q_j + p_j` ² | `log(q_j/p_j)` | `q_j (log q_j − log p_j)` |
 //! | JSD(β), `m = βp + (1−β)q` | `β p_j log(p_j/m_j) + (1−β) q_j log(q_j/m_j)` | `(1−β) log(q_j/m_j)` ¹ | `(1−β) q_j log(q_j/m_j)` |
 //! | skew forward KL, `m = αp + (1−α)q` | `p_j log(p_j/m_j)` | `−(1−α) p_j/m_j` | `−(1−α) p_j q_j/m_j` |
 //! | skew reverse KL, `m = αq + (1−α)p` | `q_j log(q_j/m_j)` | `log(q_j/m_j) + 1 − α q_j/m_j` | `q_j log(q_j/m_j) − α q_j²/m_j` |
 //! | TVD | `½ |q_j − p_j|` | `½ sign(q_j − p_j)` | `½ q_j sign(q_j − p_j)` |
+//!
+//! ² The `± p_j ∓ q_j` sum to 0 over the classes; with them each term is `≥ 0` and
+//! of its share's size ([`kl_term`]), so that the sum keeps f32's precision where
+//! `p ≈ q` (high temperatures, a student close to its teacher), where the plain
+//! terms cancel. The KL plug-ins take `log p_j − log q_j` from the caller, which
+//! computes it from the logits' difference where both share the temperature.
 //!
 //! ¹ `β·(−p_j/m_j)(1−β) + (1−β)(log(q_j/m_j) + 1 − (1−β) q_j/m_j)`
 //! `= (1−β)(log(q_j/m_j) + 1 − m_j/m_j)`. The normalised JSD divides `t` and `h`
@@ -79,30 +85,32 @@ macro_rules! divergence_table {
             select(w > 0.0f32, w * log_ratio, 0.0f32)
         }
 
-        /// One class's term of `KL(p ‖ q)` as `p ln(p/q) − p + q = q·ψ(g)`, `g =
-        /// ln p − ln q`, `ψ(g) = g e^g − e^g + 1 ≥ 0` (the `−p + q` parts sum to 0):
-        /// by `ψ`'s series where `|g| < 1/2` (to `g⁹`, within 3·10⁻⁸ of the term),
-        /// where the plain form would be the difference of numbers `1/|g|` times
-        /// larger; directly elsewhere, with `p = 0` giving `q` and `q = 0 < p`
-        /// giving `+inf`.
+        /// One class's term of `KL(p ‖ q)` as `p ln(p/q) − p + q = q·ψ(g)` from
+        /// `g = ln p − ln q`, `ψ(g) = g e^g − e^g + 1 ≥ 0` (the `−p + q` parts sum
+        /// to 0): each term is `≥ 0` and of its share's size, so a sum of them
+        /// keeps f32's precision where `p ≈ q`, where `Σ p ln(p/q)` cancels terms
+        /// `1/|g|` times larger than the result. By `ψ`'s series where `|g| <
+        /// 1/4` (to `g⁷`, within 10⁻⁷ of the term; the direct form there would
+        /// lose 70 times f32's rounding); directly elsewhere, with
+        /// `p = 0` giving `q` and `q = 0 < p` giving `+inf` (and `g` NaN, both
+        /// 0, giving 0).
         $(#[$attr])*
-        pub(super) fn kl_term(p: f32, lp: f32, q: f32, lq: f32) -> f32 {
-            let g = lp - lq;
-            let s8 = g * (1.0f32 / 45360.0f32) + 1.0f32 / 5760.0f32;
-            let s7 = s8 * g + 1.0f32 / 840.0f32;
-            let s6 = s7 * g + 1.0f32 / 144.0f32;
+        pub(super) fn kl_term(p: f32, q: f32, g: f32) -> f32 {
+            let s6 = g * (1.0f32 / 840.0f32) + 1.0f32 / 144.0f32;
             let s5 = s6 * g + 1.0f32 / 30.0f32;
             let s4 = s5 * g + 0.125f32;
             let s3 = s4 * g + 1.0f32 / 3.0f32;
             let series = s3 * g + 0.5f32;
             let small = q * (g * g * series);
-            // `g` is NaN where both are 0 (the term 0) and `±inf` where one is.
             let direct = xlog(p, g) - p + q;
-            select(f32::abs(g) < 0.5f32, small, direct)
+            select(f32::abs(g) < 0.25f32, small, direct)
         }
 
         /// One divergence's `(t_j, h_j)` for one class: `p`, `q` and their
-        /// logarithms `lp`, `lq`; `mix` and `scale` as [`Kind`] says.
+        /// logarithms `lp`, `lq`, and `g = ln p − ln q` (`lp − lq`, or the
+        /// same from the logits' difference, which rounds less: see the
+        /// module docs); `mix` and `scale` as [`Kind`] says. The KLs' value terms
+        /// are [`kl_term`]s.
         $(#[$attr])*
         #[allow(clippy::too_many_arguments)]
         pub(super) fn terms(
@@ -110,16 +118,14 @@ macro_rules! divergence_table {
             lp: f32,
             q: f32,
             lq: f32,
+            g: f32,
             mix: f32,
             scale: f32,
             $($comptime)* kind: Kind,
         ) -> (f32, f32) {
             match kind {
-                Kind::ForwardKl => (xlog(p, lp - lq), 0.0f32 - p),
-                Kind::ReverseKl => {
-                    let t = xlog(q, lq - lp);
-                    (t, t)
-                }
+                Kind::ForwardKl => (kl_term(p, q, g), 0.0f32 - p),
+                Kind::ReverseKl => (kl_term(q, p, 0.0f32 - g), xlog(q, 0.0f32 - g)),
                 Kind::Jsd => {
                     let lm = ln(mix * p + (1.0f32 - mix) * q);
                     let student = xlog(q, lq - lm);
@@ -162,8 +168,13 @@ divergence_table!(#[inline(always)]; []);
 /// [`Kind`], so that the CPU row loop is monomorphised per divergence with
 /// [`terms`] inlined and its `match` folded away.
 pub(super) trait Pointwise: Copy {
-    /// `(t_j, h_j)`.
-    fn terms(self, p: f32, lp: f32, q: f32, lq: f32) -> (f32, f32);
+    /// `(t_j, h_j)`; `g = ln p − ln q` (see [`terms`]).
+    fn terms(self, p: f32, lp: f32, q: f32, lq: f32, g: f32) -> (f32, f32);
+
+    /// Whether `Σ_j h_j` over a whole distribution is −1 whatever `p` and `q`
+    /// are (forward KL's `h_j = −p_j`), so that a dense row need not sum it
+    /// (the Cube kernel skips it too).
+    fn sum_h_is_minus_one(self) -> bool;
 }
 
 macro_rules! pointwise_types {
@@ -177,8 +188,13 @@ macro_rules! pointwise_types {
         #[cfg(any(feature = "flex", feature = "ndarray"))]
         impl Pointwise for $kind {
             #[inline(always)]
-            fn terms(self, p: f32, lp: f32, q: f32, lq: f32) -> (f32, f32) {
-                terms(p, lp, q, lq, self.mix, self.scale, Kind::$kind)
+            fn terms(self, p: f32, lp: f32, q: f32, lq: f32, g: f32) -> (f32, f32) {
+                terms(p, lp, q, lq, g, self.mix, self.scale, Kind::$kind)
+            }
+
+            #[inline(always)]
+            fn sum_h_is_minus_one(self) -> bool {
+                matches!(Kind::$kind, Kind::ForwardKl)
             }
         }
     )*};
@@ -287,7 +303,9 @@ mod tests {
                 (0..4)
                     .map(|j| {
                         let (pj, qj) = (p[j] as f32, q[j] as f32);
-                        with_plugin!(plugin, |d| d.terms(pj, pj.ln(), qj, qj.ln()).0) as f64
+                        with_plugin!(plugin, |d| d
+                            .terms(pj, pj.ln(), qj, qj.ln(), pj.ln() - qj.ln())
+                            .0) as f64
                     })
                     .sum()
             };
@@ -299,7 +317,9 @@ mod tests {
                 down[j] -= eps;
                 let derivative = (total(&up) - total(&down)) / (2.0 * eps);
                 let (pj, qj) = (p[j] as f32, q[j] as f32);
-                let h = with_plugin!(plugin, |d| d.terms(pj, pj.ln(), qj, qj.ln()).1) as f64;
+                let h = with_plugin!(plugin, |d| d
+                    .terms(pj, pj.ln(), qj, qj.ln(), pj.ln() - qj.ln())
+                    .1) as f64;
                 // h_j = q_j (∂D/∂q_j − c) for one constant c per plug-in.
                 let c = derivative - h / q[j];
                 let c0 = *implied_constant.get_or_insert(c);
@@ -325,7 +345,7 @@ mod tests {
             plug(Kind::Tvd, 0.0, 1.0),
         ] {
             let inf = f32::NEG_INFINITY;
-            let (t, h) = with_plugin!(plugin, |d| d.terms(0.0, inf, 0.0, inf));
+            let (t, h) = with_plugin!(plugin, |d| d.terms(0.0, inf, 0.0, inf, inf - inf));
             assert_eq!((t, h), (0.0, 0.0), "{plugin:?}");
         }
     }
