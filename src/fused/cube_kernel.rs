@@ -974,7 +974,8 @@ pub(crate) fn dkd_rows_kernel<F: Float, G: Float, I: Int>(
             );
             acc_kl += kl_term(p_hat, q_hat, g);
             tckd_gradient = 0.0f32 - target_gap * q_hat;
-            nckd_gradient = q_hat - p_hat;
+            // NCKD is 0 without non-target mass in the teacher, and so is its gradient.
+            nckd_gradient = select(sum_v > 0.0f32, q_hat - p_hat, 0.0f32);
         }
         if comptime!(config.with_gradients) {
             write_gradient(

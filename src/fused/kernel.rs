@@ -697,9 +697,12 @@ fn dkd_row(z: &[f32], v: &[f32], y: usize, spec: &Job, scratch: &mut Scratch) ->
         *gap = q_hat - p_hat;
     }
     // A teacher that rules out every non-target class has no p̂: NCKD 0 (the
-    // terms would sum q̂ to 1).
+    // terms would sum q̂ to 1), and its gradient 0.
     let nckd = match p_rest == f64::NEG_INFINITY {
-        true => 0.0,
+        true => {
+            scratch.factors.fill(0.0);
+            0.0
+        }
         false => sum(&scratch.other),
     };
     (tckd, nckd)

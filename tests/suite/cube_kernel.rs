@@ -677,3 +677,73 @@ fn half_precision_is_computed_in_f32() {
         }
     }
 }
+
+/// A teacher that rules out every class but the target (probabilities one-hot,
+/// log-probabilities `−inf` elsewhere) has no non-target distribution: both
+/// kernels take NCKD as 0 with no gradient, and TCKD as the closed form
+/// `T²·(−ln q_y)` with gradient `T·(q_y − 1)(δ_iy − q̂_i)`, per row and entry,
+/// beside an ordinary row that matches the f64 reference (whose burn ops give
+/// NaN for the first row: its `p̂` is `0/0`).
+#[test]
+fn dkd_teacher_without_non_target_mass() {
+    let Some(gpu) = wgpu() else { return };
+    let ninf = f64::NEG_INFINITY;
+    let (t, classes) = (2.0, 4);
+    let problem = Problem {
+        rows: 2,
+        classes,
+        student: vec![0.5, -1.0, 2.0, 0.1, 1.0, 0.0, -1.0, 0.3],
+        teacher: vec![ninf, ninf, 0.0, ninf, 0.2, 1.0, 0.5, -0.5],
+        labels: Some(vec![2, 1]),
+        keep: None,
+        top_k: None,
+    };
+    // Row 0 in closed form (f64), per row (not averaged), α = 1, β = 8.
+    let z = &problem.student[..classes];
+    let scaled: Vec<f64> = z.iter().map(|x| x / t).collect();
+    let log_sum = scaled.iter().map(|s| s.exp()).sum::<f64>().ln();
+    let q_y = (scaled[2] - log_sum).exp();
+    let rest: f64 = [0, 1, 3].iter().map(|&i| scaled[i].exp()).sum();
+    let row0 = t * t * -q_y.ln();
+    let gradient0: Vec<f64> = (0..classes)
+        .map(|i| {
+            let q_hat = if i == 2 { 0.0 } else { scaled[i].exp() / rest };
+            let delta = if i == 2 { 1.0 } else { 0.0 };
+            // The total's gradient averages over the 2 rows.
+            t * (q_y - 1.0) * (delta - q_hat) / 2.0
+        })
+        .collect();
+    let f64_reference = problem.run_dkd(&dkd(t, false), &Device::flex(), DType::F64);
+    for (name, device) in [("wgpu", gpu), ("flex", Device::flex())] {
+        let got = problem.run_dkd(&dkd(t, true), &device, DType::F32);
+        let what = format!("DKD without non-target mass on {name}");
+        assert_allclose(
+            &format!("{what}: row 0"),
+            &got.rows[..1],
+            &[row0],
+            1e-5,
+            1e-6,
+        );
+        assert_allclose(
+            &format!("{what}: row 0's gradient"),
+            &got.gradient[..classes],
+            &gradient0,
+            1e-5,
+            1e-6,
+        );
+        assert_allclose(
+            &format!("{what}: row 1"),
+            &got.rows[1..],
+            &f64_reference.rows[1..],
+            1e-5,
+            1e-6,
+        );
+        assert_allclose(
+            &format!("{what}: row 1's gradient"),
+            &got.gradient[classes..2 * classes],
+            &f64_reference.gradient[classes..2 * classes],
+            1e-4,
+            1e-6,
+        );
+    }
+}
