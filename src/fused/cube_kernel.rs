@@ -926,14 +926,20 @@ pub(crate) fn dkd_rows_kernel<F: Float, G: Float, I: Int>(
         &mut shared_sum,
     );
 
+    // ln Σ e^b and ln Σ e^a over the non-target classes: u_rest of each
+    // model. (A shared rounding of both shifts every log ratio below alike,
+    // which moves the sum of `kl_term`s only by its square.)
+    let ln_sum_z = ln(sum_z);
+    let ln_sum_v = ln(sum_v);
+
     // TCKD from the binary logits [u_y, u_rest] of each model.
     let (lq_y, lq_rest) = binary_log_probs(
         (f32::cast_from(student[z_start + label]) - max_z) * inv_t,
-        ln(sum_z),
+        ln_sum_z,
     );
     let (lp_y, lp_rest) = binary_log_probs(
         (f32::cast_from(teacher[z_start + label]) - max_v) * inv_t_teacher,
-        ln(sum_v),
+        ln_sum_v,
     );
     let p_y = exp(lp_y);
     let q_y = exp(lq_y);
@@ -946,10 +952,6 @@ pub(crate) fn dkd_rows_kernel<F: Float, G: Float, I: Int>(
     let inv_sum_z = select(sum_z > 0.0f32, 1.0f32 / sum_z, 0.0f32);
     let inv_sum_v = select(sum_v > 0.0f32, 1.0f32 / sum_v, 0.0f32);
     let coef = soft_factor * inv_t;
-    // ln Σ e^b and ln Σ e^a: a shared rounding of both shifts every log ratio
-    // alike, which moves the sum of `kl_term`s only by its square.
-    let ln_sum_z = ln(sum_z);
-    let ln_sum_v = ln(sum_v);
     let same_temperature = inv_t == inv_t_teacher;
     let shift = (max_v - max_z) * inv_t + (ln_sum_v - ln_sum_z);
     let mut acc_kl = 0.0f32;

@@ -179,38 +179,26 @@ impl<B: RowEngine, C: CheckpointStrategy> FusedKd for Autodiff<B, C> {
     ) -> FloatTensor<Self> {
         // The teacher was detached by the caller: only the student is a parent.
         let teacher = teacher.into_primitive();
+        let rows = |student, with_gradients| {
+            B::rows(
+                student,
+                teacher,
+                device_labels,
+                device_indices,
+                &host,
+                &spec,
+                with_gradients,
+            )
+        };
         match Backward::<B, 1>::prepare::<C>(FusedKdBackward, [student.node()])
             .compute_bound()
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                let student = student.primitive().clone();
-                let (values, gradients) = B::rows(
-                    student,
-                    teacher,
-                    device_labels,
-                    device_indices,
-                    &host,
-                    &spec,
-                    true,
-                );
+                let (values, gradients) = rows(student.primitive().clone(), true);
                 prep.finish(gradients, values)
             }
-            OpsKind::UnTracked(prep) => {
-                let student = student.primitive().clone();
-                prep.finish(
-                    B::rows(
-                        student,
-                        teacher,
-                        device_labels,
-                        device_indices,
-                        &host,
-                        &spec,
-                        false,
-                    )
-                    .0,
-                )
-            }
+            OpsKind::UnTracked(prep) => prep.finish(rows(student.primitive().clone(), false).0),
         }
     }
 }

@@ -12,7 +12,7 @@ use burn_distill::{
     Divergence, DkdLossConfig, KdLossConfig, Reduction, SparseTeacher, Targets, TeacherOutput,
 };
 use common::{
-    EVERY_DIVERGENCE, Normals, Rng, assert_allclose, devices, devices_f64, labels,
+    EVERY_DIVERGENCE, Normals, Rng, assert_allclose, devices, devices_f64, kernel_serves, labels,
     reference_softmax, tensor2, tensor2_f64, values,
 };
 
@@ -513,8 +513,7 @@ fn dkd_fused_matches_f64_reference_at_extremes() {
     for (name, device) in devices_f64() {
         // Where the crate's feature compiles the kernel in for this backend;
         // without it `fused` takes burn ops, whose f32 rows are not this precise.
-        let kernel = (name == "flex" && cfg!(feature = "flex"))
-            || (name == "ndarray" && cfg!(feature = "ndarray"));
+        let kernel = kernel_serves(name);
         let device = device.autodiff();
         for t in [0.05, 1.0, 100.0] {
             let run = |fused: bool, make: Make| {
@@ -784,10 +783,7 @@ fn nearly_agreeing_models_keep_the_kl_precise_at_every_temperature() {
     let y = [3i64, 500, 999];
     let flex = Device::flex();
     for (name, device) in devices() {
-        let kernel = (name == "flex" && cfg!(feature = "flex"))
-            || (name == "ndarray" && cfg!(feature = "ndarray"))
-            || (name == "wgpu" && cfg!(feature = "cube-kernel"));
-        if !kernel {
+        if !kernel_serves(name) {
             continue;
         }
         for t in [1.0, 4.0, 20.0, 100.0] {

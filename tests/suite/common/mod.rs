@@ -40,6 +40,15 @@ fn wgpu_device() -> Option<Device> {
     Some(Device::wgpu(DeviceKind::DefaultDevice))
 }
 
+/// Whether this crate's fused kernel is compiled in for the device named
+/// `name` by [`devices`] (its feature for that backend): elsewhere a loss
+/// with `fused_kernel` takes burn ops.
+pub fn kernel_serves(name: &str) -> bool {
+    (name == "flex" && cfg!(feature = "flex"))
+        || (name == "ndarray" && cfg!(feature = "ndarray"))
+        || (name == "wgpu" && cfg!(feature = "cube-kernel"))
+}
+
 /// A `[rows, cols]` f32 tensor from row-major values.
 pub fn tensor2(values: &[f64], shape: [usize; 2], device: &Device) -> Tensor<2> {
     let data: Vec<f32> = values.iter().map(|&v| v as f32).collect();
