@@ -83,7 +83,7 @@ fn float_of(small: u32) -> f32 {
     f32::cast_from(small)
 }
 
-/// `e^x` for `x ≤ 0` to a few ulp, `−inf` → 0: the CPU kernel's `exp`
+/// `e^x` for `x ≤ 88` to a few ulp, `−inf` → 0: the CPU kernel's `exp`
 /// (`fused::math`, the same `exp_remainder`) with `n` rounded by `floor`, not
 /// the CPU's 1.5·2²³ trick, which a GPU compiler may fold away as
 /// `(a + c) − c = a`. A GPU's own `exp` may be off by `3 + 2|x|` ulp
@@ -425,9 +425,7 @@ pub(crate) fn kd_rows_kernel<F: Float, G: Float, I: Int>(
             let g = log_ratio(v - z, lp, lq, inv_t, shift, same_temperature);
             let (t, h) = terms(
                 exp(lp),
-                lp,
                 exp(lq),
-                lq,
                 g,
                 mix,
                 scale,
@@ -475,16 +473,7 @@ pub(crate) fn kd_rows_kernel<F: Float, G: Float, I: Int>(
                 h = 0.0f32 - p;
             } else if comptime!(config.with_gradients) {
                 q = exp(lq);
-                let (_t, factor) = terms(
-                    exp(lp),
-                    lp,
-                    q,
-                    lq,
-                    g,
-                    mix,
-                    scale,
-                    comptime!(config.divergence),
-                );
+                let (_t, factor) = terms(exp(lp), q, g, mix, scale, comptime!(config.divergence));
                 h = factor;
             }
             if comptime!(config.with_gradients) {
@@ -728,9 +717,7 @@ pub(crate) fn kd_top_k_rows_kernel<F: Float, G: Float, I: Int, J: Int>(
         let lq = (f32::cast_from(student[z_start + class]) - max_z) * inv_t - ln_sum_z;
         let (t, h) = terms(
             p,
-            lp,
             exp(lq),
-            lq,
             lp - lq,
             mix,
             scale,
@@ -758,9 +745,7 @@ pub(crate) fn kd_top_k_rows_kernel<F: Float, G: Float, I: Int, J: Int>(
     let lq_tail = select(empty_tail, ln(q_tail), lq_open);
     let (t_tail, h_tail) = terms(
         p_tail,
-        lp_tail,
         q_tail,
-        lq_tail,
         lp_tail - lq_tail,
         mix,
         scale,
@@ -790,9 +775,7 @@ pub(crate) fn kd_top_k_rows_kernel<F: Float, G: Float, I: Int, J: Int>(
                 let lp = f32::cast_from(log_probs[k_start + entry[position] as usize]);
                 let (_t, h) = terms(
                     exp(lp),
-                    lp,
                     q,
-                    lq,
                     lp - lq,
                     mix,
                     scale,

@@ -490,7 +490,7 @@ fn dense_terms<D: Pointwise>(
         } else {
             log_p - log_q
         };
-        let (term, factor) = divergence.terms(*ep_t * rp, log_p, eq * rq, log_q, log_ratio);
+        let (term, factor) = divergence.terms(*ep_t * rp, eq * rq, log_ratio);
         // e^a is not needed past this point: its slot takes the value term.
         *ep_t = term;
         *h = factor;
@@ -585,7 +585,7 @@ fn top_k_terms<D: Pointwise>(
     let bucket_factors = &mut scratch.bucket_factors;
     bucket_factors.clear();
     for &[p, lp, q, lq] in buckets.iter() {
-        let (t, h) = divergence.terms(p, lp, q, lq, lp - lq);
+        let (t, h) = divergence.terms(p, q, lp - lq);
         value += t as f64;
         sum_h += h as f64;
         bucket_factors.push(h);

@@ -22,22 +22,22 @@
 //! |---|---|---|---|
 //! | forward KL | `p_j (log p_j − log q_j) − p_j + q_j` ² | `1 − p_j / q_j` | `−p_j` |
 //! | reverse KL | `q_j (log q_j − log p_j) − q_j + p_j` ² | `log(q_j/p_j)` | `q_j (log q_j − log p_j)` |
-//! | JSD(β), `m = βp + (1−β)q` | `β p_j log(p_j/m_j) + (1−β) q_j log(q_j/m_j)` | `(1−β) log(q_j/m_j)` ¹ | `(1−β) q_j log(q_j/m_j)` |
-//! | skew forward KL, `m = αp + (1−α)q` | `p_j log(p_j/m_j)` | `−(1−α) p_j/m_j` | `−(1−α) p_j q_j/m_j` |
-//! | skew reverse KL, `m = αq + (1−α)p` | `q_j log(q_j/m_j)` | `log(q_j/m_j) + 1 − α q_j/m_j` | `q_j log(q_j/m_j) − α q_j²/m_j` |
-//! | TVD | `½ |q_j − p_j|` | `½ sign(q_j − p_j)` | `½ q_j sign(q_j − p_j)` |
+//! | JSD(β), `m = βp + (1−β)q` | `β KL_j(p‖m) + (1−β) KL_j(q‖m)` ²³ | `(1−β) log(q_j/m_j)` ¹ | `(1−β) q_j log(q_j/m_j)` |
+//! | skew forward KL, `m = αp + (1−α)q` | `KL_j(p‖m)` ²³ | `−(1−α) p_j/m_j` | `−(1−α) p_j q_j/m_j` |
+//! | skew reverse KL, `m = αq + (1−α)p` | `KL_j(q‖m)` ²³ | `log(q_j/m_j) + 1 − α q_j/m_j` | `q_j log(q_j/m_j) − α q_j²/m_j` |
+//! | TVD | `½ |q_j − p_j|`, `q_j − p_j = −q_j (e^g − 1)` where `|g| < 1/4` | `½ sign(q_j − p_j)` | `½ q_j sign(q_j − p_j)` |
 //!
 //! ² The `± p_j ∓ q_j` sum to 0 over the classes; with them each term is `≥ 0` and
-//! of its share's size ([`kl_term`]), so that the sum keeps f32's precision where
-//! `p ≈ q` (high temperatures, a student close to its teacher), where the plain
-//! terms cancel. The KL plug-ins take `log p_j − log q_j` from the caller, which
-//! computes it from the logits' difference where both share the temperature.
+//! of its share's size ([`kl_term`]; `KL_j(a‖b) = a_j log(a_j/b_j) − a_j + b_j`),
+//! so that the sum keeps f32's precision where `p ≈ q` (high temperatures, a
+//! student close to its teacher), where the plain terms cancel. The plug-ins
+//! take `g = log p_j − log q_j` from the caller, which computes it from the
+//! logits' difference where both share the temperature.
 //!
-//! ¹ `β·(−p_j/m_j)(1−β) + (1−β)(log(q_j/m_j) + 1 − (1−β) q_j/m_j)`
-//! `= (1−β)(log(q_j/m_j) + 1 − m_j/m_j)`. The normalised JSD divides `t` and `h`
-//! by `β(1−β)`; at β = 0 and 1 both JSDs are forward and reverse KL (the
-//! reference's definition), and the skews at α = 0 are the plain KLs, so those
-//! settings use the KL plug-ins.
+//! ³ `log(p_j/m_j)` and `log(q_j/m_j)` from `g` alone ([`mixture_log_ratios`]):
+//! `log(m/p) = log(1 + (1−β)(e^(−g) − 1))` by series where `g` is small,
+//! instead of the difference of two rounded logarithms, which is all
+//! rounding where `p ≈ q`.
 //!
 //! A term whose weight (`p_j` or `q_j`) is 0 is 0, never `0 · log 0` or
 //! `0 · (−inf)`: each plug-in selects 0 there, which also keeps classes that
@@ -55,8 +55,13 @@ pub(crate) enum Kind {
     ForwardKl,
     /// `KL(q ‖ p)`.
     ReverseKl,
-    /// `scale · (β KL(p‖m) + (1−β) KL(q‖m))`, `mix = β`, `0 < β < 1`.
+    /// `scale · (β KL(p‖m) + (1−β) KL(q‖m))`, `mix = β`, `1/2 ≤ β < 1`.
     Jsd,
+    /// [`Kind::Jsd`] for `0 < β < 1/2`: the mixture's log-ratios are taken
+    /// with the larger weight's model as the reference (precision), a choice
+    /// made per call, not per class (a select on it in the row loop would
+    /// stop the CPU loop's vectorisation).
+    JsdSmallBeta,
     /// `KL(p ‖ αp + (1−α)q)`, `mix = α`, `0 < α < 1`.
     SkewForwardKl,
     /// `KL(q ‖ αq + (1−α)p)`, `mix = α`, `0 < α < 1`.
@@ -70,7 +75,7 @@ pub(crate) enum Kind {
 /// `#[inline(always)]` for the CPU kernel (here, [`terms`]), `#[cube]` for
 /// the Cube kernel (`kind` then `#[comptime]`, the second argument). This is
 /// the only text of the per-class terms the kernels compute. The invoking
-/// module provides `ln` (the target's, both built on
+/// module provides `ln` and `exp` (the target's, both built on
 /// [`super::math::kernel_math`]), `select(bool, f32, f32)` and [`Kind`]
 /// (names, not macro arguments: CubeCL's expansion of a call needs the
 /// callee's name to come from the macro's own text).
@@ -106,18 +111,76 @@ macro_rules! divergence_table {
             select(f32::abs(g) < 0.25f32, small, direct)
         }
 
-        /// One divergence's `(t_j, h_j)` for one class: `p`, `q` and their
-        /// logarithms `lp`, `lq`, and `g = ln p − ln q` (`lp − lq`, or the
-        /// same from the logits' difference, which rounds less: see the
-        /// module docs); `mix` and `scale` as [`Kind`] says. The KLs' value terms
-        /// are [`kl_term`]s.
+        /// `e^x − 1` for `|x| < 1/4`, by its series to `x⁷` (within 2·10⁻⁹,
+        /// relative): precise where `e^x` rounds next to 1.
         $(#[$attr])*
-        #[allow(clippy::too_many_arguments)]
+        fn expm1_small(x: f32) -> f32 {
+            let s5 = x * (1.0f32 / 5040.0f32) + 1.0f32 / 720.0f32;
+            let s4 = s5 * x + 1.0f32 / 120.0f32;
+            let s3 = s4 * x + 1.0f32 / 24.0f32;
+            let s2 = s3 * x + 1.0f32 / 6.0f32;
+            let s1 = s2 * x + 0.5f32;
+            (s1 * x + 1.0f32) * x
+        }
+
+        /// `ln(1 + u)` for `u > −1`, given `u` and `1 + u` formed by the
+        /// caller (from terms that do not round `u` away): where `|u| < 0.3`
+        /// by the series of `2 atanh(s)`, `s = u / (2 + u)`, to `s⁹` (within
+        /// 3·10⁻⁹, relative), which keeps the digits of a small `u` that
+        /// `1 + u` rounds away; `ln(1 + u)` elsewhere.
+        $(#[$attr])*
+        fn log1p(u: f32, one_plus_u: f32) -> f32 {
+            let s = u / (2.0f32 + u);
+            let s2 = s * s;
+            let series = s2 * (1.0f32 / 9.0f32) + 1.0f32 / 7.0f32;
+            let series = series * s2 + 0.2f32;
+            let series = series * s2 + 1.0f32 / 3.0f32;
+            let series = (series * s2 + 1.0f32) * (s + s);
+            select(f32::abs(u) < 0.3f32, series, ln(one_plus_u))
+        }
+
+        /// `(ln(a/m), ln(b/m))` for the mixture `m = (1 − w)a + w·b` of two
+        /// probabilities, from `g = ln a − ln b` alone: `ln(a/m) = −ln(1 +
+        /// u)`, `u = w(e^(−g) − 1)`, with `e^(−g) − 1` by [`expm1_small`]
+        /// where `|g| < 1/4`, and [`log1p`]; where `g < −8` (`b` dominates
+        /// `m`) as `g − ln(w + (1 − w)e^g)`. `ln(b/m) = ln(a/m) − g`, and
+        /// `−ln(w + (1 − w)e^g)` where `g < −8`. Each is of its own size where
+        /// `a ≈ b`, where `ln a − ln m` would be the rounding of two logarithms:
+        /// `ln(a/m)` to a few roundings for any `w`, `ln(b/m)` for `w ≤ 1/2`
+        /// (tested); `±inf` where `a` or `b` is 0. One `exp` and one `ln`.
+        $(#[$attr])*
+        fn mixture_log_ratios(g: f32, w: f32) -> (f32, f32) {
+            let near = f32::abs(g) < 0.25f32;
+            let far = g < -8.0f32;
+            // e^g where b dominates, e^(−g) ≤ e^8 elsewhere.
+            let y = exp(select(far, g, 0.0f32 - g));
+            let e = select(near, expm1_small(0.0f32 - g), y - 1.0f32);
+            let one_plus_u = select(far, w + (1.0f32 - w) * y, (1.0f32 - w) + w * y);
+            // Where b dominates, 1 + u lies in [w, 1], so that `1 + u − 1` is exact.
+            let l = log1p(select(far, one_plus_u - 1.0f32, w * e), one_plus_u);
+            let a_over_m = select(far, g - l, 0.0f32 - l);
+            (a_over_m, select(far, 0.0f32 - l, a_over_m - g))
+        }
+
+        /// The JSD's `(t_j, h_j)` from its two log-ratios to the mixture
+        /// (`mix = β`, `scale` the normalised JSD's factor).
+        $(#[$attr])*
+        fn jsd_terms(p: f32, q: f32, p_over_m: f32, q_over_m: f32, mix: f32, scale: f32) -> (f32, f32) {
+            let m = mix * p + (1.0f32 - mix) * q;
+            let t = mix * kl_term(p, m, p_over_m) + (1.0f32 - mix) * kl_term(q, m, q_over_m);
+            (scale * t, scale * (1.0f32 - mix) * xlog(q, q_over_m))
+        }
+
+        /// One divergence's `(t_j, h_j)` for one class from `p`, `q` and `g =
+        /// ln p − ln q` (from the logits' difference where both share the
+        /// temperature, which rounds less than `ln p − ln q`: see the module
+        /// docs); `mix` and `scale` as [`Kind`] says. Every value term is a
+        /// sum of [`kl_term`]s, with the mixtures' log-ratios from
+        /// [`mixture_log_ratios`].
+        $(#[$attr])*
         pub(super) fn terms(
             p: f32,
-            lp: f32,
             q: f32,
-            lq: f32,
             g: f32,
             mix: f32,
             scale: f32,
@@ -127,26 +190,32 @@ macro_rules! divergence_table {
                 Kind::ForwardKl => (kl_term(p, q, g), 0.0f32 - p),
                 Kind::ReverseKl => (kl_term(q, p, 0.0f32 - g), xlog(q, 0.0f32 - g)),
                 Kind::Jsd => {
-                    let lm = ln(mix * p + (1.0f32 - mix) * q);
-                    let student = xlog(q, lq - lm);
-                    let t = mix * xlog(p, lp - lm) + (1.0f32 - mix) * student;
-                    (scale * t, scale * (1.0f32 - mix) * student)
+                    // m = βp + (1 − β)q = (1 − w)p + w·q, w = 1 − β ≤ 1/2.
+                    let (p_over_m, q_over_m) = mixture_log_ratios(g, 1.0f32 - mix);
+                    jsd_terms(p, q, p_over_m, q_over_m, mix, scale)
+                }
+                Kind::JsdSmallBeta => {
+                    // m = (1 − w)q + w·p, w = β < 1/2.
+                    let (q_over_m, p_over_m) = mixture_log_ratios(0.0f32 - g, mix);
+                    jsd_terms(p, q, p_over_m, q_over_m, mix, scale)
                 }
                 Kind::SkewForwardKl => {
                     let m = mix * p + (1.0f32 - mix) * q;
+                    let (p_over_m, _) = mixture_log_ratios(g, 1.0f32 - mix);
                     // m ≥ αp > 0 wherever p > 0; where p = 0 both are 0.
                     let h = select(p > 0.0f32, (mix - 1.0f32) * p * (q / m), 0.0f32);
-                    (xlog(p, lp - ln(m)), h)
+                    (kl_term(p, m, p_over_m), h)
                 }
                 Kind::SkewReverseKl => {
                     let m = mix * q + (1.0f32 - mix) * p;
-                    let t = xlog(q, lq - ln(m));
+                    let (q_over_m, _) = mixture_log_ratios(0.0f32 - g, 1.0f32 - mix);
                     // m ≥ αq > 0 wherever q > 0.
-                    let h = select(q > 0.0f32, t - mix * q * (q / m), 0.0f32);
-                    (t, h)
+                    let h = select(q > 0.0f32, xlog(q, q_over_m) - mix * q * (q / m), 0.0f32);
+                    (kl_term(q, m, q_over_m), h)
                 }
                 Kind::Tvd => {
-                    let d = q - p;
+                    // q − p = −q(e^g − 1), of its own size where p ≈ q.
+                    let d = select(f32::abs(g) < 0.25f32, 0.0f32 - q * expm1_small(g), q - p);
                     let half_sign =
                         select(d > 0.0f32, 0.5f32, select(d < 0.0f32, -0.5f32, 0.0f32));
                     (0.5f32 * f32::abs(d), q * half_sign)
@@ -159,7 +228,7 @@ macro_rules! divergence_table {
 pub(super) use divergence_table;
 
 #[cfg(any(feature = "flex", feature = "ndarray"))]
-use super::math::{ln, select};
+use super::math::{exp, ln, select};
 #[cfg(any(feature = "flex", feature = "ndarray"))]
 divergence_table!(#[inline(always)]; []);
 
@@ -169,7 +238,7 @@ divergence_table!(#[inline(always)]; []);
 /// [`terms`] inlined and its `match` folded away.
 pub(super) trait Pointwise: Copy {
     /// `(t_j, h_j)`; `g = ln p − ln q` (see [`terms`]).
-    fn terms(self, p: f32, lp: f32, q: f32, lq: f32, g: f32) -> (f32, f32);
+    fn terms(self, p: f32, q: f32, g: f32) -> (f32, f32);
 
     /// Whether `Σ_j h_j` over a whole distribution is −1 whatever `p` and `q`
     /// are (forward KL's `h_j = −p_j`), so that a dense row need not sum it
@@ -188,8 +257,8 @@ macro_rules! pointwise_types {
         #[cfg(any(feature = "flex", feature = "ndarray"))]
         impl Pointwise for $kind {
             #[inline(always)]
-            fn terms(self, p: f32, lp: f32, q: f32, lq: f32, g: f32) -> (f32, f32) {
-                terms(p, lp, q, lq, g, self.mix, self.scale, Kind::$kind)
+            fn terms(self, p: f32, q: f32, g: f32) -> (f32, f32) {
+                terms(p, q, g, self.mix, self.scale, Kind::$kind)
             }
 
             #[inline(always)]
@@ -199,7 +268,15 @@ macro_rules! pointwise_types {
         }
     )*};
 }
-pointwise_types!(ForwardKl, ReverseKl, Jsd, SkewForwardKl, SkewReverseKl, Tvd);
+pointwise_types!(
+    ForwardKl,
+    ReverseKl,
+    Jsd,
+    JsdSmallBeta,
+    SkewForwardKl,
+    SkewReverseKl,
+    Tvd
+);
 
 /// A [`Divergence`] as the kernels compute it: its [`Kind`], with the
 /// endpoint settings mapped to the plain KLs (see the module docs), and its
@@ -225,8 +302,10 @@ impl Plugin {
             | Divergence::Jsd { beta: 1.0 }
             | Divergence::JsdNormalized { beta: 1.0 }
             | Divergence::SkewReverseKl { alpha: 0.0 } => (Kind::ReverseKl, 0.0, 1.0),
-            Divergence::Jsd { beta } => (Kind::Jsd, beta, 1.0),
-            Divergence::JsdNormalized { beta } => (Kind::Jsd, beta, 1.0 / (beta * (1.0 - beta))),
+            Divergence::Jsd { beta } => (Self::jsd(beta), beta, 1.0),
+            Divergence::JsdNormalized { beta } => {
+                (Self::jsd(beta), beta, 1.0 / (beta * (1.0 - beta)))
+            }
             Divergence::SkewForwardKl { alpha } => (Kind::SkewForwardKl, alpha, 1.0),
             Divergence::SkewReverseKl { alpha } => (Kind::SkewReverseKl, alpha, 1.0),
             Divergence::Tvd => (Kind::Tvd, 0.0, 1.0),
@@ -235,6 +314,15 @@ impl Plugin {
             kind,
             mix: mix as f32,
             scale: scale as f32,
+        }
+    }
+
+    /// The JSD's kind for `0 < β < 1` (as f32, which the kernels compute in).
+    fn jsd(beta: f64) -> Kind {
+        if (beta as f32) < 0.5 {
+            Kind::JsdSmallBeta
+        } else {
+            Kind::Jsd
         }
     }
 }
@@ -255,6 +343,10 @@ macro_rules! with_plugin {
             }
             $crate::fused::pointwise::Kind::Jsd => {
                 let $d = $crate::fused::pointwise::Jsd { mix, scale };
+                $body
+            }
+            $crate::fused::pointwise::Kind::JsdSmallBeta => {
+                let $d = $crate::fused::pointwise::JsdSmallBeta { mix, scale };
                 $body
             }
             $crate::fused::pointwise::Kind::SkewForwardKl => {
@@ -290,10 +382,11 @@ mod tests {
     fn gradient_factors_match_finite_differences() {
         let p = [0.5f64, 0.2, 0.25, 0.05];
         let q = [0.1f64, 0.4, 0.3, 0.2];
-        let plugins: [(&str, Plugin); 6] = [
+        let plugins: [(&str, Plugin); 7] = [
             ("forward", plug(Kind::ForwardKl, 0.0, 1.0)),
             ("reverse", plug(Kind::ReverseKl, 0.0, 1.0)),
-            ("jsd", plug(Kind::Jsd, 0.3, 1.7)),
+            ("jsd", plug(Kind::Jsd, 0.7, 1.7)),
+            ("jsd, small beta", plug(Kind::JsdSmallBeta, 0.3, 1.7)),
             ("skew forward", plug(Kind::SkewForwardKl, 0.1, 1.0)),
             ("skew reverse", plug(Kind::SkewReverseKl, 0.4, 1.0)),
             ("tvd", plug(Kind::Tvd, 0.0, 1.0)),
@@ -303,9 +396,7 @@ mod tests {
                 (0..4)
                     .map(|j| {
                         let (pj, qj) = (p[j] as f32, q[j] as f32);
-                        with_plugin!(plugin, |d| d
-                            .terms(pj, pj.ln(), qj, qj.ln(), pj.ln() - qj.ln())
-                            .0) as f64
+                        with_plugin!(plugin, |d| d.terms(pj, qj, pj.ln() - qj.ln()).0) as f64
                     })
                     .sum()
             };
@@ -317,9 +408,7 @@ mod tests {
                 down[j] -= eps;
                 let derivative = (total(&up) - total(&down)) / (2.0 * eps);
                 let (pj, qj) = (p[j] as f32, q[j] as f32);
-                let h = with_plugin!(plugin, |d| d
-                    .terms(pj, pj.ln(), qj, qj.ln(), pj.ln() - qj.ln())
-                    .1) as f64;
+                let h = with_plugin!(plugin, |d| d.terms(pj, qj, pj.ln() - qj.ln()).1) as f64;
                 // h_j = q_j (∂D/∂q_j − c) for one constant c per plug-in.
                 let c = derivative - h / q[j];
                 let c0 = *implied_constant.get_or_insert(c);
@@ -332,6 +421,55 @@ mod tests {
         }
     }
 
+    /// The mixtures' log-ratios against f64 over `g` from −100 to 100 (and
+    /// ±inf: one model rules the class out) for weights 0.01 to 0.99: within
+    /// a few f32 roundings of their own size (`ln(b/m)` where `w ≤ 1/2`, as
+    /// the JSD takes it), and exactly `±inf` where they are.
+    #[test]
+    fn mixture_log_ratios_keep_their_own_precision() {
+        let mut worst = [(0.0f64, 0.0f32, 0.0f32); 2];
+        for w in [0.01f32, 0.1, 0.3, 0.5, 0.7, 0.9, 0.99] {
+            let mut g = -100.0f32;
+            while g <= 100.0 {
+                let (a_over_m, b_over_m) = mixture_log_ratios(g, w);
+                // ln(a/m) = −ln(1 + w(e^−g − 1)), ln(b/m) = −ln(1 + (1 − w)(e^g − 1)), in f64.
+                let (g64, w64) = (g as f64, w as f64);
+                let want = [
+                    -(w64 * (-g64).exp_m1()).ln_1p(),
+                    -((1.0 - w64) * g64.exp_m1()).ln_1p(),
+                ];
+                for (k, got) in [a_over_m, b_over_m].into_iter().enumerate() {
+                    let error = (got as f64 - want[k]).abs() / want[k].abs();
+                    if (k == 0 || w <= 0.5) && error > worst[k].0 {
+                        worst[k] = (error, g, w);
+                    }
+                }
+                // Finer steps near 0, where the series serve.
+                g += if g.abs() < 0.5 { 1.3e-3 } else { 0.0371 };
+            }
+            let (a_ruled_out, b_dominates) = mixture_log_ratios(f32::NEG_INFINITY, w);
+            assert_eq!(a_ruled_out, f32::NEG_INFINITY);
+            assert!(
+                (b_dominates as f64 + (w as f64).ln()).abs() < 1e-6,
+                "w = {w}"
+            );
+            let (a_dominates, b_ruled_out) = mixture_log_ratios(f32::INFINITY, w);
+            assert!(
+                (a_dominates as f64 + (1.0 - w as f64).ln()).abs() < 1e-6,
+                "w = {w}"
+            );
+            assert_eq!(b_ruled_out, f32::NEG_INFINITY);
+        }
+        eprintln!("worst {worst:?}");
+        for (k, (error, g, w)) in worst.into_iter().enumerate() {
+            let bound = 4.0 * f32::EPSILON as f64;
+            assert!(
+                error < bound,
+                "ratio {k}: relative error {error:e} at g = {g}, w = {w}"
+            );
+        }
+    }
+
     /// Classes that both models rule out (p = q = 0, log-probabilities −inf)
     /// contribute exactly 0 to the value and the gradient of every plug-in.
     #[test]
@@ -340,12 +478,13 @@ mod tests {
             plug(Kind::ForwardKl, 0.0, 1.0),
             plug(Kind::ReverseKl, 0.0, 1.0),
             plug(Kind::Jsd, 0.5, 1.0),
+            plug(Kind::JsdSmallBeta, 0.2, 1.0),
             plug(Kind::SkewForwardKl, 0.1, 1.0),
             plug(Kind::SkewReverseKl, 0.1, 1.0),
             plug(Kind::Tvd, 0.0, 1.0),
         ] {
             let inf = f32::NEG_INFINITY;
-            let (t, h) = with_plugin!(plugin, |d| d.terms(0.0, inf, 0.0, inf, inf - inf));
+            let (t, h) = with_plugin!(plugin, |d| d.terms(0.0, 0.0, inf - inf));
             assert_eq!((t, h), (0.0, 0.0), "{plugin:?}");
         }
     }
