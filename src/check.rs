@@ -3,15 +3,15 @@
 //! and the values, so that no bad input reaches burn.
 
 use burn::tensor::kind::Basic;
-use burn::tensor::{Bool, Device, Int, Tensor};
+use burn::tensor::{Bool, DType, Device, Int, Tensor};
 
 use crate::backend::host_backend;
 use crate::diagnostics::read_back;
 use crate::error::DistillError;
 
 /// How the checks that need tensor values — labels and top-k indices in
-/// range, probabilities not negative, a [`Reduction::GlobalCount`] of 0 with
-/// nothing kept — are made.
+/// range, probabilities not negative, a top-k row's mass at most 1, a
+/// [`Reduction::GlobalCount`] of 0 with nothing kept — are made.
 ///
 /// [`Reduction::GlobalCount`]: crate::Reduction::GlobalCount
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -317,6 +317,59 @@ pub(crate) fn check_top_k(
     }
 }
 
+/// How far above 1 a top-k row's stored mass `Σ exp(log_probs)` may round
+/// (half-precision storage rounds each log-probability by up to 2⁻⁹ of it)
+/// before the row is refused: more is not a distribution's top `k` — raw
+/// logits given as log-probabilities, say — and the kernels' tail bucket,
+/// `1 − Σ p` clamped at 0, would hide it.
+const TOP_K_MASS_SLACK: f64 = 1e-2;
+
+/// Checks that each row of a top-k teacher's log-probabilities `[N, k]` is
+/// part of a distribution: its stored mass `Σ exp(log_probs)` at most 1
+/// (within [`TOP_K_MASS_SLACK`]) and not NaN, which also refuses an entry above
+/// 0 by more than that and a NaN or `+inf` entry. One reduction; read back as
+/// `[N]` masses, or flagged on the device.
+pub(crate) fn check_top_k_log_probs(
+    log_probs: &Tensor<2>,
+    values: ValueChecks,
+) -> Result<BadPositions, DistillError> {
+    let [rows, _] = log_probs.dims();
+    let mass = log_probs
+        .clone()
+        .detach()
+        .cast(DType::F32)
+        .exp()
+        .sum_dim(1)
+        .reshape([rows]);
+    match values {
+        ValueChecks::Read => {
+            let masses = read_back(mass);
+            let bad = masses
+                .iter::<f64>()
+                .enumerate()
+                .find(|(_, mass)| mass.is_nan() || *mass > 1.0 + TOP_K_MASS_SLACK);
+            match bad {
+                Some((row, mass)) => Err(DistillError::InvalidTopK {
+                    argument: "teacher.log_probs",
+                    row,
+                    reason: format!(
+                        "its stored probabilities sum to {mass}, but Σ exp(log_probs) of a \
+                         distribution's top k is at most 1 (were logits given as log-probabilities?)"
+                    ),
+                }),
+                None => Ok(BadPositions::default()),
+            }
+        }
+        ValueChecks::OnDevice => {
+            let bad = mass
+                .clone()
+                .is_nan()
+                .bool_or(mass.greater_elem(1.0 + TOP_K_MASS_SLACK));
+            Ok(BadPositions::default().or(bad))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     //! The on-device checks run on flex here (a forward there reads, as on
@@ -442,8 +495,22 @@ mod tests {
             &device,
         );
         let log_probs = Tensor::<2>::from_floats([[-1.0, -2.0]; 6], &device);
-        let top_k = SparseTeacher::new(indices, log_probs);
+        let top_k = SparseTeacher::new(indices.clone(), log_probs.clone());
+        // Row 1's log-probabilities are logits (mass e + 1), row 4's NaN.
+        let no_distribution = log_probs
+            .slice_assign(
+                [1..2, 0..2],
+                Tensor::<2>::from_floats([[1.0, 0.0]], &device),
+            )
+            .slice_assign(
+                [4..5, 1..2],
+                Tensor::<2>::from_floats([[f32::NAN]], &device),
+            );
+        let in_range = indices.clamp(0, 3);
+        let bad_mass = SparseTeacher::new(in_range, no_distribution);
         on_device(|| {
+            let mass = kd.forward_no_reduction(z.clone(), TeacherOutput::TopK(bad_mass), y.clone());
+            nan_exactly_at(values(mass), &[1, 4], "top-k mass above 1 or NaN");
             let probs = kd.forward_no_reduction(z.clone(), TeacherOutput::Probs(p), y.clone());
             nan_exactly_at(values(probs), &[3], "negative probability");
             let top_k = kd.forward_no_reduction(z.clone(), TeacherOutput::TopK(top_k), y.clone());

@@ -9,7 +9,9 @@
 
 use burn::tensor::{DType, Int, Tensor, TensorData};
 
-use crate::check::{BadPositions, ValueChecks, check_device, check_temperature, check_top_k};
+use crate::check::{
+    BadPositions, ValueChecks, check_device, check_temperature, check_top_k, check_top_k_log_probs,
+};
 use crate::divergence::forward_kl_unchecked;
 use crate::error::{DistillError, or_panic};
 use crate::fused;
@@ -28,7 +30,9 @@ impl SparseTeacher {
     /// From stored top-k indices `[N, k]` and log-probabilities `[N, k]`: one
     /// row per position (for a language model's tokens, row `b·seq + s` is
     /// token `s` of sequence `b`: `flatten(0, 1)` of `[batch, seq, k]`). The
-    /// tail's mass is `1 − Σ exp(log_probs)` per row.
+    /// tail's mass is `1 − Σ exp(log_probs)` per row; the losses refuse a row
+    /// whose `Σ exp(log_probs)` is NaN or above 1 by more than rounding (1e-2),
+    /// naming it (raw logits given as log-probabilities, say).
     ///
     /// # Panics
     /// If the shapes differ (see [`try_new`](Self::try_new)).
@@ -161,7 +165,8 @@ impl SparseTeacher {
         classes: usize,
         values: ValueChecks,
     ) -> Result<BadPositions, DistillError> {
-        check_top_k(&self.indices, batch, classes, values)
+        let indices = check_top_k(&self.indices, batch, classes, values)?;
+        Ok(indices.union(check_top_k_log_probs(&self.log_probs, values)?))
     }
 
     /// Number of stored classes per row.

@@ -578,6 +578,40 @@ fn top_k_teacher_errors() {
         try_sparse_forward_kl(z.clone(), &twice, 1.0).unwrap_err(),
         expected
     );
+    // Log-probabilities that are no distribution's top k — raw logits given in
+    // their place (row 1's mass e^2 + e^1), a NaN (row 0) — are refused by row,
+    // where the tail bucket, clamped at 0, would hide them; rounding above 1 by
+    // less than 1e-2 is accepted.
+    let indices = Tensor::<2, Int>::from_ints([[0, 1], [2, 3]], &device());
+    let cases = [
+        ([[-1.0, -2.0], [2.0, 1.0]], 1, "sum to 10.1"),
+        ([[f32::NAN, -2.0], [-1.0, -2.0]], 0, "sum to NaN"),
+        ([[-0.69, -0.69], [-1.0, -2.0]], 0, "sum to 1.003"),
+    ];
+    for (log_probs, row, says) in cases {
+        let teacher = SparseTeacher::new(
+            indices.clone(),
+            Tensor::<2>::from_floats(log_probs, &device()),
+        );
+        let accepted = says == "sum to 1.003";
+        let err = kd.check(
+            &z,
+            &TeacherOutput::TopK(teacher.clone()),
+            &Targets::unlabelled(),
+        );
+        if accepted {
+            assert!(err.is_ok(), "{err:?}");
+            continue;
+        }
+        let err = err.unwrap_err();
+        assert!(
+            matches!(err, DistillError::InvalidTopK { argument: "teacher.log_probs", row: r, .. } if r == row),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains(says), "{err}");
+        let free = try_sparse_forward_kl(z.clone(), &teacher, 1.0).unwrap_err();
+        assert_eq!(free, err);
+    }
     let err = SparseTeacher::try_top_k(z.clone(), 5, 1.0).unwrap_err();
     assert!(
         matches!(
