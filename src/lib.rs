@@ -36,8 +36,9 @@
 //!   tensor: every forward checks them and panics with the error's message
 //!   (as burn-nn's losses do).
 //! - **Values** — labels in `0..classes` (or `ignore_index`), top-k indices in
-//!   range and distinct in each row, probabilities not negative or NaN, a [`Reduction::GlobalCount`] of
-//!   0 with tokens kept. Checking them needs the values on the host. Where the
+//!   range and distinct in each row, a top-k row's stored mass `Σ exp(log_probs)`
+//!   at most 1 and not NaN, probabilities not negative or NaN, a
+//!   [`Reduction::GlobalCount`] of 0 with tokens kept. Checking them needs the values on the host. Where the
 //!   tensors are in host memory (flex, ndarray) that is a copy, and a forward
 //!   reads them and panics as above. On a device backend (wgpu, CUDA, …) it
 //!   would make every training step wait for the device, so a forward reads
