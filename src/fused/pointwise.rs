@@ -156,7 +156,8 @@ macro_rules! divergence_table {
             let y = exp(select(far, g, 0.0f32 - g));
             let e = select(near, expm1_small(0.0f32 - g), y - 1.0f32);
             let one_plus_u = select(far, w + (1.0f32 - w) * y, (1.0f32 - w) + w * y);
-            // Where b dominates, 1 + u lies in [w, 1], so that `1 + u − 1` is exact.
+            // Where b dominates, 1 + u = w + (1 − w)e^g: `1 + u − 1` is exact
+            // wherever the series takes it (|u| < 0.3, 1 + u in (0.7, 1]).
             let l = log1p(select(far, one_plus_u - 1.0f32, w * e), one_plus_u);
             let a_over_m = select(far, g - l, 0.0f32 - l);
             (a_over_m, select(far, 0.0f32 - l, a_over_m - g))
