@@ -2,8 +2,8 @@
 //!
 //! Knowledge-distillation losses for [burn](https://burn.dev): temperature softmax,
 //! the Hinton KD loss with its `T²` scaling and any of seven divergences
-//! ([`Divergence`]), decoupled KD, top-k teachers, ensembles and the paper's
-//! generalist/specialist machinery. At its core are small pure functions over
+//! ([`Divergence`]), decoupled KD, top-k teachers, ensembles, hidden-state
+//! (feature) losses and the paper's generalist/specialist machinery. At its core are small pure functions over
 //! `Tensor`s (the reference), with [`Config`](burn::config::Config)/[`Module`](burn::module::Module)
 //! losses in burn's style on top, and a fused CPU kernel for every divergence, the
 //! top-k teacher and DKD. With the `train` feature (default), `train::Distiller`
@@ -75,6 +75,7 @@ pub mod divergence;
 pub mod dkd;
 pub mod ensemble;
 mod error;
+pub mod feature;
 mod fused;
 mod kd;
 pub mod linear;

@@ -230,6 +230,16 @@ impl Targets {
         Ok(bad)
     }
 
+    /// These targets without their labels, for losses that use only the
+    /// masks and the reduction (the feature losses).
+    pub(crate) fn without_labels(&self) -> Targets {
+        Targets {
+            labels: None,
+            labels_shape: Vec::new(),
+            ..self.clone()
+        }
+    }
+
     /// The positions that count: not padding, kept by the row mask, not
     /// labelled `ignore_index`. `None`: all of them.
     pub(crate) fn kept_rows(&self, ignore_index: Option<i64>) -> Option<Tensor<1, Bool>> {

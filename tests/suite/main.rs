@@ -14,6 +14,7 @@ mod divergences;
 mod engine_parity;
 mod ensemble;
 mod errors;
+mod features;
 mod gradients;
 mod linear;
 #[cfg(feature = "train")]
