@@ -17,6 +17,7 @@ use burn::module::{Content, DisplaySettings, Module, ModuleDisplay};
 use burn::tensor::Tensor;
 
 use crate::check::{ValueChecks, check_device, check_non_empty, check_same_shape};
+use crate::display::one_line_display;
 use crate::error::{DistillError, or_panic};
 use crate::reduction::Reducer;
 use crate::shape::{LogitsShape, flatten_rows, positions_of};
@@ -97,9 +98,7 @@ pub struct HiddenStateLoss {
 
 impl ModuleDisplay for HiddenStateLoss {
     fn custom_settings(&self) -> Option<DisplaySettings> {
-        DisplaySettings::new()
-            .with_new_line_after_attribute(false)
-            .optional()
+        one_line_display()
     }
 
     fn custom_content(&self, content: Content) -> Option<Content> {

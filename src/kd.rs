@@ -21,6 +21,7 @@ use burn::module::{Content, DisplaySettings, Module, ModuleDisplay};
 use burn::tensor::{DType, Int, Tensor};
 
 use crate::check::{BadPositions, ValueChecks, check_temperature, check_weight};
+use crate::display::one_line_display;
 use crate::divergence::Divergence;
 use crate::error::{DistillError, or_panic};
 use crate::fused::{self, FusedLoss, FusedSpec, Kernel};
@@ -215,9 +216,7 @@ pub struct KdLoss {
 
 impl ModuleDisplay for KdLoss {
     fn custom_settings(&self) -> Option<DisplaySettings> {
-        DisplaySettings::new()
-            .with_new_line_after_attribute(false)
-            .optional()
+        one_line_display()
     }
 
     fn custom_content(&self, content: Content) -> Option<Content> {

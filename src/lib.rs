@@ -71,6 +71,7 @@
 mod backend;
 mod check;
 pub mod diagnostics;
+mod display;
 pub mod divergence;
 pub mod dkd;
 pub mod ensemble;
