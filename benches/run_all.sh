@@ -38,6 +38,8 @@ for vocab in 32000 128256; do
 done
 echo "== cargo bench --bench lm_step"
 cargo bench --bench lm_step 2>&1 | grep -E "^threads|^lm_step|time:"
+echo "== cargo bench --bench features"
+cargo bench --bench features 2>&1 | grep -E "^threads|^features|time:"
 if [ -n "$python" ]; then
   echo "== PyTorch"
   "$python" benches/compare_torch.py
@@ -55,4 +57,6 @@ if [ -n "$python" ]; then
   done
   "$python" benches/compare_torch_store.py
   "$python" benches/compare_torch.py --lm
+  # torchdistill's feature losses (pip install torchdistill==1.1.5 beside torch).
+  "$python" benches/compare_torch_features.py
 fi

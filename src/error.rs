@@ -328,7 +328,12 @@ impl fmt::Display for DistillError {
             } => write!(
                 f,
                 "{left_argument} has shape {left_shape:?} but {right_argument} has shape \
-                 {right_shape:?}; they must have the same batch size and number of classes"
+                 {right_shape:?}; they must have {}",
+                match *left_argument {
+                    "student_hidden" => "the same shape",
+                    "student_features" => "the same shape but for the channels (axis 1)",
+                    _ => "the same batch size and number of classes",
+                }
             ),
             Self::TargetsLength { targets, batch } => write!(
                 f,

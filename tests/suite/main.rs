@@ -14,6 +14,7 @@ mod divergences;
 mod engine_parity;
 mod ensemble;
 mod errors;
+mod feature_parity;
 mod features;
 mod gradients;
 mod linear;

@@ -1,16 +1,6 @@
-//! Feature distillation: losses between a student's and a teacher's hidden
-//! states, per position, beside (or instead of) the losses on logits.
-//!
-//! [`HiddenStateLoss`] is the hidden-state MSE or cosine loss of DistilBERT
-//! (Sanh et al. 2019, the cosine loss on hidden states beside the soft
-//! targets), DistillKit's `hs_mse` / `hs_cosine` and NeMo's
-//! `HiddenStateCosineLoss`. It takes the positions and masks as the
-//! language-model losses take them: `[rows, d]` or `[batch, seq, d]` states,
-//! and [`Targets`] for the padding mask and the [`Reduction`](crate::Reduction).
-//! Where the widths differ, the student's states go through a trainable
-//! projection first — a `Linear` from the student's width to the teacher's, a
-//! parameter of the student (FitNets' regressor, Romero et al. 2015): the
-//! loss then compares equal widths.
+//! The hidden-state loss: a per-position distance between the student's and
+//! the teacher's hidden states, with the language-model losses' positions,
+//! masks and reductions.
 
 use burn::config::Config;
 use burn::module::{Content, DisplaySettings, Module, ModuleDisplay};
