@@ -49,7 +49,7 @@ impl RkdLossConfig {
 /// mean) and between their angles of every triple, over the batch. Student
 /// and teacher may have different widths; only the batch's structure is
 /// compared. The teacher's side gets no gradient. A term of weight 0 is not
-/// computed.
+/// computed (with both 0 the loss is 0, its gradient 0).
 ///
 /// Distances and angles come from the batch's Gram matrix (centred), not
 /// from a `batch² · width` tensor of differences: one `batch² · width`
@@ -123,14 +123,18 @@ impl RkdLoss {
         let dtype = student_embeddings.dtype();
         let student = Gram::new(student_embeddings.flatten::<2>(1, D - 1));
         let teacher = Gram::new(teacher_embeddings.detach().flatten::<2>(1, D - 1));
-        let mut loss = Tensor::<1>::zeros([1], (&student.gram.device(), student.gram.dtype()));
-        if self.distance_weight > 0.0 {
-            loss = loss + distance_term(&student, &teacher).mul_scalar(self.distance_weight);
+        // With both weights 0 the distance term (× 0) still links the loss to
+        // the student, so that `backward` finds a graph (of zero gradients).
+        let distance = (self.distance_weight > 0.0 || self.angle_weight == 0.0)
+            .then(|| distance_term(&student, &teacher).mul_scalar(self.distance_weight));
+        let angle = (self.angle_weight > 0.0)
+            .then(|| angle_term(&student, &teacher).mul_scalar(self.angle_weight));
+        match (distance, angle) {
+            (Some(distance), Some(angle)) => distance + angle,
+            (Some(term), None) | (None, Some(term)) => term,
+            (None, None) => unreachable!("one term is always computed"),
         }
-        if self.angle_weight > 0.0 {
-            loss = loss + angle_term(&student, &teacher).mul_scalar(self.angle_weight);
-        }
-        loss.cast(dtype)
+        .cast(dtype)
     }
 
     /// Checks the input as [`forward`](Self::forward) does: a rank of at

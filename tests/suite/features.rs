@@ -376,6 +376,17 @@ fn rkd_closed_forms() {
             0.0,
         );
     }
+    // Both weights 0: a loss of 0 whose backward runs, with a zero gradient.
+    let device = Device::flex().autodiff();
+    let student = tensor2(&equilateral, [3, 2], &device).require_grad();
+    let zero = RkdLossConfig::new()
+        .with_distance_weight(0.0)
+        .with_angle_weight(0.0)
+        .init()
+        .forward(student.clone(), tensor2(&teacher, [3, 2], &device));
+    assert_eq!(values(zero.clone()), vec![0.0]);
+    let grad = values(student.grad(&zero.backward()).expect("a gradient"));
+    assert!(grad.iter().all(|&g| g == 0.0), "{grad:?}");
 }
 
 /// Two equal student embeddings: the distance is at its floor and the
