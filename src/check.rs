@@ -157,6 +157,42 @@ pub(crate) fn check_non_empty(argument: &'static str, shape: &[usize]) -> Result
     }
 }
 
+/// Checks that a width (columns, features or channels) is the one expected.
+pub(crate) fn check_width(
+    argument: &'static str,
+    found: usize,
+    expected: usize,
+) -> Result<(), DistillError> {
+    if found == expected {
+        Ok(())
+    } else {
+        Err(DistillError::WidthMismatch {
+            argument,
+            found,
+            expected,
+        })
+    }
+}
+
+/// Checks that a tensor's rank is at least `min`; `requirement` names the
+/// axes it must have (`"a rank of at least 3: [batch, channels, spatial…]"`).
+pub(crate) fn check_rank(
+    argument: &'static str,
+    rank: usize,
+    min: usize,
+    requirement: &'static str,
+) -> Result<(), DistillError> {
+    if rank >= min {
+        Ok(())
+    } else {
+        Err(DistillError::InvalidParameter {
+            argument,
+            value: rank,
+            requirement,
+        })
+    }
+}
+
 /// Checks that two tensors have identical shapes.
 pub(crate) fn check_same_shape(
     left_argument: &'static str,

@@ -5,7 +5,8 @@ use burn::config::Config;
 use burn::module::{Content, DisplaySettings, Module, ModuleDisplay};
 use burn::tensor::Tensor;
 
-use crate::check::{check_device, check_non_empty};
+use super::check_same_axes_but_channels;
+use crate::check::{check_device, check_non_empty, check_rank};
 use crate::display::one_line_display;
 use crate::error::{DistillError, or_panic};
 use crate::temperature::compute_dtype;
@@ -223,34 +224,11 @@ fn check_map_rank<const D: usize>(
     argument: &'static str,
     features: &Tensor<D>,
 ) -> Result<(), DistillError> {
-    if D < 3 {
-        return Err(DistillError::InvalidParameter {
-            argument,
-            value: D,
-            requirement: "a rank of at least 3: [batch, channels, spatial…]",
-        });
-    }
+    check_rank(
+        argument,
+        D,
+        3,
+        "a rank of at least 3: [batch, channels, spatial…]",
+    )?;
     check_non_empty(argument, &features.dims())
-}
-
-/// Student and teacher features agree in every axis but the channels (1).
-pub(super) fn check_same_axes_but_channels(
-    student: &[usize],
-    teacher: &[usize],
-) -> Result<(), DistillError> {
-    let but_channels = |shape: &[usize]| {
-        let mut shape = shape.to_vec();
-        shape.remove(1);
-        shape
-    };
-    if but_channels(student) == but_channels(teacher) {
-        Ok(())
-    } else {
-        Err(DistillError::ShapeMismatch {
-            left_argument: "student_features",
-            left_shape: student.to_vec(),
-            right_argument: "teacher_features",
-            right_shape: teacher.to_vec(),
-        })
-    }
 }

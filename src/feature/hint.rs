@@ -5,9 +5,9 @@ use burn::config::Config;
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 
-use super::attention::check_same_axes_but_channels;
+use super::check_same_axes_but_channels;
 use super::projection::{FeatureProjection, FeatureProjectionConfig};
-use crate::check::{check_device, check_non_empty};
+use crate::check::{check_device, check_non_empty, check_rank, check_width};
 use crate::error::{DistillError, or_panic};
 use crate::temperature::compute_dtype;
 
@@ -128,25 +128,21 @@ impl HintLoss {
         student_features: &Tensor<D>,
         teacher_features: &Tensor<D>,
     ) -> Result<(), DistillError> {
-        if D < 2 {
-            return Err(DistillError::InvalidParameter {
-                argument: "student_features",
-                value: D,
-                requirement: "a rank of at least 2: [batch, channels, …]",
-            });
-        }
+        check_rank(
+            "student_features",
+            D,
+            2,
+            "a rank of at least 2: [batch, channels, …]",
+        )?;
         let (student, teacher) = (student_features.dims(), teacher_features.dims());
         self.regressor
             .check_width("student_features", &student, 1)?;
         check_non_empty("teacher_features", &teacher)?;
-        let teacher_channels = self.regressor.teacher_width();
-        if teacher[1] != teacher_channels {
-            return Err(DistillError::WidthMismatch {
-                argument: "teacher_features",
-                found: teacher[1],
-                expected: teacher_channels,
-            });
-        }
+        check_width(
+            "teacher_features",
+            teacher[1],
+            self.regressor.teacher_width(),
+        )?;
         check_same_axes_but_channels(&student, &teacher)?;
         check_device(
             "student_features",

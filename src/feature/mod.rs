@@ -1,7 +1,7 @@
 //! Feature distillation: losses between a student's and a teacher's
 //! intermediate outputs, beside (or instead of) the losses on logits. Every
 //! loss here detaches the teacher's side, computes f16/bf16 in f32, and
-//! refuses bad input with a [`DistillError`](crate::DistillError) naming the
+//! refuses bad input with a [`DistillError`] naming the
 //! argument.
 //!
 //! | loss | paper | compares |
@@ -32,3 +32,24 @@ pub use hidden_state::{
 pub use hint::{HintLoss, HintLossConfig};
 pub use projection::{FeatureProjection, FeatureProjectionConfig};
 pub use relation::{RkdLoss, RkdLossConfig, rkd_angle, rkd_distance};
+
+use crate::error::DistillError;
+
+/// Student and teacher features agree in every axis but the channels (1).
+fn check_same_axes_but_channels(student: &[usize], teacher: &[usize]) -> Result<(), DistillError> {
+    let but_channels = |shape: &[usize]| {
+        let mut shape = shape.to_vec();
+        shape.remove(1);
+        shape
+    };
+    if but_channels(student) == but_channels(teacher) {
+        Ok(())
+    } else {
+        Err(DistillError::ShapeMismatch {
+            left_argument: "student_features",
+            left_shape: student.to_vec(),
+            right_argument: "teacher_features",
+            right_shape: teacher.to_vec(),
+        })
+    }
+}

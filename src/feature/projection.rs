@@ -5,7 +5,7 @@ use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::{Device, Tensor};
 
-use crate::check::check_non_empty;
+use crate::check::{self, check_non_empty};
 use crate::error::{DistillError, or_panic};
 
 /// Configuration of a [`FeatureProjection`].
@@ -160,14 +160,6 @@ impl FeatureProjection {
         axis: usize,
     ) -> Result<(), DistillError> {
         check_non_empty(argument, shape)?;
-        if shape[axis] == self.student_width() {
-            Ok(())
-        } else {
-            Err(DistillError::WidthMismatch {
-                argument,
-                found: shape[axis],
-                expected: self.student_width(),
-            })
-        }
+        check::check_width(argument, shape[axis], self.student_width())
     }
 }

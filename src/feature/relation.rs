@@ -5,7 +5,7 @@ use burn::config::Config;
 use burn::module::{Content, DisplaySettings, Module, ModuleDisplay};
 use burn::tensor::Tensor;
 
-use crate::check::{check_device, check_non_empty, check_weight};
+use crate::check::{check_device, check_non_empty, check_rank, check_weight};
 use crate::display::one_line_display;
 use crate::error::{DistillError, or_panic};
 use crate::temperature::compute_dtype;
@@ -206,6 +206,8 @@ pub fn rkd_angle(student_embeddings: Tensor<2>, teacher_embeddings: Tensor<2>) -
 /// at a batch of 128, 2,048 wide; BENCHMARKS.md).
 struct Gram {
     gram: Tensor<2>,
+    /// `G_ii`, `[batch, 1]`.
+    diagonal: Tensor<2>,
     /// `‖x_j − x_i‖²`, `[batch, batch]`, at least 0.
     squared: Tensor<2>,
     /// The pairs whose points coincide within the Gram form's rounding
@@ -223,7 +225,7 @@ impl Gram {
         let diagonal = (gram.clone() * identity(batch, &gram))
             .sum_dim(1)
             .reshape([batch, 1]);
-        let norms = diagonal.clone() + diagonal.transpose();
+        let norms = diagonal.clone() + diagonal.clone().transpose();
         let squared = (norms.clone() - gram.clone().mul_scalar(2.0)).clamp_min(0.0);
         // The rounding of `G_ii + G_jj − 2 G_ij`: a few units of the dtype's
         // epsilon per √width terms of the sums, relative to `G_ii + G_jj`.
@@ -238,6 +240,7 @@ impl Gram {
             .lower_equal(norms.mul_scalar(tolerance).add_scalar(EPSILON));
         Self {
             gram,
+            diagonal,
             squared,
             coincide,
         }
@@ -279,12 +282,11 @@ impl Gram {
         let n = self.batch();
         let cube = [n, n, n];
         let g = &self.gram;
-        let diagonal = (g.clone() * identity(n, g)).sum_dim(1).reshape([n, 1, 1]);
         // G_jk − G_ij − G_ik + G_ii at (i, j, k).
         let inner = g.clone().unsqueeze_dim::<3>(0).expand(cube)
             - g.clone().unsqueeze_dim::<3>(2).expand(cube)
             - g.clone().unsqueeze_dim::<3>(1).expand(cube)
-            + diagonal.expand(cube);
+            + self.diagonal.clone().reshape([n, 1, 1]).expand(cube);
         let inverse = self
             .squared
             .clone()
@@ -326,13 +328,12 @@ fn check_pair<const D: usize>(
     student_embeddings: &Tensor<D>,
     teacher_embeddings: &Tensor<D>,
 ) -> Result<(), DistillError> {
-    if D < 2 {
-        return Err(DistillError::InvalidParameter {
-            argument: "student_embeddings",
-            value: D,
-            requirement: "a rank of at least 2: [batch, features…]",
-        });
-    }
+    check_rank(
+        "student_embeddings",
+        D,
+        2,
+        "a rank of at least 2: [batch, features…]",
+    )?;
     let (student, teacher) = (student_embeddings.dims(), teacher_embeddings.dims());
     check_non_empty("student_embeddings", &student)?;
     check_non_empty("teacher_embeddings", &teacher)?;

@@ -6,7 +6,7 @@ use burn::nn::Linear;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use super::ClassSubset;
-use crate::check::check_temperature;
+use crate::check::{check_temperature, check_width};
 use crate::error::{DistillError, or_panic};
 
 /// A specialist for the classes of a [`ClassSubset`] `S`: output `k < |S|` is
@@ -298,14 +298,5 @@ fn check_columns(
     t: &Tensor<2>,
     expected: usize,
 ) -> Result<(), DistillError> {
-    let found = t.dims()[1];
-    if found == expected {
-        Ok(())
-    } else {
-        Err(DistillError::WidthMismatch {
-            argument,
-            found,
-            expected,
-        })
-    }
+    check_width(argument, t.dims()[1], expected)
 }
