@@ -285,6 +285,21 @@ pub enum DistillError {
         /// The vocabulary size.
         vocab: usize,
     },
+    /// A feature term asked a model for an intermediate output it did not
+    /// give.
+    MissingFeature {
+        /// The name asked for.
+        name: String,
+        /// The names the model gave.
+        available: Vec<String>,
+    },
+    /// A feature term of a distiller could not be computed.
+    InFeatureTerm {
+        /// The term's name (e.g. `"hint block2"`).
+        term: String,
+        /// Why.
+        error: Box<DistillError>,
+    },
 }
 
 impl fmt::Display for DistillError {
@@ -516,6 +531,13 @@ impl fmt::Display for DistillError {
                 f,
                 "{argument} holds token {token}, outside the vocabulary (valid: 0..{vocab})"
             ),
+            Self::MissingFeature { name, available } => write!(
+                f,
+                "no feature named {name:?} (the model gave {available:?}); \
+                 a distiller's feature terms read the student's from \
+                 `Classifier::logits_and_features`, the teacher's from the teacher source"
+            ),
+            Self::InFeatureTerm { term, error } => write!(f, "feature term {term:?}: {error}"),
         }
     }
 }

@@ -122,8 +122,7 @@ impl HiddenStateLoss {
     where
         Tensor<D>: LogitsShape,
     {
-        let (values, reducer, dtype) = or_panic(self.rows(student_hidden, teacher_hidden, targets));
-        reducer.reduce(values).cast(dtype)
+        or_panic(self.try_forward(student_hidden, teacher_hidden, targets))
     }
 
     /// The distance per position, 0 where a position does not count, in the
@@ -163,6 +162,17 @@ impl HiddenStateLoss {
         let (student, teacher, positions) =
             flattened(student_hidden.clone(), teacher_hidden.clone())?;
         check_rows(&student, &teacher, targets, &positions, ValueChecks::Read).map(|_| ())
+    }
+
+    /// [`forward`](Self::forward), or the error its checks found.
+    pub(super) fn try_forward<const D: usize>(
+        &self,
+        student_hidden: Tensor<D>,
+        teacher_hidden: Tensor<D>,
+        targets: Targets,
+    ) -> Result<Tensor<1>, DistillError> {
+        let (values, reducer, dtype) = self.rows(student_hidden, teacher_hidden, targets)?;
+        Ok(reducer.reduce(values).cast(dtype))
     }
 
     /// The per-position distances and how to reduce them, after the checks.

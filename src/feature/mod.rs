@@ -19,8 +19,10 @@
 mod attention;
 mod hidden_state;
 mod hint;
+mod named;
 mod projection;
 mod relation;
+mod term;
 
 pub use attention::{
     AttentionDistance, AttentionTransferLoss, AttentionTransferLossConfig, attention_map,
@@ -30,8 +32,10 @@ pub use hidden_state::{
     hidden_state_mse,
 };
 pub use hint::{HintLoss, HintLossConfig};
+pub use named::{Feature, Features};
 pub use projection::{FeatureProjection, FeatureProjectionConfig};
 pub use relation::{RkdLoss, RkdLossConfig, rkd_angle, rkd_distance};
+pub use term::{FeatureLoss, FeatureTerm, FeatureTerms, FeatureValue, NoFeatures};
 
 use crate::error::DistillError;
 

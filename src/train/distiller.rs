@@ -11,6 +11,7 @@ use super::classifier::Classifier;
 use super::lm_loss::top1_rows;
 use super::output::DistillOutput;
 use super::teacher::TeacherSource;
+use crate::feature::{FeatureTerms, Features, NoFeatures};
 use crate::kd::KdLoss;
 use crate::loss::DistillLoss;
 use crate::targets::Targets;
@@ -20,12 +21,15 @@ use crate::teacher::TeacherOutput;
 /// [`DistillLoss`] on logits, e.g. [`DkdLoss`](crate::dkd::DkdLoss)), as a model burn's
 /// `Learner` trains: `TrainStep` runs the teacher (frozen), the student and
 /// the loss, and returns the student's gradients; `InferenceStep` does the
-/// same without gradients for validation.
+/// same without gradients for validation. Feature terms between the models'
+/// intermediate outputs join the loss with
+/// [`with_features`](Self::with_features).
 ///
-/// The student is the distiller's only parameter: the teacher source sits
-/// outside the parameters (see the [module docs](super)), so the optimizer,
-/// `fork`, records and checkpoints see the student alone. The loss's
-/// settings are constants of the module.
+/// The student (with the feature terms' projections and regressors, if any)
+/// is the distiller's only parameter: the teacher source sits outside the
+/// parameters (see the [module docs](super)), so the optimizer, `fork`,
+/// records and checkpoints see the student alone. The loss's settings are
+/// constants of the module.
 ///
 /// # Example
 /// ```
@@ -67,11 +71,12 @@ use crate::teacher::TeacherOutput;
 /// learner.optimizer_step(step.grads);
 /// ```
 #[derive(Module, Debug)]
-pub struct Distiller<S, T, L = KdLoss> {
+pub struct Distiller<S, T, L = KdLoss, F = NoFeatures> {
     student: S,
     #[module(skip)]
     teacher: T,
     loss: L,
+    features: F,
     teacher_in_validation: bool,
 }
 
@@ -88,7 +93,86 @@ where
             student,
             teacher,
             loss,
+            features: NoFeatures,
             teacher_in_validation: true,
+        }
+    }
+}
+
+impl<S, T, L, F> Distiller<S, T, L, F>
+where
+    S: Classifier,
+    T: TeacherSource<S::Input>,
+    L: DistillLoss<2, Student = Tensor<2>, Teacher = TeacherOutput>,
+    F: FeatureTerms,
+{
+    /// The distiller with `features` as its feature terms (replacing any it
+    /// had): each term's `weight · value` between the student's and the
+    /// teacher's named intermediate outputs is added to the loss. The student
+    /// gives its outputs by [`Classifier::logits_and_features`], the teacher
+    /// by [`TeacherSource::teach_with_features`] (a [`FrozenTeacher`]'s
+    /// model by its `logits_and_features`, without autodiff). The terms are
+    /// parameters of the distiller beside the student: a projection or a
+    /// [`HintLoss`](crate::feature::HintLoss)'s regressor is trained by the
+    /// optimiser and saved in the distiller's record. `features` is one
+    /// [`FeatureTerm`](crate::feature::FeatureTerm), a `Vec` of them, or a
+    /// tuple of up to four.
+    ///
+    /// Validation steps without the teacher compute no feature terms.
+    ///
+    /// [`FrozenTeacher`]: super::FrozenTeacher
+    ///
+    /// # Example
+    /// ```
+    /// use burn::module::Module;
+    /// use burn::nn::{Linear, LinearConfig};
+    /// use burn::tensor::{Device, Int, Tensor};
+    /// use burn_distill::KdLossConfig;
+    /// use burn_distill::feature::{Features, FeatureTerm, HiddenStateLossConfig};
+    /// use burn_distill::train::{ClassificationBatch, Classifier, Distiller, FrozenTeacher};
+    ///
+    /// #[derive(Module, Debug)]
+    /// struct Net {
+    ///     embed: Linear,
+    ///     out: Linear,
+    /// }
+    /// impl Classifier for Net {
+    ///     type Input = Tensor<2>;
+    ///     fn logits(&self, inputs: Tensor<2>) -> Tensor<2> {
+    ///         self.logits_and_features(inputs).0
+    ///     }
+    ///     fn logits_and_features(&self, inputs: Tensor<2>) -> (Tensor<2>, Features) {
+    ///         let embedding = self.embed.forward(inputs);
+    ///         (self.out.forward(embedding.clone()), Features::new().with("embedding", embedding))
+    ///     }
+    /// }
+    /// let device = Device::flex().autodiff();
+    /// let net = |width: usize| Net {
+    ///     embed: LinearConfig::new(4, width).init(&device),
+    ///     out: LinearConfig::new(width, 3).init(&device),
+    /// };
+    /// // The student's 6-wide embedding against the teacher's 12-wide one,
+    /// // through a trained projection, at weight 0.5.
+    /// let cosine = FeatureTerm::new("embedding", HiddenStateLossConfig::new().init())
+    ///     .with_projection(6, 12, &device)
+    ///     .with_weight(0.5);
+    /// let distiller = Distiller::new(net(6), FrozenTeacher::new(net(12)), KdLossConfig::new().init())
+    ///     .with_features(cosine);
+    /// let batch = ClassificationBatch::new(
+    ///     Tensor::<2>::ones([2, 4], &device),
+    ///     Tensor::<1, Int>::from_ints([0, 2], &device),
+    /// );
+    /// let output = distiller.forward(batch);
+    /// assert_eq!(output.features[0].name, "hidden-state embedding");
+    /// assert!(output.loss.into_scalar::<f32>().is_finite());
+    /// ```
+    pub fn with_features<G: FeatureTerms>(self, features: G) -> Distiller<S, T, L, G> {
+        Distiller {
+            student: self.student,
+            teacher: self.teacher,
+            loss: self.loss,
+            features,
+            teacher_in_validation: self.teacher_in_validation,
         }
     }
 
@@ -123,12 +207,18 @@ where
         &self.loss
     }
 
+    /// The feature terms (with their trained projections and regressors).
+    pub fn features(&self) -> &F {
+        &self.features
+    }
+
     /// A training step's forward, without the backward: the teacher, the
-    /// student and the loss's parts.
+    /// student, the loss's parts and the feature terms.
     ///
     /// # Panics
     /// If the teacher source fails (e.g. a store without the batch's
-    /// examples), or on input the loss refuses, with its message.
+    /// examples), on input the loss refuses, or when a feature term's
+    /// features are missing or refused, with the error's message.
     pub fn forward(&self, batch: ClassificationBatch<S::Input>) -> DistillOutput {
         self.forward_with(batch, true)
     }
@@ -140,28 +230,52 @@ where
         with_teacher: bool,
     ) -> DistillOutput {
         let device = batch.targets.device();
+        // The models' features are asked for only where terms read them.
+        let feature_terms = with_teacher && !self.features.is_empty();
         let teacher = with_teacher.then(|| {
-            self.teacher
-                .teach(&batch, &device)
-                .unwrap_or_else(|error| panic!("Distiller: the teacher source failed: {error}"))
+            let taught = if feature_terms {
+                self.teacher.teach_with_features(&batch, &device)
+            } else {
+                self.teacher
+                    .teach(&batch, &device)
+                    .map(|teacher| (teacher, Features::new()))
+            };
+            taught.unwrap_or_else(|error| panic!("Distiller: the teacher source failed: {error}"))
         });
         let ClassificationBatch {
             inputs, targets, ..
         } = batch;
-        let logits = self.student.logits(inputs);
+        let (logits, student_features) = if feature_terms {
+            self.student.logits_and_features(inputs)
+        } else {
+            (self.student.logits(inputs), Features::new())
+        };
         match teacher {
-            Some(teacher) => {
+            Some((teacher, teacher_features)) => {
                 let teacher_top1 = top1_rows(&teacher);
+                let mut features = Vec::new();
+                self.features
+                    .feature_values(
+                        &student_features,
+                        &teacher_features,
+                        &Targets::unlabelled(),
+                        &mut features,
+                    )
+                    .unwrap_or_else(|error| panic!("Distiller: {error}"));
                 let parts =
                     self.loss
                         .forward_parts(logits.clone(), teacher, Targets::new(targets.clone()));
+                let loss = features.iter().fold(parts.total, |loss, term| {
+                    loss + term.value.clone().mul_scalar(term.weight)
+                });
                 DistillOutput {
-                    loss: parts.total,
+                    loss,
                     soft: Some(parts.soft),
                     hard: parts.hard,
                     output: logits,
                     targets,
                     teacher_top1: Some(teacher_top1),
+                    features,
                 }
             }
             None => {
@@ -177,17 +291,19 @@ where
                     output: logits,
                     targets,
                     teacher_top1: None,
+                    features: Vec::new(),
                 }
             }
         }
     }
 }
 
-impl<S, T, L> TrainStep for Distiller<S, T, L>
+impl<S, T, L, F> TrainStep for Distiller<S, T, L, F>
 where
     S: Classifier,
     T: TeacherSource<S::Input>,
     L: DistillLoss<2, Student = Tensor<2>, Teacher = TeacherOutput>,
+    F: FeatureTerms,
 {
     type Input = ClassificationBatch<S::Input>;
     type Output = DistillOutput;
@@ -199,11 +315,12 @@ where
     }
 }
 
-impl<S, T, L> InferenceStep for Distiller<S, T, L>
+impl<S, T, L, F> InferenceStep for Distiller<S, T, L, F>
 where
     S: Classifier,
     T: TeacherSource<S::Input>,
     L: DistillLoss<2, Student = Tensor<2>, Teacher = TeacherOutput>,
+    F: FeatureTerms,
 {
     type Input = ClassificationBatch<S::Input>;
     type Output = DistillOutput;

@@ -4,6 +4,8 @@
 use std::sync::Arc;
 
 use burn::tensor::{Int, Tensor, TensorReadError};
+
+use crate::feature::FeatureValue;
 use burn::train::metric::state::{FormatOptions, NumericMetricState};
 use burn::train::metric::{
     Metric, MetricAttributes, MetricMetadata, MetricName, Numeric, NumericAttributes, NumericEntry,
@@ -148,6 +150,59 @@ impl DistillLossMetric {
 }
 
 row_average_metric!(DistillLossMetric, DistillLossInput, higher_is_better: false);
+
+/// The [`FeatureLossMetric`] input: the feature terms' values, read from a
+/// [`DistillOutput`](super::DistillOutput).
+#[derive(Debug, Clone)]
+pub struct FeatureLossInput {
+    /// Each term's value before weighting (empty: no feature terms ran).
+    pub features: Vec<FeatureValue>,
+    /// The rows they are averaged over (the metric's weight for this batch).
+    pub rows: usize,
+}
+
+/// One feature term of a distiller, before weighting, averaged over the
+/// epoch (weighted by batch rows): named `"Feature loss (<term>)"`, the term
+/// as [`FeatureTerm::name`](crate::feature::FeatureTerm::name) names it.
+/// "N/A" where the term did not run (a validation step without the teacher).
+///
+/// ```
+/// use burn::train::metric::Metric;
+/// use burn_distill::train::FeatureLossMetric;
+///
+/// let hint = FeatureLossMetric::new("hint block2");
+/// assert_eq!(hint.name().as_str(), "Feature loss (hint block2)");
+/// ```
+#[derive(Clone)]
+pub struct FeatureLossMetric {
+    term: String,
+    average: RowAverage,
+}
+
+impl FeatureLossMetric {
+    /// The metric of the term named `term`.
+    pub fn new(term: impl Into<String>) -> Self {
+        let term = term.into();
+        Self {
+            average: RowAverage::new(&format!("Feature loss ({term})"), None, 4),
+            term,
+        }
+    }
+
+    /// The batch's value of the term and its rows (`None`: it did not run).
+    fn batch_value(
+        &self,
+        input: &FeatureLossInput,
+    ) -> Result<(Option<f64>, usize), TensorReadError> {
+        let value = match input.features.iter().find(|term| term.name == self.term) {
+            Some(term) => Some(term.value.clone().mean().try_into_scalar::<f64>()?),
+            None => None,
+        };
+        Ok((value, input.rows))
+    }
+}
+
+row_average_metric!(FeatureLossMetric, FeatureLossInput, higher_is_better: false);
 
 /// The [`AgreementMetric`] input: the student's and the teacher's top-1
 /// classes of the rows (or tokens) that count.

@@ -9,7 +9,9 @@
 //! the whole batch's normaliser, and on-policy (GKD) when asked.
 //!
 //! What the user writes: [`Classifier`] for the student's and the teacher's
-//! model types (one method, their logits). It is a trait rather than closures
+//! model types (one method, their logits; a second,
+//! [`logits_and_features`](Classifier::logits_and_features), for
+//! [feature terms](Distiller::with_features)). It is a trait rather than closures
 //! because the Learner clones its model into worker threads, forks it to
 //! devices and saves it in checkpoints: the distiller must be a `Module`, and
 //! a closure can be none of these.
@@ -35,8 +37,8 @@
 //! [`DistillOutput`] adapts to burn-train's `LossMetric` (the trained total),
 //! `AccuracyMetric` and `TopKAccuracyMetric` (the student against the labels:
 //! the task, not the loss), and to this module's [`DistillLossMetric`] (the
-//! soft and hard terms separately) and [`AgreementMetric`] (student–teacher
-//! top-1 agreement).
+//! soft and hard terms separately), [`FeatureLossMetric`] (each feature
+//! term) and [`AgreementMetric`] (student–teacher top-1 agreement).
 
 mod batch;
 mod classifier;
@@ -54,7 +56,10 @@ pub use distiller::Distiller;
 pub use lm_distiller::{Completions, LmDistiller};
 pub use lm_loss::LmLoss;
 pub use lm_output::LmOutput;
-pub use metrics::{AgreementInput, AgreementMetric, DistillLossInput, DistillLossMetric, LossTerm};
+pub use metrics::{
+    AgreementInput, AgreementMetric, DistillLossInput, DistillLossMetric, FeatureLossInput,
+    FeatureLossMetric, LossTerm,
+};
 pub use output::DistillOutput;
 #[cfg(feature = "store")]
 pub use teacher::StoredTeacher;

@@ -5,24 +5,27 @@ use burn::tensor::{ExecutionError, Int, Tensor};
 use burn::train::ItemLazy;
 use burn::train::metric::{AccuracyInput, Adaptor, LossInput, TopKAccuracyInput};
 
-use super::metrics::{AgreementInput, DistillLossInput};
+use super::metrics::{AgreementInput, DistillLossInput, FeatureLossInput};
+use crate::feature::FeatureValue;
 
-/// One step's results: the loss and its two terms, the student's logits, the
+/// One step's results: the loss and its terms, the student's logits, the
 /// labels and the teacher's top-1 classes.
 ///
 /// Adapts to burn-train's `LossMetric` (the trained total), `AccuracyMetric`
 /// and `TopKAccuracyMetric` (the student against the labels), and to
-/// [`DistillLossMetric`](super::DistillLossMetric) and
+/// [`DistillLossMetric`](super::DistillLossMetric),
+/// [`FeatureLossMetric`](super::FeatureLossMetric) and
 /// [`AgreementMetric`](super::AgreementMetric).
 ///
 /// # Shapes
-/// - `loss`, `hard`, and `soft` when present: `[1]`
+/// - `loss`, `hard`, `soft` when present, and each feature value: `[1]`
 /// - `output`: `[batch, classes]`
 /// - `targets`, and `teacher_top1` when present: `[batch]`
 #[derive(Debug, Clone)]
 pub struct DistillOutput {
-    /// The loss the step trains on: `soft_weight · soft + hard_weight · hard`;
-    /// the hard term alone in a validation step run without the teacher.
+    /// The loss the step trains on: `soft_weight · soft + hard_weight · hard`
+    /// plus each feature term's `weight · value`; the hard term alone in a
+    /// validation step run without the teacher.
     pub loss: Tensor<1>,
     /// The soft term before weighting (`None` when the teacher did not run).
     pub soft: Option<Tensor<1>>,
@@ -35,6 +38,9 @@ pub struct DistillOutput {
     /// The teacher's most probable class per row (`None` when the teacher did
     /// not run).
     pub teacher_top1: Option<Tensor<1, Int>>,
+    /// The feature terms' values before weighting, in the distiller's order
+    /// (empty without feature terms, or when the teacher did not run).
+    pub features: Vec<FeatureValue>,
 }
 
 impl ItemLazy for DistillOutput {
@@ -49,6 +55,14 @@ impl ItemLazy for DistillOutput {
             output: self.output.without_autodiff(),
             targets: self.targets.without_autodiff(),
             teacher_top1: self.teacher_top1.map(Tensor::without_autodiff),
+            features: self
+                .features
+                .into_iter()
+                .map(|term| FeatureValue {
+                    value: term.value.without_autodiff(),
+                    ..term
+                })
+                .collect(),
         })
     }
 }
@@ -76,6 +90,15 @@ impl Adaptor<DistillLossInput> for DistillOutput {
         DistillLossInput {
             soft: self.soft.clone(),
             hard: self.hard.clone(),
+            rows: self.targets.dims()[0],
+        }
+    }
+}
+
+impl Adaptor<FeatureLossInput> for DistillOutput {
+    fn adapt(&self) -> FeatureLossInput {
+        FeatureLossInput {
+            features: self.features.clone(),
             rows: self.targets.dims()[0],
         }
     }

@@ -11,6 +11,7 @@ use burn::tensor::{Bool, Device, Int, Tensor};
 use super::batch::ClassificationBatch;
 use super::classifier::{Classifier, DistillInput};
 use crate::error::DistillError;
+use crate::feature::Features;
 #[cfg(feature = "store")]
 use crate::kd::KdLoss;
 use crate::linear::LinearTeacher;
@@ -36,6 +37,29 @@ pub trait TeacherSource<I>: Clone + Debug + Send + Sync + 'static {
         batch: &ClassificationBatch<I>,
         device: &Device,
     ) -> Result<TeacherOutput, DistillError>;
+
+    /// The teacher's output and its named intermediate outputs for `batch`,
+    /// from one forward, without autodiff, on `device`: what a distiller
+    /// with feature terms asks for instead of [`teach`](Self::teach). A
+    /// [`FrozenTeacher`] gives its model's
+    /// [`logits_and_features`](Classifier::logits_and_features).
+    ///
+    /// # Errors
+    /// As [`teach`](Self::teach); by default
+    /// [`DistillError::UnsupportedTeacher`], a source without features
+    /// (e.g. a store, which holds logits only).
+    fn teach_with_features(
+        &self,
+        batch: &ClassificationBatch<I>,
+        device: &Device,
+    ) -> Result<(TeacherOutput, Features), DistillError> {
+        let _ = (batch, device);
+        Err(DistillError::UnsupportedTeacher {
+            teacher: "TeacherSource::teach_with_features",
+            reason: "this teacher source gives no intermediate features for feature terms \
+                     (a FrozenTeacher gives its model's Classifier::logits_and_features)",
+        })
+    }
 }
 
 /// A live teacher model, frozen: kept in evaluation mode (`Module::valid`:
@@ -138,12 +162,14 @@ impl<T: Module> FrozenTeacher<T> {
     }
 }
 
-impl<T: Classifier> TeacherSource<T::Input> for FrozenTeacher<T> {
-    fn teach(
+impl<T: Classifier> FrozenTeacher<T> {
+    /// The copy for `device`, and `batch`'s inputs moved, constant, to
+    /// where it runs.
+    fn classifier_replica(
         &self,
         batch: &ClassificationBatch<T::Input>,
         device: &Device,
-    ) -> Result<TeacherOutput, DistillError> {
+    ) -> (&T, T::Input) {
         let replica = self.replica_for(device);
         // A teacher without parameters runs where the student does.
         let teacher_device = replica
@@ -151,10 +177,32 @@ impl<T: Classifier> TeacherSource<T::Input> for FrozenTeacher<T> {
             .first()
             .cloned()
             .unwrap_or_else(|| device.clone());
-        let logits = replica
-            .logits(batch.inputs.constant_on(&teacher_device))
-            .without_autodiff();
+        (replica, batch.inputs.constant_on(&teacher_device))
+    }
+}
+
+impl<T: Classifier> TeacherSource<T::Input> for FrozenTeacher<T> {
+    fn teach(
+        &self,
+        batch: &ClassificationBatch<T::Input>,
+        device: &Device,
+    ) -> Result<TeacherOutput, DistillError> {
+        let (replica, inputs) = self.classifier_replica(batch, device);
+        let logits = replica.logits(inputs).without_autodiff();
         Ok(TeacherOutput::Logits(on_device(logits, device)))
+    }
+
+    fn teach_with_features(
+        &self,
+        batch: &ClassificationBatch<T::Input>,
+        device: &Device,
+    ) -> Result<(TeacherOutput, Features), DistillError> {
+        let (replica, inputs) = self.classifier_replica(batch, device);
+        let (logits, features) = replica.logits_and_features(inputs);
+        Ok((
+            TeacherOutput::Logits(on_device(logits.without_autodiff(), device)),
+            features.constant_on(device),
+        ))
     }
 }
 

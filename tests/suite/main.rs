@@ -15,6 +15,8 @@ mod engine_parity;
 mod ensemble;
 mod errors;
 mod feature_parity;
+#[cfg(feature = "train")]
+mod feature_train;
 mod features;
 mod gradients;
 mod linear;
