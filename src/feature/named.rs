@@ -2,7 +2,9 @@
 //! [`Distiller`](crate::train::Distiller) reads from the student and the
 //! teacher by name.
 
-use burn::tensor::{Device, Tensor};
+#[cfg(feature = "train")]
+use burn::tensor::Device;
+use burn::tensor::Tensor;
 
 use crate::error::DistillError;
 
@@ -52,6 +54,7 @@ impl Feature {
 
     /// The same values without autodiff, on `device`: how a teacher's
     /// features reach the student's loss.
+    #[cfg(feature = "train")]
     pub(crate) fn constant_on(self, device: &Device) -> Self {
         let device = device.clone().without_autodiff();
         on_tensor!(self, |tensor| tensor
@@ -119,6 +122,7 @@ impl Features {
     }
 
     /// Every feature without autodiff, on `device`.
+    #[cfg(feature = "train")]
     pub(crate) fn constant_on(self, device: &Device) -> Self {
         Self {
             entries: self
