@@ -230,6 +230,20 @@ impl Targets {
         Ok(bad)
     }
 
+    /// These targets for positions of `shape` (e.g. a micro-batch's
+    /// `[sequences, seq]`) rather than flattened rows: the masks and weights
+    /// are the same, in row-major order.
+    #[cfg(feature = "train")]
+    pub(crate) fn with_position_shape(mut self, shape: &[usize]) -> Targets {
+        if self.labels.is_some() {
+            self.labels_shape = shape.to_vec();
+        }
+        if self.padding_mask.is_some() {
+            self.padding_shape = shape.to_vec();
+        }
+        self
+    }
+
     /// These targets without their labels, for losses that use only the
     /// masks and the reduction (the feature losses).
     pub(crate) fn without_labels(&self) -> Targets {

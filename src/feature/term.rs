@@ -24,6 +24,12 @@ pub trait FeatureLoss: Module + ModuleDisplay + Sync + 'static {
     /// What the loss is called in a term's name (e.g. `"hint"`).
     const KIND: &'static str;
 
+    /// Whether the loss reduces by the positions' weights (their masks and
+    /// the whole batch's normaliser), so that micro-batches' values sum to
+    /// the batch's; otherwise it averages over its examples, and a
+    /// micro-batch's value is weighed by its share of the batch.
+    const BY_POSITIONS: bool = false;
+
     /// The loss between `student` and `teacher`, `[1]`; `positions` says
     /// which positions of `[batch, seq, d]` hidden states count (its padding
     /// mask and reduction: the losses on logits' conventions).
@@ -90,6 +96,7 @@ two_tensor_feature_loss!(RkdLoss, "rkd");
 
 impl FeatureLoss for HiddenStateLoss {
     const KIND: &'static str = "hidden-state";
+    const BY_POSITIONS: bool = true;
 
     fn feature_loss(
         &self,
@@ -212,19 +219,26 @@ impl<L: FeatureLoss> FeatureTerm<L> {
         self.weight
     }
 
-    /// The unweighted loss between the named features.
+    /// The unweighted loss between the named features (times `batch_share`
+    /// for a loss not by positions).
     fn value(
         &self,
         student: &Features,
         teacher: &Features,
         positions: &Targets,
+        batch_share: f64,
     ) -> Result<Tensor<1>, DistillError> {
         let mut student = student.get(&self.student_feature)?.clone();
         let teacher = teacher.get(&self.teacher_feature)?.clone();
         if let Some(projection) = &self.projection {
             student = project(projection, student)?;
         }
-        self.loss.feature_loss(student, teacher, positions)
+        let value = self.loss.feature_loss(student, teacher, positions)?;
+        Ok(if L::BY_POSITIONS || batch_share == 1.0 {
+            value
+        } else {
+            value.mul_scalar(batch_share)
+        })
     }
 }
 
@@ -252,6 +266,17 @@ pub struct FeatureValue {
     pub value: Tensor<1>,
 }
 
+impl FeatureValue {
+    /// The value off the autodiff tape, for the metric thread.
+    #[cfg(feature = "train")]
+    pub(crate) fn without_autodiff(self) -> Self {
+        Self {
+            value: self.value.without_autodiff(),
+            ..self
+        }
+    }
+}
+
 /// The feature terms of a [`Distiller`](crate::train::Distiller): none
 /// ([`NoFeatures`]), one [`FeatureTerm`], a `Vec` of terms of one loss, or a
 /// tuple of up to four of these (terms of different losses).
@@ -261,7 +286,12 @@ pub trait FeatureTerms: Module + ModuleDisplay + Sync + 'static {
     fn is_empty(&self) -> bool;
 
     /// Each term's value between the student's and the teacher's features,
-    /// appended to `values` in order.
+    /// appended to `values` in order. `batch_share` is this call's share of
+    /// the step's examples (1 for a whole batch; a micro-batch's sequences
+    /// over the batch's): the factor of a loss that averages over its
+    /// examples, so that micro-batches' values sum to the batch's (a loss
+    /// [by positions](FeatureLoss::BY_POSITIONS) gets the whole batch's
+    /// weights in `positions` instead).
     ///
     /// # Errors
     /// [`DistillError::InFeatureTerm`] naming the term whose features are
@@ -271,6 +301,7 @@ pub trait FeatureTerms: Module + ModuleDisplay + Sync + 'static {
         student: &Features,
         teacher: &Features,
         positions: &Targets,
+        batch_share: f64,
         values: &mut Vec<FeatureValue>,
     ) -> Result<(), DistillError>;
 }
@@ -290,6 +321,7 @@ impl FeatureTerms for NoFeatures {
         _student: &Features,
         _teacher: &Features,
         _positions: &Targets,
+        _batch_share: f64,
         _values: &mut Vec<FeatureValue>,
     ) -> Result<(), DistillError> {
         Ok(())
@@ -306,14 +338,15 @@ impl<L: FeatureLoss> FeatureTerms for FeatureTerm<L> {
         student: &Features,
         teacher: &Features,
         positions: &Targets,
+        batch_share: f64,
         values: &mut Vec<FeatureValue>,
     ) -> Result<(), DistillError> {
-        let value = self.value(student, teacher, positions).map_err(|error| {
-            DistillError::InFeatureTerm {
+        let value = self
+            .value(student, teacher, positions, batch_share)
+            .map_err(|error| DistillError::InFeatureTerm {
                 term: self.name(),
                 error: Box::new(error),
-            }
-        })?;
+            })?;
         values.push(FeatureValue {
             name: self.name(),
             weight: self.weight,
@@ -333,10 +366,12 @@ impl<L: FeatureLoss> FeatureTerms for Vec<FeatureTerm<L>> {
         student: &Features,
         teacher: &Features,
         positions: &Targets,
+        batch_share: f64,
         values: &mut Vec<FeatureValue>,
     ) -> Result<(), DistillError> {
-        self.iter()
-            .try_for_each(|term| term.feature_values(student, teacher, positions, values))
+        self.iter().try_for_each(|term| {
+            term.feature_values(student, teacher, positions, batch_share, values)
+        })
     }
 }
 
@@ -352,9 +387,10 @@ macro_rules! tuple_feature_terms {
                 student: &Features,
                 teacher: &Features,
                 positions: &Targets,
+                batch_share: f64,
                 values: &mut Vec<FeatureValue>,
             ) -> Result<(), DistillError> {
-                $(self.$index.feature_values(student, teacher, positions, values)?;)*
+                $(self.$index.feature_values(student, teacher, positions, batch_share, values)?;)*
                 Ok(())
             }
         }

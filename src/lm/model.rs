@@ -5,6 +5,8 @@ use burn::module::{Module, ModuleDisplay};
 use burn::nn::Linear;
 use burn::tensor::{Bool, Int, Tensor};
 
+use crate::feature::Features;
+
 /// A causal language model: its last hidden states over a batch of token
 /// sequences, and the output layer that turns them into logits.
 ///
@@ -64,6 +66,51 @@ pub trait CausalLm: Module + ModuleDisplay + Sync + 'static {
         // order for both keeps a lazily initialised model the same model.
         let hidden = self.hidden(tokens, padding_mask);
         self.output_layer().forward(hidden)
+    }
+
+    /// The last hidden states, as [`hidden`](Self::hidden), and named
+    /// intermediate outputs from the same forward: what an
+    /// [`LmDistiller`](crate::train::LmDistiller)'s feature terms read
+    /// (`[batch, seq, d]` per position, or any rank from 2 to 5). By default
+    /// the last hidden states themselves, named `"hidden"`. With feature
+    /// terms the distiller takes the logits from these hidden states through
+    /// the [output layer](Self::output_layer).
+    ///
+    /// ```
+    /// # use burn::module::Module;
+    /// # use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig};
+    /// # use burn::tensor::{Bool, Device, Int, Tensor};
+    /// # use burn_distill::lm::{CausalLm, OutputLayer};
+    /// # #[derive(Module, Debug)]
+    /// # struct Bigram {
+    /// #     embedding: Embedding,
+    /// #     output: Linear,
+    /// # }
+    /// # impl CausalLm for Bigram {
+    /// #     fn hidden(&self, tokens: Tensor<2, Int>, _padding: Option<Tensor<2, Bool>>) -> Tensor<3> {
+    /// #         self.embedding.forward(tokens)
+    /// #     }
+    /// #     fn output_layer(&self) -> OutputLayer {
+    /// #         OutputLayer::from_linear(&self.output)
+    /// #     }
+    /// # }
+    /// let device = Device::flex();
+    /// let model = Bigram {
+    ///     embedding: EmbeddingConfig::new(10, 4).init(&device),
+    ///     output: LinearConfig::new(4, 10).init(&device),
+    /// };
+    /// let tokens = Tensor::<2, Int>::from_ints([[1, 2, 3]], &device);
+    /// let (hidden, features) = model.hidden_and_features(tokens, None);
+    /// assert_eq!(features.names(), ["hidden"]);
+    /// assert_eq!(features.get("hidden").unwrap().dims(), hidden.dims());
+    /// ```
+    fn hidden_and_features(
+        &self,
+        tokens: Tensor<2, Int>,
+        padding_mask: Option<Tensor<2, Bool>>,
+    ) -> (Tensor<3>, Features) {
+        let hidden = self.hidden(tokens, padding_mask);
+        (hidden.clone(), Features::new().with("hidden", hidden))
     }
 }
 

@@ -259,6 +259,7 @@ where
                         &student_features,
                         &teacher_features,
                         &Targets::unlabelled(),
+                        1.0,
                         &mut features,
                     )
                     .unwrap_or_else(|error| panic!("Distiller: {error}"));

@@ -16,6 +16,7 @@ use super::lm_output::LmOutput;
 use super::teacher::LmTeacherSource;
 use crate::divergence::check_unit_interval;
 use crate::error::DistillError;
+use crate::feature::{FeatureTerms, FeatureValue, Features, NoFeatures};
 use crate::kd::KdLoss;
 use crate::lm::{CausalLm, SamplerConfig, TokenBatch, generate};
 use crate::reduction::{PositionWeights, Reduction};
@@ -111,11 +112,12 @@ pub enum Completions {
 /// learner.optimizer_step(step.grads);
 /// ```
 #[derive(Module, Debug)]
-pub struct LmDistiller<S, T, L = KdLoss> {
+pub struct LmDistiller<S, T, L = KdLoss, F = NoFeatures> {
     student: S,
     #[module(skip)]
     teacher: T,
     loss: L,
+    features: F,
     /// Sequences per micro-batch; 0: the whole batch at once.
     micro_batch: usize,
     #[module(skip)]
@@ -141,12 +143,93 @@ where
             student,
             teacher,
             loss,
+            features: NoFeatures,
             micro_batch: 0,
             reduction: Reduction::Mean,
             teacher_in_validation: true,
             completions: Completions::Data,
             steps: Arc::new(AtomicU64::new(0)),
         }
+    }
+}
+
+impl<S, T, L, F> LmDistiller<S, T, L, F>
+where
+    S: CausalLm,
+    T: LmTeacherSource,
+    L: LmLoss,
+    F: FeatureTerms,
+{
+    /// The distiller with `features` as its feature terms (replacing any it
+    /// had), as [`Distiller::with_features`](super::Distiller::with_features):
+    /// each term's `weight · value` between the student's and the teacher's
+    /// named outputs ([`CausalLm::hidden_and_features`]; by default the last
+    /// hidden states, `"hidden"`) joins the loss, the terms' projections are
+    /// trained and saved with the student, and the teacher's features come
+    /// without autodiff ([`LmTeacherSource::teach_with_features`]).
+    ///
+    /// A [`HiddenStateLoss`](crate::feature::HiddenStateLoss) on
+    /// `[batch, seq, d]` states counts the positions the logit loss scores
+    /// (not padding, not the prompt, not a sequence's last token), reduced
+    /// with the whole batch's weights like it, so micro-batches sum to the
+    /// batch's value; a loss over examples is weighed by each micro-batch's
+    /// share of the sequences (RKD relates the examples of one micro-batch).
+    ///
+    /// # Example
+    /// ```
+    /// use burn::module::Module;
+    /// use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig};
+    /// use burn::tensor::{Bool, Device, Int, Tensor};
+    /// use burn_distill::KdLossConfig;
+    /// use burn_distill::feature::{FeatureTerm, HiddenStateDistance, HiddenStateLossConfig};
+    /// use burn_distill::lm::{CausalLm, OutputLayer, TokenBatch};
+    /// use burn_distill::train::{FrozenTeacher, LmDistiller};
+    ///
+    /// #[derive(Module, Debug)]
+    /// struct Bigram {
+    ///     embedding: Embedding,
+    ///     output: Linear,
+    /// }
+    /// impl CausalLm for Bigram {
+    ///     fn hidden(&self, tokens: Tensor<2, Int>, _padding: Option<Tensor<2, Bool>>) -> Tensor<3> {
+    ///         self.embedding.forward(tokens)
+    ///     }
+    ///     fn output_layer(&self) -> OutputLayer {
+    ///         OutputLayer::from_linear(&self.output)
+    ///     }
+    /// }
+    /// let device = Device::flex().autodiff();
+    /// let bigram = |width: usize| Bigram {
+    ///     embedding: EmbeddingConfig::new(10, width).init(&device),
+    ///     output: LinearConfig::new(width, 10).init(&device),
+    /// };
+    /// // DistilBERT's cosine between the last hidden states, 8 wide against
+    /// // the teacher's 16 through a trained projection.
+    /// let cosine = FeatureTerm::new("hidden", HiddenStateLossConfig::new().init())
+    ///     .with_projection(8, 16, &device);
+    /// let distiller = LmDistiller::new(bigram(8), FrozenTeacher::new(bigram(16)), KdLossConfig::new().init())
+    ///     .with_features(cosine);
+    /// let tokens = Tensor::<2, Int>::from_ints([[1, 2, 3, 4]], &device);
+    /// let output = distiller.forward(TokenBatch::new(tokens));
+    /// assert_eq!(output.features[0].name, "hidden-state hidden");
+    /// ```
+    pub fn with_features<G: FeatureTerms>(self, features: G) -> LmDistiller<S, T, L, G> {
+        LmDistiller {
+            student: self.student,
+            teacher: self.teacher,
+            loss: self.loss,
+            features,
+            micro_batch: self.micro_batch,
+            reduction: self.reduction,
+            teacher_in_validation: self.teacher_in_validation,
+            completions: self.completions,
+            steps: self.steps,
+        }
+    }
+
+    /// The feature terms (with their trained projections and regressors).
+    pub fn features(&self) -> &F {
+        &self.features
     }
 
     /// Runs each batch in micro-batches of `sequences` sequences (the last
@@ -284,10 +367,22 @@ where
         let mut log_probs = Vec::new();
         let mut student_top1 = Vec::new();
         let mut teacher_top1 = Vec::new();
+        let with_features = with_teacher && !self.features.is_empty();
+        let mut features: Vec<FeatureValue> = Vec::new();
         for start in (0..sequences).step_by(step) {
             let end = (start + step).min(sequences);
             let micro = batch.sequences(start..end);
-            let student = self.loss.student_input(&self.student, &micro);
+            let (student, student_features) = if with_features {
+                let (hidden, named) = self
+                    .student
+                    .hidden_and_features(micro.tokens.clone(), micro.padding_mask.clone());
+                (self.loss.student_from_hidden(&self.student, hidden), named)
+            } else {
+                (
+                    self.loss.student_input(&self.student, &micro),
+                    Features::new(),
+                )
+            };
             let weights = weights.get_or_insert_with(|| {
                 let dtype = self.loss.compute_dtype(&student);
                 targets.position_weights(keep.as_ref(), &[sequences, seq], dtype)
@@ -298,10 +393,38 @@ where
                 .expect("next-token targets have labels")
                 .clone();
             let teacher = with_teacher.then(|| {
-                self.loss
-                    .teacher_input(&self.teacher, &micro, &device)
-                    .unwrap_or_else(|e| fail(e))
+                let taught = if with_features {
+                    self.teacher.teach_with_features(&micro, &device).and_then(
+                        |(teacher, named)| {
+                            Ok((self.loss.teacher_from_linear(teacher, &micro)?, named))
+                        },
+                    )
+                } else {
+                    self.loss
+                        .teacher_input(&self.teacher, &micro, &device)
+                        .map(|teacher| (teacher, Features::new()))
+                };
+                taught.unwrap_or_else(|e| fail(e))
             });
+            let (teacher, teacher_features) = match teacher {
+                Some((teacher, named)) => (Some(teacher), named),
+                None => (None, Features::new()),
+            };
+            let mut micro_features = Vec::new();
+            if with_features {
+                // The positions the logit loss scores, with the batch's weights.
+                let positions = chunk.clone().with_position_shape(&[end - start, seq]);
+                let share = (end - start) as f64 / sequences as f64;
+                self.features
+                    .feature_values(
+                        &student_features,
+                        &teacher_features,
+                        &positions,
+                        share,
+                        &mut micro_features,
+                    )
+                    .unwrap_or_else(|e| fail(e));
+            }
             if let Some(teacher) = &teacher {
                 self.loss
                     .check(&student, teacher, &chunk)
@@ -324,6 +447,10 @@ where
                     hard
                 }
             };
+            let total = micro_features.iter().fold(total, |total, term| {
+                total + term.value.clone().mul_scalar(term.weight)
+            });
+            add_feature_values(&mut features, micro_features);
             if backward {
                 let grads = GradientsParams::from_grads(total.backward(), self);
                 accumulator.accumulate(self, grads);
@@ -344,16 +471,33 @@ where
                 Tensor::<1, burn::tensor::Int>::ones([sequences * seq], &device).equal_elem(1)
             }),
             on_policy,
+            features,
         };
         (output, backward.then(|| accumulator.grads()))
     }
 }
 
-impl<S, T, L> TrainStep for LmDistiller<S, T, L>
+/// `micro`'s feature values added, term by term, to the batch's `sums`
+/// (detached: the micro-batch's total carries the graph).
+fn add_feature_values(sums: &mut Vec<FeatureValue>, micro: Vec<FeatureValue>) {
+    if sums.is_empty() {
+        sums.extend(micro.into_iter().map(|term| FeatureValue {
+            value: term.value.detach(),
+            ..term
+        }));
+    } else {
+        for (sum, term) in sums.iter_mut().zip(micro) {
+            sum.value = sum.value.clone() + term.value.detach();
+        }
+    }
+}
+
+impl<S, T, L, F> TrainStep for LmDistiller<S, T, L, F>
 where
     S: CausalLm,
     T: LmTeacherSource,
     L: LmLoss,
+    F: FeatureTerms,
 {
     type Input = TokenBatch;
     type Output = LmOutput;
@@ -370,11 +514,12 @@ where
     }
 }
 
-impl<S, T, L> InferenceStep for LmDistiller<S, T, L>
+impl<S, T, L, F> InferenceStep for LmDistiller<S, T, L, F>
 where
     S: CausalLm,
     T: LmTeacherSource,
     L: LmLoss,
+    F: FeatureTerms,
 {
     type Input = TokenBatch;
     type Output = LmOutput;

@@ -28,6 +28,23 @@ pub trait LmLoss: DistillLoss<2> {
     /// The student's output for `batch`, flattened to rows.
     fn student_input<S: CausalLm>(&self, student: &S, batch: &TokenBatch) -> Self::Student;
 
+    /// The student's output from its last hidden states `[micro, seq, d]`
+    /// and its output layer, flattened to rows: the input when the
+    /// distiller's feature terms took the hidden states from
+    /// [`hidden_and_features`](CausalLm::hidden_and_features).
+    fn student_from_hidden<S: CausalLm>(&self, student: &S, hidden: Tensor<3>) -> Self::Student;
+
+    /// The teacher's output from [`LmTeacherSource::teach_with_features`]'
+    /// hidden states (or logits, or top-k rows), flattened to rows.
+    ///
+    /// # Errors
+    /// If its positions are not the batch's.
+    fn teacher_from_linear(
+        &self,
+        teacher: LinearTeacher<3>,
+        batch: &TokenBatch,
+    ) -> Result<Self::Teacher, DistillError>;
+
     /// The teacher's output for `batch`, flattened to rows, on `device`.
     ///
     /// # Errors
@@ -141,6 +158,31 @@ macro_rules! logits_lm_loss {
                 flatten_rows(student.logits(batch.tokens.clone(), batch.padding_mask.clone()))
             }
 
+            fn student_from_hidden<S: CausalLm>(
+                &self,
+                student: &S,
+                hidden: Tensor<3>,
+            ) -> Tensor<2> {
+                flatten_rows(student.output_layer().forward(hidden))
+            }
+
+            fn teacher_from_linear(
+                &self,
+                teacher: LinearTeacher<3>,
+                batch: &TokenBatch,
+            ) -> Result<TeacherOutput, DistillError> {
+                let teacher = match teacher {
+                    LinearTeacher::Hidden {
+                        hidden,
+                        weight,
+                        bias,
+                    } => TeacherOutput::Logits(OutputLayer { weight, bias }.forward(hidden)),
+                    LinearTeacher::Logits(logits) => TeacherOutput::Logits(logits),
+                    LinearTeacher::TopK(sparse) => TeacherOutput::TopK(sparse),
+                };
+                teacher_rows(teacher, batch)
+            }
+
             fn teacher_input<T: LmTeacherSource>(
                 &self,
                 teacher: &T,
@@ -180,6 +222,10 @@ logits_lm_loss!(DkdLoss, |_| None);
 impl LmLoss for FusedLinearKdLoss {
     fn student_input<S: CausalLm>(&self, student: &S, batch: &TokenBatch) -> LinearStudent {
         let hidden = student.hidden(batch.tokens.clone(), batch.padding_mask.clone());
+        self.student_from_hidden(student, hidden)
+    }
+
+    fn student_from_hidden<S: CausalLm>(&self, student: &S, hidden: Tensor<3>) -> LinearStudent {
         let OutputLayer { weight, bias } = student.output_layer();
         LinearStudent {
             hidden: flatten_rows(hidden),
@@ -188,16 +234,22 @@ impl LmLoss for FusedLinearKdLoss {
         }
     }
 
+    fn teacher_from_linear(
+        &self,
+        teacher: LinearTeacher<3>,
+        batch: &TokenBatch,
+    ) -> Result<LinearTeacher, DistillError> {
+        let [sequences, seq] = batch.dims();
+        teacher.into_rows(&[sequences, seq])
+    }
+
     fn teacher_input<T: LmTeacherSource>(
         &self,
         teacher: &T,
         batch: &TokenBatch,
         device: &Device,
     ) -> Result<LinearTeacher, DistillError> {
-        let [sequences, seq] = batch.dims();
-        teacher
-            .teach_linear(batch, device)?
-            .into_rows(&[sequences, seq])
+        self.teacher_from_linear(teacher.teach_linear(batch, device)?, batch)
     }
 
     fn student_scores(

@@ -6,7 +6,8 @@ use burn::tensor::{Bool, ExecutionError, Int, Tensor};
 use burn::train::ItemLazy;
 use burn::train::metric::{Adaptor, LossInput, PerplexityInput};
 
-use super::metrics::{AgreementInput, DistillLossInput};
+use super::metrics::{AgreementInput, DistillLossInput, FeatureLossInput};
+use crate::feature::FeatureValue;
 
 /// One step's results: the loss and its two terms, and per token (the
 /// batch's `[batch, seq]` positions flattened) the student's log-probability
@@ -15,11 +16,12 @@ use super::metrics::{AgreementInput, DistillLossInput};
 ///
 /// Adapts to burn-train's `LossMetric` (the trained total) and
 /// `PerplexityMetric` (the student's, over the counted tokens), and to
-/// [`DistillLossMetric`](super::DistillLossMetric) and
+/// [`DistillLossMetric`](super::DistillLossMetric),
+/// [`FeatureLossMetric`](super::FeatureLossMetric) and
 /// [`AgreementMetric`](super::AgreementMetric) (per counted token).
 ///
 /// # Shapes
-/// - `loss`, `hard`, and `soft` when present: `[1]`
+/// - `loss`, `hard`, `soft` when present, and each feature value: `[1]`
 /// - `token_log_probs`, `student_top1`, `counted`, and `teacher_top1` when
 ///   present: `[batch · seq]`
 #[derive(Debug, Clone)]
@@ -44,6 +46,10 @@ pub struct LmOutput {
     /// Whether the batch's completions were sampled from the student
     /// (on-policy GKD) rather than taken from the data.
     pub on_policy: bool,
+    /// The feature terms' values before weighting, summed over the
+    /// micro-batches (the batch's value), in the distiller's order (empty
+    /// without feature terms, or when the teacher did not run).
+    pub features: Vec<FeatureValue>,
 }
 
 impl LmOutput {
@@ -67,6 +73,11 @@ impl ItemLazy for LmOutput {
             teacher_top1: self.teacher_top1.map(Tensor::without_autodiff),
             counted: self.counted.without_autodiff(),
             on_policy: self.on_policy,
+            features: self
+                .features
+                .into_iter()
+                .map(FeatureValue::without_autodiff)
+                .collect(),
         })
     }
 }
@@ -100,6 +111,15 @@ impl Adaptor<DistillLossInput> for LmOutput {
         DistillLossInput {
             soft: self.soft.clone(),
             hard: self.hard.clone(),
+            rows: self.counted_rows().dims()[0],
+        }
+    }
+}
+
+impl Adaptor<FeatureLossInput> for LmOutput {
+    fn adapt(&self) -> FeatureLossInput {
+        FeatureLossInput {
+            features: self.features.clone(),
             rows: self.counted_rows().dims()[0],
         }
     }

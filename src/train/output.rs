@@ -58,10 +58,7 @@ impl ItemLazy for DistillOutput {
             features: self
                 .features
                 .into_iter()
-                .map(|term| FeatureValue {
-                    value: term.value.without_autodiff(),
-                    ..term
-                })
+                .map(FeatureValue::without_autodiff)
                 .collect(),
         })
     }

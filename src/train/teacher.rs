@@ -241,6 +241,30 @@ pub trait LmTeacherSource: Clone + Debug + Send + Sync + 'static {
             }
         }
     }
+
+    /// The teacher's output, as [`teach_linear`](Self::teach_linear), and
+    /// its named intermediate outputs from the same forward, without
+    /// autodiff, on `device`: what an [`LmDistiller`](super::LmDistiller)
+    /// with feature terms asks for. A [`FrozenTeacher`] gives its model's
+    /// [`hidden_and_features`](CausalLm::hidden_and_features) and output
+    /// layer.
+    ///
+    /// # Errors
+    /// As [`teach`](Self::teach); by default
+    /// [`DistillError::UnsupportedTeacher`], a source without features (a
+    /// store).
+    fn teach_with_features(
+        &self,
+        batch: &TokenBatch,
+        device: &Device,
+    ) -> Result<(LinearTeacher<3>, Features), DistillError> {
+        let _ = (batch, device);
+        Err(DistillError::UnsupportedTeacher {
+            teacher: "LmTeacherSource::teach_with_features",
+            reason: "this teacher source gives no intermediate features for feature terms \
+                     (a FrozenTeacher gives its model's CausalLm::hidden_and_features)",
+        })
+    }
 }
 
 impl<T: CausalLm> FrozenTeacher<T> {
@@ -280,13 +304,35 @@ impl<T: CausalLm> LmTeacherSource for FrozenTeacher<T> {
         device: &Device,
     ) -> Result<LinearTeacher<3>, DistillError> {
         let (replica, tokens, padding) = self.lm_replica(batch, device);
-        let hidden = replica.hidden(tokens, padding).without_autodiff();
-        let OutputLayer { weight, bias } = replica.output_layer();
-        Ok(LinearTeacher::Hidden {
-            hidden: on_device(hidden, device),
-            weight: on_device(weight.without_autodiff(), device),
-            bias: bias.map(|bias| on_device(bias.without_autodiff(), device)),
-        })
+        let hidden = replica.hidden(tokens, padding);
+        Ok(linear_teacher(replica, hidden, device))
+    }
+
+    fn teach_with_features(
+        &self,
+        batch: &TokenBatch,
+        device: &Device,
+    ) -> Result<(LinearTeacher<3>, Features), DistillError> {
+        let (replica, tokens, padding) = self.lm_replica(batch, device);
+        let (hidden, features) = replica.hidden_and_features(tokens, padding);
+        Ok((
+            linear_teacher(replica, hidden, device),
+            features.constant_on(device),
+        ))
+    }
+}
+
+/// `hidden` and `teacher`'s output layer, without autodiff, on `device`.
+fn linear_teacher<T: CausalLm>(
+    teacher: &T,
+    hidden: Tensor<3>,
+    device: &Device,
+) -> LinearTeacher<3> {
+    let OutputLayer { weight, bias } = teacher.output_layer();
+    LinearTeacher::Hidden {
+        hidden: on_device(hidden.without_autodiff(), device),
+        weight: on_device(weight.without_autodiff(), device),
+        bias: bias.map(|bias| on_device(bias.without_autodiff(), device)),
     }
 }
 

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use burn::data::dataloader::DataLoaderBuilder;
 use burn::data::dataloader::batcher::Batcher;
 use burn::data::dataset::InMemDataset;
-use burn::module::{Module, ModuleVisitor, Param, ParamId};
+use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Linear, LinearConfig, PaddingConfig2d};
 use burn::optim::{AdamConfig, GradientsParams};
@@ -27,7 +27,7 @@ use burn_distill::train::{
 };
 use burn_distill::{DistillError, KdLoss, KdLossConfig};
 
-use crate::common::{Normals, assert_close, values};
+use crate::common::{GradientPairs, Normals, Params, assert_close, params, values};
 
 const SIDE: usize = 5;
 const CLASSES: usize = 4;
@@ -126,39 +126,6 @@ fn batch(rows: usize, seed: u64, device: &Device) -> ClassificationBatch<Tensor<
         x,
         Tensor::<1, Int>::from_data(TensorData::new(labels, [rows]), device),
     )
-}
-
-/// Every float parameter of a module, flattened, with its id, in order.
-#[derive(Default)]
-struct Params(Vec<(ParamId, Vec<usize>, Tensor<1>)>);
-
-impl ModuleVisitor for Params {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        let tensor = param.val();
-        let dims = tensor.dims().to_vec();
-        self.0.push((param.id, dims, tensor.flatten(0, D - 1)));
-    }
-}
-
-fn params<M: Module>(module: &M) -> Params {
-    let mut params = Params::default();
-    module.visit(&mut params);
-    params
-}
-
-/// Each float parameter's gradient in two sets of gradients, by id.
-struct GradientPairs<'a> {
-    step: &'a GradientsParams,
-    hand: &'a GradientsParams,
-    pairs: Vec<(Vec<f64>, Vec<f64>)>,
-}
-
-impl ModuleVisitor for GradientPairs<'_> {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        let step = self.step.get::<D>(param.id).expect("a step gradient");
-        let hand = self.hand.get::<D>(param.id).expect("a hand gradient");
-        self.pairs.push((values(step), values(hand)));
-    }
 }
 
 /// `[batch, c, h, w]` maps through the 1×1 regressor `weight` `[c, o]`,
@@ -435,6 +402,7 @@ fn refusal(terms: &impl FeatureTerms, student: Features, teacher: Features) -> D
             &student,
             &teacher,
             &burn_distill::Targets::unlabelled(),
+            1.0,
             &mut Vec::new(),
         )
         .expect_err("refused")

@@ -827,3 +827,184 @@ fn a_stored_teacher_serves_token_sequences_as_the_live_one_does() {
     let message = panic.downcast_ref::<String>().cloned().unwrap_or_default();
     assert!(message.contains("batch.examples"), "{message}");
 }
+
+#[test]
+fn a_hidden_state_term_in_micro_batches_equals_the_whole_batch_written_out() {
+    use burn_distill::feature::{FeatureTerm, HiddenStateDistance, HiddenStateLossConfig};
+    use burn_distill::train::FeatureLossMetric;
+
+    // The ragged batch's counted positions, from its lengths and prompts:
+    // position t counts where its next token t + 1 is a completion token.
+    let (lengths, prompts) = ([2, 3, 6, 6], [1, 1, 2, 1]);
+    let counted: Vec<bool> = (0..24)
+        .map(|i| {
+            let (b, t) = (i / 6, i % 6);
+            t + 1 >= prompts[b] && t + 1 < lengths[b]
+        })
+        .collect();
+    let per_sequence: Vec<usize> = (0..4)
+        .map(|b| counted[b * 6..][..6].iter().filter(|&&c| c).count())
+        .collect();
+    assert_eq!(per_sequence, [1, 2, 4, 5]);
+    const WEIGHT: f64 = 0.8;
+    for (name, device) in devices_f64() {
+        let autodiff = device.clone().autodiff();
+        let student = TinyLm::new(1, &autodiff, DType::F64);
+        let teacher = TinyLm::new(2, &device, DType::F64);
+        let batch = ragged_batch(&autodiff);
+        let kd = KdLossConfig::new()
+            .with_temperature(2.0)
+            .with_hard_weight(0.3)
+            .init();
+        for (distance, reduction) in [
+            (HiddenStateDistance::Cosine, Reduction::Mean),
+            (HiddenStateDistance::Mse, Reduction::SequenceMean),
+        ] {
+            // Each position's weight in the reduced loss, by hand.
+            let weights: Vec<f64> = (0..24)
+                .map(|i| match (counted[i], reduction) {
+                    (false, _) => 0.0,
+                    (true, Reduction::Mean) => 1.0 / 12.0,
+                    (true, _) => 1.0 / (4.0 * per_sequence[i / 6] as f64),
+                })
+                .collect();
+            for micro in [0, 1, 3] {
+                let what = format!("{name} {distance:?} {reduction:?}, micro-batches of {micro}");
+                autodiff.seed(8);
+                let term = FeatureTerm::new(
+                    "hidden",
+                    HiddenStateLossConfig::new().with_distance(distance).init(),
+                )
+                .with_projection(WIDTH, WIDTH, &autodiff)
+                .with_weight(WEIGHT);
+                let distiller = LmDistiller::new(
+                    student.clone(),
+                    FrozenTeacher::new(teacher.clone()),
+                    kd.clone(),
+                )
+                .with_reduction(reduction)
+                .with_micro_batch(micro)
+                .with_features(term);
+                let step = TrainStep::step(&distiller, batch.clone());
+
+                // The whole batch written out: the KD loss on the logits plus
+                // the weighted per-position distance after the projection.
+                let projection = crate::common::params(distiller.features());
+                let [(_, _, w), (_, _, b)] = [0, 1].map(|i| projection.0[i].clone());
+                let hidden = student.hidden(batch.tokens.clone(), batch.padding_mask.clone());
+                let teacher_hidden = teacher
+                    .hidden(batch.tokens.clone().without_autodiff(), None)
+                    .without_autodiff();
+                let logits = student.output_layer().forward(hidden.clone());
+                let teacher_logits = teacher.output_layer().forward(teacher_hidden.clone());
+                let targets = batch
+                    .next_token_targets()
+                    .unwrap()
+                    .with_reduction(reduction);
+                let kd_value = kd.forward(logits, TeacherOutput::Logits(teacher_logits), targets);
+                // The projection's weights are f32: the states go through it in f32.
+                let rows = hidden.reshape([24, WIDTH]).cast(DType::F32);
+                let projected = (rows.matmul(w.reshape([WIDTH, WIDTH])) + b.reshape([1, WIDTH]))
+                    .cast(DType::F64);
+                let t = teacher_hidden.reshape([24, WIDTH]);
+                let distances = match distance {
+                    HiddenStateDistance::Mse => {
+                        (projected - t).powi_scalar(2).mean_dim(1).reshape([24])
+                    }
+                    HiddenStateDistance::Cosine => {
+                        let dot = (projected.clone() * t.clone()).sum_dim(1);
+                        let norms = projected.powi_scalar(2).sum_dim(1).sqrt()
+                            * t.powi_scalar(2).sum_dim(1).sqrt();
+                        (dot * norms.recip()).neg().add_scalar(1.0).reshape([24])
+                    }
+                };
+                let weights = Tensor::<1>::from_data(
+                    TensorData::new(weights.clone(), [24]),
+                    (&autodiff, DType::F64),
+                );
+                let term_value = (distances * weights).sum();
+                let total = kd_value + term_value.clone().mul_scalar(WEIGHT);
+                let hand = GradientsParams::from_grads(total.backward(), &distiller);
+
+                assert_close(
+                    &format!("{what}: loss"),
+                    &[scalar(step.item.loss.clone())],
+                    &[scalar(total)],
+                    1e-6,
+                );
+                assert_eq!(step.item.features.len(), 1);
+                assert_close(
+                    &format!("{what}: the term's value"),
+                    &[scalar(step.item.features[0].value.clone())],
+                    &[scalar(term_value)],
+                    1e-6,
+                );
+                let mut pairs = crate::common::GradientPairs {
+                    step: &step.grads,
+                    hand: &hand,
+                    pairs: Vec::new(),
+                };
+                distiller.visit(&mut pairs);
+                assert_eq!(
+                    pairs.pairs.len(),
+                    5,
+                    "the student's 3 and the projection's 2"
+                );
+                for (i, (step, hand)) in pairs.pairs.iter().enumerate() {
+                    assert_close(&format!("{what}: parameter {i} gradient"), step, hand, 1e-5);
+                }
+                // The metric: the term over the counted tokens.
+                let meta = MetricMetadata {
+                    progress: burn::data::dataloader::Progress::new(1, 1, None),
+                    iteration: Some(0),
+                    lr: None,
+                };
+                let mut metric = FeatureLossMetric::new("hidden-state hidden");
+                metric.update(&step.item.adapt(), &meta).unwrap();
+                assert_close(
+                    &format!("{what}: metric"),
+                    &[metric.value().unwrap().current()],
+                    &[scalar(step.item.features[0].value.clone())],
+                    1e-9,
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn a_stored_teacher_has_no_features_for_feature_terms() {
+    let device = Device::flex().autodiff();
+    let student = TinyLm::new(1, &device, DType::F32);
+    #[derive(Clone, Debug)]
+    struct LogitsOnly(TinyLm);
+    impl burn_distill::train::LmTeacherSource for LogitsOnly {
+        fn teach(
+            &self,
+            batch: &TokenBatch,
+            _device: &Device,
+        ) -> Result<TeacherOutput<3>, DistillError> {
+            Ok(TeacherOutput::Logits(
+                self.0
+                    .logits(batch.tokens.clone().without_autodiff(), None)
+                    .without_autodiff(),
+            ))
+        }
+    }
+    let teacher = LogitsOnly(TinyLm::new(2, &Device::flex(), DType::F32));
+    let distiller = LmDistiller::new(student, teacher, KdLossConfig::new().init()).with_features(
+        burn_distill::feature::FeatureTerm::new(
+            "hidden",
+            burn_distill::feature::HiddenStateLossConfig::new().init(),
+        ),
+    );
+    let panic = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        TrainStep::step(&distiller, ragged_batch(&device)).item
+    }))
+    .expect_err("refused");
+    let message = panic.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(
+        message.starts_with("LmDistiller: ") && message.contains("teach_with_features"),
+        "{message}"
+    );
+}

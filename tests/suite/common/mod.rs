@@ -2,6 +2,8 @@
 //! construction and read-back, a seeded random source, and tolerance checks.
 #![allow(dead_code)]
 
+use burn::module::{Module, ModuleVisitor, Param, ParamId};
+use burn::optim::GradientsParams;
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
 /// The devices every device-generic f32 test runs on, chosen at run time:
@@ -198,3 +200,36 @@ pub const EVERY_DIVERGENCE: [burn_distill::Divergence; 8] = {
         Divergence::Tvd,
     ]
 };
+
+/// Every float parameter of a module, flattened, with its id, in order.
+#[derive(Default)]
+pub struct Params(pub Vec<(ParamId, Vec<usize>, Tensor<1>)>);
+
+impl ModuleVisitor for Params {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let tensor = param.val();
+        let dims = tensor.dims().to_vec();
+        self.0.push((param.id, dims, tensor.flatten(0, D - 1)));
+    }
+}
+
+pub fn params<M: Module>(module: &M) -> Params {
+    let mut params = Params::default();
+    module.visit(&mut params);
+    params
+}
+
+/// Each float parameter's gradient in two sets of gradients, by id.
+pub struct GradientPairs<'a> {
+    pub step: &'a GradientsParams,
+    pub hand: &'a GradientsParams,
+    pub pairs: Vec<(Vec<f64>, Vec<f64>)>,
+}
+
+impl ModuleVisitor for GradientPairs<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let step = self.step.get::<D>(param.id).expect("a step gradient");
+        let hand = self.hand.get::<D>(param.id).expect("a hand gradient");
+        self.pairs.push((values(step), values(hand)));
+    }
+}
