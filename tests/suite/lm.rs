@@ -334,6 +334,16 @@ fn the_sampler_refuses_bad_prompts_and_settings() {
 
 // ---------------------------------------------------------- micro-batches
 
+/// The micro-batch tests' f64 student (on `device`'s autodiff), teacher
+/// (on `device`) and [`ragged_batch`] (on the autodiff device).
+fn f64_pair(device: &Device) -> (TinyLm, TinyLm, TokenBatch) {
+    let autodiff = device.clone().autodiff();
+    let student = TinyLm::new(1, &autodiff, DType::F64);
+    let teacher = TinyLm::new(2, device, DType::F64);
+    let batch = ragged_batch(&autodiff);
+    (student, teacher, batch)
+}
+
 /// Four sequences of 6 with unequal padding (lengths 2, 3, 6, 6) and a
 /// prompt of one or two tokens: 1, 2, 4 and 5 predictions counted.
 fn ragged_batch(device: &Device) -> TokenBatch {
@@ -384,10 +394,7 @@ fn direct(
 #[test]
 fn micro_batches_give_the_whole_batchs_loss_and_gradient() {
     for (name, device) in devices_f64() {
-        let autodiff = device.clone().autodiff();
-        let student = TinyLm::new(1, &autodiff, DType::F64);
-        let teacher = TinyLm::new(2, &device, DType::F64);
-        let batch = ragged_batch(&autodiff);
+        let (student, teacher, batch) = f64_pair(&device);
         for divergence in [
             Divergence::ForwardKl,
             Divergence::ReverseKl,
@@ -435,10 +442,7 @@ fn dividing_each_micro_batch_by_its_own_tokens_would_not_give_the_whole_batch() 
     // each half divided by its own counted tokens (3 and 9), then averaged
     // (burn-train's accumulation sums them: twice that again).
     let device = Device::flex();
-    let autodiff = device.clone().autodiff();
-    let student = TinyLm::new(1, &autodiff, DType::F64);
-    let teacher = TinyLm::new(2, &device, DType::F64);
-    let batch = ragged_batch(&autodiff);
+    let (student, teacher, batch) = f64_pair(&device);
     let loss = KdLossConfig::new().with_temperature(2.0).init();
     let (whole, _) = direct(&student, &teacher, &loss, &batch, Reduction::Mean);
     let half = |range| {
@@ -469,10 +473,7 @@ fn dividing_each_micro_batch_by_its_own_tokens_would_not_give_the_whole_batch() 
 #[test]
 fn the_fused_linear_loss_from_hidden_states_equals_the_dense_one_in_micro_batches() {
     for (name, device) in devices_f64() {
-        let autodiff = device.clone().autodiff();
-        let student = TinyLm::new(1, &autodiff, DType::F64);
-        let teacher = TinyLm::new(2, &device, DType::F64);
-        let batch = ragged_batch(&autodiff);
+        let (student, teacher, batch) = f64_pair(&device);
         let kd = KdLossConfig::new()
             .with_divergence(Divergence::ReverseKl)
             .with_temperature(1.5)
@@ -849,9 +850,7 @@ fn a_hidden_state_term_in_micro_batches_equals_the_whole_batch_written_out() {
     const WEIGHT: f64 = 0.8;
     for (name, device) in devices_f64() {
         let autodiff = device.clone().autodiff();
-        let student = TinyLm::new(1, &autodiff, DType::F64);
-        let teacher = TinyLm::new(2, &device, DType::F64);
-        let batch = ragged_batch(&autodiff);
+        let (student, teacher, batch) = f64_pair(&device);
         let kd = KdLossConfig::new()
             .with_temperature(2.0)
             .with_hard_weight(0.3)
