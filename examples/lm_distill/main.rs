@@ -1,7 +1,8 @@
 //! Distil a tiny GPT on a real English corpus, end to end, through burn's
 //! Learner: a 4-layer teacher trained here (and cached) on the Brown corpus,
 //! a 2-layer student of half its width, and one row per way of distilling —
-//! hard labels only, dense KD with forward KL, reverse KL and JSD, the same
+//! hard labels only, dense KD with forward KL, reverse KL and JSD, forward KL
+//! with a hidden-state cosine term (DistilBERT's) beside it, the same
 //! through `FusedLinearKdLoss` from hidden states, a top-k teacher store at
 //! k = 8 and k = 64, on-policy GKD and sequence-level KD — each from the same
 //! student initialisation over the same data order.
@@ -28,6 +29,7 @@ use burn::optim::AdamConfig;
 use burn::store::{BurnpackStore, ModuleSnapshot};
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use burn::train::{InferenceStep, Learner};
+use burn_distill::feature::{FeatureTerm, FeatureTerms, HiddenStateLossConfig, NoFeatures};
 use burn_distill::lm::{CausalLm, SamplerConfig, TokenBatch, generate};
 use burn_distill::store::{StorePrecision, TeacherStore, TeacherStoreConfig};
 use burn_distill::train::{
@@ -103,6 +105,11 @@ struct Cli {
     /// Training steps of each student row (default: the plan's).
     #[arg(long)]
     student_steps: Option<usize>,
+    /// Run only the student rows of these names (comma-separated, as the
+    /// table prints them, e.g. `--only "hard (seed 0),dense FKL"`); the
+    /// teacher is trained or loaded as always. Default: every row.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
     /// Trains nothing: prints the table of a JSON written earlier and draws
     /// its figure again, into `--out`.
     #[arg(long, value_name = "JSON")]
@@ -448,7 +455,18 @@ struct Run<'a> {
     teacher: Option<&'a Gpt>,
     device: &'a Device,
     steps: usize,
+    /// The rows to run (`--only`); empty: all.
+    only: &'a [String],
 }
+
+impl Run<'_> {
+    fn wants(&self, name: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|n| n == name)
+    }
+}
+
+/// What [`distil`] returns for a row `--only` leaves out.
+const SKIPPED: &str = "row skipped by --only";
 
 #[allow(clippy::too_many_arguments)]
 fn distil<T: LmTeacherSource, L: LmLoss>(
@@ -462,16 +480,49 @@ fn distil<T: LmTeacherSource, L: LmLoss>(
     stream: &Sequences,
     prompt: Option<usize>,
 ) -> Result<(Gpt, Row), String> {
+    distil_with_features(
+        run,
+        name,
+        what,
+        student,
+        teacher_source,
+        loss,
+        NoFeatures,
+        completions,
+        stream,
+        prompt,
+    )
+}
+
+/// [`distil`] with feature terms beside the loss.
+#[allow(clippy::too_many_arguments)]
+fn distil_with_features<T: LmTeacherSource, L: LmLoss, F: FeatureTerms>(
+    run: &Run,
+    name: &str,
+    what: &str,
+    student: Gpt,
+    teacher_source: T,
+    loss: L,
+    features: F,
+    completions: Completions,
+    stream: &Sequences,
+    prompt: Option<usize>,
+) -> Result<(Gpt, Row), String> {
+    if !run.wants(name) {
+        return Err(SKIPPED.into());
+    }
     let Run {
         plan,
         data,
         teacher,
         device,
         steps,
+        ..
     } = *run;
     let mut seconds = 0.0;
     let mut peak = 0usize;
     let distiller = LmDistiller::new(student, teacher_source, loss)
+        .with_features(features)
         .with_micro_batch(plan.micro_batch)
         .with_completions(completions)
         .map_err(|e| e.to_string())?;
@@ -562,6 +613,7 @@ fn teacher(
             teacher: None,
             device,
             steps: plan.teacher_steps,
+            only: &[],
         },
         "teacher",
         "hard labels",
@@ -662,6 +714,7 @@ fn run(cli: &Cli) -> Result<Report, String> {
         teacher: Some(&teacher),
         device: &device,
         steps,
+        only: &cli.only,
     };
     let frozen = FrozenTeacher::new(teacher.clone());
     let kd = |divergence| {
@@ -684,7 +737,10 @@ fn run(cli: &Cli) -> Result<Report, String> {
     );
     // Adds a row; returns its test perplexity.
     let mut row = |result: Result<(Gpt, Row), String>| -> Result<f64, String> {
-        let row = result?.1;
+        let row = match result {
+            Err(e) if e == SKIPPED => return Ok(f64::INFINITY),
+            other => other?.1,
+        };
         let perplexity = row.test_perplexity;
         rows.push(row);
         Ok(perplexity)
@@ -738,6 +794,26 @@ fn run(cli: &Cli) -> Result<Report, String> {
         &data.train,
         None,
     ))?;
+    // DistilBERT's cosine between the last hidden states beside the soft
+    // targets, through a trained projection from the student's width to the
+    // teacher's.
+    let cosine = FeatureTerm::new("hidden", HiddenStateLossConfig::new().init()).with_projection(
+        plan.student.d_model,
+        plan.teacher.d_model,
+        &device,
+    );
+    row(distil_with_features(
+        &shared,
+        "dense FKL + cosine",
+        "KdLoss + hidden-state cosine",
+        student(cli.seed),
+        frozen.clone(),
+        kd(Divergence::ForwardKl).init(),
+        cosine,
+        Completions::Data,
+        &data.train,
+        None,
+    ))?;
     let fused = FusedLinearKdLossConfig::new(kd(Divergence::ForwardKl))
         // 64 tokens' logits at a time (1 MB at the full vocabulary): the auto
         // chunk (4M logits) would hold a whole micro-batch.
@@ -755,6 +831,9 @@ fn run(cli: &Cli) -> Result<Report, String> {
         None,
     ))?;
     for k in [8, 64] {
+        if !shared.wants(&format!("top-{k} store FKL")) {
+            continue;
+        }
         let store = store(
             &teacher,
             &data,
@@ -807,62 +886,64 @@ fn run(cli: &Cli) -> Result<Report, String> {
         Some(plan.prompt),
     ))?;
     // Sequence-level KD: the teacher completes training prompts once.
-    let start = Instant::now();
-    let mut sampled = Vec::new();
-    for first in (0..plan.seq_kd_sequences).step_by(64) {
-        let n = 64.min(plan.seq_kd_sequences - first);
-        let prompts: Vec<Vec<usize>> = (first..first + n)
-            .map(|i| {
-                let row = &data.train.rows[i % data.train.rows.len()];
-                row[..plan.prompt.min(row.len() - 1)].to_vec()
-            })
-            .collect();
-        let batch = generate(
-            &teacher,
-            &prompts,
-            &sampler.clone().with_seed(cli.seed + first as u64),
-            &plain,
-        )
-        .map_err(|e| e.to_string())?;
-        let tokens: Vec<i64> = batch.tokens.into_data().iter::<i64>().collect();
-        let padding: Vec<bool> = batch
-            .padding_mask
-            .expect("generate pads")
-            .into_data()
-            .iter::<bool>()
-            .collect();
-        let length = tokens.len() / n;
-        for s in 0..n {
-            let row: Vec<usize> = (0..length)
-                .take_while(|&t| !padding[s * length + t])
-                .map(|t| tokens[s * length + t] as usize)
+    if shared.wants("seq-KD") {
+        let start = Instant::now();
+        let mut sampled = Vec::new();
+        for first in (0..plan.seq_kd_sequences).step_by(64) {
+            let n = 64.min(plan.seq_kd_sequences - first);
+            let prompts: Vec<Vec<usize>> = (first..first + n)
+                .map(|i| {
+                    let row = &data.train.rows[i % data.train.rows.len()];
+                    row[..plan.prompt.min(row.len() - 1)].to_vec()
+                })
                 .collect();
-            sampled.push(row);
+            let batch = generate(
+                &teacher,
+                &prompts,
+                &sampler.clone().with_seed(cli.seed + first as u64),
+                &plain,
+            )
+            .map_err(|e| e.to_string())?;
+            let tokens: Vec<i64> = batch.tokens.into_data().iter::<i64>().collect();
+            let padding: Vec<bool> = batch
+                .padding_mask
+                .expect("generate pads")
+                .into_data()
+                .iter::<bool>()
+                .collect();
+            let length = tokens.len() / n;
+            for s in 0..n {
+                let row: Vec<usize> = (0..length)
+                    .take_while(|&t| !padding[s * length + t])
+                    .map(|t| tokens[s * length + t] as usize)
+                    .collect();
+                sampled.push(row);
+            }
         }
+        println!(
+            "sequence-level KD: {} teacher completions in {:.0} s",
+            sampled.len(),
+            start.elapsed().as_secs_f64()
+        );
+        debug_assert!(sampled.iter().all(|r| r[0] == BOS));
+        let words: Vec<&str> = sampled[0].iter().map(|&t| data.vocab.word(t)).collect();
+        println!("  e.g. \"{}\"", words.join(" "));
+        let teacher_data = Sequences {
+            rows: sampled,
+            context: plan.context,
+        };
+        row(distil(
+            &shared,
+            "seq-KD",
+            "hard labels on the teacher's completions",
+            student(cli.seed),
+            none,
+            hard,
+            Completions::Data,
+            &teacher_data,
+            None,
+        ))?;
     }
-    println!(
-        "sequence-level KD: {} teacher completions in {:.0} s",
-        sampled.len(),
-        start.elapsed().as_secs_f64()
-    );
-    debug_assert!(sampled.iter().all(|r| r[0] == BOS));
-    let words: Vec<&str> = sampled[0].iter().map(|&t| data.vocab.word(t)).collect();
-    println!("  e.g. \"{}\"", words.join(" "));
-    let teacher_data = Sequences {
-        rows: sampled,
-        context: plan.context,
-    };
-    row(distil(
-        &shared,
-        "seq-KD",
-        "hard labels on the teacher's completions",
-        student(cli.seed),
-        none,
-        hard,
-        Completions::Data,
-        &teacher_data,
-        None,
-    ))?;
     Ok(Report {
         quick: cli.quick,
         backend: format!("{:?}", cli.backend),

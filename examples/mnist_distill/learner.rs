@@ -25,9 +25,10 @@ use burn::train::renderer::{
 };
 use burn::train::{Learner, SupervisedTraining};
 use burn_distill::KdLoss;
+use burn_distill::feature::FeatureTerms;
 use burn_distill::train::{
-    AgreementMetric, ClassificationBatch, Classifier, DistillLossMetric, Distiller, FrozenTeacher,
-    StoredTeacher, TeacherSource,
+    AgreementMetric, ClassificationBatch, Classifier, DistillLossMetric, Distiller,
+    FeatureLossMetric, FrozenTeacher, StoredTeacher, TeacherSource,
 };
 
 use crate::data::{PIXELS, Split};
@@ -73,31 +74,40 @@ pub fn distill(
     };
     let student = init.clone();
     match teacher {
-        Teacher::Live(teacher) => run.launch(Distiller::new(
-            student,
-            FrozenTeacher::new(teacher.clone()),
-            loss.clone(),
-        )),
+        Teacher::Live(teacher) => run.launch(
+            Distiller::new(student, FrozenTeacher::new(teacher.clone()), loss.clone()),
+            &[],
+        ),
         // The store holds the teacher on the training images only.
-        Teacher::Stored(store) => run
-            .launch(Distiller::new(student, store, loss.clone()).with_teacher_in_validation(false)),
+        Teacher::Stored(store) => run.launch(
+            Distiller::new(student, store, loss.clone()).with_teacher_in_validation(false),
+            &[],
+        ),
     }
 }
 
 /// What a Learner run is given besides the distiller.
-struct Run<'a> {
-    settings: &'a TrainSettings,
-    train: &'a Split,
-    test: &'a Split,
-    out: &'a std::path::Path,
-    device: &'a Device,
+pub struct Run<'a> {
+    pub settings: &'a TrainSettings,
+    pub train: &'a Split,
+    pub test: &'a Split,
+    pub out: &'a std::path::Path,
+    pub device: &'a Device,
 }
 
 impl Run<'_> {
-    fn launch<T: TeacherSource<Tensor<2>>>(
+    /// Trains the distiller's student; `feature_terms` names its feature
+    /// terms, each reported as a metric and on the epoch lines.
+    pub fn launch<S, T, F>(
         &self,
-        distiller: Distiller<Mlp, T>,
-    ) -> (Mlp, Vec<EpochRecord>) {
+        distiller: Distiller<S, T, KdLoss, F>,
+        feature_terms: &[String],
+    ) -> (S, Vec<EpochRecord>)
+    where
+        S: Classifier<Input = Tensor<2>>,
+        T: TeacherSource<Tensor<2>>,
+        F: FeatureTerms,
+    {
         let Run {
             settings,
             train,
@@ -121,7 +131,7 @@ impl Run<'_> {
         let learner = Learner::new(distiller, AdamConfig::new().init(), scheduler);
 
         let history = Arc::new(Mutex::new(Vec::new()));
-        let training = SupervisedTraining::new(out.join("learner"), loader_train, loader_valid)
+        let mut training = SupervisedTraining::new(out.join("learner"), loader_train, loader_valid)
             .num_epochs(settings.epochs)
             .metric_train_numeric(LossMetric::new())
             .metric_train_numeric(DistillLossMetric::soft())
@@ -132,11 +142,15 @@ impl Run<'_> {
             .metric_valid_numeric(AgreementMetric::new())
             .metric_valid_numeric(AccuracyMetric::new())
             .with_application_logger(None);
+        for term in feature_terms {
+            training = training.metric_train_numeric(FeatureLossMetric::new(term.clone()));
+        }
         let training = match dashboard(&training) {
             Some(renderer) => training.renderer(renderer),
             None => training.renderer(Box::new(EpochLines::new(
                 settings.epochs,
                 test.len(),
+                feature_terms.to_vec(),
                 history.clone(),
             ))),
         };
@@ -220,6 +234,8 @@ impl Batcher<Digit, ClassificationBatch<Tensor<2>>> for MnistBatcher {
 struct EpochLines {
     epochs: usize,
     test_rows: usize,
+    /// The feature terms' names, whose metrics the lines add.
+    feature_terms: Vec<String>,
     names: HashMap<MetricId, String>,
     /// (split, metric name) → (weighted sum, count) over the current epoch.
     sums: HashMap<(String, String), (f64, usize)>,
@@ -230,10 +246,16 @@ struct EpochLines {
 }
 
 impl EpochLines {
-    fn new(epochs: usize, test_rows: usize, history: Arc<Mutex<Vec<EpochRecord>>>) -> Self {
+    fn new(
+        epochs: usize,
+        test_rows: usize,
+        feature_terms: Vec<String>,
+        history: Arc<Mutex<Vec<EpochRecord>>>,
+    ) -> Self {
         Self {
             epochs,
             test_rows,
+            feature_terms,
             names: HashMap::new(),
             sums: HashMap::new(),
             split: String::new(),
@@ -282,9 +304,17 @@ impl EpochLines {
         let test_errors = valid_accuracy.map_or(0, |a| {
             ((100.0 - a) / 100.0 * self.test_rows as f64).round() as usize
         });
+        let features: String = self
+            .feature_terms
+            .iter()
+            .map(|term| {
+                let value = self.mean("train", &format!("Feature loss ({term})"));
+                format!(", {term} {}", f(value, 4))
+            })
+            .collect();
         println!(
-            "  [learner] epoch {:3}/{}  loss {} (soft {}, hard {})  agreement {}%  train acc {}%  \
-             test errors {:5}/{}  {:6.0} s",
+            "  [learner] epoch {:3}/{}  loss {} (soft {}, hard {}{features})  agreement {}%  \
+             train acc {}%  test errors {:5}/{}  {:6.0} s",
             self.epoch,
             self.epochs,
             f(self.mean("train", "Loss"), 4),

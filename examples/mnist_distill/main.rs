@@ -23,6 +23,10 @@
 //!   subsets from its predictions on the held-out split, specialists started
 //!   from its weights, combined by eq. 5 on the test set; disjoint subsets and
 //!   two kinds of overlapping ones, with the paper's Table 4 layout.
+//! - `features`: feature distillation — a CNN teacher (32-64 channels) and a
+//!   CNN student (8-16), the student through burn's Learner with the
+//!   `Distiller` from one initialisation four ways: hard labels, KD, KD plus a
+//!   FitNets hint, KD plus attention transfer (`features.rs`).
 //! - `--learner` (with `distill` or `all`): the distillation run a second
 //!   time through burn's own training loop — burn-train's `Learner` with
 //!   `burn_distill::train::Distiller` and burn's dataloader —
@@ -36,6 +40,7 @@
 //! reachable here.
 
 mod data;
+mod features;
 mod learner;
 mod model;
 mod report;
@@ -124,6 +129,17 @@ struct Cli {
     /// Precision of the stored log-probabilities.
     #[arg(long, global = true, value_enum, default_value_t = Precision::F16)]
     store_precision: Precision,
+    /// `features`: CNN teacher epochs (default 15; 3 with --quick).
+    #[arg(long, global = true)]
+    cnn_teacher_epochs: Option<usize>,
+    /// `features`: epochs of each CNN student run (default 10; 2 with --quick).
+    #[arg(long, global = true)]
+    cnn_student_epochs: Option<usize>,
+    /// `features`: distillation temperature of the CNN students (4, as
+    /// mdistiller's and torchdistill's CNN KD configurations use; the MLP
+    /// runs keep the paper's --temperature).
+    #[arg(long, global = true, default_value_t = 4.0)]
+    cnn_temperature: f64,
     /// `specialists`: hidden units of the one-hidden-layer generalist.
     #[arg(long, global = true, default_value_t = 16)]
     generalist_hidden: usize,
@@ -183,6 +199,8 @@ enum Command {
     },
     /// §5: a small generalist, confusable subsets, specialists, eq. 5.
     Specialists,
+    /// A CNN student distilled by logits only, + FitNets, + attention transfer.
+    Features,
     /// Everything, with the table, JSON and PNG.
     All,
     /// Print the table and redraw the PNG of a results JSON written earlier.
@@ -477,6 +495,36 @@ fn run(cli: &Cli) -> Result<(), String> {
     if let Some(settings) = specialist_settings {
         report.specialists = Some(specialists::run(&settings, &train_set, &test, &device));
     }
+    if wants(&Command::Features) {
+        let epochs = |given: Option<usize>, full: usize, quick: usize| {
+            given.unwrap_or(if cli.quick { quick } else { full })
+        };
+        let teacher = TrainSettings {
+            epochs: epochs(cli.cnn_teacher_epochs, 15, 3),
+            batch: cli.batch,
+            lr: cli.teacher_lr,
+            jitter: 2,
+            max_norm: None,
+            seed: cli.seed + 30,
+        };
+        let settings = features::FeatureSettings {
+            student: TrainSettings {
+                epochs: epochs(cli.cnn_student_epochs, 10, 2),
+                lr: cli.lr,
+                jitter: 0,
+                seed: cli.seed + 31,
+                ..teacher.clone()
+            },
+            teacher,
+            temperature: cli.cnn_temperature,
+            soft_weight: cli.soft_weight,
+            retrain_teacher: cli.retrain_teacher,
+        };
+        let backend = format!("{:?}", cli.backend);
+        report.experiments.extend(features::run(
+            &settings, &train_set, &test, &backend, &cli.out, &device,
+        )?);
+    }
 
     report.total_seconds = started.elapsed().as_secs_f64();
     println!("\n{}", report.table());
@@ -634,6 +682,7 @@ fn command_name(command: &Command) -> String {
         Command::Distill => "distill".into(),
         Command::OmitDigit { digit } => format!("omit-digit-{digit}"),
         Command::Specialists => "specialists".into(),
+        Command::Features => "features".into(),
         Command::All | Command::Plot { .. } => "all".into(),
     }
 }
@@ -776,7 +825,7 @@ fn open_or_write_store(
 }
 
 /// Saves through a temporary name, so a checkpoint is complete or absent.
-fn save_checkpoint(model: &Mlp, path: &Path) -> Result<(), String> {
+fn save_checkpoint(model: &impl ModuleSnapshot, path: &Path) -> Result<(), String> {
     let tmp = path.with_extension("bpk.partial");
     let mut store = BurnpackStore::from_file(&tmp)
         .auto_extension(false)

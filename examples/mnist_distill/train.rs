@@ -300,7 +300,7 @@ fn progress_bar(label: &str, len: u64) -> ProgressBar {
     bar
 }
 
-fn count_correct(logits: Tensor<2>, y: &Tensor<1, Int>) -> usize {
+pub fn count_correct(logits: Tensor<2>, y: &Tensor<1, Int>) -> usize {
     let predicted = logits.argmax(1).flatten::<1>(0, 1);
     predicted.equal(y.clone()).int().sum().into_scalar::<i64>() as usize
 }
