@@ -16,7 +16,6 @@ use burn::nn::loss::CrossEntropyLossConfig;
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{Linear, LinearConfig, PaddingConfig2d};
 use burn::optim::{AdamConfig, GradientsParams};
-use burn::store::{BurnpackStore, ModuleSnapshot};
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use burn_distill::KdLossConfig;
@@ -242,13 +241,7 @@ fn teacher(
     let mut model = Cnn::new(TEACHER_CHANNELS, device);
     let start = Instant::now();
     let history = if path.exists() && !settings.retrain_teacher {
-        let mut store = BurnpackStore::from_file(&path);
-        model.load_from(&mut store).map_err(|e| {
-            format!(
-                "checkpoint {}: {e:?} (delete it to retrain)",
-                path.display()
-            )
-        })?;
+        crate::load_checkpoint(&mut model, &path)?;
         println!(
             "cnn teacher: loaded {} (--retrain-teacher to train anew)",
             path.display()
@@ -337,24 +330,6 @@ fn train_hard(
 
 /// Misclassified images of `split`.
 pub fn errors(model: &Cnn, split: &Split) -> usize {
-    let device = model.devices()[0].clone();
-    let mut logits = Vec::with_capacity(split.len() * CLASSES);
-    for start in (0..split.len()).step_by(500) {
-        let end = (start + 500).min(split.len());
-        let x = Tensor::<2>::from_data(
-            TensorData::new(
-                split.images[start * PIXELS..end * PIXELS].to_vec(),
-                [end - start, PIXELS],
-            ),
-            &device,
-        );
-        logits.extend(
-            model
-                .forward(x)
-                .into_data()
-                .try_to_vec::<f32>()
-                .expect("f32 logits"),
-        );
-    }
+    let logits = train::logits_of(|x| model.forward(x), &model.devices()[0], split);
     train::count_errors(&logits, &split.labels, None, None)
 }

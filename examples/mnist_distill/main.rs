@@ -719,13 +719,7 @@ fn teacher(
     let mut model = Mlp::new(&TEACHER_WIDTHS, input_dropout, hidden_dropout, device);
     let description = "teacher 1200-1200, dropout + jitter".to_string();
     let (model, seconds, history) = if path.exists() && !cli.retrain_teacher {
-        let mut store = BurnpackStore::from_file(&path);
-        model.load_from(&mut store).map_err(|e| {
-            format!(
-                "checkpoint {}: {e:?} (delete it to retrain)",
-                path.display()
-            )
-        })?;
+        load_checkpoint(&mut model, &path)?;
         println!(
             "teacher: loaded {} (--retrain-teacher to train anew)",
             path.display()
@@ -825,6 +819,17 @@ fn open_or_write_store(
 }
 
 /// Saves through a temporary name, so a checkpoint is complete or absent.
+fn load_checkpoint(model: &mut impl ModuleSnapshot, path: &Path) -> Result<(), String> {
+    let mut store = BurnpackStore::from_file(path);
+    model.load_from(&mut store).map(|_| ()).map_err(|e| {
+        format!(
+            "checkpoint {}: {e:?} (delete it to retrain)",
+            path.display()
+        )
+    })
+}
+
+/// Writes `model` to `path` through a temporary file, renamed into place.
 fn save_checkpoint(model: &impl ModuleSnapshot, path: &Path) -> Result<(), String> {
     let tmp = path.with_extension("bpk.partial");
     let mut store = BurnpackStore::from_file(&tmp)

@@ -307,7 +307,16 @@ pub fn count_correct(logits: Tensor<2>, y: &Tensor<1, Int>) -> usize {
 
 /// Logits `[n, outputs]` of `model` on `split` (no jitter), row-major.
 pub fn logits(model: &Mlp, split: &Split) -> Vec<f32> {
-    let device = model.devices()[0].clone();
+    logits_of(|x| model.forward(x), &model.devices()[0], split)
+}
+
+/// Logits `[n, outputs]` of `forward` on `split`'s images, 1,000 at a time,
+/// row-major.
+pub fn logits_of(
+    forward: impl Fn(Tensor<2>) -> Tensor<2>,
+    device: &Device,
+    split: &Split,
+) -> Vec<f32> {
     let mut out = Vec::with_capacity(split.len() * CLASSES);
     for start in (0..split.len()).step_by(1000) {
         let end = (start + 1000).min(split.len());
@@ -316,11 +325,10 @@ pub fn logits(model: &Mlp, split: &Split) -> Vec<f32> {
                 split.images[start * PIXELS..end * PIXELS].to_vec(),
                 [end - start, PIXELS],
             ),
-            &device,
+            device,
         );
         out.extend(
-            model
-                .forward(x)
+            forward(x)
                 .into_data()
                 .try_to_vec::<f32>()
                 .expect("f32 logits"),
