@@ -47,7 +47,9 @@ fn bench_combiner(c: &mut Criterion) {
         })
         .collect();
     let combiner = SpecialistCombinerConfig::new().init();
-    let out = combiner.combine(generalist.clone(), &specialists, &specialist_probs);
+    let out = combiner
+        .combine(generalist.clone(), &specialists, &specialist_probs)
+        .unwrap();
     println!(
         "combiner: {} iterations (default settings: each row stops when its q moves by < 1e-9); objective trace {:?}",
         out.iterations, out.objective_trace
@@ -67,6 +69,7 @@ fn bench_combiner(c: &mut Criterion) {
             black_box(
                 combiner
                     .combine(generalist.clone(), &specialists, &specialist_probs)
+                    .unwrap()
                     .probs,
             )
         })

@@ -70,7 +70,7 @@ fn bench(c: &mut Criterion) {
             Tensor::<2>::random([batch, classes], Distribution::Normal(0.0, 3.0), &device);
         let targets =
             Tensor::<1, Int>::random([batch], Distribution::Uniform(0.0, classes as f64), &device);
-        let sparse = SparseTeacher::top_k(teacher.clone(), 64.min(classes), T);
+        let sparse = SparseTeacher::top_k(teacher.clone(), 64.min(classes), T).unwrap();
         let size = format!("{batch}x{classes}");
         let run = |b: &mut criterion::Bencher, loss: &dyn Fn(Tensor<2>) -> Tensor<1>| {
             b.iter(|| {

@@ -140,7 +140,7 @@ fn inputs(
         Tensor::<1, Int>::random([batch], Distribution::Uniform(0.0, classes as f64), device);
     let teacher = match kind {
         Kind::Dense | Kind::Dkd => TeacherOutput::Logits(normal(device)),
-        Kind::TopK(k) => TeacherOutput::TopK(SparseTeacher::top_k(normal(device), k, T)),
+        Kind::TopK(k) => TeacherOutput::TopK(SparseTeacher::top_k(normal(device), k, T).unwrap()),
     };
     (normal(device), teacher, labels)
 }

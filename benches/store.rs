@@ -72,7 +72,7 @@ fn bench(c: &mut Criterion) {
     let teacher_logits = logits(1024, &device);
     for k in [8usize, 64] {
         let config = TeacherStoreConfig::new(VOCAB, k, T).with_precision(StorePrecision::F16);
-        let teacher = SparseTeacher::top_k(teacher_logits.clone(), k, T);
+        let teacher = SparseTeacher::top_k(teacher_logits.clone(), k, T).unwrap();
 
         // A 65,536-row store to read from.
         let path = dir.path().join(format!("read-k{k}.bdts"));
@@ -141,7 +141,7 @@ fn bench(c: &mut Criterion) {
         let batch_logits = logits(BATCH, &device);
         group.bench_function(BenchmarkId::new("live_top_k", format!("k{k}")), |b| {
             b.iter(|| {
-                let teacher = SparseTeacher::top_k(batch_logits.clone(), k, T);
+                let teacher = SparseTeacher::top_k(batch_logits.clone(), k, T).unwrap();
                 // Wait for the values, as a read from the store does.
                 black_box(teacher.log_probs().clone().into_data())
             })
@@ -150,7 +150,7 @@ fn bench(c: &mut Criterion) {
         // burn's log-softmax and `topk`, which sorts every row.
         group.bench_function(BenchmarkId::new("burn_topk", format!("k{k}")), |b| {
             b.iter(|| {
-                let log_p = log_softmax(batch_logits.clone(), T, 1);
+                let log_p = log_softmax(batch_logits.clone(), T, 1).unwrap();
                 let (log_probs, indices) = log_p.topk_with_indices(k, 1);
                 black_box((log_probs.into_data(), indices))
             })

@@ -45,7 +45,7 @@ fn main() {
             .collect();
         let indices = Tensor::<2, Int>::from_data(TensorData::new(indices, [batch, k]), &device);
         let log_probs = Tensor::<2>::full([batch, k], (0.9f32 / k as f32).ln(), &device);
-        TeacherOutput::TopK(SparseTeacher::new(indices, log_probs))
+        TeacherOutput::TopK(SparseTeacher::new(indices, log_probs).expect("same shapes"))
     } else {
         TeacherOutput::Logits(Tensor::<2>::random(
             [batch, classes],

@@ -112,7 +112,8 @@ fn main() {
     let subsets: Vec<ClassSubset> = ConfusableSubsetsConfig::new(8)
         .with_subset_size(Some(7))
         .with_seed(1)
-        .find(unlabelled_probs.inner());
+        .find(unlabelled_probs.inner())
+        .expect("valid clustering settings");
     println!("confusable subsets (K-means on the prediction covariance):");
     for s in &subsets {
         println!("  {:?}", s.classes());
@@ -143,11 +144,15 @@ fn main() {
         let xs = x.clone().select(0, rows.clone());
         // The generalist's soft targets under the oversampled prior the labels
         // have, so that the dustbin correction at test time undoes both.
-        let soft = specialist.correct_dustbin(
-            specialist.collapse_logits(generalist_logits.clone().select(0, rows.clone()), T),
-            -sampler.dustbin_logit_correction(),
-        );
-        let hard = specialist.map_labels(y.clone().select(0, rows));
+        let collapsed = specialist
+            .collapse_logits(generalist_logits.clone().select(0, rows.clone()), T)
+            .expect("the generalist has one logit per class");
+        let soft = specialist
+            .correct_dustbin(collapsed, -sampler.dustbin_logit_correction())
+            .expect("a finite correction");
+        let hard = specialist
+            .map_labels(y.clone().select(0, rows))
+            .expect("labels in range");
         let model = train(
             specialist_from_generalist(&generalist, &specialist),
             &xs,
@@ -178,14 +183,16 @@ fn main() {
             .map(|((s, model), &c)| {
                 let logits = model.forward(xt.clone());
                 let logits = if corrected {
-                    s.correct_dustbin(logits, c)
+                    s.correct_dustbin(logits, c).expect("a finite correction")
                 } else {
                     logits
                 };
                 softmax(logits, 1).inner()
             })
             .collect();
-        combiner.combine(pg.clone(), &specialists, &specialist_probs)
+        combiner
+            .combine(pg.clone(), &specialists, &specialist_probs)
+            .expect("one output per class and dustbin")
     };
     let combined = combine(true);
     let uncorrected = combine(false);

@@ -470,7 +470,7 @@ mod tests {
             .with_hard_weight(0.5)
             .with_ignore_index(Some(3))
             .init();
-        let top_k = SparseTeacher::top_k(v.clone(), 2, 2.0);
+        let top_k = SparseTeacher::top_k(v.clone(), 2, 2.0).unwrap();
         for teacher in [TeacherOutput::Logits(v.clone()), TeacherOutput::TopK(top_k)] {
             let read = values(kd.forward_no_reduction(z.clone(), teacher.clone(), y.clone()));
             let device_checked = on_device(|| {
@@ -531,7 +531,7 @@ mod tests {
             &device,
         );
         let log_probs = Tensor::<2>::from_floats([[-1.0, -2.0]; 6], &device);
-        let top_k = SparseTeacher::new(indices.clone(), log_probs.clone());
+        let top_k = SparseTeacher::new(indices.clone(), log_probs.clone()).unwrap();
         // Row 1's log-probabilities are logits (mass e + 1), row 4's NaN.
         let no_distribution = log_probs
             .slice_assign(
@@ -543,7 +543,7 @@ mod tests {
                 Tensor::<2>::from_floats([[f32::NAN]], &device),
             );
         let in_range = indices.clamp(0, 3);
-        let bad_mass = SparseTeacher::new(in_range, no_distribution);
+        let bad_mass = SparseTeacher::new(in_range, no_distribution).unwrap();
         on_device(|| {
             let mass = kd.forward_no_reduction(z.clone(), TeacherOutput::TopK(bad_mass), y.clone());
             nan_exactly_at(values(mass), &[1, 4], "top-k mass above 1 or NaN");

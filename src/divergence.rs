@@ -15,26 +15,25 @@
 //! derivatives with respect to `z` carry the factor `1/T`, and which vanish at
 //! `q = p`, where the differences `q − p` are themselves `O(1/T)`).
 //!
-//! | function | value | at `q = p` |
+//! | [`Divergence`] | value | at `q = p` |
 //! |---|---|---|
-//! | [`forward_kl`] | `KL(p ‖ q)` (mode-covering; the KD loss) | 0 |
-//! | [`reverse_kl`] | `KL(q ‖ p)` (mode-seeking) | 0 |
-//! | [`generalized_jsd`] | `β·KL(p ‖ m) + (1−β)·KL(q ‖ m)`, `m = βp + (1−β)q`; β = 0 and 1 are forward and reverse KL (the TRL/Liger convention) | 0 |
-//! | [`skew_forward_kl`] | `KL(p ‖ αp + (1−α)q)` (DistiLLM) | 0 |
-//! | [`skew_reverse_kl`] | `KL(q ‖ αq + (1−α)p)` | 0 |
-//! | [`total_variation`] | `½ Σ |q − p|` (DistillKit, Liger) | 0 |
+//! | `ForwardKl` | `KL(p ‖ q)` (mode-covering; the KD loss) | 0 |
+//! | `ReverseKl` | `KL(q ‖ p)` (mode-seeking) | 0 |
+//! | `Jsd { beta }` | `β·KL(p ‖ m) + (1−β)·KL(q ‖ m)`, `m = βp + (1−β)q`; β = 0 and 1 are forward and reverse KL (the TRL/Liger convention) | 0 |
+//! | `SkewForwardKl { alpha }` | `KL(p ‖ αp + (1−α)q)` (DistiLLM) | 0 |
+//! | `SkewReverseKl { alpha }` | `KL(q ‖ αq + (1−α)p)` | 0 |
+//! | `Tvd` | `½ Σ |q − p|` (DistillKit, Liger) | 0 |
 //!
-//! [`Divergence`] names one of them as a setting of
-//! [`KdLossConfig`](crate::KdLossConfig), which adds the temperature, `T²`,
-//! the hard term, masks and the reduction; these functions are the small pure
-//! reference the loss is tested against.
+//! A [`Divergence`] is a setting of [`KdLossConfig`](crate::KdLossConfig),
+//! which adds the temperature, `T²`, the hard term, masks and the reduction;
+//! [`Divergence::rows`] computes it per row with burn's tensor operations —
+//! the small pure reference the fused kernels are tested against.
 
 use burn::config::Config;
-use burn::tensor::{Bool, Tensor};
+use burn::tensor::Tensor;
 
-use crate::check::{check_device, check_mask_length, check_non_empty, check_same_shape};
-use crate::error::{DistillError, or_panic};
-use crate::reduction::{Reduction, position_weights, reduce};
+use crate::check::{check_device, check_non_empty, check_same_shape};
+use crate::error::DistillError;
 
 /// Which divergence between the teacher's distribution `p` and the student's
 /// `q` a loss minimises, per row, at the loss's temperature.
@@ -55,26 +54,39 @@ use crate::reduction::{Reduction, position_weights, reduce};
 /// use burn_distill::temperature::log_softmax;
 ///
 /// let device = Device::flex();
-/// let q = log_softmax(Tensor::<2>::from_floats([[1.0, 0.0, -1.0]], &device), 1.0, 1);
-/// let p = log_softmax(Tensor::<2>::from_floats([[0.0, 2.0, -1.0]], &device), 1.0, 1);
+/// let q = log_softmax(Tensor::<2>::from_floats([[1.0, 0.0, -1.0]], &device), 1.0, 1)?;
+/// let p = log_softmax(Tensor::<2>::from_floats([[0.0, 2.0, -1.0]], &device), 1.0, 1)?;
 /// // Near β = 0 the normalised JSD is close to forward KL; TRL's form is near 0.
-/// let near_forward = Divergence::JsdNormalized { beta: 1e-4 }.rows(q.clone(), p.clone());
-/// let forward = Divergence::ForwardKl.rows(q.clone(), p.clone());
-/// let trl = Divergence::Jsd { beta: 1e-4 }.rows(q, p);
+/// let near_forward = Divergence::JsdNormalized { beta: 1e-4 }.rows(q.clone(), p.clone())?;
+/// let forward = Divergence::ForwardKl.rows(q.clone(), p.clone())?;
+/// let trl = Divergence::Jsd { beta: 1e-4 }.rows(q, p)?;
 /// let (a, b, c) = (
 ///     near_forward.into_scalar::<f32>(),
 ///     forward.into_scalar::<f32>(),
 ///     trl.into_scalar::<f32>(),
 /// );
 /// assert!((a - b).abs() < 1e-3 * b && c < 1e-3 * b);
+/// # Ok::<(), burn_distill::DistillError>(())
 /// ```
 #[derive(Config, Debug, Copy, PartialEq)]
 pub enum Divergence {
-    /// `KL(p ‖ q)`.
+    /// `KL(p‖q) = Σ_i p_i (log p_i − log q_i)`: the soft loss of Hinton et al.
+    /// (2015). It differs from the soft cross-entropy `−Σ p_i log q_i` by the
+    /// teacher's entropy, a constant with the same gradient, and it is exactly 0
+    /// when the student matches the teacher. Classes where the teacher's
+    /// probability is 0 contribute exactly 0 to the value and to the gradient
+    /// (not the NaN of `0 · (−inf − −inf)`); a class the teacher gives positive
+    /// probability but the student `−inf` is a genuine `+inf`.
     ForwardKl,
-    /// `KL(q ‖ p)`.
+    /// `KL(q‖p) = Σ_i q_i (log q_i − log p_i)`, the student's divergence from
+    /// the teacher (mode-seeking, as in on-policy distillation). Classes the
+    /// student gives probability 0 contribute 0.
     ReverseKl,
-    /// TRL's generalised JSD with weight `beta` in [0, 1] on the teacher.
+    /// TRL's and Liger's generalised Jensen–Shannon divergence: with
+    /// `m = β·p + (1−β)·q`, `β·KL(p ‖ m) + (1−β)·KL(q ‖ m)` for `0 < β < 1`;
+    /// `β = 0` is defined as forward KL and `β = 1` as reverse KL (the formula
+    /// itself tends to 0 at both ends). At `β = 0.5` it is the symmetric JSD,
+    /// bounded by `ln 2`.
     Jsd {
         /// Weight of the teacher in the mixture, in [0, 1].
         beta: f64,
@@ -84,17 +96,21 @@ pub enum Divergence {
         /// Weight of the teacher in the mixture, in [0, 1].
         beta: f64,
     },
-    /// `KL(p ‖ αp + (1−α)q)`.
+    /// `KL(p ‖ α·p + (1−α)·q)` (Ko et al., DistiLLM, 2024). `α = 0` is forward
+    /// KL; a positive `α` keeps the divergence finite where the student gives
+    /// a teacher-possible class probability 0, and bounds it by `−ln α`.
     SkewForwardKl {
         /// Weight of the teacher in the mixture, in [0, 1).
         alpha: f64,
     },
-    /// `KL(q ‖ αq + (1−α)p)`.
+    /// `KL(q ‖ α·q + (1−α)·p)`; `α = 0` is reverse KL.
     SkewReverseKl {
         /// Weight of the student in the mixture, in [0, 1).
         alpha: f64,
     },
-    /// Total variation distance `½ Σ |q − p|`.
+    /// Total variation distance `½ Σ_i |q_i − p_i|`, in [0, 1] (as DistillKit
+    /// and Liger compute it on probabilities). Its gradient with respect to
+    /// `q_i` is `½ sign(q_i − p_i)` (0 where equal).
     Tvd,
 }
 
@@ -110,18 +126,47 @@ impl Divergence {
         }
     }
 
-    /// The divergence per row from normalised log-probabilities, `[batch]`.
+    /// The divergence per row from normalised log-probabilities, `[batch]`,
+    /// with burn's tensor operations (any backend, with or without autodiff).
     ///
-    /// # Panics
+    /// # Errors
     /// If the parameter is out of range ([`check`](Self::check)), or the shapes
-    /// differ or are empty.
+    /// differ or are empty, or the tensors are on different devices.
     ///
     /// # Shapes
     /// - `student_log_probs`, `teacher_log_probs`: `[batch, classes]`; output `[batch]`.
-    pub fn rows(&self, student_log_probs: Tensor<2>, teacher_log_probs: Tensor<2>) -> Tensor<1> {
-        or_panic(self.check());
-        or_panic(check_log_prob_pair(&student_log_probs, &teacher_log_probs));
-        self.rows_unchecked(student_log_probs, teacher_log_probs)
+    ///
+    /// # Example
+    /// ```
+    /// use burn::tensor::{Device, Tensor};
+    /// use burn_distill::Divergence;
+    ///
+    /// let device = Device::flex();
+    /// let p = Tensor::<2>::from_floats([[0.5f32.ln(), 0.5f32.ln()]], &device);
+    /// let q = Tensor::<2>::from_floats([[0.25f32.ln(), 0.75f32.ln()]], &device);
+    /// let value = |d: Divergence, q: &Tensor<2>, p: &Tensor<2>| {
+    ///     d.rows(q.clone(), p.clone()).unwrap().into_scalar::<f32>()
+    /// };
+    /// // 0.5·ln(0.5/0.25) + 0.5·ln(0.5/0.75)
+    /// let forward = 0.5 * 2f32.ln() + 0.5 * (2.0f32 / 3.0).ln();
+    /// assert!((value(Divergence::ForwardKl, &q, &p) - forward).abs() < 1e-6);
+    /// // Reverse KL is forward KL with the roles swapped.
+    /// assert!((value(Divergence::ReverseKl, &p, &q) - forward).abs() < 1e-6);
+    /// assert!((value(Divergence::Tvd, &q, &p) - 0.25).abs() < 1e-6);
+    /// // Disjoint supports reach the JSD's bound ln 2.
+    /// let one = Tensor::<2>::from_floats([[0.0, f32::NEG_INFINITY]], &device);
+    /// let other = Tensor::<2>::from_floats([[f32::NEG_INFINITY, 0.0]], &device);
+    /// let jsd = value(Divergence::Jsd { beta: 0.5 }, &other, &one);
+    /// assert!((jsd - 2f32.ln()).abs() < 1e-6);
+    /// ```
+    pub fn rows(
+        &self,
+        student_log_probs: Tensor<2>,
+        teacher_log_probs: Tensor<2>,
+    ) -> Result<Tensor<1>, DistillError> {
+        self.check()?;
+        check_log_prob_pair(&student_log_probs, &teacher_log_probs)?;
+        Ok(self.rows_unchecked(student_log_probs, teacher_log_probs))
     }
 
     /// [`rows`](Self::rows) for callers that made the checks.
@@ -146,80 +191,6 @@ impl Divergence {
     }
 }
 
-/// Forward KL divergence per row: `KL(p‖q) = Σ_i p_i (log p_i − log q_i)`, with
-/// `p = exp(teacher_log_probs)` and `log q = student_log_probs`.
-///
-/// This is the soft loss of Hinton et al. (2015): it differs from the soft
-/// cross-entropy `−Σ p_i log q_i` by the teacher's entropy, a constant with the
-/// same gradient, and it is exactly 0 when the student matches the teacher.
-///
-/// Classes where the teacher's probability is 0 (log-probability `−inf`, e.g. a
-/// class masked with `−inf` in both models) contribute exactly 0 to the value and
-/// to the gradient, instead of the NaN of a naive `0 · (−inf − −inf)`. A class the
-/// teacher gives positive probability but the student gives `−inf` is a genuine
-/// `+inf` divergence and is returned as such.
-///
-/// # Panics
-/// If the shapes differ or are empty, naming both shapes.
-///
-/// # Shapes
-/// - `student_log_probs`, `teacher_log_probs`: `[batch, classes]`, normalised
-///   log-probabilities along dim 1.
-/// - output: `[batch]`.
-///
-/// # Example
-/// ```
-/// use burn::tensor::{Device, Tensor};
-/// use burn_distill::divergence::forward_kl;
-///
-/// let device = Device::flex();
-/// let p = Tensor::<2>::from_floats([[0.5f32.ln(), 0.5f32.ln()]], &device);
-/// let q = Tensor::<2>::from_floats([[0.25f32.ln(), 0.75f32.ln()]], &device);
-/// let kl = forward_kl(q, p).into_data().to_vec::<f32>().unwrap();
-/// // 0.5·ln(0.5/0.25) + 0.5·ln(0.5/0.75)
-/// let expected = 0.5 * 2f32.ln() + 0.5 * (2.0f32 / 3.0).ln();
-/// assert!((kl[0] - expected).abs() < 1e-6);
-/// ```
-pub fn forward_kl(student_log_probs: Tensor<2>, teacher_log_probs: Tensor<2>) -> Tensor<1> {
-    Divergence::ForwardKl.rows(student_log_probs, teacher_log_probs)
-}
-
-/// Mean of per-row values over the rows where `keep_rows` is true: the
-/// reduction for token-level distillation (`[N = batch × seq]` rows, padding
-/// rows dropped). With no row kept the result is exactly 0 and so is its
-/// gradient — never the NaN of 0/0. Dropped rows get a zero gradient.
-///
-/// # Panics
-/// If the lengths differ (see [`try_masked_mean`]).
-///
-/// # Example
-/// ```
-/// use burn::tensor::{Bool, Device, Tensor};
-/// use burn_distill::divergence::masked_mean;
-///
-/// let device = Device::flex();
-/// let rows = Tensor::<1>::from_floats([1.0, 5.0, 3.0], &device);
-/// let keep = Tensor::<1, Bool>::from_data([true, false, true], &device);
-/// assert_eq!(masked_mean(rows.clone(), keep).into_scalar::<f32>(), 2.0);
-/// let none = Tensor::<1, Bool>::from_data([false, false, false], &device);
-/// assert_eq!(masked_mean(rows, none).into_scalar::<f32>(), 0.0);
-/// ```
-pub fn masked_mean(rows: Tensor<1>, keep_rows: Tensor<1, Bool>) -> Tensor<1> {
-    or_panic(try_masked_mean(rows, keep_rows))
-}
-
-/// Fallible [`masked_mean`].
-pub fn try_masked_mean(
-    rows: Tensor<1>,
-    keep_rows: Tensor<1, Bool>,
-) -> Result<Tensor<1>, DistillError> {
-    let [length] = rows.dims();
-    check_mask_length(&keep_rows, length)?;
-    check_device("rows", &rows, "keep_rows", &keep_rows)?;
-    let weights = position_weights(Reduction::Mean, Some(&keep_rows), &[length], rows.dtype());
-    Ok(reduce(rows, Some(&keep_rows), &weights))
-}
-
 /// Shape checks shared by the divergences: same `[batch, classes]`, non-empty.
 pub(crate) fn check_log_prob_pair(
     student_log_probs: &Tensor<2>,
@@ -242,7 +213,8 @@ pub(crate) fn check_log_prob_pair(
     )
 }
 
-/// [`forward_kl`] without the shape checks, for callers that already made them.
+/// `KL(p‖q)` per row ([`Divergence::ForwardKl`]) without the checks, for
+/// callers that already made them.
 pub(crate) fn forward_kl_unchecked(
     student_log_probs: Tensor<2>,
     teacher_log_probs: Tensor<2>,
@@ -258,63 +230,7 @@ pub(crate) fn forward_kl_unchecked(
     terms.sum_dim(1).squeeze_dim::<1>(1)
 }
 
-/// Reverse KL divergence per row: `KL(q‖p) = Σ_i q_i (log q_i − log p_i)`, the
-/// student's divergence from the teacher (mode-seeking, as in on-policy
-/// distillation). Classes the student gives probability 0 contribute 0.
-///
-/// # Panics
-/// If the shapes differ or are empty, naming both shapes.
-///
-/// # Shapes
-/// - `student_log_probs`, `teacher_log_probs`: `[batch, classes]`; output `[batch]`.
-///
-/// # Example
-/// ```
-/// use burn::tensor::{Device, Tensor};
-/// use burn_distill::divergence::{forward_kl, reverse_kl};
-///
-/// let device = Device::flex();
-/// let p = Tensor::<2>::from_floats([[0.5f32.ln(), 0.5f32.ln()]], &device);
-/// let q = Tensor::<2>::from_floats([[0.25f32.ln(), 0.75f32.ln()]], &device);
-/// // Reverse KL is forward KL with the roles swapped.
-/// let a = reverse_kl(q.clone(), p.clone()).into_scalar::<f32>();
-/// let b = forward_kl(p, q).into_scalar::<f32>();
-/// assert!((a - b).abs() < 1e-7);
-/// ```
-pub fn reverse_kl(student_log_probs: Tensor<2>, teacher_log_probs: Tensor<2>) -> Tensor<1> {
-    Divergence::ReverseKl.rows(student_log_probs, teacher_log_probs)
-}
-
-/// Generalised Jensen–Shannon divergence per row, as in TRL's GKD and
-/// Liger-Kernel: with `m = β·p + (1−β)·q`,
-/// `JSD_β = β·KL(p ‖ m) + (1−β)·KL(q ‖ m)` for `0 < β < 1`; `β = 0` is defined as
-/// [`forward_kl`] and `β = 1` as [`reverse_kl`] (the interior formula itself
-/// tends to 0 at both ends). At `β = 0.5` it is the symmetric JSD, bounded by `ln 2`.
-///
-/// # Panics
-/// If `beta` is outside [0, 1] or the shapes differ (see [`Divergence::check`]).
-///
-/// # Example
-/// ```
-/// use burn::tensor::{Device, Tensor};
-/// use burn_distill::divergence::generalized_jsd;
-///
-/// let device = Device::flex();
-/// let p = Tensor::<2>::from_floats([[0.0, f32::NEG_INFINITY]], &device); // [1, 0]
-/// let q = Tensor::<2>::from_floats([[f32::NEG_INFINITY, 0.0]], &device); // [0, 1]
-/// // Disjoint supports reach the bound ln 2.
-/// let jsd = generalized_jsd(q, p, 0.5).into_scalar::<f32>();
-/// assert!((jsd - 2f32.ln()).abs() < 1e-6);
-/// ```
-pub fn generalized_jsd(
-    student_log_probs: Tensor<2>,
-    teacher_log_probs: Tensor<2>,
-    beta: f64,
-) -> Tensor<1> {
-    Divergence::Jsd { beta }.rows(student_log_probs, teacher_log_probs)
-}
-
-/// [`generalized_jsd`] without the checks.
+/// [`Divergence::Jsd`] without the checks.
 fn jsd_unchecked(
     student_log_probs: Tensor<2>,
     teacher_log_probs: Tensor<2>,
@@ -332,28 +248,7 @@ fn jsd_unchecked(
     teacher_part + student_part
 }
 
-/// Total variation distance per row: `½ Σ_i |q_i − p_i|`, in [0, 1], from
-/// log-probabilities (as DistillKit and Liger compute it on probabilities).
-/// Its gradient with respect to `q_i` is `½ sign(q_i − p_i)` (0 where equal).
-///
-/// # Panics
-/// If the shapes differ or are empty.
-///
-/// # Example
-/// ```
-/// use burn::tensor::{Device, Tensor};
-/// use burn_distill::divergence::total_variation;
-///
-/// let device = Device::flex();
-/// let p = Tensor::<2>::from_floats([[0.5f32.ln(), 0.5f32.ln()]], &device);
-/// let q = Tensor::<2>::from_floats([[0.25f32.ln(), 0.75f32.ln()]], &device);
-/// let tvd = total_variation(q, p).into_scalar::<f32>();
-/// assert!((tvd - 0.25).abs() < 1e-6);
-/// ```
-pub fn total_variation(student_log_probs: Tensor<2>, teacher_log_probs: Tensor<2>) -> Tensor<1> {
-    Divergence::Tvd.rows(student_log_probs, teacher_log_probs)
-}
-
+/// [`Divergence::Tvd`] without the checks.
 fn total_variation_unchecked(
     student_log_probs: Tensor<2>,
     teacher_log_probs: Tensor<2>,
@@ -364,32 +259,6 @@ fn total_variation_unchecked(
         .sum_dim(1)
         .squeeze_dim::<1>(1)
         .mul_scalar(0.5)
-}
-
-/// Skew forward KL per row: `KL(p ‖ α·p + (1−α)·q)` (Ko et al., DistiLLM, 2024).
-/// `α = 0` is [`forward_kl`]; a positive `α` keeps the divergence finite where the
-/// student gives a teacher-possible class probability 0, and bounds it by `−ln α`.
-///
-/// # Panics
-/// If `alpha` is outside [0, 1) or the shapes differ (see [`Divergence::check`]).
-pub fn skew_forward_kl(
-    student_log_probs: Tensor<2>,
-    teacher_log_probs: Tensor<2>,
-    alpha: f64,
-) -> Tensor<1> {
-    Divergence::SkewForwardKl { alpha }.rows(student_log_probs, teacher_log_probs)
-}
-
-/// Skew reverse KL per row: `KL(q ‖ α·q + (1−α)·p)`; `α = 0` is [`reverse_kl`].
-///
-/// # Panics
-/// If `alpha` is outside [0, 1) or the shapes differ (see [`Divergence::check`]).
-pub fn skew_reverse_kl(
-    student_log_probs: Tensor<2>,
-    teacher_log_probs: Tensor<2>,
-    alpha: f64,
-) -> Tensor<1> {
-    Divergence::SkewReverseKl { alpha }.rows(student_log_probs, teacher_log_probs)
 }
 
 /// `KL(a ‖ α·a + (1−α)·b)` per row from log-probabilities; `KL(a ‖ b)` at α = 0.

@@ -11,76 +11,49 @@
 //!   mean, the minimiser of `Σ_m w_m KL(q ‖ p^m)`; equal to the softmax of the
 //!   weighted mean of the logits at the same temperature.
 //!
-//! Both return probabilities `[batch, classes]` (the `*_log` variants return
-//! log-probabilities) at temperature `T`, ready for
-//! [`TeacherOutput::Probs`](crate::TeacherOutput::Probs) /
-//! [`TeacherOutput::LogProbs`](crate::TeacherOutput::LogProbs).
+//! Both return a [`TeacherOutput::LogProbs`] at temperature `T` (computed in
+//! log space, so that tiny probabilities keep their precision): pass it to a
+//! loss whose temperature is the same `T`.
 
 use burn::tensor::Tensor;
 
 use crate::check::{check_device, check_non_empty, check_temperature, check_weight, indexed};
-use crate::error::{DistillError, or_panic};
-use crate::temperature::try_log_softmax;
+use crate::error::DistillError;
+use crate::teacher::TeacherOutput;
+use crate::temperature::log_softmax;
 
-/// `Σ_m w_m softmax(v^m / T)` (weights normalised), `[batch, classes]`.
+/// The arithmetic mean `Σ_m w_m softmax(v^m / T)` of the teachers'
+/// distributions (weights normalised), as log-probabilities `[batch, classes]`:
+/// a log-sum-exp of the teachers' log-probabilities.
 ///
 /// `weights`: one non-negative weight per teacher, not all zero; `None` for equal weights.
 ///
-/// # Panics
-/// On invalid input, with the message of [`try_arithmetic_mean`].
+/// # Errors
+/// [`DistillError::NoTeachers`], [`DistillError::TeacherShapeMismatch`],
+/// [`DistillError::WeightsLength`], [`DistillError::InvalidWeightSum`], or an
+/// invalid temperature, weight, empty shape or device, naming the argument.
 ///
 /// # Example
 /// ```
 /// use burn::tensor::{Device, Tensor};
+/// use burn_distill::TeacherOutput;
 /// use burn_distill::ensemble::arithmetic_mean;
 ///
 /// let device = Device::flex();
 /// let a = Tensor::<2>::from_floats([[0.0, f32::NEG_INFINITY]], &device); // p = [1, 0]
 /// let b = Tensor::<2>::from_floats([[f32::NEG_INFINITY, 0.0]], &device); // p = [0, 1]
-/// let p = arithmetic_mean(&[a, b], 1.0, Some(&[3.0, 1.0]));
-/// assert_eq!(p.into_data().to_vec::<f32>().unwrap(), vec![0.75, 0.25]);
+/// let TeacherOutput::LogProbs(log_p) = arithmetic_mean(&[a, b], 1.0, Some(&[3.0, 1.0]))? else {
+///     unreachable!()
+/// };
+/// let p = log_p.exp().into_data().to_vec::<f32>().unwrap();
+/// assert!((p[0] - 0.75).abs() < 1e-6 && (p[1] - 0.25).abs() < 1e-6);
+/// # Ok::<(), burn_distill::DistillError>(())
 /// ```
 pub fn arithmetic_mean(
     teacher_logits: &[Tensor<2>],
     temperature: f64,
     weights: Option<&[f64]>,
-) -> Tensor<2> {
-    or_panic(try_arithmetic_mean(teacher_logits, temperature, weights))
-}
-
-/// Fallible [`arithmetic_mean`].
-pub fn try_arithmetic_mean(
-    teacher_logits: &[Tensor<2>],
-    temperature: f64,
-    weights: Option<&[f64]>,
-) -> Result<Tensor<2>, DistillError> {
-    let weights = check_teachers(teacher_logits, temperature, weights)?;
-    weighted_sum(teacher_logits, &weights, temperature, |log_p| log_p.exp())
-}
-
-/// `log` of [`arithmetic_mean`], computed as a log-sum-exp of the teachers'
-/// log-probabilities so that tiny probabilities keep their precision.
-///
-/// # Panics
-/// On invalid input, with the message of [`try_arithmetic_mean_log`].
-pub fn arithmetic_mean_log(
-    teacher_logits: &[Tensor<2>],
-    temperature: f64,
-    weights: Option<&[f64]>,
-) -> Tensor<2> {
-    or_panic(try_arithmetic_mean_log(
-        teacher_logits,
-        temperature,
-        weights,
-    ))
-}
-
-/// Fallible [`arithmetic_mean_log`].
-pub fn try_arithmetic_mean_log(
-    teacher_logits: &[Tensor<2>],
-    temperature: f64,
-    weights: Option<&[f64]>,
-) -> Result<Tensor<2>, DistillError> {
+) -> Result<TeacherOutput, DistillError> {
     let weights = check_teachers(teacher_logits, temperature, weights)?;
     // log Σ_m w_m p^m = logsumexp_m(log w_m + log p^m), over a stacked teacher axis.
     let terms: Vec<Tensor<2>> = teacher_logits
@@ -88,91 +61,65 @@ pub fn try_arithmetic_mean_log(
         .zip(&weights)
         .filter(|(_, w)| **w > 0.0)
         .map(|(logits, w)| {
-            try_log_softmax(logits.clone(), temperature, 1).map(|lp| lp.add_scalar(w.ln()))
+            log_softmax(logits.clone(), temperature, 1).map(|lp| lp.add_scalar(w.ln()))
         })
         .collect::<Result<_, _>>()?;
     let stacked: Tensor<3> = Tensor::stack(terms, 0);
     let max = stacked.clone().max_dim(0).detach();
     let shifted = stacked - max.clone();
     let lse = shifted.exp().sum_dim(0).log() + max;
-    Ok(lse.squeeze_dim::<2>(0))
+    Ok(TeacherOutput::LogProbs(lse.squeeze_dim::<2>(0)))
 }
 
-/// Normalised geometric mean `softmax(Σ_m w_m log softmax(v^m / T))`,
-/// `[batch, classes]`: equal to `softmax((Σ_m w_m v^m) / T)`, the softmax of the
-/// weighted mean logits.
+/// The normalised geometric mean `softmax(Σ_m w_m log softmax(v^m / T))` of
+/// the teachers' distributions, as log-probabilities `[batch, classes]`:
+/// equal to `log_softmax((Σ_m w_m v^m) / T)`, the weighted mean logits'.
 ///
-/// # Panics
-/// On invalid input, with the message of [`try_geometric_mean`].
+/// # Errors
+/// As [`arithmetic_mean`].
 ///
 /// # Example
 /// ```
 /// use burn::tensor::{Device, Tensor};
+/// use burn_distill::TeacherOutput;
 /// use burn_distill::ensemble::geometric_mean;
 ///
 /// let device = Device::flex();
 /// let a = Tensor::<2>::from_floats([[2.0, 0.0]], &device);
 /// let b = Tensor::<2>::from_floats([[0.0, 0.0]], &device);
-/// let p = geometric_mean(&[a, b], 1.0, None).into_data().to_vec::<f32>().unwrap();
+/// let TeacherOutput::LogProbs(log_p) = geometric_mean(&[a, b], 1.0, None)? else {
+///     unreachable!()
+/// };
+/// let p = log_p.exp().into_data().to_vec::<f32>().unwrap();
 /// // softmax of the mean logits [1, 0]
 /// let e = std::f32::consts::E;
 /// assert!((p[0] - e / (e + 1.0)).abs() < 1e-6);
+/// # Ok::<(), burn_distill::DistillError>(())
 /// ```
 pub fn geometric_mean(
     teacher_logits: &[Tensor<2>],
     temperature: f64,
     weights: Option<&[f64]>,
-) -> Tensor<2> {
-    or_panic(try_geometric_mean(teacher_logits, temperature, weights))
-}
-
-/// Fallible [`geometric_mean`].
-pub fn try_geometric_mean(
-    teacher_logits: &[Tensor<2>],
-    temperature: f64,
-    weights: Option<&[f64]>,
-) -> Result<Tensor<2>, DistillError> {
-    Ok(try_geometric_mean_log(teacher_logits, temperature, weights)?.exp())
-}
-
-/// `log` of [`geometric_mean`].
-///
-/// # Panics
-/// On invalid input, with the message of [`try_geometric_mean_log`].
-pub fn geometric_mean_log(
-    teacher_logits: &[Tensor<2>],
-    temperature: f64,
-    weights: Option<&[f64]>,
-) -> Tensor<2> {
-    or_panic(try_geometric_mean_log(teacher_logits, temperature, weights))
-}
-
-/// Fallible [`geometric_mean_log`].
-pub fn try_geometric_mean_log(
-    teacher_logits: &[Tensor<2>],
-    temperature: f64,
-    weights: Option<&[f64]>,
-) -> Result<Tensor<2>, DistillError> {
+) -> Result<TeacherOutput, DistillError> {
     let weights = check_teachers(teacher_logits, temperature, weights)?;
-    let sum = weighted_sum(teacher_logits, &weights, temperature, |log_p| log_p)?;
+    let sum = weighted_log_probs(teacher_logits, &weights, temperature)?;
     // Σ w log p is an unnormalised log-distribution; normalise it at T = 1.
-    try_log_softmax(sum, 1.0, 1)
+    Ok(TeacherOutput::LogProbs(log_softmax(sum, 1.0, 1)?))
 }
 
-/// `Σ_m w_m · f(log softmax(v^m / T))` over the teachers with a positive weight
+/// `Σ_m w_m · log softmax(v^m / T)` over the teachers with a positive weight
 /// (`weights` already checked: at least one is positive).
-fn weighted_sum(
+fn weighted_log_probs(
     teacher_logits: &[Tensor<2>],
     weights: &[f64],
     temperature: f64,
-    f: impl Fn(Tensor<2>) -> Tensor<2>,
 ) -> Result<Tensor<2>, DistillError> {
     let mut sum: Option<Tensor<2>> = None;
     for (logits, &w) in teacher_logits.iter().zip(weights) {
         if w == 0.0 {
             continue;
         }
-        let term = f(try_log_softmax(logits.clone(), temperature, 1)?).mul_scalar(w);
+        let term = log_softmax(logits.clone(), temperature, 1)?.mul_scalar(w);
         sum = Some(match sum {
             Some(s) => s + term,
             None => term,

@@ -38,11 +38,11 @@ use crate::temperature::{compute_dtype, log_softmax_unchecked, standardize};
 /// use burn_distill::{Divergence, KdLossConfig};
 ///
 /// let loss = KdLossConfig::new().with_temperature(20.0).init();
-/// assert_eq!(loss.temperature(), 20.0);
-/// assert_eq!(loss.soft_weight(), 0.9);
-/// assert_eq!(loss.divergence(), Divergence::ForwardKl);
+/// assert_eq!(loss.config().temperature, 20.0);
+/// assert_eq!(loss.config().soft_weight, 0.9);
+/// assert_eq!(loss.config().divergence, Divergence::ForwardKl);
 /// let jsd = KdLossConfig::new().with_divergence(Divergence::Jsd { beta: 0.5 }).init();
-/// assert_eq!(jsd.divergence(), Divergence::Jsd { beta: 0.5 });
+/// assert_eq!(jsd.config().divergence, Divergence::Jsd { beta: 0.5 });
 /// ```
 #[derive(Config, Debug)]
 pub struct KdLossConfig {
@@ -125,15 +125,7 @@ impl KdLossConfig {
             });
         }
         Ok(KdLoss {
-            temperature: self.temperature,
-            soft_weight: self.soft_weight,
-            hard_weight: self.hard_weight,
-            scale_by_t_squared: self.scale_by_t_squared,
-            divergence: self.divergence,
-            fused_kernel: self.fused_kernel,
-            ignore_index: self.ignore_index,
-            truncate_teacher_classes: self.truncate_teacher_classes,
-            logit_standardization: self.logit_standardization,
+            config: self.clone(),
         })
     }
 }
@@ -202,16 +194,9 @@ pub struct KdLossOutput {
 #[derive(Module, Debug)]
 #[module(custom_display)]
 pub struct KdLoss {
-    temperature: f64,
-    soft_weight: f64,
-    hard_weight: f64,
-    scale_by_t_squared: bool,
+    /// The settings, checked by [`KdLossConfig::try_init`].
     #[module(skip)]
-    divergence: Divergence,
-    fused_kernel: bool,
-    ignore_index: Option<i64>,
-    truncate_teacher_classes: bool,
-    logit_standardization: bool,
+    pub(crate) config: KdLossConfig,
 }
 
 impl ModuleDisplay for KdLoss {
@@ -221,15 +206,18 @@ impl ModuleDisplay for KdLoss {
 
     fn custom_content(&self, content: Content) -> Option<Content> {
         content
-            .add("temperature", &self.temperature)
-            .add("soft_weight", &self.soft_weight)
-            .add("hard_weight", &self.hard_weight)
-            .add("scale_by_t_squared", &self.scale_by_t_squared)
-            .add("divergence", &format!("{:?}", self.divergence))
-            .add("fused_kernel", &self.fused_kernel)
-            .add("ignore_index", &format!("{:?}", self.ignore_index))
-            .add("truncate_teacher_classes", &self.truncate_teacher_classes)
-            .add("logit_standardization", &self.logit_standardization)
+            .add("temperature", &self.config.temperature)
+            .add("soft_weight", &self.config.soft_weight)
+            .add("hard_weight", &self.config.hard_weight)
+            .add("scale_by_t_squared", &self.config.scale_by_t_squared)
+            .add("divergence", &format!("{:?}", self.config.divergence))
+            .add("fused_kernel", &self.config.fused_kernel)
+            .add("ignore_index", &format!("{:?}", self.config.ignore_index))
+            .add(
+                "truncate_teacher_classes",
+                &self.config.truncate_teacher_classes,
+            )
+            .add("logit_standardization", &self.config.logit_standardization)
             .optional()
     }
 }
@@ -270,51 +258,8 @@ impl Rows {
 }
 
 impl KdLoss {
-    /// The temperature `T`.
-    pub fn temperature(&self) -> f64 {
-        self.temperature
-    }
-
-    /// The weight of the soft term.
-    pub fn soft_weight(&self) -> f64 {
-        self.soft_weight
-    }
-
-    /// The weight of the hard term.
-    pub fn hard_weight(&self) -> f64 {
-        self.hard_weight
-    }
-
-    /// Whether the soft term is multiplied by `T²`.
-    pub fn scale_by_t_squared(&self) -> bool {
-        self.scale_by_t_squared
-    }
-
-    /// The divergence of the soft term.
-    pub fn divergence(&self) -> Divergence {
-        self.divergence
-    }
-
-    /// Rows whose label equals this are left out (see [`KdLossConfig::ignore_index`]).
-    pub fn ignore_index(&self) -> Option<i64> {
-        self.ignore_index
-    }
-
-    /// Whether the fused kernel is used where it serves (see [`KdLossConfig::fused_kernel`]).
-    pub fn fused_kernel(&self) -> bool {
-        self.fused_kernel
-    }
-
-    /// Whether a teacher with more classes than the student is cut to the
-    /// student's (see [`KdLossConfig::truncate_teacher_classes`]).
-    pub fn truncate_teacher_classes(&self) -> bool {
-        self.truncate_teacher_classes
-    }
-
-    /// Whether both models' logits are z-scored per row first (see
-    /// [`KdLossConfig::logit_standardization`]).
-    ///
-    /// Every setting has a getter and is shown by the loss's `Display`:
+    /// The settings the loss was made with: every field of its
+    /// [`KdLossConfig`]. Each is also shown by the loss's `Display`.
     ///
     /// ```
     /// use burn_distill::KdLossConfig;
@@ -324,15 +269,16 @@ impl KdLoss {
     ///     .with_truncate_teacher_classes(true)
     ///     .with_logit_standardization(true)
     ///     .init();
-    /// assert_eq!(kd.ignore_index(), Some(-100));
-    /// assert!(kd.truncate_teacher_classes() && kd.logit_standardization());
+    /// let config = kd.config();
+    /// assert_eq!(config.ignore_index, Some(-100));
+    /// assert!(config.truncate_teacher_classes && config.logit_standardization);
     /// let shown = kd.to_string();
     /// for setting in ["ignore_index: Some(-100)", "truncate_teacher_classes: true", "logit_standardization: true"] {
     ///     assert!(shown.contains(setting), "{setting} not in {shown}");
     /// }
     /// ```
-    pub fn logit_standardization(&self) -> bool {
-        self.logit_standardization
+    pub fn config(&self) -> KdLossConfig {
+        self.config.clone()
     }
 
     /// `soft_weight · T² · D + hard_weight · CE`, reduced over the kept
@@ -396,7 +342,8 @@ impl KdLoss {
             Some(hard) => rows.reduce(hard),
             None => soft.zeros_like(),
         };
-        let total = weighted(&soft, self.soft_weight) + weighted(&hard, self.hard_weight);
+        let total =
+            weighted(&soft, self.config.soft_weight) + weighted(&hard, self.config.hard_weight);
         Ok(KdLossOutput {
             total: total.cast(rows.dtype),
             soft: soft.cast(rows.dtype),
@@ -477,8 +424,8 @@ impl KdLoss {
         values: ValueChecks,
     ) -> Result<BadPositions, DistillError> {
         let classes = student_logits.dims()[1];
-        let bad = teacher.check(student_logits, self.truncate_teacher_classes, values)?;
-        if self.logit_standardization {
+        let bad = teacher.check(student_logits, self.config.truncate_teacher_classes, values)?;
+        if self.config.logit_standardization {
             if !matches!(teacher, TeacherOutput::Logits(_)) {
                 return Err(DistillError::UnsupportedTeacher {
                     teacher: teacher.tensor().1,
@@ -498,7 +445,7 @@ impl KdLoss {
             student_logits,
             classes,
             positions,
-            self.ignore_index,
+            self.config.ignore_index,
             values,
         )?;
         Ok(bad.union(labels))
@@ -521,26 +468,26 @@ impl KdLoss {
             // The Cube kernel reads f16/bf16 logits into f32 itself: no f32 copy.
             Some(teacher_dtype) => (
                 student_logits,
-                teacher.prepare(classes, self.temperature, teacher_dtype),
+                teacher.prepare(classes, self.config.temperature, teacher_dtype),
             ),
             None => {
                 let compute = compute_dtype(dtype);
                 (
                     student_logits.cast(compute),
-                    teacher.prepare(classes, self.temperature, compute),
+                    teacher.prepare(classes, self.config.temperature, compute),
                 )
             }
         };
-        let keep = targets.kept_rows(self.ignore_index);
+        let keep = targets.kept_rows(self.config.ignore_index);
         let weights = targets.position_weights(keep.as_ref(), &positions, compute_dtype(dtype));
         let labels = targets
             .labels
-            .map(|labels| usable_labels(labels, self.ignore_index, classes));
+            .map(|labels| usable_labels(labels, self.config.ignore_index, classes));
         let kernel = self.kernel(&student, &teacher);
         // Wherever autodiff runs through the rows (its path, or standardisation
         // before the kernel), left-out rows are zeroed first (see
         // `blank_left_out_rows`); the kernel alone needs no such copy.
-        let (student, teacher) = match kernel.is_none() || self.logit_standardization {
+        let (student, teacher) = match kernel.is_none() || self.config.logit_standardization {
             true => (
                 blank_left_out_rows(student, keep.as_ref()),
                 teacher.blank_left_out_rows(keep.as_ref()),
@@ -567,8 +514,8 @@ impl KdLoss {
 
     /// The factor applied to the divergence: `T²`, or 1 when scaling is off.
     fn soft_factor(&self) -> f64 {
-        if self.scale_by_t_squared {
-            self.temperature * self.temperature
+        if self.config.scale_by_t_squared {
+            self.config.temperature * self.config.temperature
         } else {
             1.0
         }
@@ -581,8 +528,9 @@ impl KdLoss {
             PreparedTeacher::Dense(dense) => (&dense.values, false),
             PreparedTeacher::TopK { log_probs, .. } => (log_probs, true),
         };
-        let loss = FusedLoss::Kd(self.divergence);
-        self.fused_kernel
+        let loss = FusedLoss::Kd(self.config.divergence);
+        self.config
+            .fused_kernel
             .then(|| fused::plan(student, values, top_k, loss))
             .flatten()
     }
@@ -596,8 +544,9 @@ impl KdLoss {
             TeacherOutput::Logits(v) | TeacherOutput::LogProbs(v) => v,
             _ => return None,
         };
-        let native =
-            self.fused_kernel && !self.logit_standardization && fused::reads_half(student, values);
+        let native = self.config.fused_kernel
+            && !self.config.logit_standardization
+            && fused::reads_half(student, values);
         native.then(|| values.dtype())
     }
 
@@ -605,7 +554,7 @@ impl KdLoss {
     /// `logit_standardization` is on (inside the graph, so autodiff carries the
     /// gradient through it).
     fn student_view(&self, student: Tensor<2>) -> Tensor<2> {
-        match self.logit_standardization {
+        match self.config.logit_standardization {
             true => standardize(student),
             false => student,
         }
@@ -627,29 +576,29 @@ impl KdLoss {
         // A top-k teacher's log-probabilities are already at the temperature.
         let (values, indices, teacher_temperature) = match teacher {
             PreparedTeacher::Dense(dense) => (
-                dense.values(self.logit_standardization),
+                dense.values(self.config.logit_standardization),
                 None,
                 dense.temperature,
             ),
             PreparedTeacher::TopK { indices, log_probs } => (log_probs.clone(), Some(indices), 1.0),
         };
         let spec = |weights| FusedSpec {
-            temperature: self.temperature,
+            temperature: self.config.temperature,
             teacher_temperature,
             soft_factor: self.soft_factor(),
             weights,
-            loss: FusedLoss::Kd(self.divergence),
+            loss: FusedLoss::Kd(self.config.divergence),
         };
         let kernel = |student: &Tensor<2>, labels: Option<&Tensor<1, Int>>, weights| {
             fused::columns(kernel, student, &values, indices, labels, spec(weights))
         };
-        if self.logit_standardization {
+        if self.config.logit_standardization {
             let soft = kernel(&self.student_view(student.clone()), None, vec![(1.0, 0.0)]);
             let hard = labels.map(|labels| hard_rows(student, labels));
             return self.arrange(soft.squeeze_dim(1), hard, columns);
         }
         let weights = match (columns, labels.is_some()) {
-            (Columns::Total, _) => vec![(self.soft_weight, self.hard_weight)],
+            (Columns::Total, _) => vec![(self.config.soft_weight, self.config.hard_weight)],
             (Columns::Parts, true) => vec![(1.0, 0.0), (0.0, 1.0)],
             (Columns::Parts, false) => vec![(1.0, 0.0)],
         };
@@ -671,10 +620,10 @@ impl KdLoss {
         match (columns, hard) {
             (Columns::Parts, hard) => (soft, hard),
             (Columns::Total, Some(hard)) => (
-                weighted(&soft, self.soft_weight) + weighted(&hard, self.hard_weight),
+                weighted(&soft, self.config.soft_weight) + weighted(&hard, self.config.hard_weight),
                 None,
             ),
-            (Columns::Total, None) => (weighted(&soft, self.soft_weight), None),
+            (Columns::Total, None) => (weighted(&soft, self.config.soft_weight), None),
         }
     }
 
@@ -684,21 +633,22 @@ impl KdLoss {
         let (student_log_probs, teacher_log_probs) = match teacher {
             // The temperatures were validated by try_init.
             PreparedTeacher::Dense(dense) => (
-                log_softmax_unchecked(student, self.temperature, 1),
+                log_softmax_unchecked(student, self.config.temperature, 1),
                 log_softmax_unchecked(
-                    dense.values(self.logit_standardization),
+                    dense.values(self.config.logit_standardization),
                     dense.temperature,
                     1,
                 ),
             ),
             PreparedTeacher::TopK { indices, log_probs } => {
-                bucket_log_probs(student, indices, log_probs, self.temperature)
+                bucket_log_probs(student, indices, log_probs, self.config.temperature)
             }
         };
         let rows = self
+            .config
             .divergence
             .rows_unchecked(student_log_probs, teacher_log_probs);
-        match self.scale_by_t_squared {
+        match self.config.scale_by_t_squared {
             true => rows.mul_scalar(self.soft_factor()),
             false => rows,
         }

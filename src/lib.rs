@@ -20,7 +20,10 @@
 //!   not depend on the temperature.
 //! - Arguments are named `student_*` and `teacher_*`; the teacher never gets a gradient.
 //! - Bad input is reported before any tensor operation, as a [`DistillError`]
-//!   (see Checks below); configs have `try_init`.
+//!   (see Checks below). One rule: a loss's `forward`, `forward_parts` and
+//!   `forward_no_reduction` and a config's `init` panic with the error's
+//!   message, which the loss's `check` and the config's `try_init` return;
+//!   every other function that can fail returns `Result<_, DistillError>`.
 //! - Every forward takes `(student_logits, teacher, targets)`: the teacher as a
 //!   [`TeacherOutput`] (or logits), the targets as [`Targets`] (or labels), which
 //!   also carry a padding mask and the [`Reduction`].
@@ -106,8 +109,6 @@ pub use error::{DistillError, IoSource};
 pub use kd::{KdLoss, KdLossConfig, KdLossOutput};
 pub use linear::{FusedLinearKdLoss, FusedLinearKdLossConfig, LinearTeacher};
 pub use loss::{DistillLoss, LinearStudent};
-#[allow(deprecated)]
-pub use reduction::Normalizer;
 pub use reduction::Reduction;
 pub use shape::LogitsShape;
 pub use sparse::SparseTeacher;

@@ -195,7 +195,18 @@ impl LinearTeacher {
 
     /// Checks the output layer's shapes and that the teacher is on the
     /// student's device (`student`: its hidden states).
-    fn check(&self, student: &Tensor<2>) -> Result<(), DistillError> {
+    /// The devices and layers of the teacher, and its vocabulary against the
+    /// student's `vocab` (more classes only when `truncate` cuts them).
+    fn check(&self, student: &Tensor<2>, vocab: usize, truncate: bool) -> Result<(), DistillError> {
+        let (argument, teacher_vocab) = match self {
+            Self::Hidden { weight, .. } => ("teacher.weight columns", weight.dims()[1]),
+            Self::Logits(logits) => ("teacher_logits columns", logits.dims()[1]),
+            // Top-k indices are checked against `vocab` with their values.
+            Self::TopK(_) => ("teacher.indices", vocab),
+        };
+        if teacher_vocab != vocab && !(truncate && teacher_vocab > vocab) {
+            check_same_shape("weight columns", &[vocab], argument, &[teacher_vocab])?;
+        }
         match self {
             Self::Hidden { hidden, .. } => {
                 check_device("hidden", student, "teacher.hidden", hidden)?
@@ -245,7 +256,7 @@ impl LinearTeacher {
                 bias: bias.map(Tensor::without_autodiff),
             },
             Self::Logits(logits) => Self::Logits(logits.without_autodiff()),
-            Self::TopK(sparse) => Self::TopK(SparseTeacher::new(
+            Self::TopK(sparse) => Self::TopK(SparseTeacher::from_checked(
                 sparse.indices().clone(),
                 sparse.log_probs().clone().without_autodiff(),
             )),
@@ -264,7 +275,7 @@ impl LinearTeacher {
                 TeacherOutput::Logits(affine(h, weight.clone(), bias.clone()))
             }
             Self::Logits(logits) => TeacherOutput::Logits(logits.clone().slice(start..end)),
-            Self::TopK(sparse) => TeacherOutput::TopK(SparseTeacher::new(
+            Self::TopK(sparse) => TeacherOutput::TopK(SparseTeacher::from_checked(
                 sparse.indices().clone().slice(start..end),
                 sparse.log_probs().clone().slice(start..end),
             )),
@@ -346,8 +357,8 @@ impl FusedLinearKdLoss {
     /// model's `[batch, seq, d]`; the targets have its positions.
     ///
     /// # Panics
-    /// On bad input, with the message of [`try_forward`](Self::try_forward)
-    /// (bad values on a device backend: as [`KdLoss::forward`]).
+    /// On bad input, with the message of [`check`](Self::check) (bad values
+    /// on a device backend: as [`KdLoss::forward`]).
     pub fn forward<const D: usize>(
         &self,
         hidden: Tensor<D>,
@@ -359,27 +370,54 @@ impl FusedLinearKdLoss {
     where
         Tensor<D>: LogitsShape,
     {
-        or_panic(self.try_forward(hidden, weight, bias, teacher, targets.into()))
+        or_panic(self.run(hidden, weight, bias, teacher, targets.into(), false)).total
     }
 
-    /// Fallible [`forward`](Self::forward): the shapes and devices of the
-    /// layers and the teacher, the targets against the whole batch, and every
-    /// check of [`KdLoss::check`] on each chunk (an error stops at the first
-    /// chunk that has it) — the checks of values only where the tensors are
-    /// in host memory, as in [`KdLoss::forward`].
-    pub fn try_forward<const D: usize>(
+    /// Checks a forward's input without computing the loss: the shapes and
+    /// devices of the layers and the teacher, and the targets against the
+    /// whole batch and the vocabulary, with their values read back (labels in
+    /// range, top-k rows valid), as [`KdLoss::check`] checks them.
+    ///
+    /// ```
+    /// use burn::tensor::{Device, Int, Tensor};
+    /// use burn_distill::{DistillError, FusedLinearKdLossConfig, KdLossConfig, LinearTeacher, Targets};
+    ///
+    /// let device = Device::flex();
+    /// let hidden = Tensor::<2>::zeros([6, 4], &device);
+    /// let weight = Tensor::<2>::zeros([4, 10], &device);
+    /// let teacher = LinearTeacher::Logits(Tensor::<2>::zeros([6, 10], &device));
+    /// // 7 labels for 6 rows.
+    /// let labels = Targets::new(Tensor::<1, Int>::from_ints([0, 1, 2, 3, 4, 5, 6], &device));
+    /// let loss = FusedLinearKdLossConfig::new(KdLossConfig::new()).init();
+    /// let error = loss.check(&hidden, &weight, None, &teacher, &labels).unwrap_err();
+    /// assert_eq!(error, DistillError::TargetsLength { targets: 7, batch: 6 });
+    /// ```
+    pub fn check<const D: usize>(
         &self,
-        hidden: Tensor<D>,
-        weight: Tensor<2>,
-        bias: Option<Tensor<1>>,
-        teacher: LinearTeacher<D>,
-        targets: Targets,
-    ) -> Result<Tensor<1>, DistillError>
+        hidden: &Tensor<D>,
+        weight: &Tensor<2>,
+        bias: Option<&Tensor<1>>,
+        teacher: &LinearTeacher<D>,
+        targets: &Targets,
+    ) -> Result<(), DistillError>
     where
         Tensor<D>: LogitsShape,
     {
-        let out = self.run(hidden, weight, bias, teacher, targets, false)?;
-        Ok(out.total)
+        let (hidden, teacher, _, _) = self.check_input(
+            hidden.clone(),
+            weight,
+            bias,
+            teacher.clone(),
+            targets,
+            ValueChecks::Read,
+        )?;
+        // A top-k teacher's values (indices in range and distinct, masses at
+        // most 1), by the batch's rows: a forward finds them chunk by chunk.
+        if let LinearTeacher::TopK(sparse) = teacher {
+            let [rows, _] = hidden.dims();
+            sparse.check_against(rows, weight.dims()[1], ValueChecks::Read)?;
+        }
+        Ok(())
     }
 
     /// The loss as [`forward`](Self::forward) gives it (`total`, differentiable)
@@ -407,7 +445,7 @@ impl FusedLinearKdLoss {
     /// ```
     ///
     /// # Panics
-    /// On bad input, with the message of [`try_forward`](Self::try_forward).
+    /// On bad input, with the message of [`check`](Self::check).
     pub fn forward_parts<const D: usize>(
         &self,
         hidden: Tensor<D>,
@@ -439,7 +477,8 @@ impl FusedLinearKdLoss {
         let teacher = teacher.into_rows(&positions)?;
         let [rows, _] = hidden.dims();
         check_same_shape("teacher rows", &[teacher.rows()], "hidden rows", &[rows])?;
-        teacher.check(&hidden)?;
+        let vocab = weight.dims()[1];
+        teacher.check(&hidden, vocab, self.kd.config.truncate_teacher_classes)?;
         Ok((hidden, teacher, positions, bad))
     }
 
@@ -463,7 +502,7 @@ impl FusedLinearKdLoss {
             check_device("hidden", &hidden, "bias", bias)?;
             check_same_shape("bias", &bias.dims(), "weight columns", &[vocab])?;
         }
-        let ignore_index = self.kd.ignore_index();
+        let ignore_index = self.kd.config.ignore_index;
         let bad = targets.check("hidden", &hidden, vocab, &positions, ignore_index, values)?;
         Ok((hidden, positions, bad))
     }
@@ -487,7 +526,7 @@ impl FusedLinearKdLoss {
         let autodiff = hidden.is_autodiff();
         let (hidden, weight) = (hidden.without_autodiff(), weight.without_autodiff());
         let bias = bias.map(Tensor::without_autodiff);
-        let ignore_index = self.kd.ignore_index();
+        let ignore_index = self.kd.config.ignore_index;
         let keep = targets.kept_rows(ignore_index);
         let weights =
             targets.position_weights(keep.as_ref(), &positions, compute_dtype(hidden.dtype()));
@@ -524,7 +563,7 @@ impl FusedLinearKdLoss {
             self.check_input(hidden, &weight, bias.as_ref(), teacher, &targets, values)?;
         let [rows, _] = hidden.dims();
         let [_, vocab] = weight.dims();
-        let keep = targets.kept_rows(self.kd.ignore_index());
+        let keep = targets.kept_rows(self.kd.config.ignore_index);
         let weights =
             targets.position_weights(keep.as_ref(), &positions, compute_dtype(hidden.dtype()));
 

@@ -6,7 +6,6 @@
 use burn::module::{Module, ModuleDisplay};
 use burn::tensor::Tensor;
 
-use crate::check::ValueChecks;
 use crate::dkd::DkdLoss;
 use crate::error::{DistillError, or_panic};
 use crate::kd::{KdLoss, KdLossOutput, try_hard_loss};
@@ -125,7 +124,7 @@ where
     }
 
     fn forward_hard(&self, student: Tensor<D>, targets: Targets) -> Tensor<1> {
-        or_panic(try_hard_loss(student, targets, self.ignore_index()))
+        or_panic(try_hard_loss(student, targets, self.config.ignore_index))
     }
 
     fn check(
@@ -244,14 +243,13 @@ where
         teacher: &LinearTeacher<D>,
         targets: &Targets,
     ) -> Result<(), DistillError> {
-        self.check_input(
-            student.hidden.clone(),
+        FusedLinearKdLoss::check(
+            self,
+            &student.hidden,
             &student.weight,
             student.bias.as_ref(),
-            teacher.clone(),
+            teacher,
             targets,
-            ValueChecks::Read,
         )
-        .map(|_| ())
     }
 }

@@ -62,17 +62,6 @@ pub enum Reduction {
     SequenceMean,
 }
 
-#[allow(non_upper_case_globals)]
-impl Reduction {
-    /// The earlier name of [`Reduction::Mean`].
-    #[deprecated(since = "0.3.0", note = "renamed `Reduction::Mean`")]
-    pub const KeptRows: Reduction = Reduction::Mean;
-}
-
-/// The earlier name of [`Reduction`].
-#[deprecated(since = "0.3.0", note = "renamed `Reduction`")]
-pub type Normalizer = Reduction;
-
 /// The weight of each position in the reduced loss: `Σ weight · value`.
 #[derive(Debug, Clone)]
 #[allow(clippy::large_enum_variant)] // one per loss call, moved (as `TeacherOutput`)
@@ -184,14 +173,4 @@ fn weighted_sum(values: Tensor<1>, weights: &PositionWeights) -> Tensor<1> {
             (values * w).sum()
         }
     }
-}
-
-/// `Σ weight · value` over the positions that count; the others are zeroed
-/// first (value and gradient), so that an infinite left-out value cannot leak.
-pub(crate) fn reduce(
-    values: Tensor<1>,
-    keep: Option<&Tensor<1, Bool>>,
-    weights: &PositionWeights,
-) -> Tensor<1> {
-    weighted_sum(zero_left_out(values, keep), weights)
 }

@@ -4,18 +4,17 @@
 //!
 //! The divergence is then taken over `k + 1` buckets: the teacher's `k` classes
 //! and "everything else", for both models. With `k = C` it is the dense
-//! [`forward_kl`](crate::divergence::forward_kl). [`TeacherOutput::TopK`](crate::TeacherOutput::TopK)
-//! gives a [`SparseTeacher`] to [`KdLoss`](crate::KdLoss) with any divergence.
+//! divergence. [`TeacherOutput::TopK`](crate::TeacherOutput::TopK) gives a
+//! [`SparseTeacher`] to [`KdLoss`](crate::KdLoss) with any divergence.
 
 use burn::tensor::{DType, Int, Tensor, TensorData};
 
 use crate::check::{
     BadPositions, ValueChecks, check_device, check_temperature, check_top_k, check_top_k_log_probs,
 };
-use crate::divergence::forward_kl_unchecked;
-use crate::error::{DistillError, or_panic};
+use crate::error::DistillError;
 use crate::fused;
-use crate::temperature::{log_softmax_unchecked, scaled_logsumexp, try_log_softmax};
+use crate::temperature::{log_softmax, log_softmax_unchecked, scaled_logsumexp};
 use crate::top_k::{Selection, TopKRows};
 
 /// A teacher's top-k classes per row and their log-probabilities (normalised
@@ -34,14 +33,10 @@ impl SparseTeacher {
     /// whose `Σ exp(log_probs)` is NaN or above 1 by more than rounding (1e-2),
     /// naming it (raw logits given as log-probabilities, say).
     ///
-    /// # Panics
-    /// If the shapes differ (see [`try_new`](Self::try_new)).
-    pub fn new(indices: Tensor<2, Int>, log_probs: Tensor<2>) -> Self {
-        or_panic(Self::try_new(indices, log_probs))
-    }
-
-    /// Fallible [`new`](Self::new).
-    pub fn try_new(indices: Tensor<2, Int>, log_probs: Tensor<2>) -> Result<Self, DistillError> {
+    /// # Errors
+    /// [`DistillError::ShapeMismatch`] if the shapes differ,
+    /// [`DistillError::DeviceMismatch`] if the devices do.
+    pub fn new(indices: Tensor<2, Int>, log_probs: Tensor<2>) -> Result<Self, DistillError> {
         let (a, b) = (indices.dims(), log_probs.dims());
         if a != b {
             return Err(DistillError::ShapeMismatch {
@@ -69,35 +64,33 @@ impl SparseTeacher {
     /// log-probabilities, as a log-softmax of it does (the teacher store's
     /// `append_logits` refuses such a row instead).
     ///
-    /// # Panics
-    /// If `k` is 0 or exceeds the number of classes, or `T` is invalid (see
-    /// [`try_top_k`](Self::try_top_k)).
+    /// # Errors
+    /// [`DistillError::InvalidParameter`] if `k` is 0 or exceeds the number of
+    /// classes, [`DistillError::InvalidTemperature`] for a bad `T`.
     ///
     /// ```
-    /// use burn::tensor::{Device, Tensor};
-    /// use burn_distill::divergence::forward_kl;
-    /// use burn_distill::sparse::{SparseTeacher, sparse_forward_kl};
-    /// use burn_distill::temperature::log_softmax;
+    /// use burn::tensor::{Device, Int, Tensor};
+    /// use burn_distill::{KdLossConfig, SparseTeacher, Targets, TeacherOutput};
     ///
     /// let device = Device::flex();
     /// let v = Tensor::<2>::from_floats([[3.0, 1.0, 0.0, -1.0]], &device);
     /// let z = Tensor::<2>::from_floats([[1.0, 2.0, 0.5, 0.0]], &device);
-    /// // With k = C the sparse loss is the dense one.
-    /// let sparse = sparse_forward_kl(z.clone(), &SparseTeacher::top_k(v.clone(), 4, 2.0), 2.0);
-    /// let dense = forward_kl(log_softmax(z, 2.0, 1), log_softmax(v, 2.0, 1));
-    /// let (a, b) = (sparse.into_scalar::<f32>(), dense.into_scalar::<f32>());
+    /// let kd = KdLossConfig::new().with_temperature(2.0).init();
+    /// let soft = |teacher: TeacherOutput| {
+    ///     let parts = kd.forward_parts(z.clone(), teacher, Targets::unlabelled());
+    ///     parts.soft.into_scalar::<f32>()
+    /// };
+    /// // With k = C the top-k loss is the dense one.
+    /// let top_all = SparseTeacher::top_k(v.clone(), 4, 2.0)?;
+    /// let (a, b) = (soft(TeacherOutput::TopK(top_all)), soft(TeacherOutput::Logits(v)));
     /// assert!((a - b).abs() < 1e-6);
+    /// # Ok::<(), burn_distill::DistillError>(())
     /// ```
     ///
     /// For a language model's `[batch, seq, vocab]` logits, pass
     /// `flatten(0, 1)` of them: token `s` of sequence `b` is then row
     /// `b·seq + s`, the row the losses read for it.
-    pub fn top_k(teacher_logits: Tensor<2>, k: usize, temperature: f64) -> Self {
-        or_panic(Self::try_top_k(teacher_logits, k, temperature))
-    }
-
-    /// Fallible [`top_k`](Self::top_k).
-    pub fn try_top_k(
+    pub fn top_k(
         teacher_logits: Tensor<2>,
         k: usize,
         temperature: f64,
@@ -136,7 +129,7 @@ impl SparseTeacher {
             DType::F16 | DType::BF16 => teacher_logits.detach().cast(DType::F32),
             _ => teacher_logits.detach(),
         };
-        let log_p = try_log_softmax(logits, temperature, 1)?;
+        let log_p = log_softmax(logits, temperature, 1)?;
         let (log_probs, indices) = log_p.topk_with_indices(k, 1);
         Ok(Self {
             indices,
@@ -152,6 +145,11 @@ impl SparseTeacher {
     /// Their log-probabilities, `[N, k]`.
     pub fn log_probs(&self) -> &Tensor<2> {
         &self.log_probs
+    }
+
+    /// From rows of a teacher already checked (sliced, or moved off autodiff).
+    pub(crate) fn from_checked(indices: Tensor<2, Int>, log_probs: Tensor<2>) -> Self {
+        Self { indices, log_probs }
     }
 
     pub(crate) fn into_parts(self) -> (Tensor<2, Int>, Tensor<2>) {
@@ -173,49 +171,6 @@ impl SparseTeacher {
     pub fn k(&self) -> usize {
         self.indices.dims()[1]
     }
-}
-
-/// `KL(p ‖ q)` per row over the teacher's `k` classes plus a tail bucket, with
-/// `q = softmax(student_logits / T)`. The student's tail is the log-sum-exp of
-/// its log-probabilities outside the teacher's `k` classes (exact, no `1 − Σ`
-/// cancellation); the teacher's is `1 − Σ p_k`, clamped at 0. Buckets the teacher
-/// gives probability 0 contribute 0.
-///
-/// # Panics
-/// On bad shapes, indices or temperature (see [`try_sparse_forward_kl`]).
-///
-/// # Shapes
-/// - `student_logits`: `[N, C]`; teacher: `[N, k]`, `k ≤ C`; output `[N]`.
-pub fn sparse_forward_kl(
-    student_logits: Tensor<2>,
-    teacher: &SparseTeacher,
-    temperature: f64,
-) -> Tensor<1> {
-    or_panic(try_sparse_forward_kl(student_logits, teacher, temperature))
-}
-
-/// Fallible [`sparse_forward_kl`]; reads the indices' range back to check it.
-pub fn try_sparse_forward_kl(
-    student_logits: Tensor<2>,
-    teacher: &SparseTeacher,
-    temperature: f64,
-) -> Result<Tensor<1>, DistillError> {
-    check_temperature("temperature", temperature)?;
-    let [rows, classes] = student_logits.dims();
-    check_device(
-        "student_logits",
-        &student_logits,
-        "teacher.log_probs",
-        &teacher.log_probs,
-    )?;
-    teacher.check_against(rows, classes, ValueChecks::Read)?;
-    let (student, teacher) = bucket_log_probs(
-        student_logits,
-        teacher.indices.clone(),
-        teacher.log_probs.clone().detach(),
-        temperature,
-    );
-    Ok(forward_kl_unchecked(student, teacher))
 }
 
 /// The student's and the teacher's log-probabilities over the teacher's `k`

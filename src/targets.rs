@@ -132,12 +132,6 @@ impl Targets {
         self
     }
 
-    /// The earlier name of [`with_reduction`](Self::with_reduction).
-    #[deprecated(since = "0.3.0", note = "renamed `with_reduction`")]
-    pub fn with_normalizer(self, reduction: Reduction) -> Self {
-        self.with_reduction(reduction)
-    }
-
     /// The labels, if any, flattened to one per position.
     pub fn labels(&self) -> Option<&Tensor<1, Int>> {
         self.labels.as_ref()
@@ -155,12 +149,6 @@ impl Targets {
 
     /// The reduction.
     pub fn reduction(&self) -> Reduction {
-        self.reduction
-    }
-
-    /// The earlier name of [`reduction`](Self::reduction).
-    #[deprecated(since = "0.3.0", note = "renamed `reduction`")]
-    pub fn normalizer(&self) -> Reduction {
         self.reduction
     }
 

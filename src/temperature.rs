@@ -13,13 +13,13 @@
 use burn::tensor::{DType, Tensor};
 
 use crate::check::{check_dim, check_temperature};
-use crate::error::{DistillError, or_panic};
+use crate::error::DistillError;
 
 /// `log_softmax(logits / temperature)` along `dim`, computed stably.
 ///
-/// # Panics
-/// If `temperature` is not finite and > 0, or `dim >= D`; the message names
-/// the argument and value (see [`try_log_softmax`]).
+/// # Errors
+/// [`DistillError::InvalidTemperature`] unless `temperature` is finite and > 0,
+/// [`DistillError::InvalidDim`] if `dim >= D`.
 ///
 /// # Shapes
 /// - `logits`: any shape; output: the same shape.
@@ -31,20 +31,27 @@ use crate::error::{DistillError, or_panic};
 ///
 /// let device = Device::flex();
 /// let z = Tensor::<2>::from_floats([[2.0, 0.0]], &device);
-/// let log_q = log_softmax(z, 2.0, 1).into_data().to_vec::<f32>().unwrap();
+/// let log_q = log_softmax(z, 2.0, 1)?.into_data().to_vec::<f32>().unwrap();
 /// // softmax([1, 0]) = [e/(e+1), 1/(e+1)]
 /// let e = std::f32::consts::E;
 /// assert!((log_q[0] - (e / (e + 1.0)).ln()).abs() < 1e-6);
 /// assert!((log_q[1] - (1.0 / (e + 1.0)).ln()).abs() < 1e-6);
+/// # Ok::<(), burn_distill::DistillError>(())
 /// ```
-pub fn log_softmax<const D: usize>(logits: Tensor<D>, temperature: f64, dim: usize) -> Tensor<D> {
-    or_panic(try_log_softmax(logits, temperature, dim))
+pub fn log_softmax<const D: usize>(
+    logits: Tensor<D>,
+    temperature: f64,
+    dim: usize,
+) -> Result<Tensor<D>, DistillError> {
+    check_temperature("temperature", temperature)?;
+    check_dim("dim", dim, D)?;
+    Ok(log_softmax_unchecked(logits, temperature, dim))
 }
 
 /// `softmax(logits / temperature)` along `dim`, computed stably.
 ///
-/// # Panics
-/// If `temperature` is not finite and > 0, or `dim >= D` (see [`try_softmax`]).
+/// # Errors
+/// As [`log_softmax`].
 ///
 /// # Shapes
 /// - `logits`: any shape; output: the same shape, each slice along `dim` summing to 1.
@@ -56,25 +63,18 @@ pub fn log_softmax<const D: usize>(logits: Tensor<D>, temperature: f64, dim: usi
 ///
 /// let device = Device::flex();
 /// let z = Tensor::<2>::from_floats([[4.0, 0.0, f32::NEG_INFINITY]], &device);
-/// let q = softmax(z, 4.0, 1).into_data().to_vec::<f32>().unwrap();
+/// let q = softmax(z, 4.0, 1)?.into_data().to_vec::<f32>().unwrap();
 /// let e = std::f32::consts::E;
 /// assert!((q[0] - e / (e + 1.0)).abs() < 1e-6);
 /// assert_eq!(q[2], 0.0); // a masked class gets exactly zero probability
+/// # Ok::<(), burn_distill::DistillError>(())
 /// ```
-pub fn softmax<const D: usize>(logits: Tensor<D>, temperature: f64, dim: usize) -> Tensor<D> {
-    or_panic(try_softmax(logits, temperature, dim))
-}
-
-/// Fallible [`log_softmax`]: returns [`DistillError::InvalidTemperature`] or
-/// [`DistillError::InvalidDim`] instead of panicking.
-pub fn try_log_softmax<const D: usize>(
+pub fn softmax<const D: usize>(
     logits: Tensor<D>,
     temperature: f64,
     dim: usize,
 ) -> Result<Tensor<D>, DistillError> {
-    check_temperature("temperature", temperature)?;
-    check_dim("dim", dim, D)?;
-    Ok(log_softmax_unchecked(logits, temperature, dim))
+    Ok(log_softmax(logits, temperature, dim)?.exp())
 }
 
 /// [`log_softmax`] for callers that validated the temperature and `dim` once
@@ -87,21 +87,6 @@ pub(crate) fn log_softmax_unchecked<const D: usize>(
     let (shifted, _) = shifted_scaled_logits(logits, temperature, dim);
     let log_normaliser = shifted.clone().exp().sum_dim(dim).log();
     shifted - log_normaliser
-}
-
-/// Fallible [`softmax`]: returns [`DistillError::InvalidTemperature`] or
-/// [`DistillError::InvalidDim`] instead of panicking.
-pub fn try_softmax<const D: usize>(
-    logits: Tensor<D>,
-    temperature: f64,
-    dim: usize,
-) -> Result<Tensor<D>, DistillError> {
-    check_temperature("temperature", temperature)?;
-    check_dim("dim", dim, D)?;
-    let (shifted, _) = shifted_scaled_logits(logits, temperature, dim);
-    let unnormalised = shifted.exp();
-    let normaliser = unnormalised.clone().sum_dim(dim);
-    Ok(unnormalised / normaliser)
 }
 
 /// `(z − max z)/T` along `dim`, and `max z / T`: the largest entry of each

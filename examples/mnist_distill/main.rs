@@ -798,21 +798,22 @@ fn open_or_write_store(
     store
         .verify()
         .map_err(|e| format!("--teacher-store: {e}"))?;
+    let (summary, stored) = (store.summary(), store.config());
     if !written {
         println!(
             "teacher store: reusing {} ({} examples, {} bytes)",
             path.display(),
-            store.len(),
-            store.file_bytes()
+            summary.examples,
+            summary.file_bytes
         );
     }
     let report = StoreReport {
         path: path.display().to_string(),
-        k: store.k(),
-        precision: format!("{:?}", store.precision()),
-        examples: store.len(),
-        file_bytes: store.file_bytes(),
-        bytes_per_example: store.file_bytes() as f64 / store.len().max(1) as f64,
+        k: stored.k,
+        precision: format!("{:?}", stored.precision),
+        examples: summary.examples,
+        file_bytes: summary.file_bytes,
+        bytes_per_example: summary.file_bytes as f64 / summary.examples.max(1) as f64,
         write_seconds: written.then_some(write_seconds),
     };
     Ok((store, report))
@@ -949,6 +950,7 @@ fn soft_targets(teacher: &Mlp, test: &Split) -> SoftTargets {
         .iter()
         .map(|&t| {
             temperature::softmax(logits.clone(), t, 1)
+                .expect("a valid temperature")
                 .into_data()
                 .try_to_vec::<f32>()
                 .expect("f32")

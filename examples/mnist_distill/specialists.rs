@@ -176,9 +176,15 @@ pub fn run(
             .with_subset_size(Some(settings.overlap_size))
             .with_overlap(overlap)
             .find(held_out_probs.clone())
+            .expect("valid clustering settings")
     };
     let variants = [
-        ("disjoint", clustering.find(held_out_probs.clone())),
+        (
+            "disjoint",
+            clustering
+                .find(held_out_probs.clone())
+                .expect("valid clustering settings"),
+        ),
         ("correlated", overlapping(SubsetOverlap::Correlated)),
         ("nearest", overlapping(SubsetOverlap::Nearest)),
     ];
@@ -255,7 +261,7 @@ impl SpecialistSettings {
 fn probabilities(logits: Vec<f32>, width: usize, t: f64, device: &Device) -> Tensor<2> {
     let rows = logits.len() / width;
     let logits = Tensor::<2>::from_data(TensorData::new(logits, [rows, width]), device);
-    temperature::softmax(logits, t, 1)
+    temperature::softmax(logits, t, 1).expect("a valid temperature")
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -370,14 +376,18 @@ fn combine_variant(
                     &device,
                 );
                 let logits = if corrected {
-                    m.specialist.correct_dustbin(logits, m.correction)
+                    m.specialist
+                        .correct_dustbin(logits, m.correction)
+                        .expect("a finite correction")
                 } else {
                     logits
                 };
-                temperature::softmax(logits, 1.0, 1)
+                temperature::softmax(logits, 1.0, 1).expect("T = 1")
             })
             .collect();
-        combiner.combine(generalist_probs.clone(), &specialists, &probs)
+        combiner
+            .combine(generalist_probs.clone(), &specialists, &probs)
+            .expect("one output per class and dustbin")
     };
     let combined = combine(true);
     let uncorrected = combine(false);

@@ -181,11 +181,17 @@ pub fn train(
                     loss,
                     dustbin_shift,
                 } => {
-                    let collapsed = specialist.collapse_logits(
-                        constant_logits(generalist, &x, device),
-                        loss.temperature(),
-                    );
-                    let collapsed = specialist.correct_dustbin(collapsed, *dustbin_shift);
+                    // The specialist, its loss and its shift were checked
+                    // when the run was set up.
+                    let collapsed = specialist
+                        .collapse_logits(
+                            constant_logits(generalist, &x, device),
+                            loss.config().temperature,
+                        )
+                        .expect("the generalist has one logit per class");
+                    let collapsed = specialist
+                        .correct_dustbin(collapsed, *dustbin_shift)
+                        .expect("a finite dustbin shift");
                     loss.forward(logits.clone(), collapsed, y.clone())
                 }
                 Objective::Stored { store, loss } => {

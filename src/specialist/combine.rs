@@ -130,10 +130,11 @@ pub struct CombinedPrediction {
 /// let special = Tensor::<2>::from_floats([[0.1, 0.7, 0.2]], &device);
 /// let out = SpecialistCombinerConfig::new()
 ///     .init()
-///     .combine(generalist, &[specialist], &[special]);
+///     .combine(generalist, &[specialist], &[special])?;
 /// let q = out.probs.into_data().to_vec::<f32>().unwrap();
 /// assert!(q[1] > 0.3 && q[0] < 0.5); // moved towards the specialist
 /// assert!((q.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+/// # Ok::<(), burn_distill::DistillError>(())
 /// ```
 #[derive(Debug, Clone)]
 pub struct SpecialistCombiner {
@@ -160,20 +161,10 @@ impl SpecialistCombiner {
     /// Combines `generalist_probs` `[batch, C]` with each specialist's
     /// probabilities `[batch, |S_m| + 1]` (dustbin last).
     ///
-    /// # Panics
-    /// On mismatched shapes (see [`try_combine`](Self::try_combine)).
+    /// # Errors
+    /// On mismatched shapes, naming the specialist argument whose width or
+    /// batch is wrong (`specialist_probs[m]`).
     pub fn combine(
-        &self,
-        generalist_probs: Tensor<2>,
-        specialists: &[Specialist],
-        specialist_probs: &[Tensor<2>],
-    ) -> CombinedPrediction {
-        or_panic(self.try_combine(generalist_probs, specialists, specialist_probs))
-    }
-
-    /// Fallible [`combine`](Self::combine): errors name the specialist argument
-    /// whose width or batch is wrong.
-    pub fn try_combine(
         &self,
         generalist_probs: Tensor<2>,
         specialists: &[Specialist],

@@ -10,7 +10,7 @@ use burn::tensor::{Int, Tensor, TensorData};
 use super::ClassSubset;
 use super::rng::SplitMix64;
 use crate::check::check_non_empty;
-use crate::error::{DistillError, or_panic};
+use crate::error::DistillError;
 
 /// Covariance `[C, C]` of the classes' predicted probabilities over `N` examples
 /// (`probs`: `[N, C]`, `N ≥ 2`), with the unbiased `1/(N − 1)` normalisation.
@@ -21,15 +21,11 @@ use crate::error::{DistillError, or_panic};
 ///
 /// let device = Device::flex();
 /// let probs = Tensor::<2>::from_floats([[0.9, 0.1], [0.1, 0.9]], &device);
-/// let cov = class_covariance(probs).into_data().to_vec::<f32>().unwrap();
+/// let cov = class_covariance(probs)?.into_data().to_vec::<f32>().unwrap();
 /// assert!((cov[0] - 0.32).abs() < 1e-6 && (cov[1] + 0.32).abs() < 1e-6);
+/// # Ok::<(), burn_distill::DistillError>(())
 /// ```
-pub fn class_covariance(probs: Tensor<2>) -> Tensor<2> {
-    or_panic(try_class_covariance(probs))
-}
-
-/// Fallible [`class_covariance`].
-pub fn try_class_covariance(probs: Tensor<2>) -> Result<Tensor<2>, DistillError> {
+pub fn class_covariance(probs: Tensor<2>) -> Result<Tensor<2>, DistillError> {
     let [n, _] = probs.dims();
     check_non_empty("probs", &probs.dims())?;
     if n < 2 {
@@ -61,10 +57,11 @@ pub fn try_class_covariance(probs: Tensor<2>) -> Result<Tensor<2>, DistillError>
 ///     [[0.6, 0.4, 0.0, 0.0], [0.3, 0.7, 0.0, 0.0], [0.0, 0.0, 0.5, 0.5], [0.0, 0.0, 0.8, 0.2]],
 ///     &device,
 /// );
-/// let subsets = ConfusableSubsetsConfig::new(2).find(probs);
+/// let subsets = ConfusableSubsetsConfig::new(2).find(probs)?;
 /// let mut groups: Vec<Vec<usize>> = subsets.iter().map(|s| s.classes().to_vec()).collect();
 /// groups.sort();
 /// assert_eq!(groups, vec![vec![0, 1], vec![2, 3]]);
+/// # Ok::<(), burn_distill::DistillError>(())
 /// ```
 #[derive(Config, Debug)]
 pub struct ConfusableSubsetsConfig {
@@ -120,14 +117,9 @@ pub enum SubsetOverlap {
 impl ConfusableSubsetsConfig {
     /// Clusters the columns of `class_covariance(probs)`; `probs` is `[N, C]`.
     ///
-    /// # Panics
-    /// On invalid parameters (see [`try_find`](Self::try_find)).
-    pub fn find(&self, probs: Tensor<2>) -> Vec<ClassSubset> {
-        or_panic(self.try_find(probs))
-    }
-
-    /// Fallible [`find`](Self::find).
-    pub fn try_find(&self, probs: Tensor<2>) -> Result<Vec<ClassSubset>, DistillError> {
+    /// # Errors
+    /// On invalid parameters.
+    pub fn find(&self, probs: Tensor<2>) -> Result<Vec<ClassSubset>, DistillError> {
         let [_, classes] = probs.dims();
         if self.num_subsets == 0 || self.num_subsets > classes {
             return Err(DistillError::InvalidParameter {
@@ -152,7 +144,7 @@ impl ConfusableSubsetsConfig {
                 requirement: "at least 1",
             });
         }
-        let covariance = try_class_covariance(probs)?;
+        let covariance = class_covariance(probs)?;
         let points = if self.normalize_columns {
             // The covariance is symmetric: its rows are its columns.
             let norms = covariance

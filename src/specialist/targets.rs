@@ -7,7 +7,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use super::ClassSubset;
 use crate::check::{check_temperature, check_width};
-use crate::error::{DistillError, or_panic};
+use crate::error::DistillError;
 
 /// A specialist for the classes of a [`ClassSubset`] `S`: output `k < |S|` is
 /// class `S[k]`, output `|S|` is the dustbin ("any other class").
@@ -19,8 +19,9 @@ use crate::error::{DistillError, or_panic};
 /// let device = Device::flex();
 /// let specialist = Specialist::new(ClassSubset::new(vec![2, 5], 6).unwrap());
 /// let labels = Tensor::<1, Int>::from_ints([5, 0, 2, 3], &device);
-/// let mapped: Vec<i64> = specialist.map_labels(labels).into_data().iter::<i64>().collect();
+/// let mapped: Vec<i64> = specialist.map_labels(labels)?.into_data().iter::<i64>().collect();
 /// assert_eq!(mapped, vec![1, 2, 0, 2]); // 5 → 1, 2 → 0, others → dustbin 2
+/// # Ok::<(), burn_distill::DistillError>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Specialist {
@@ -66,15 +67,10 @@ impl Specialist {
 
     /// Maps full-problem labels `[batch]` to specialist outputs `[batch]`.
     ///
-    /// # Panics
-    /// On a label outside `0..C` (see [`try_map_labels`](Self::try_map_labels)).
-    pub fn map_labels(&self, labels: Tensor<1, Int>) -> Tensor<1, Int> {
-        or_panic(self.try_map_labels(labels))
-    }
-
-    /// Fallible [`map_labels`](Self::map_labels); reads the labels' range back
-    /// from the device to check it.
-    pub fn try_map_labels(&self, labels: Tensor<1, Int>) -> Result<Tensor<1, Int>, DistillError> {
+    /// # Errors
+    /// On a label outside `0..C` (the labels' range is read back from the
+    /// device to check it).
+    pub fn map_labels(&self, labels: Tensor<1, Int>) -> Result<Tensor<1, Int>, DistillError> {
         crate::check::check_index_bounds("labels", &labels, self.subset.num_classes())?;
         let table: Vec<i64> = self.output_of_class.iter().map(|&o| o as i64).collect();
         let table = Tensor::<1, Int>::from_data(
@@ -99,14 +95,9 @@ impl Specialist {
     /// the subset's columns, and the dustbin as the sum of all others. Rows keep
     /// their total probability.
     ///
-    /// # Panics
-    /// If `probs` does not have `C` columns (see [`try_collapse_probs`](Self::try_collapse_probs)).
-    pub fn collapse_probs(&self, probs: Tensor<2>) -> Tensor<2> {
-        or_panic(self.try_collapse_probs(probs))
-    }
-
-    /// Fallible [`collapse_probs`](Self::collapse_probs).
-    pub fn try_collapse_probs(&self, probs: Tensor<2>) -> Result<Tensor<2>, DistillError> {
+    /// # Errors
+    /// If `probs` does not have `C` columns.
+    pub fn collapse_probs(&self, probs: Tensor<2>) -> Result<Tensor<2>, DistillError> {
         self.check_width("probs", &probs)?;
         let a = self.aggregation_matrix(&probs.device()).cast(probs.dtype());
         Ok(probs.matmul(a))
@@ -119,14 +110,9 @@ impl Specialist {
     /// `softmax(v / T)`. For fine-tuning a specialist on the generalist's soft
     /// targets with [`KdLoss`](crate::KdLoss) at the same `T`.
     ///
-    /// # Panics
-    /// On a bad width or temperature (see [`try_collapse_logits`](Self::try_collapse_logits)).
-    pub fn collapse_logits(&self, logits: Tensor<2>, temperature: f64) -> Tensor<2> {
-        or_panic(self.try_collapse_logits(logits, temperature))
-    }
-
-    /// Fallible [`collapse_logits`](Self::collapse_logits).
-    pub fn try_collapse_logits(
+    /// # Errors
+    /// On a bad width or temperature.
+    pub fn collapse_logits(
         &self,
         logits: Tensor<2>,
         temperature: f64,
@@ -171,15 +157,10 @@ impl Specialist {
     /// training prior first, `correct_dustbin(collapse_logits(v, T), −correction)`,
     /// so that the one correction at test time undoes the shift of both.
     ///
-    /// # Panics
+    /// # Errors
     /// If `logits` does not have `|S| + 1` columns or `correction` is not
-    /// finite (see [`try_correct_dustbin`](Self::try_correct_dustbin)).
-    pub fn correct_dustbin(&self, logits: Tensor<2>, correction: f64) -> Tensor<2> {
-        or_panic(self.try_correct_dustbin(logits, correction))
-    }
-
-    /// Fallible [`correct_dustbin`](Self::correct_dustbin).
-    pub fn try_correct_dustbin(
+    /// finite.
+    pub fn correct_dustbin(
         &self,
         logits: Tensor<2>,
         correction: f64,

@@ -48,22 +48,22 @@ pub(super) struct Header {
 
 impl Header {
     /// Bits per stored class index: enough for `vocab_size − 1`.
-    pub fn index_bits(&self) -> u32 {
+    pub(crate) fn index_bits(&self) -> u32 {
         index_bits(self.vocab_size)
     }
 
     /// Bytes of one row's packed indices.
-    pub fn index_bytes(&self) -> usize {
+    pub(crate) fn index_bytes(&self) -> usize {
         (self.k as usize * self.index_bits() as usize).div_ceil(8)
     }
 
     /// Bytes of one row: packed indices, log-probabilities, tail mass.
-    pub fn row_bytes(&self) -> usize {
+    pub(crate) fn row_bytes(&self) -> usize {
         self.index_bytes() + self.k as usize * self.precision.bytes() + 4
     }
 
     /// The preamble, header and header checksum.
-    pub fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         let mut body = Vec::new();
         body.extend_from_slice(&self.vocab_size.to_le_bytes());
         body.extend_from_slice(&self.k.to_le_bytes());
@@ -87,7 +87,7 @@ impl Header {
     }
 
     /// Parses a header body (after the preamble, without its checksum).
-    pub fn decode(body: &[u8]) -> Result<Self, String> {
+    pub(crate) fn decode(body: &[u8]) -> Result<Self, String> {
         let mut r = Reader(body);
         let vocab_size = r.u32()?;
         let k = r.u32()?;
@@ -144,7 +144,7 @@ pub(super) struct Footer {
 }
 
 impl Footer {
-    pub fn encode(&self) -> [u8; FOOTER] {
+    pub(crate) fn encode(&self) -> [u8; FOOTER] {
         let mut out = [0u8; FOOTER];
         out[0..8].copy_from_slice(&self.rows.to_le_bytes());
         out[8..16].copy_from_slice(&self.examples.to_le_bytes());
@@ -157,7 +157,7 @@ impl Footer {
     }
 
     /// Parses a footer; `Err` names what is wrong.
-    pub fn decode(bytes: &[u8; FOOTER]) -> Result<Self, String> {
+    pub(crate) fn decode(bytes: &[u8; FOOTER]) -> Result<Self, String> {
         if &bytes[28..36] != END_MAGIC {
             return Err("no end marker: the file was cut short or never finished".into());
         }

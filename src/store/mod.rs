@@ -70,7 +70,7 @@
 //! // Every epoch: the batch's examples, in the batch's order.
 //! let store = TeacherStore::open_matching(&path, &config).unwrap();
 //! let teacher: SparseTeacher = store.read(&[2, 0], &device).unwrap();
-//! let live = SparseTeacher::top_k(teacher_logits.select(0, Tensor::from_ints([2, 0], &device)), 2, 2.0);
+//! let live = SparseTeacher::top_k(teacher_logits.select(0, Tensor::from_ints([2, 0], &device)), 2, 2.0).unwrap();
 //! let (a, b) = (teacher.log_probs().clone(), live.log_probs().clone());
 //! // The same classes and log-probabilities (to f32 rounding).
 //! assert!(a.sub(b).abs().max().into_scalar::<f32>() < 1e-6);

@@ -10,7 +10,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use super::format::{
     FLAG_EXAMPLE_OFFSETS, FOOTER, Footer, Header, MAGIC, PREAMBLE, VERSION, sum_exp, unpack_indices,
 };
-use super::{StorePrecision, TeacherStoreConfig};
+use super::{StorePrecision, StoreSummary, TeacherStoreConfig};
 use crate::error::{DistillError, store_io};
 use crate::kd::KdLoss;
 use crate::sparse::SparseTeacher;
@@ -266,14 +266,14 @@ impl TeacherStore {
     /// # std::fs::remove_file(&path).unwrap();
     /// ```
     pub fn check_loss(&self, loss: &KdLoss) -> Result<(), DistillError> {
-        if self.header.temperature == loss.temperature() {
+        if self.header.temperature == loss.config.temperature {
             return Ok(());
         }
         Err(DistillError::StoreMismatch {
             path: self.path.display().to_string(),
             field: "temperature",
             stored: format!("{:?}", self.header.temperature),
-            expected: format!("{:?}", loss.temperature()),
+            expected: format!("{:?}", loss.config.temperature),
         })
     }
 
@@ -282,7 +282,7 @@ impl TeacherStore {
     pub fn read(&self, examples: &[usize], device: &Device) -> Result<SparseTeacher, DistillError> {
         let rows = self.read_rows(examples)?;
         let shape = [rows.rows, rows.k];
-        SparseTeacher::try_new(
+        SparseTeacher::new(
             Tensor::<2, Int>::from_data(TensorData::new(rows.indices, shape), device),
             Tensor::<2>::from_data(TensorData::new(rows.log_probs, shape), device),
         )
@@ -399,19 +399,32 @@ impl TeacherStore {
         }
     }
 
-    /// Number of examples stored.
-    pub fn len(&self) -> usize {
-        self.examples
+    /// What the store was written for (its header): vocabulary size, `k`,
+    /// temperature, precision, teacher, dataset fingerprint and shard rows.
+    pub fn config(&self) -> TeacherStoreConfig {
+        let header = &self.header;
+        TeacherStoreConfig {
+            vocab_size: header.vocab_size as usize,
+            k: header.k as usize,
+            temperature: header.temperature,
+            precision: header.precision,
+            teacher: header.teacher.clone(),
+            dataset_fingerprint: header.dataset_fingerprint.clone(),
+            shard_rows: header.shard_rows as usize,
+        }
     }
 
-    /// Whether the store holds no example.
-    pub fn is_empty(&self) -> bool {
-        self.examples == 0
-    }
-
-    /// Number of rows stored (more than [`len`](Self::len) when examples are sequences).
-    pub fn rows(&self) -> u64 {
-        self.rows
+    /// What the store holds: its path, examples, rows (more than the examples
+    /// when they are sequences), bytes per row and file size — the summary
+    /// its writer's [`finish`](super::TeacherStoreWriter::finish) returned.
+    pub fn summary(&self) -> StoreSummary {
+        StoreSummary {
+            path: self.path.clone(),
+            examples: self.examples,
+            rows: self.rows,
+            row_bytes: self.row_bytes,
+            file_bytes: self.file_bytes,
+        }
     }
 
     /// Rows of one example.
@@ -432,50 +445,5 @@ impl TeacherStore {
             Some(starts) => (starts[example], starts[example + 1]),
             None => (example as u64, example as u64 + 1),
         })
-    }
-
-    /// Bytes of one stored row.
-    pub fn row_bytes(&self) -> usize {
-        self.row_bytes
-    }
-
-    /// Size of the file in bytes.
-    pub fn file_bytes(&self) -> u64 {
-        self.file_bytes
-    }
-
-    /// The teacher's number of classes.
-    pub fn vocab_size(&self) -> usize {
-        self.header.vocab_size as usize
-    }
-
-    /// Classes stored per row.
-    pub fn k(&self) -> usize {
-        self.header.k as usize
-    }
-
-    /// The temperature the log-probabilities were taken at.
-    pub fn temperature(&self) -> f64 {
-        self.header.temperature
-    }
-
-    /// How the log-probabilities are stored.
-    pub fn precision(&self) -> StorePrecision {
-        self.header.precision
-    }
-
-    /// The teacher's name, as given when writing.
-    pub fn teacher(&self) -> &str {
-        &self.header.teacher
-    }
-
-    /// The dataset fingerprint, as given when writing.
-    pub fn dataset_fingerprint(&self) -> &str {
-        &self.header.dataset_fingerprint
-    }
-
-    /// The file.
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 }

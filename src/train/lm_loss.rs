@@ -216,7 +216,7 @@ macro_rules! logits_lm_loss {
     };
 }
 
-logits_lm_loss!(KdLoss, KdLoss::ignore_index);
+logits_lm_loss!(KdLoss, |kd| kd.config.ignore_index);
 logits_lm_loss!(DkdLoss, |_| None);
 
 impl LmLoss for FusedLinearKdLoss {
@@ -305,7 +305,7 @@ impl LmLoss for FusedLinearKdLoss {
     }
 
     fn ignore_index(&self) -> Option<i64> {
-        self.kd().ignore_index()
+        self.kd().config.ignore_index
     }
 
     fn compute_dtype(&self, student: &LinearStudent) -> DType {

@@ -102,7 +102,7 @@ impl Problem {
                 let shape = [self.rows, *k];
                 let indices =
                     Tensor::<2, Int>::from_data(TensorData::new(indices.clone(), shape), device);
-                TeacherOutput::TopK(SparseTeacher::new(indices, tensor(log_probs, shape)))
+                TeacherOutput::TopK(SparseTeacher::new(indices, tensor(log_probs, shape)).unwrap())
             }
         }
     }

@@ -53,7 +53,7 @@ fn no_forward_reads_from_the_device_and_check_does() {
     let v = logits(&mut rng, [ROWS, CLASSES], &autodiff);
     let y = labels(&[0, 6, 3, 2, 1, 5], &autodiff);
     // Built outside the counted forwards (burn's `topk` is not the loss's).
-    let top_k = SparseTeacher::top_k(v.clone(), 3, 2.0);
+    let top_k = SparseTeacher::top_k(v.clone(), 3, 2.0).unwrap();
     let probs = burn::tensor::activation::softmax(v.clone().div_scalar(2.0), 1);
     let padding = Tensor::<1, Bool>::from_data([false, false, true, false, true, false], &autodiff);
     let teachers: Vec<(&str, TeacherOutput)> = vec![
@@ -253,7 +253,7 @@ fn bad_values_make_the_forward_nan_and_check_names_them() {
         &device,
     );
     let log_probs = Tensor::<2>::from_floats([[-1.0, -2.0]; ROWS], &device);
-    let teacher = TeacherOutput::TopK(SparseTeacher::new(indices, log_probs));
+    let teacher = TeacherOutput::TopK(SparseTeacher::new(indices, log_probs).unwrap());
     nan_at(
         kd.forward_no_reduction(z.clone(), teacher.clone(), y.clone()),
         &[4],
@@ -273,7 +273,7 @@ fn bad_values_make_the_forward_nan_and_check_names_them() {
         &device,
     );
     let log_probs = Tensor::<2>::from_floats([[-1.0, -2.0]; ROWS], &device);
-    let teacher = TeacherOutput::TopK(SparseTeacher::new(indices, log_probs));
+    let teacher = TeacherOutput::TopK(SparseTeacher::new(indices, log_probs).unwrap());
     for fused in [true, false] {
         let kd = KdLossConfig::new()
             .with_hard_weight(0.5)

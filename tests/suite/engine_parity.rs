@@ -111,7 +111,7 @@ fn teacher(
         shape,
         device,
     );
-    TeacherOutput::TopK(SparseTeacher::new(indices, log_probs))
+    TeacherOutput::TopK(SparseTeacher::new(indices, log_probs).unwrap())
 }
 
 fn check(

@@ -3,15 +3,25 @@
 use crate::common;
 
 use burn::tensor::Tensor;
-use burn_distill::DistillError;
-use burn_distill::ensemble::{
-    arithmetic_mean, arithmetic_mean_log, geometric_mean, geometric_mean_log, try_arithmetic_mean,
-    try_geometric_mean,
-};
+use burn_distill::ensemble::{arithmetic_mean, geometric_mean};
+use burn_distill::{DistillError, TeacherOutput};
 use common::{Normals, Rng, assert_close, devices, reference_softmax, tensor2, values};
 
 const B: usize = 4;
 const C: usize = 7;
+
+/// The log-probabilities of a combinator's teacher.
+fn mean_log_probs(teacher: Result<TeacherOutput, DistillError>) -> Vec<f64> {
+    match teacher.unwrap() {
+        TeacherOutput::LogProbs(log_p) => values(log_p),
+        other => panic!("expected log-probabilities, got {other:?}"),
+    }
+}
+
+/// The probabilities of a combinator's teacher.
+fn mean_probs(teacher: Result<TeacherOutput, DistillError>) -> Vec<f64> {
+    mean_log_probs(teacher).into_iter().map(f64::exp).collect()
+}
 
 fn teachers(rng: &mut Rng, m: usize) -> Vec<Vec<f64>> {
     (0..m).map(|_| rng.normals(B * C, 3.0)).collect()
@@ -37,20 +47,20 @@ fn arithmetic_mean_is_the_weighted_mean_of_probabilities() {
             let scaled = [5.0, 3.0, 2.0];
             assert_close(
                 name,
-                &values(arithmetic_mean(&tensors, t, Some(&scaled))),
+                &mean_probs(arithmetic_mean(&tensors, t, Some(&scaled))),
                 &expected,
                 1e-6,
             );
             assert_close(
                 name,
-                &values(arithmetic_mean(&tensors, t, None)),
+                &mean_probs(arithmetic_mean(&tensors, t, None)),
                 &unweighted,
                 1e-6,
             );
             let log: Vec<f64> = expected.iter().map(|p| p.ln()).collect();
             assert_close(
                 name,
-                &values(arithmetic_mean_log(&tensors, t, Some(&weights))),
+                &mean_log_probs(arithmetic_mean(&tensors, t, Some(&weights))),
                 &log,
                 1e-5,
             );
@@ -74,12 +84,12 @@ fn geometric_mean_is_softmax_of_mean_logits() {
                 logits.iter().map(|v| tensor2(v, [B, C], &device)).collect();
             assert_close(
                 name,
-                &values(geometric_mean(&tensors, t, Some(&weights))),
+                &mean_probs(geometric_mean(&tensors, t, Some(&weights))),
                 &expected,
                 1e-5,
             );
             let log: Vec<f64> = expected.iter().map(|p| p.ln()).collect();
-            let got_log = values(geometric_mean_log(&tensors, t, Some(&weights)));
+            let got_log = mean_log_probs(geometric_mean(&tensors, t, Some(&weights)));
             assert_close(name, &got_log, &log, 1e-5);
         }
     }
@@ -92,8 +102,8 @@ fn arithmetic_and_geometric_means_differ_on_disagreement() {
     for (name, device) in devices() {
         let a = tensor2(&[4.0, 0.0, 0.0], [1, 3], &device);
         let b = tensor2(&[0.0, 4.0, 0.0], [1, 3], &device);
-        let arith = values(arithmetic_mean(&[a.clone(), b.clone()], 1.0, None));
-        let geo = values(geometric_mean(&[a, b], 1.0, None));
+        let arith = mean_probs(arithmetic_mean(&[a.clone(), b.clone()], 1.0, None));
+        let geo = mean_probs(geometric_mean(&[a, b], 1.0, None));
         assert!(arith[2] < geo[2], "{name}: {arith:?} vs {geo:?}");
     }
 }
@@ -104,10 +114,10 @@ fn ensemble_errors() {
         let a = tensor2(&[0.0; 6], [2, 3], &device);
         let b = tensor2(&[0.0; 8], [2, 4], &device);
         assert_eq!(
-            try_arithmetic_mean(&[], 1.0, None).unwrap_err(),
+            arithmetic_mean(&[], 1.0, None).unwrap_err(),
             DistillError::NoTeachers
         );
-        let err = try_geometric_mean(&[a.clone(), b], 1.0, None).unwrap_err();
+        let err = geometric_mean(&[a.clone(), b], 1.0, None).unwrap_err();
         assert_eq!(
             err,
             DistillError::TeacherShapeMismatch {
@@ -121,7 +131,7 @@ fn ensemble_errors() {
                 .contains("teacher_logits[1] has shape [2, 4]"),
             "{err}"
         );
-        let err = try_arithmetic_mean(&[a.clone(), a.clone()], 1.0, Some(&[1.0])).unwrap_err();
+        let err = arithmetic_mean(&[a.clone(), a.clone()], 1.0, Some(&[1.0])).unwrap_err();
         assert_eq!(
             err,
             DistillError::WeightsLength {
@@ -129,7 +139,7 @@ fn ensemble_errors() {
                 teachers: 2
             }
         );
-        let err = try_arithmetic_mean(std::slice::from_ref(&a), 1.0, Some(&[-1.0])).unwrap_err();
+        let err = arithmetic_mean(std::slice::from_ref(&a), 1.0, Some(&[-1.0])).unwrap_err();
         assert!(
             matches!(
                 err,
@@ -140,12 +150,12 @@ fn ensemble_errors() {
             ),
             "{err:?}"
         );
-        let err = try_arithmetic_mean(std::slice::from_ref(&a), 0.0, None).unwrap_err();
+        let err = arithmetic_mean(std::slice::from_ref(&a), 0.0, None).unwrap_err();
         assert!(
             matches!(err, DistillError::InvalidTemperature { .. }),
             "{err:?}"
         );
-        let err = try_arithmetic_mean(&[a.clone(), a], 1.0, Some(&[0.0, 0.0])).unwrap_err();
+        let err = arithmetic_mean(&[a.clone(), a], 1.0, Some(&[0.0, 0.0])).unwrap_err();
         assert_eq!(err, DistillError::InvalidWeightSum { total: 0.0 });
         let text = err.to_string();
         assert!(

@@ -96,7 +96,9 @@ fn check_case(
             bias: Some(vector(&c.teacher_bias, make, device)),
         },
         TeacherForm::Logits => LinearTeacher::Logits(teacher_logits()),
-        TeacherForm::TopK => LinearTeacher::TopK(SparseTeacher::top_k(teacher_logits(), 4, 2.0)),
+        TeacherForm::TopK => {
+            LinearTeacher::TopK(SparseTeacher::top_k(teacher_logits(), 4, 2.0).unwrap())
+        }
     };
     let params = || {
         (
@@ -228,12 +230,12 @@ fn inference_and_bad_input() {
 
         let wrong = tensor2(&c.weight[..(D - 1) * VOCAB], [D - 1, VOCAB], &device);
         let error = fused
-            .try_forward(
-                hidden.clone(),
-                wrong,
+            .check(
+                &hidden,
+                &wrong,
                 None,
-                LinearTeacher::Logits(teacher.clone()),
-                labels.clone().into(),
+                &LinearTeacher::Logits(teacher.clone()),
+                &Targets::from(labels.clone()),
             )
             .unwrap_err();
         assert!(
@@ -242,12 +244,12 @@ fn inference_and_bad_input() {
         );
         assert!(error.to_string().contains("weight rows"), "{error}");
         let error = fused
-            .try_forward(
-                hidden.clone(),
-                weight.clone(),
+            .check(
+                &hidden,
+                &weight,
                 None,
-                LinearTeacher::Logits(teacher.slice(0..ROWS - 1)),
-                labels.into(),
+                &LinearTeacher::Logits(teacher.slice(0..ROWS - 1)),
+                &Targets::from(labels),
             )
             .unwrap_err();
         assert!(error.to_string().contains("teacher rows"), "{error}");
@@ -279,12 +281,12 @@ fn padded_teacher_vocabulary() {
             .with_chunk_size(Some(4))
             .init();
         let error = strict
-            .try_forward(
-                hidden(),
-                weight.clone(),
+            .check(
+                &hidden(),
+                &weight,
                 None,
-                LinearTeacher::Logits(teacher()),
-                labels().into(),
+                &LinearTeacher::Logits(teacher()),
+                &Targets::from(labels()),
             )
             .unwrap_err();
         assert!(

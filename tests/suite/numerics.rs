@@ -469,7 +469,8 @@ fn top_k_fused_matches_f64_reference_at_extremes() {
                         .with_divergence(divergence)
                         .with_fused_kernel(fused)
                         .init();
-                    let teacher = SparseTeacher::top_k(make(&v, [rows, classes], &device), k, t);
+                    let teacher =
+                        SparseTeacher::top_k(make(&v, [rows, classes], &device), k, t).unwrap();
                     let zt = make(&z, [rows, classes], &device).require_grad();
                     let keep = Tensor::<1, burn::tensor::Bool>::from_data(keep.clone(), &device);
                     let targets = Targets::new(labels(&y, &device)).with_keep_rows(keep);
@@ -676,7 +677,7 @@ fn top_k_with_every_class_is_dense() {
                 .with_temperature(2.0)
                 .init();
             let y = || labels(&[0, 4, 2], &device);
-            let sparse = burn_distill::SparseTeacher::top_k(v.clone(), 5, 2.0);
+            let sparse = burn_distill::SparseTeacher::top_k(v.clone(), 5, 2.0).unwrap();
             let a = values(kd.forward(z.clone(), sparse, y()));
             let b = values(kd.forward(z.clone(), v.clone(), y()));
             assert_allclose(&format!("{divergence:?}"), &a, &b, 1e-12, 1e-14);
@@ -719,7 +720,9 @@ fn finite_differences_match_every_gradient() {
                 Box::new(move |z| {
                     let vt = tensor2_f64(&v, [rows, classes], &device);
                     let teacher: TeacherOutput = match top_k {
-                        Some(k) => burn_distill::SparseTeacher::top_k(vt, k, 1.5).into(),
+                        Some(k) => burn_distill::SparseTeacher::top_k(vt, k, 1.5)
+                            .unwrap()
+                            .into(),
                         None => vt.into(),
                     };
                     let mask = Tensor::<1, burn::tensor::Bool>::from_data(keep, &device);

@@ -364,7 +364,7 @@ fn top_k_teacher_rows_serve_sequences() {
     let device = Device::flex();
     let kd = KdLossConfig::new().with_temperature(2.0).init();
     let v2 = Tensor::<2>::from_data(TensorData::new(c.v.clone(), [BATCH * SEQ, VOCAB]), &device);
-    let sparse = SparseTeacher::top_k(v2, 3, 2.0);
+    let sparse = SparseTeacher::top_k(v2, 3, 2.0).unwrap();
     let z3 = tensor3(&c.z, [BATCH, SEQ, VOCAB], &device, DType::F32);
     let y = ints2(&c.y, [BATCH, SEQ], &device);
     let on_sequences = kd.forward(
@@ -488,10 +488,7 @@ fn fused_linear_checks_the_whole_batch() {
     let h = Tensor::<2>::zeros([6, 3], &device);
     let w = Tensor::<2>::zeros([3, 5], &device);
     let v = || LinearTeacher::Logits(Tensor::<2>::zeros([6, 5], &device));
-    let run = |targets: Targets| {
-        loss.try_forward(h.clone(), w.clone(), None, v(), targets)
-            .unwrap_err()
-    };
+    let run = |targets: Targets| loss.check(&h, &w, None, &v(), &targets).unwrap_err();
     let e = run(Targets::new(Tensor::<1, Int>::zeros([7], &device)));
     assert_eq!(
         e,
@@ -519,12 +516,12 @@ fn fused_linear_checks_the_whole_batch() {
     #[allow(deprecated)] // Device::ndarray is deprecated in burn 0.22 but still supported.
     let other = Device::ndarray();
     let e = loss
-        .try_forward(
-            h.clone(),
-            Tensor::<2>::zeros([3, 5], &other),
+        .check(
+            &h,
+            &Tensor::<2>::zeros([3, 5], &other),
             None,
-            v(),
-            Targets::unlabelled(),
+            &v(),
+            &Targets::unlabelled(),
         )
         .unwrap_err();
     assert!(
@@ -540,12 +537,12 @@ fn fused_linear_checks_the_whole_batch() {
     // Sequences: hidden [2, 3, d] with a teacher of other positions.
     let h3 = Tensor::<3>::zeros([2, 3, 3], &device);
     let e = loss
-        .try_forward(
-            h3,
-            w.clone(),
+        .check(
+            &h3,
+            &w,
             None,
-            LinearTeacher::Logits(Tensor::<3>::zeros([3, 2, 5], &device)),
-            Targets::unlabelled(),
+            &LinearTeacher::Logits(Tensor::<3>::zeros([3, 2, 5], &device)),
+            &Targets::unlabelled(),
         )
         .unwrap_err();
     assert!(
@@ -557,6 +554,62 @@ fn fused_linear_checks_the_whole_batch() {
             }
         ),
         "{e}"
+    );
+    // The teacher's vocabulary against the student's (5 classes): a teacher
+    // output layer of 6 columns, and a top-k class 5 out of range, are refused
+    // by `check` as by the forward.
+    let wide_teacher = LinearTeacher::Hidden {
+        hidden: Tensor::<2>::zeros([6, 2], &device),
+        weight: Tensor::<2>::zeros([2, 6], &device),
+        bias: None,
+    };
+    let e = loss
+        .check(&h, &w, None, &wide_teacher, &Targets::unlabelled())
+        .unwrap_err();
+    assert_eq!(
+        e,
+        DistillError::ShapeMismatch {
+            left_argument: "weight columns",
+            left_shape: vec![5],
+            right_argument: "teacher.weight columns",
+            right_shape: vec![6],
+        }
+    );
+    let panic = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        loss.forward(
+            h.clone(),
+            w.clone(),
+            None,
+            wide_teacher,
+            Targets::unlabelled(),
+        )
+    }))
+    .expect_err("a wider teacher panics");
+    assert_eq!(panic.downcast_ref::<String>(), Some(&e.to_string()));
+    let out_of_range = SparseTeacher::new(
+        Tensor::<2, Int>::from_data(TensorData::new(vec![0i64, 1, 2, 3, 4, 5], [6, 1]), &device),
+        Tensor::<2>::full([6, 1], -1.0, &device),
+    )
+    .unwrap();
+    let e = loss
+        .check(
+            &h,
+            &w,
+            None,
+            &LinearTeacher::TopK(out_of_range),
+            &Targets::unlabelled(),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            DistillError::LabelOutOfRange {
+                label: 5,
+                num_classes: 5,
+                ..
+            }
+        ),
+        "{e:?}"
     );
 }
 

@@ -1,6 +1,6 @@
 //! Generalist/specialist ensembles (§5): subsets, collapse, sampler, clustering
 //! and the eq. 5 combiner, against closed forms and `combiner_torch.json`
-//! (`scripts/gen_combiner_fixtures.py`: L-BFGS on q = softmax(r), float64).
+//! (`scripts/gen_combiner_fixtures.py`: L-BFGS on q = softmax(r).unwrap(), float64).
 
 use crate::common;
 
@@ -73,11 +73,12 @@ fn labels_map_to_subset_outputs_and_dustbin() {
         assert_eq!(s.dustbin(), 3);
         let mapped: Vec<i64> = s
             .map_labels(labels(&[0, 1, 2, 3, 4, 5, 6, 7], &device))
+            .unwrap()
             .into_data()
             .iter::<i64>()
             .collect();
         assert_eq!(mapped, vec![3, 0, 3, 3, 1, 3, 3, 2], "{name}");
-        let err = s.try_map_labels(labels(&[0, 8], &device)).unwrap_err();
+        let err = s.map_labels(labels(&[0, 8], &device)).unwrap_err();
         assert!(
             matches!(err, DistillError::LabelOutOfRange { label: 8, .. }),
             "{err:?}"
@@ -92,7 +93,10 @@ fn collapsed_probs_keep_total_mass() {
     let s = specialist(&[0, 3, 8], classes);
     let p = random_probs(&mut rng, batch, classes, 2.0);
     for (name, device) in devices() {
-        let got = values(s.collapse_probs(tensor2(&p, [batch, classes], &device)));
+        let got = values(
+            s.collapse_probs(tensor2(&p, [batch, classes], &device))
+                .unwrap(),
+        );
         assert_close(name, &got, &collapse_host(&p, classes, &s), 1e-6);
         for row in got.chunks(4) {
             assert!(
@@ -103,7 +107,7 @@ fn collapsed_probs_keep_total_mass() {
     }
 }
 
-/// softmax(collapse_logits(v, T) / T) = collapse_probs(softmax(v / T)), at several T.
+/// softmax(collapse_logits(v, T) / T).unwrap() = collapse_probs(softmax(v / T).unwrap()), at several T.
 #[test]
 fn dustbin_logit_is_t_logsumexp_of_the_rest() {
     let mut rng = Rng::new(2);
@@ -112,7 +116,10 @@ fn dustbin_logit_is_t_logsumexp_of_the_rest() {
     let v = rng.normals(batch * classes, 3.0);
     for (name, device) in devices() {
         for t in [0.5, 1.0, 4.0, 20.0] {
-            let collapsed = values(s.collapse_logits(tensor2(&v, [batch, classes], &device), t));
+            let collapsed = values(
+                s.collapse_logits(tensor2(&v, [batch, classes], &device), t)
+                    .unwrap(),
+            );
             let from_logits = reference_softmax(&collapsed, s.num_outputs(), t);
             let expected = collapse_host(&reference_softmax(&v, classes, t), classes, &s);
             assert_close(&format!("{name} T={t}"), &from_logits, &expected, 1e-5);
@@ -131,7 +138,7 @@ fn dustbin_correction_adds_to_last_column_only() {
     for (_, device) in devices() {
         let s = specialist(&[0, 1], 5);
         let logits = tensor2(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], [2, 3], &device);
-        let got = values(s.correct_dustbin(logits, 9f64.ln()));
+        let got = values(s.correct_dustbin(logits, 9f64.ln()).unwrap());
         let l9 = 9f64.ln();
         assert_close(
             "correct_dustbin",
@@ -147,7 +154,7 @@ fn width_errors_name_the_argument() {
     let device = Device::flex();
     let s = specialist(&[0, 1], 5);
     let err = s
-        .try_collapse_probs(tensor2(&[0.25; 8], [2, 4], &device))
+        .collapse_probs(tensor2(&[0.25; 8], [2, 4], &device))
         .unwrap_err();
     assert_eq!(
         err,
@@ -158,7 +165,7 @@ fn width_errors_name_the_argument() {
         }
     );
     let err = s
-        .try_collapse_logits(tensor2(&[0.0; 6], [1, 6], &device), 2.0)
+        .collapse_logits(tensor2(&[0.0; 6], [1, 6], &device), 2.0)
         .unwrap_err();
     assert!(
         err.to_string().starts_with("logits has 6 columns but 5"),
@@ -256,14 +263,18 @@ fn clustering_recovers_planted_groups() {
     let probs = block_predictions(&mut rng, &groups, classes, 2000);
     for (name, device) in devices() {
         let config = ConfusableSubsetsConfig::new(4).with_seed(5);
-        let found = config.find(tensor2(&probs, [2000, classes], &device));
+        let found = config
+            .find(tensor2(&probs, [2000, classes], &device))
+            .unwrap();
         let mut found: Vec<Vec<usize>> = found.iter().map(|s| s.classes().to_vec()).collect();
         found.sort();
         let mut planted = groups.clone();
         planted.sort();
         assert_eq!(found, planted, "{name}");
         // Same seed, same subsets.
-        let again = config.find(tensor2(&probs, [2000, classes], &device));
+        let again = config
+            .find(tensor2(&probs, [2000, classes], &device))
+            .unwrap();
         let mut again: Vec<Vec<usize>> = again.iter().map(|s| s.classes().to_vec()).collect();
         again.sort();
         assert_eq!(again, planted, "{name}");
@@ -279,7 +290,8 @@ fn overlapping_subsets_have_the_requested_size() {
     let subsets = ConfusableSubsetsConfig::new(3)
         .with_subset_size(Some(4))
         .with_overlap(SubsetOverlap::Nearest)
-        .find(tensor2(&probs, [900, 9], &device));
+        .find(tensor2(&probs, [900, 9], &device))
+        .unwrap();
     assert_eq!(subsets.len(), 3);
     for s in &subsets {
         assert_eq!(s.len(), 4);
@@ -291,11 +303,11 @@ fn overlapping_subsets_have_the_requested_size() {
     }
     let err = ConfusableSubsetsConfig::new(3)
         .with_subset_size(Some(10))
-        .try_find(tensor2(&probs, [900, 9], &device))
+        .find(tensor2(&probs, [900, 9], &device))
         .unwrap_err();
     assert!(err.to_string().contains("subset_size = 10"), "{err}");
     let err = ConfusableSubsetsConfig::new(0)
-        .try_find(tensor2(&probs, [900, 9], &device))
+        .find(tensor2(&probs, [900, 9], &device))
         .unwrap_err();
     assert!(err.to_string().contains("num_subsets = 0"), "{err}");
 }
@@ -343,11 +355,12 @@ fn correlated_overlap_adds_only_confused_classes() {
             .with_subset_size(Some(6))
             .with_overlap(overlap)
             .find(tensor2(&probs, [n, classes], &device))
+            .unwrap()
     };
-    let disjoint =
-        ConfusableSubsetsConfig::new(5)
-            .with_seed(3)
-            .find(tensor2(&probs, [n, classes], &device));
+    let disjoint = ConfusableSubsetsConfig::new(5)
+        .with_seed(3)
+        .find(tensor2(&probs, [n, classes], &device))
+        .unwrap();
     let show = |subsets: &[ClassSubset]| -> Vec<Vec<usize>> {
         subsets.iter().map(|s| s.classes().to_vec()).collect()
     };
@@ -473,7 +486,8 @@ fn specialists_agreeing_with_the_generalist_change_nothing() {
                 tensor2_f64(&pg, [batch, classes], &device),
                 &specialists,
                 &probs,
-            );
+            )
+            .unwrap();
         assert_close(name, &values(out.probs), &pg, 1e-7);
     }
 }
@@ -502,11 +516,14 @@ fn without_dustbins_the_answer_is_the_arithmetic_mean() {
             tensor2_f64(&with_empty_dustbin(&p1), [batch, classes + 1], &device),
             tensor2_f64(&with_empty_dustbin(&p2), [batch, classes + 1], &device),
         ];
-        let out = SpecialistCombinerConfig::new().init().combine(
-            tensor2_f64(&pg, [batch, classes], &device),
-            &specialists,
-            &probs,
-        );
+        let out = SpecialistCombinerConfig::new()
+            .init()
+            .combine(
+                tensor2_f64(&pg, [batch, classes], &device),
+                &specialists,
+                &probs,
+            )
+            .unwrap();
         assert_close(name, &values(out.probs), &mean, 1e-9);
     }
 }
@@ -559,7 +576,8 @@ fn combiner_matches_reference_and_is_monotone() {
                     tensor2_f64(&case.generalist_probs, [case.batch, case.classes], &device),
                     &specialists,
                     &probs,
-                );
+                )
+                .unwrap();
             let q = values(out.probs);
             let expected_q: Vec<f64> = case.q.iter().flatten().copied().collect();
             assert_close(&format!("{what} q"), &q, &expected_q, 1e-5);
@@ -609,7 +627,8 @@ fn default_settings_reach_the_minimiser_on_both_solvers() {
                     tensor2_f64(&case.generalist_probs, [case.batch, case.classes], &device),
                     &specialists,
                     &probs,
-                );
+                )
+                .unwrap();
             let q = values(out.probs);
             let what = format!(
                 "{} {name} (defaults, {} iterations)",
@@ -659,11 +678,14 @@ fn one_active_specialist_is_solved_in_closed_form() {
         }
     }
     for (name, device) in devices_f64() {
-        let out = SpecialistCombinerConfig::new().init().combine(
-            tensor2_f64(&pg, [batch, classes], &device),
-            std::slice::from_ref(&s),
-            &[tensor2_f64(&pm, [batch, subset.len() + 1], &device)],
-        );
+        let out = SpecialistCombinerConfig::new()
+            .init()
+            .combine(
+                tensor2_f64(&pg, [batch, classes], &device),
+                std::slice::from_ref(&s),
+                &[tensor2_f64(&pm, [batch, subset.len() + 1], &device)],
+            )
+            .unwrap();
         assert_close(name, &values(out.probs), &expected, 1e-12);
         assert!(out.iterations <= 1, "{name}: {} iterations", out.iterations);
     }
@@ -691,14 +713,17 @@ fn disagreeing_specialists_converge_to_the_optimum() {
         vec![0.8, 0.15, 0.05, 0.5, 0.1, 0.4],
     ];
     for (name, device) in devices_f64() {
-        let out = SpecialistCombinerConfig::new().init().combine(
-            tensor2_f64(&pg, [2, classes], &device),
-            &specialists,
-            &probs
-                .iter()
-                .map(|p| tensor2_f64(p, [2, 3], &device))
-                .collect::<Vec<_>>(),
-        );
+        let out = SpecialistCombinerConfig::new()
+            .init()
+            .combine(
+                tensor2_f64(&pg, [2, classes], &device),
+                &specialists,
+                &probs
+                    .iter()
+                    .map(|p| tensor2_f64(p, [2, 3], &device))
+                    .collect::<Vec<_>>(),
+            )
+            .unwrap();
         assert!(
             out.iterations < 100,
             "{name}: {} iterations",
@@ -740,11 +765,14 @@ fn rows_without_active_specialists_keep_the_generalist() {
     let pg = [0.7, 0.1, 0.1, 0.1, 0.1, 0.6, 0.2, 0.1];
     let s = specialist(&[1, 2], classes);
     let ps = tensor2_f64(&[0.2, 0.5, 0.3, 0.1, 0.1, 0.8], [2, 3], &device);
-    let out = SpecialistCombinerConfig::new().init().combine(
-        tensor2_f64(&pg, [2, classes], &device),
-        std::slice::from_ref(&s),
-        &[ps],
-    );
+    let out = SpecialistCombinerConfig::new()
+        .init()
+        .combine(
+            tensor2_f64(&pg, [2, classes], &device),
+            std::slice::from_ref(&s),
+            &[ps],
+        )
+        .unwrap();
     let q = values(out.probs);
     assert_eq!(&q[..4], &pg[..4], "row 0: top class 0 is in no subset");
     assert_ne!(
@@ -760,11 +788,10 @@ fn rows_without_active_specialists_keep_the_generalist() {
 fn no_specialists_returns_the_generalist() {
     for (name, device) in devices_f64() {
         let pg = [0.5, 0.3, 0.2, 0.1, 0.1, 0.8];
-        let out = SpecialistCombinerConfig::new().init().combine(
-            tensor2_f64(&pg, [2, 3], &device),
-            &[],
-            &[],
-        );
+        let out = SpecialistCombinerConfig::new()
+            .init()
+            .combine(tensor2_f64(&pg, [2, 3], &device), &[], &[])
+            .unwrap();
         assert_eq!(values(out.probs), pg.to_vec(), "{name}");
         assert_eq!(values(out.objective), vec![0.0, 0.0], "{name}");
     }
@@ -781,7 +808,7 @@ fn combiner_errors_name_the_argument() {
     );
     let wide = tensor2_f64(&[0.25; 8], [2, 4], &device);
     let err = combiner
-        .try_combine(pg.clone(), std::slice::from_ref(&s), &[wide])
+        .combine(pg.clone(), std::slice::from_ref(&s), &[wide])
         .unwrap_err();
     assert_eq!(
         err,
@@ -793,7 +820,7 @@ fn combiner_errors_name_the_argument() {
     );
     let short = tensor2_f64(&[0.3; 3], [1, 3], &device);
     let err = combiner
-        .try_combine(pg.clone(), std::slice::from_ref(&s), &[short])
+        .combine(pg.clone(), std::slice::from_ref(&s), &[short])
         .unwrap_err();
     assert_eq!(
         err,
@@ -805,7 +832,7 @@ fn combiner_errors_name_the_argument() {
     );
     let other = specialist(&[0, 1], 5);
     let ok_width = tensor2_f64(&[0.3; 6], [2, 3], &device);
-    let err = combiner.try_combine(pg, &[other], &[ok_width]).unwrap_err();
+    let err = combiner.combine(pg, &[other], &[ok_width]).unwrap_err();
     assert!(
         matches!(
             err,

@@ -64,7 +64,7 @@ fn write_store(
         match source {
             Source::Logits => writer.append_logits(batch).unwrap(),
             Source::TopK => writer
-                .append_top_k(&SparseTeacher::top_k(batch, config.k, config.temperature))
+                .append_top_k(&SparseTeacher::top_k(batch, config.k, config.temperature).unwrap())
                 .unwrap(),
         }
     }
@@ -106,7 +106,7 @@ fn round_trip_equals_the_live_top_k_for_each_precision() {
     let rows = 40;
     let x = logits(rows, 1);
     let device = Device::flex();
-    let live = SparseTeacher::top_k(tensor2(&x, [rows, VOCAB], &device), K, T);
+    let live = SparseTeacher::top_k(tensor2(&x, [rows, VOCAB], &device), K, T).unwrap();
     let live_indices: Vec<i64> = live.indices().clone().into_data().iter::<i64>().collect();
     let live_log_probs = values(live.log_probs().clone());
     // A shuffled batch with a repeat, across shards.
@@ -119,7 +119,11 @@ fn round_trip_equals_the_live_top_k_for_each_precision() {
         write_store(&path, &config(precision), &x, rows, source);
         let store = TeacherStore::open_matching(&path, &config(precision)).unwrap();
         assert_eq!(
-            (store.len(), store.rows(), store.k()),
+            (
+                store.summary().examples,
+                store.summary().rows,
+                store.config().k
+            ),
             (rows, rows as u64, K)
         );
         let read = store.read(&batch, &device).unwrap();
@@ -220,7 +224,7 @@ fn loss_on_the_stored_teacher_equals_the_live_one_to_the_rounding() {
             let grads = parts.total.backward();
             (soft, values(student.grad(&grads).unwrap()))
         };
-        let live = SparseTeacher::top_k(tensor2(&live_rows, [rows, VOCAB], &device), K, T);
+        let live = SparseTeacher::top_k(tensor2(&live_rows, [rows, VOCAB], &device), K, T).unwrap();
         let (live_soft, live_grad) = loss_and_grad(live);
         for precision in PRECISIONS {
             let path = dir
@@ -280,7 +284,11 @@ fn sequences_come_back_whole_and_in_order() {
     assert_eq!(writer.examples(), lengths.len());
     writer.finish().unwrap();
     let store = TeacherStore::open(&path).unwrap();
-    assert_eq!((store.len(), store.rows()), (lengths.len(), total as u64));
+    let summary = store.summary();
+    assert_eq!(
+        (summary.examples, summary.rows),
+        (lengths.len(), total as u64)
+    );
     for (example, &n) in lengths.iter().enumerate() {
         assert_eq!(store.rows_of(example).unwrap(), n);
     }
@@ -290,7 +298,8 @@ fn sequences_come_back_whole_and_in_order() {
         .iter()
         .flat_map(|&r| x[r * VOCAB..(r + 1) * VOCAB].to_vec())
         .collect();
-    let live = SparseTeacher::top_k(tensor2(&live_logits, [rows.len(), VOCAB], &device), K, T);
+    let live =
+        SparseTeacher::top_k(tensor2(&live_logits, [rows.len(), VOCAB], &device), K, T).unwrap();
     assert_f32_rounding(read.log_probs(), live.log_probs());
     let as_ints = |t: &SparseTeacher| {
         t.indices()
@@ -400,7 +409,7 @@ fn a_store_cut_short_is_refused_at_opening() {
 fn a_corrupted_shard_fails_every_read_that_touches_it_and_no_other() {
     let dir = scratch();
     let (path, mut bytes) = finished_store(dir.path());
-    let row_bytes = TeacherStore::open(&path).unwrap().row_bytes();
+    let row_bytes = TeacherStore::open(&path).unwrap().summary().row_bytes;
     // One bit of a log-probability in row 15 (shard 2: rows 14..21).
     let at = data_start(&bytes) + 15 * row_bytes + row_bytes - 6;
     bytes[at] ^= 0x10;
@@ -463,7 +472,7 @@ fn a_class_outside_the_vocabulary_is_refused_even_with_a_valid_checksum() {
     // that a checksum recomputed over it does not hide.
     let dir = scratch();
     let (path, mut bytes) = finished_store(dir.path());
-    let row_bytes = TeacherStore::open(&path).unwrap().row_bytes();
+    let row_bytes = TeacherStore::open(&path).unwrap().summary().row_bytes;
     let row = data_start(&bytes); // row 0, shard 0: its first index is bits 0..6
     bytes[row] = (bytes[row] & !0x3f) | 40;
     let shard = &bytes[row..row + 7 * row_bytes];
@@ -593,6 +602,7 @@ fn bad_settings_and_bad_rows_are_refused_and_write_nothing() {
             Tensor::from_ints(indices, &device),
             Tensor::from_floats([log_probs], &device),
         )
+        .unwrap()
     };
     let reason = |error: DistillError| match error {
         DistillError::InvalidTopK {
@@ -643,7 +653,7 @@ fn bad_settings_and_bad_rows_are_refused_and_write_nothing() {
             expected: 10
         }
     ));
-    let four = SparseTeacher::top_k(good.clone(), 4, 1.0);
+    let four = SparseTeacher::top_k(good.clone(), 4, 1.0).unwrap();
     assert!(matches!(
         writer.append_top_k(&four).unwrap_err(),
         DistillError::WidthMismatch {
@@ -655,8 +665,8 @@ fn bad_settings_and_bad_rows_are_refused_and_write_nothing() {
     // The refused calls appended nothing: the store holds the 2 good rows.
     writer.finish().unwrap();
     let store = TeacherStore::open_matching(&path, &config).unwrap();
-    assert_eq!(store.len(), 2);
-    let expected = SparseTeacher::top_k(good, 3, 1.0);
+    assert_eq!(store.summary().examples, 2);
+    let expected = SparseTeacher::top_k(good, 3, 1.0).unwrap();
     assert_f32_rounding(
         store.read(&[0, 1], &device).unwrap().log_probs(),
         expected.log_probs(),
@@ -691,7 +701,7 @@ fn an_unfinished_writer_leaves_no_file_behind() {
         .finish()
         .unwrap();
     let store = TeacherStore::open(&path).unwrap();
-    assert!(store.is_empty());
+    assert_eq!(store.summary().examples, 0);
     assert_eq!(store.read_rows(&[]).unwrap().rows, 0);
 }
 

@@ -51,7 +51,8 @@ fn keeps_the_largest_classes_with_float64_log_probs_on_every_device() {
                     continue;
                 }
                 for t in [1.0, 2.5] {
-                    let teacher = SparseTeacher::top_k(tensor2(&v, [rows, classes], &device), k, t);
+                    let teacher =
+                        SparseTeacher::top_k(tensor2(&v, [rows, classes], &device), k, t).unwrap();
                     assert_eq!(teacher.indices().dims(), [rows, k]);
                     let (got_i, got_p) =
                         (ints(teacher.indices()), values(teacher.log_probs().clone()));
@@ -89,7 +90,7 @@ fn half_precision_logits_give_log_probs_in_their_dtype() {
             let logits = tensor2(&v, [rows, classes], &device).cast(dtype);
             // The values the teacher actually saw: the logits rounded.
             let seen = values(logits.clone().cast(DType::F32));
-            let teacher = SparseTeacher::top_k(logits, k, t);
+            let teacher = SparseTeacher::top_k(logits, k, t).unwrap();
             assert_eq!(teacher.log_probs().dtype(), dtype, "{name}");
             let got_p = values(teacher.log_probs().clone().cast(DType::F32));
             let got_i = ints(teacher.indices());
@@ -125,7 +126,7 @@ fn autodiff_logits_are_detached() {
         let teacher_logits =
             Tensor::<2>::from_floats([[3.0, 1.0, 0.0, -1.0]], &device).require_grad();
         let student = Tensor::<2>::from_floats([[1.0, 2.0, 0.5, 0.0]], &device).require_grad();
-        let teacher = SparseTeacher::top_k(teacher_logits.clone(), 2, 2.0);
+        let teacher = SparseTeacher::top_k(teacher_logits.clone(), 2, 2.0).unwrap();
         assert!(teacher.log_probs().is_autodiff(), "{name}");
         let labels = Targets::new(Tensor::from_ints([0], &device));
         let loss = KdLossConfig::new().with_temperature(2.0).init();

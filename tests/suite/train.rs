@@ -286,7 +286,7 @@ fn checkpoint_round_trips_the_student_and_leaves_the_teacher_out() {
         fresh_teacher,
         "the teacher is not in the record: loading keeps the one given"
     );
-    assert_eq!(loaded.loss().temperature(), 3.0);
+    assert_eq!(loaded.loss().config().temperature, 3.0);
     // The file holds the student's parameters, not the teacher's: it is the
     // size of the student's own file, give or take the names, where the
     // teacher's values alone would add 4 bytes per parameter.

@@ -168,7 +168,7 @@ pub fn soft_rows(
     teacher: impl Into<burn_distill::TeacherOutput>,
 ) -> Tensor<1> {
     kd.forward_no_reduction(student_logits, teacher, burn_distill::Targets::unlabelled())
-        .mul_scalar(1.0 / kd.soft_weight())
+        .mul_scalar(1.0 / kd.config().soft_weight)
 }
 
 /// Asserts `|actual − expected| ≤ rtol·|expected| + atol` element by element
