@@ -316,10 +316,22 @@ pub struct FusedLinearKdLoss {
 }
 
 impl FusedLinearKdLoss {
-    /// Rows per chunk as configured; `None`: chosen by the vocabulary (see
-    /// [`rows_per_chunk`](Self::rows_per_chunk)).
-    pub fn chunk_size(&self) -> Option<usize> {
-        self.chunk_size
+    /// The settings the loss was made with: its chunk size and the
+    /// [`KdLossConfig`] of the loss applied to each chunk.
+    ///
+    /// ```
+    /// use burn_distill::{FusedLinearKdLossConfig, KdLossConfig};
+    ///
+    /// let kd = KdLossConfig::new().with_temperature(2.0);
+    /// let loss = FusedLinearKdLossConfig::new(kd).with_chunk_size(Some(64)).init();
+    /// assert_eq!(loss.config().chunk_size, Some(64));
+    /// assert_eq!(loss.config().kd.temperature, 2.0);
+    /// ```
+    pub fn config(&self) -> FusedLinearKdLossConfig {
+        FusedLinearKdLossConfig {
+            kd: self.kd.config(),
+            chunk_size: self.chunk_size,
+        }
     }
 
     /// Rows per chunk for a vocabulary of `vocab` classes: the configured
@@ -332,7 +344,7 @@ impl FusedLinearKdLoss {
     }
 
     /// The loss applied to each chunk's logits.
-    pub fn kd(&self) -> &KdLoss {
+    pub(crate) fn kd(&self) -> &KdLoss {
         &self.kd
     }
 

@@ -543,11 +543,11 @@ fn distil_with_features<T: LmTeacherSource, L: LmLoss, F: FeatureTerms>(
         learner.optimizer_step(out.grads);
         seconds += start.elapsed().as_secs_f64();
         if (step + 1) % plan.eval_every == 0 || step + 1 == steps {
-            let (perplexity, _) = evaluate(learner.model().student(), None, &data.valid, device);
+            let (perplexity, _) = evaluate(&learner.model().student, None, &data.valid, device);
             validation.push((step + 1, perplexity));
         }
     }
-    let student = learner.model().into_student();
+    let student = learner.model().student;
     let (test_perplexity, agreement) = evaluate(&student, teacher, &data.test, device);
     let row = Row {
         name: name.into(),

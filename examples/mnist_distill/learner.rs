@@ -155,7 +155,7 @@ impl Run<'_> {
             ))),
         };
         let result = training.launch(learner);
-        let student = result.model.into_student();
+        let student = result.model.student;
         let history = history.lock().expect("history").clone();
         (student, history)
     }

@@ -218,7 +218,7 @@ impl SpecialistCombiner {
             .iter()
             .zip(specialist_probs)
             .map(|(specialist, probs)| {
-                let k = specialist.subset().len();
+                let k = specialist.subset().classes().len();
                 let membership = specialist
                     .membership(&device)
                     .cast(dtype)
@@ -254,7 +254,7 @@ impl SpecialistCombiner {
         // stalls at the iteration cap.
         let mut q = pg.clone();
         for (member, specialist) in members.iter().zip(specialists) {
-            let outside = (classes - specialist.subset().len()) as f64;
+            let outside = (classes - specialist.subset().classes().len()) as f64;
             let spread = if outside > 0.0 {
                 let generalist_outside = pg.clone() * member.outside.clone(); // [B, C]
                 let mass = generalist_outside.clone().sum_dim(1); // [B, 1]

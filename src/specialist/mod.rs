@@ -65,19 +65,9 @@ impl ClassSubset {
         })
     }
 
-    /// The classes, in increasing order.
+    /// The classes, in increasing order (`|S|` of them, at least one).
     pub fn classes(&self) -> &[usize] {
         &self.classes
-    }
-
-    /// Number of classes in the subset, `|S|`.
-    pub fn len(&self) -> usize {
-        self.classes.len()
-    }
-
-    /// Always false: a subset is never empty.
-    pub fn is_empty(&self) -> bool {
-        false
     }
 
     /// The number of classes `C` of the full problem.

@@ -33,7 +33,7 @@ pub struct Specialist {
 impl Specialist {
     /// The specialist for `subset`.
     pub fn new(subset: ClassSubset) -> Self {
-        let dustbin = subset.len();
+        let dustbin = subset.classes().len();
         let mut output_of_class = vec![dustbin; subset.num_classes()];
         for (k, &class) in subset.classes().iter().enumerate() {
             output_of_class[class] = k;
@@ -51,12 +51,12 @@ impl Specialist {
 
     /// Number of outputs, `|S| + 1`.
     pub fn num_outputs(&self) -> usize {
-        self.subset.len() + 1
+        self.subset.classes().len() + 1
     }
 
     /// Index of the dustbin output, `|S|`.
     pub fn dustbin(&self) -> usize {
-        self.subset.len()
+        self.subset.classes().len()
     }
 
     /// The output index of each class of the full problem (the dustbin for
@@ -82,7 +82,7 @@ impl Specialist {
 
     /// The `[C, |S| + 1]` 0/1 matrix `A` with `A[c, output_of_class(c)] = 1`:
     /// `probs · A` sums each row's probabilities into the specialist's outputs.
-    pub fn aggregation_matrix(&self, device: &Device) -> Tensor<2> {
+    pub(crate) fn aggregation_matrix(&self, device: &Device) -> Tensor<2> {
         let (c, k) = (self.subset.num_classes(), self.num_outputs());
         let mut a = vec![0.0f32; c * k];
         for (class, &output) in self.output_of_class.iter().enumerate() {
@@ -123,7 +123,7 @@ impl Specialist {
         let device = logits.device();
         let subset = self.index_tensor(&device);
         let kept = logits.clone().select(1, subset);
-        if self.subset.len() == classes {
+        if self.subset.classes().len() == classes {
             // Nothing outside S: the dustbin is impossible.
             let dustbin =
                 Tensor::<2>::full([batch, 1], f32::NEG_INFINITY, (&device, logits.dtype()));
@@ -248,7 +248,7 @@ impl Specialist {
     /// The subset's classes as an index tensor.
     pub(crate) fn index_tensor(&self, device: &Device) -> Tensor<1, Int> {
         let idx: Vec<i64> = self.subset.classes().iter().map(|&c| c as i64).collect();
-        Tensor::from_data(TensorData::new(idx, [self.subset.len()]), device)
+        Tensor::from_data(TensorData::new(idx, [self.subset.classes().len()]), device)
     }
 
     /// A `[C]` 0/1 float vector marking the subset's classes.

@@ -72,11 +72,16 @@ use crate::teacher::TeacherOutput;
 /// ```
 #[derive(Module, Debug)]
 pub struct Distiller<S, T, L = KdLoss, F = NoFeatures> {
-    student: S,
+    /// The student: what the Learner trains (its trained state is in the
+    /// Learner's result, `result.model.student`).
+    pub student: S,
+    /// Where the teacher's outputs come from (frozen: not in the record).
     #[module(skip)]
-    teacher: T,
-    loss: L,
-    features: F,
+    pub teacher: T,
+    /// The loss (its settings are constants of the record).
+    pub loss: L,
+    /// The feature terms, with their trained projections and regressors.
+    pub features: F,
     teacher_in_validation: bool,
 }
 
@@ -185,31 +190,6 @@ where
     pub fn with_teacher_in_validation(mut self, teacher_in_validation: bool) -> Self {
         self.teacher_in_validation = teacher_in_validation;
         self
-    }
-
-    /// The student.
-    pub fn student(&self) -> &S {
-        &self.student
-    }
-
-    /// The student, e.g. the trained one from the Learner's result.
-    pub fn into_student(self) -> S {
-        self.student
-    }
-
-    /// The teacher source.
-    pub fn teacher(&self) -> &T {
-        &self.teacher
-    }
-
-    /// The loss.
-    pub fn loss(&self) -> &L {
-        &self.loss
-    }
-
-    /// The feature terms (with their trained projections and regressors).
-    pub fn features(&self) -> &F {
-        &self.features
     }
 
     /// A training step's forward, without the backward: the teacher, the

@@ -113,11 +113,16 @@ pub enum Completions {
 /// ```
 #[derive(Module, Debug)]
 pub struct LmDistiller<S, T, L = KdLoss, F = NoFeatures> {
-    student: S,
+    /// The student: what the Learner trains (its trained state is in the
+    /// Learner's result, `result.model.student`).
+    pub student: S,
+    /// Where the teacher's outputs come from (frozen: not in the record).
     #[module(skip)]
-    teacher: T,
-    loss: L,
-    features: F,
+    pub teacher: T,
+    /// The loss (its settings are constants of the record).
+    pub loss: L,
+    /// The feature terms, with their trained projections and regressors.
+    pub features: F,
     /// Sequences per micro-batch; 0: the whole batch at once.
     micro_batch: usize,
     #[module(skip)]
@@ -227,11 +232,6 @@ where
         }
     }
 
-    /// The feature terms (with their trained projections and regressors).
-    pub fn features(&self) -> &F {
-        &self.features
-    }
-
     /// Runs each batch in micro-batches of `sequences` sequences (the last
     /// one may be shorter), with the whole batch's normaliser: see the
     /// [type's documentation](Self). 0: the whole batch at once.
@@ -268,26 +268,6 @@ where
         }
         self.completions = completions;
         Ok(self)
-    }
-
-    /// The student.
-    pub fn student(&self) -> &S {
-        &self.student
-    }
-
-    /// The student, e.g. the trained one from the Learner's result.
-    pub fn into_student(self) -> S {
-        self.student
-    }
-
-    /// The teacher source.
-    pub fn teacher(&self) -> &T {
-        &self.teacher
-    }
-
-    /// The loss.
-    pub fn loss(&self) -> &L {
-        &self.loss
     }
 
     /// The batch a training step trains on: `batch` itself, or under GKD

@@ -63,7 +63,7 @@ macro_rules! row_average_metric {
 
 /// A term of the KD loss, as a [`DistillLossMetric`] reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LossTerm {
+pub(crate) enum LossTerm {
     /// `T² · D(p_T, q_T)` (or `D` alone without the `T²` scaling), before weighting.
     Soft,
     /// The student's cross-entropy with the labels at `T = 1`, before weighting.
@@ -89,12 +89,11 @@ pub struct DistillLossInput {
 /// (a validation step without it).
 ///
 /// ```
-/// use burn_distill::train::{DistillLossMetric, LossTerm};
+/// use burn_distill::train::DistillLossMetric;
 /// use burn::train::metric::Metric;
 ///
-/// let soft = DistillLossMetric::soft();
-/// assert_eq!(soft.term(), LossTerm::Soft);
-/// assert_eq!(soft.name().as_str(), "Soft loss");
+/// assert_eq!(DistillLossMetric::soft().name().as_str(), "Soft loss");
+/// assert_eq!(DistillLossMetric::hard().name().as_str(), "Hard loss");
 /// ```
 #[derive(Clone)]
 pub struct DistillLossMetric {
@@ -104,7 +103,7 @@ pub struct DistillLossMetric {
 
 impl DistillLossMetric {
     /// The metric of `term`.
-    pub fn new(term: LossTerm) -> Self {
+    fn of(term: LossTerm) -> Self {
         let name = match term {
             LossTerm::Soft => "Soft loss",
             LossTerm::Hard => "Hard loss",
@@ -117,17 +116,12 @@ impl DistillLossMetric {
 
     /// The soft term's metric.
     pub fn soft() -> Self {
-        Self::new(LossTerm::Soft)
+        Self::of(LossTerm::Soft)
     }
 
     /// The hard term's metric.
     pub fn hard() -> Self {
-        Self::new(LossTerm::Hard)
-    }
-
-    /// Which term it reports.
-    pub fn term(&self) -> LossTerm {
-        self.term
+        Self::of(LossTerm::Hard)
     }
 }
 

@@ -58,7 +58,7 @@ pub use lm_loss::LmLoss;
 pub use lm_output::LmOutput;
 pub use metrics::{
     AgreementInput, AgreementMetric, DistillLossInput, DistillLossMetric, FeatureLossInput,
-    FeatureLossMetric, LossTerm,
+    FeatureLossMetric,
 };
 pub use output::DistillOutput;
 #[cfg(feature = "store")]

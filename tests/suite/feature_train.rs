@@ -166,15 +166,15 @@ fn a_step_with_feature_terms_equals_the_hand_written_loss_and_gradients() {
 
         // By hand, on a clone (the same parameters, by id).
         let hand_model = model.clone();
-        let student = hand_model.student();
-        let teacher = hand_model.teacher().model();
+        let student = &hand_model.student;
+        let teacher = hand_model.teacher.model();
         let block_s = relu(student.conv.forward(b.inputs.clone()));
         let embed_s: Tensor<2> = block_s.clone().flatten(1, 3);
         let logits_s = student.out.forward(embed_s.clone());
         let block_t = relu(teacher.conv.forward(b.inputs.clone().without_autodiff()));
         let embed_t: Tensor<2> = block_t.clone().flatten(1, 3);
         let logits_t = teacher.out.forward(embed_t.clone());
-        let term_params = params(hand_model.features());
+        let term_params = params(&hand_model.features);
         let shaped = |i: usize| term_params.0[i].2.clone();
         let (w_dims, p_dims) = (&term_params.0[0].1, &term_params.0[2].1);
         assert_eq!(
@@ -245,9 +245,9 @@ fn a_step_with_feature_terms_equals_the_hand_written_loss_and_gradients() {
         }
         // The teacher's features were computed without autodiff; the
         // student's with it (so the probe can fail).
-        let teacher_seen = model.teacher().model().seen.lock().unwrap().clone();
+        let teacher_seen = model.teacher.model().seen.lock().unwrap().clone();
         assert_eq!(teacher_seen, [false], "{name}: the step's teacher forward");
-        let student_seen = model.student().seen.lock().unwrap().clone();
+        let student_seen = model.student.seen.lock().unwrap().clone();
         assert_eq!(student_seen, [true], "{name}: the step's student forward");
     }
 }
@@ -306,7 +306,7 @@ fn images(n: usize, seed: u64) -> InMemDataset<(Vec<f32>, i64)> {
 fn the_learner_trains_the_terms_and_the_record_saves_them() {
     let device = Device::flex().autodiff();
     let model = distiller(&device);
-    let before = params(model.features());
+    let before = params(&model.features);
     let dir = tempfile::tempdir().unwrap();
     let result = SupervisedTraining::new(
         dir.path(),
@@ -326,7 +326,7 @@ fn the_learner_trains_the_terms_and_the_record_saves_them() {
     .with_application_logger(None)
     .launch(Learner::new(model, AdamConfig::new().init(), 1e-2));
     let trained = result.model;
-    let after = params(trained.features());
+    let after = params(&trained.features);
     assert_eq!(before.0.len(), 4);
     for ((_, dims, b), (_, _, a)) in before.0.iter().zip(&after.0) {
         assert_ne!(
@@ -348,15 +348,9 @@ fn the_learner_trains_the_terms_and_the_record_saves_them() {
     .with_features(terms(&device));
     let fresh_values =
         |p: &Params| -> Vec<Vec<f64>> { p.0.iter().map(|(_, _, t)| values(t.clone())).collect() };
-    assert_ne!(
-        fresh_values(&params(fresh.features())),
-        fresh_values(&after)
-    );
+    assert_ne!(fresh_values(&params(&fresh.features)), fresh_values(&after));
     let loaded = fresh.load_file(&path);
-    assert_eq!(
-        fresh_values(&params(loaded.features())),
-        fresh_values(&after)
-    );
+    assert_eq!(fresh_values(&params(&loaded.features)), fresh_values(&after));
 }
 
 #[test]

@@ -888,7 +888,7 @@ fn a_hidden_state_term_in_micro_batches_equals_the_whole_batch_written_out() {
 
                 // The whole batch written out: the KD loss on the logits plus
                 // the weighted per-position distance after the projection.
-                let projection = crate::common::params(distiller.features());
+                let projection = crate::common::params(&distiller.features);
                 let [(_, _, w), (_, _, b)] = [0, 1].map(|i| projection.0[i].clone());
                 let hidden = student.hidden(batch.tokens.clone(), batch.padding_mask.clone());
                 let teacher_hidden = teacher

@@ -294,7 +294,7 @@ fn overlapping_subsets_have_the_requested_size() {
         .unwrap();
     assert_eq!(subsets.len(), 3);
     for s in &subsets {
-        assert_eq!(s.len(), 4);
+        assert_eq!(s.classes().len(), 4);
         // Each contains a whole planted group (the 3 nearest) plus one more class.
         assert!(
             groups.iter().any(|g| g.iter().all(|&c| s.contains(c))),
@@ -414,9 +414,9 @@ fn correlated_overlap_adds_only_confused_classes() {
     // Nearest pads the lone class's subset with classes never confused with it.
     let lone = nearest
         .iter()
-        .find(|s| s.contains(12))
+        .find(|s| s.classes().contains(&12))
         .expect("a subset with 12");
-    assert_eq!(lone.len(), 6, "{what}");
+    assert_eq!(lone.classes().len(), 6, "{what}");
 }
 
 /// A specialist's output layer cut from a generalist's on an autodiff device

@@ -118,14 +118,14 @@ fn distiller(device: &Device) -> Distiller<Net, FrozenTeacher<Net>> {
 fn teacher_is_unchanged_and_absent_from_the_optimizer() {
     let device = Device::flex().autodiff();
     let mut model = distiller(&device);
-    let teacher_before = model.teacher().model().weights();
-    let student_before = model.student().weights();
+    let teacher_before = model.teacher.model().weights();
+    let student_before = model.student.weights();
     let mut optim = AdamConfig::new().init();
     // The same steps on the student alone, by hand: the optimizer state a
     // correct distiller must match (a teacher in it would add its moments).
-    let mut alone = model.student().clone();
+    let mut alone = model.student.clone();
     let mut optim_alone = AdamConfig::new().init();
-    let teacher = model.teacher().model().clone();
+    let teacher = model.teacher.model().clone();
     let kd = kd();
     for step in 0..3 {
         let b = batch(12, step, &device);
@@ -143,12 +143,12 @@ fn teacher_is_unchanged_and_absent_from_the_optimizer() {
         alone = optim_alone.step(0.01, alone, grads);
     }
     assert_eq!(
-        model.teacher().model().weights(),
+        model.teacher.model().weights(),
         teacher_before,
         "teacher changed"
     );
     assert_ne!(
-        model.student().weights(),
+        model.student.weights(),
         student_before,
         "student did not train"
     );
@@ -160,7 +160,7 @@ fn teacher_is_unchanged_and_absent_from_the_optimizer() {
     );
     assert_close(
         "student after 3 steps vs by hand",
-        &model.student().weights(),
+        &model.student.weights(),
         &alone.weights(),
         1e-5,
     );
@@ -174,19 +174,19 @@ fn teacher_forward_records_no_autodiff_node() {
     let b = ClassificationBatch::new(b.inputs.require_grad(), b.targets);
     let out = TrainStep::step(&model, b.clone());
     assert!(out.item.loss.is_autodiff());
-    let forwards = model.teacher().model().forwards();
+    let forwards = model.teacher.model().forwards();
     assert_eq!(forwards.len(), 1, "one teacher forward per step");
     assert!(
         !forwards[0].input_autodiff && !forwards[0].weights_autodiff,
         "the teacher ran on autodiff: {:?}",
         forwards[0]
     );
-    let TeacherOutput::Logits(logits) = model.teacher().teach(&b, &device).unwrap() else {
+    let TeacherOutput::Logits(logits) = model.teacher.teach(&b, &device).unwrap() else {
         panic!("a live teacher gives logits")
     };
     assert!(!logits.is_autodiff() && !logits.is_tracked());
     // The probe can fail: the student itself runs on autodiff.
-    let student = model.student().forwards();
+    let student = model.student.forwards();
     assert!(student[0].input_autodiff && student[0].weights_autodiff);
 }
 
@@ -199,8 +199,8 @@ fn a_step_equals_a_hand_written_step() {
         let kept = b.clone();
         let out = TrainStep::step(&model, b.clone());
 
-        let student = model.student().clone();
-        let teacher = model.teacher().model().clone();
+        let student = model.student.clone();
+        let teacher = model.teacher.model().clone();
         let t = teacher.logits(b.inputs.clone().without_autodiff());
         let loss = kd().forward(student.logits(b.inputs), t, b.targets);
         let grads = GradientsParams::from_grads(loss.backward(), &student);
@@ -212,8 +212,8 @@ fn a_step_equals_a_hand_written_step() {
             1e-6,
         );
         let pairs = [
-            (&student.hidden, &model.student().hidden),
-            (&student.out, &model.student().out),
+            (&student.hidden, &model.student.hidden),
+            (&student.out, &model.student.out),
         ];
         for (layer, (by_hand, in_step)) in pairs.into_iter().enumerate() {
             assert_eq!(by_hand.weight.id, in_step.weight.id);
@@ -238,11 +238,8 @@ fn a_step_equals_a_hand_written_step() {
         }
         // The parts: soft and hard as the loss reports them.
         let parts = kd().forward_parts(
-            model.student().logits(kept.inputs.clone()),
-            model
-                .teacher()
-                .model()
-                .logits(kept.inputs.without_autodiff()),
+            model.student.logits(kept.inputs.clone()),
+            model.teacher.model().logits(kept.inputs.without_autodiff()),
             kept.targets,
         );
         assert_close(
@@ -277,24 +274,24 @@ fn checkpoint_round_trips_the_student_and_leaves_the_teacher_out() {
         FrozenTeacher::new(Net::new(16, &device)),
         kd(),
     );
-    let fresh_teacher = fresh.teacher().model().weights();
-    assert_ne!(fresh.student().weights(), model.student().weights());
+    let fresh_teacher = fresh.teacher.model().weights();
+    assert_ne!(fresh.student.weights(), model.student.weights());
     let loaded = fresh.load_file(&path);
-    assert_eq!(loaded.student().weights(), model.student().weights());
+    assert_eq!(loaded.student.weights(), model.student.weights());
     assert_eq!(
-        loaded.teacher().model().weights(),
+        loaded.teacher.model().weights(),
         fresh_teacher,
         "the teacher is not in the record: loading keeps the one given"
     );
-    assert_eq!(loaded.loss().config().temperature, 3.0);
+    assert_eq!(loaded.loss.config().temperature, 3.0);
     // The file holds the student's parameters, not the teacher's: it is the
     // size of the student's own file, give or take the names, where the
     // teacher's values alone would add 4 bytes per parameter.
     let student_path = dir.path().join("student.bpk");
-    model.student().clone().save_file(&student_path).unwrap();
+    model.student.clone().save_file(&student_path).unwrap();
     let size = |p: &std::path::Path| std::fs::metadata(p).unwrap().len() as usize;
     let (both, alone) = (size(&path), size(&student_path));
-    let teacher_bytes = 4 * model.teacher().model().num_params();
+    let teacher_bytes = 4 * model.teacher.model().num_params();
     assert!(
         both < alone + teacher_bytes / 4,
         "distiller {both} bytes, student alone {alone}, teacher values {teacher_bytes}"
@@ -349,7 +346,7 @@ fn learner_trains_checkpoints_and_resumes() {
         )
     };
     let model = distiller(&device);
-    let teacher_before = model.teacher().model().weights();
+    let teacher_before = model.teacher.model().weights();
     let (train, valid) = loaders();
     let result = SupervisedTraining::new(dir.path(), train, valid)
         .num_epochs(2)
@@ -366,8 +363,8 @@ fn learner_trains_checkpoints_and_resumes() {
         .with_application_logger(None)
         .launch(Learner::new(model.clone(), AdamConfig::new().init(), 1e-2));
     let trained = result.model;
-    assert_eq!(trained.teacher().model().weights(), teacher_before);
-    assert_ne!(trained.student().weights(), model.student().weights());
+    assert_eq!(trained.teacher.model().weights(), teacher_before);
+    assert_ne!(trained.student.weights(), model.student.weights());
 
     // A fresh distiller (other weights) restored from the last checkpoint:
     // the trained student, and its own teacher (none is in the checkpoint).
@@ -377,7 +374,7 @@ fn learner_trains_checkpoints_and_resumes() {
         FrozenTeacher::new(Net::new(16, &device)),
         kd(),
     );
-    let fresh_teacher = fresh.teacher().model().weights();
+    let fresh_teacher = fresh.teacher.model().weights();
     let checkpoints = dir.path().join("checkpoint");
     let checkpointer = LearningCheckpointer::new(
         AsyncCheckpointer::new(FileCheckpointer::new(&checkpoints, "model")),
@@ -387,8 +384,8 @@ fn learner_trains_checkpoints_and_resumes() {
     );
     let learner = Learner::new(fresh, AdamConfig::new().init(), 1e-2);
     let restored = checkpointer.load_checkpoint(learner, 2).model();
-    assert_eq!(restored.student().weights(), trained.student().weights());
-    assert_eq!(restored.teacher().model().weights(), fresh_teacher);
+    assert_eq!(restored.student.weights(), trained.student.weights());
+    assert_eq!(restored.teacher.model().weights(), fresh_teacher);
 }
 
 #[test]
@@ -401,21 +398,21 @@ fn fork_leaves_the_teacher_on_its_device() {
     let teacher = Net::new(16, &ndarray);
     let model = Distiller::new(student, FrozenTeacher::new(teacher), kd());
     let forked = model.clone().fork(&ndarray.clone().autodiff());
-    assert_eq!(forked.student().devices(), vec![ndarray.clone()]);
-    assert_eq!(forked.teacher().model().devices(), vec![ndarray.clone()]);
+    assert_eq!(forked.student.devices(), vec![ndarray.clone()]);
+    assert_eq!(forked.teacher.model().devices(), vec![ndarray.clone()]);
     let on_flex = model.clone().fork(&flex);
-    assert_eq!(on_flex.student().devices(), vec![flex.clone()]);
-    assert_eq!(on_flex.teacher().model().devices(), vec![ndarray.clone()]);
+    assert_eq!(on_flex.student.devices(), vec![flex.clone()]);
+    assert_eq!(on_flex.teacher.model().devices(), vec![ndarray.clone()]);
 
     // Student on flex, teacher on ndarray: inputs go to the teacher's device,
     // its logits come back; the loss equals the one on a single device.
     let b = batch(6, 8, &flex);
     let out = TrainStep::step(&on_flex, b.clone());
-    let seen = on_flex.teacher().model().forwards();
+    let seen = on_flex.teacher.model().forwards();
     assert_eq!(seen.last().unwrap().device, ndarray);
-    let t = on_flex.teacher().model().clone().to_device(&Device::flex());
+    let t = on_flex.teacher.model().clone().to_device(&Device::flex());
     let expected = kd().forward(
-        on_flex.student().logits(b.inputs.clone()),
+        on_flex.student.logits(b.inputs.clone()),
         t.logits(b.inputs.without_autodiff()),
         b.targets,
     );
@@ -437,7 +434,7 @@ fn multi_device_learner_forks_the_student_and_not_the_teacher() {
     let ndarray = Device::ndarray().autodiff();
     let dir = tempfile::tempdir().unwrap();
     let model = distiller(&flex);
-    let teacher_before = model.teacher().model().weights();
+    let teacher_before = model.teacher.model().weights();
     let train = DataLoaderBuilder::new(Rows)
         .batch_size(8)
         .build(dataset(64, 1));
@@ -457,7 +454,7 @@ fn multi_device_learner_forks_the_student_and_not_the_teacher() {
         .metric_train_numeric(LossMetric::new())
         .with_application_logger(None)
         .launch(Learner::new(model.clone(), AdamConfig::new().init(), 1e-2));
-    let forwards = model.teacher().model().forwards();
+    let forwards = model.teacher.model().forwards();
     // 8 training batches and 2 validation batches, each through the one teacher.
     assert_eq!(forwards.len(), 10);
     assert!(
@@ -465,14 +462,14 @@ fn multi_device_learner_forks_the_student_and_not_the_teacher() {
             .iter()
             .all(|f| f.device == Device::flex() && !f.weights_autodiff)
     );
-    let students = model.student().forwards();
+    let students = model.student.forwards();
     let on = |d: &Device| students.iter().filter(|f| f.device == *d).count();
     assert!(
         on(&flex) > 0 && on(&ndarray) > 0,
         "students ran on both devices"
     );
-    assert_eq!(result.model.teacher().model().weights(), teacher_before);
-    assert_ne!(result.model.student().weights(), model.student().weights());
+    assert_eq!(result.model.teacher.model().weights(), teacher_before);
+    assert_ne!(result.model.student.weights(), model.student.weights());
 }
 
 #[test]
@@ -520,13 +517,13 @@ fn validation_without_the_teacher_reports_the_task_loss() {
     let out = InferenceStep::step(&model, b.clone());
     assert!(out.soft.is_none() && out.teacher_top1.is_none());
     assert!(
-        model.teacher().model().forwards().is_empty(),
+        model.teacher.model().forwards().is_empty(),
         "the teacher ran"
     );
     // burn's own cross-entropy, independent of the crate.
     let ce = CrossEntropyLossConfig::new()
         .init(&device)
-        .forward(model.student().logits(b.inputs), b.targets);
+        .forward(model.student.logits(b.inputs), b.targets);
     assert_close("validation loss = CE", &values(out.loss), &values(ce), 1e-6);
 
     let with_teacher = model.with_teacher_in_validation(true);
@@ -558,8 +555,8 @@ fn metrics_read_the_terms_and_the_agreement() {
     agreement.update(&out.adapt(), &meta).unwrap();
     // By hand from the two models' logits.
     let argmax = |v: &[f64]| (0..CLASSES).max_by(|&a, &b| v[a].total_cmp(&v[b])).unwrap();
-    let s = values(model.student().logits(b.inputs.clone()));
-    let t = values(model.teacher().model().logits(b.inputs));
+    let s = values(model.student.logits(b.inputs.clone()));
+    let t = values(model.teacher.model().logits(b.inputs));
     let same = (0..20)
         .filter(|&r| argmax(&s[r * CLASSES..][..CLASSES]) == argmax(&t[r * CLASSES..][..CLASSES]))
         .count();
@@ -602,7 +599,7 @@ fn a_stored_teacher_serves_the_batch_by_example_index() {
 
     let device = Device::flex().autodiff();
     let model = distiller(&device);
-    let teacher = model.teacher().model().clone();
+    let teacher = model.teacher.model().clone();
     // The teacher's logits on a 10-example data set, stored with every class
     // (k = classes) in f32: the stored teacher is then the live one.
     let all = batch(10, 9, &Device::flex());
@@ -622,7 +619,7 @@ fn a_stored_teacher_serves_the_batch_by_example_index() {
     assert!(error.to_string().contains("temperature"), "{error}");
 
     let stored = StoredTeacher::new(TeacherStore::open(&path).unwrap(), &kd()).unwrap();
-    let offline = Distiller::new(model.student().clone(), stored, kd());
+    let offline = Distiller::new(model.student.clone(), stored, kd());
     // Rows 7, 2, 4 of the data set, in that order.
     let rows = [7usize, 2, 4];
     let pick = |t: Tensor<2>| t.select(0, Tensor::<1, Int>::from_ints(rows, &Device::flex()));
@@ -647,7 +644,7 @@ fn a_stored_teacher_serves_the_batch_by_example_index() {
     );
 
     let unindexed = ClassificationBatch::new(b.inputs.clone(), b.targets.clone());
-    let error = offline.teacher().teach(&unindexed, &device).unwrap_err();
+    let error = offline.teacher.teach(&unindexed, &device).unwrap_err();
     assert!(error.to_string().contains("batch.examples"), "{error}");
     let panic = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         TrainStep::step(&offline, unindexed).item.loss
