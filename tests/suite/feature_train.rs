@@ -350,7 +350,10 @@ fn the_learner_trains_the_terms_and_the_record_saves_them() {
         |p: &Params| -> Vec<Vec<f64>> { p.0.iter().map(|(_, _, t)| values(t.clone())).collect() };
     assert_ne!(fresh_values(&params(&fresh.features)), fresh_values(&after));
     let loaded = fresh.load_file(&path);
-    assert_eq!(fresh_values(&params(&loaded.features)), fresh_values(&after));
+    assert_eq!(
+        fresh_values(&params(&loaded.features)),
+        fresh_values(&after)
+    );
 }
 
 #[test]
