@@ -311,7 +311,8 @@ impl LinearTeacher {
 /// ```
 #[derive(Module, Debug)]
 pub struct FusedLinearKdLoss {
-    kd: KdLoss,
+    /// The loss applied to each chunk's logits.
+    pub(crate) kd: KdLoss,
     chunk_size: Option<usize>,
 }
 
@@ -341,11 +342,6 @@ impl FusedLinearKdLoss {
             Some(rows) => rows.max(1),
             None => (AUTO_CHUNK_ELEMENTS / vocab.max(1)).max(MIN_AUTO_CHUNK_ROWS),
         }
-    }
-
-    /// The loss applied to each chunk's logits.
-    pub(crate) fn kd(&self) -> &KdLoss {
-        &self.kd
     }
 
     /// [`forward`](Self::forward) with the student's output layer as a burn [`Linear`].

@@ -305,7 +305,7 @@ impl LmLoss for FusedLinearKdLoss {
     }
 
     fn ignore_index(&self) -> Option<i64> {
-        self.kd().config.ignore_index
+        self.kd.config.ignore_index
     }
 
     fn compute_dtype(&self, student: &LinearStudent) -> DType {
