@@ -47,7 +47,7 @@ use crate::kd::{KdLoss, KdLossConfig, KdLossOutput, try_hard_loss};
 use crate::shape::{LogitsShape, flatten_rows, positions_of};
 use crate::sparse::SparseTeacher;
 use crate::targets::Targets;
-use crate::teacher::TeacherOutput;
+use crate::teacher::{TeacherOutput, vocabulary_fits};
 use crate::temperature::compute_dtype;
 
 /// Configuration of a [`FusedLinearKdLoss`].
@@ -204,7 +204,7 @@ impl LinearTeacher {
             // Top-k indices are checked against `vocab` with their values.
             Self::TopK(_) => ("teacher.indices", vocab),
         };
-        if teacher_vocab != vocab && !(truncate && teacher_vocab > vocab) {
+        if !vocabulary_fits(teacher_vocab, vocab, truncate) {
             check_same_shape("weight columns", &[vocab], argument, &[teacher_vocab])?;
         }
         match self {

@@ -128,6 +128,16 @@ impl DenseTeacher {
     }
 }
 
+/// Whether a teacher of `teacher_classes` classes may teach a student of
+/// `student_classes`: the same number, or more when `truncate` cuts them.
+pub(crate) fn vocabulary_fits(
+    teacher_classes: usize,
+    student_classes: usize,
+    truncate: bool,
+) -> bool {
+    teacher_classes == student_classes || (truncate && teacher_classes > student_classes)
+}
+
 impl TeacherOutput {
     /// The dense tensor (or the top-k log-probabilities) and the argument name
     /// errors use for it.
@@ -159,8 +169,7 @@ impl TeacherOutput {
             return sparse.check_against(batch, classes, values);
         }
         let shape = tensor.dims();
-        let cut = truncate && shape[0] == batch && shape[1] > classes;
-        if !cut {
+        if shape[0] != batch || !vocabulary_fits(shape[1], classes, truncate) {
             check_same_shape("student_logits", &student_shape, argument, &shape)?;
         }
         check_non_empty("student_logits", &student_shape)?;
