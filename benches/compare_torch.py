@@ -15,6 +15,7 @@ Optional: it needs torch, which CI does not install. To reproduce BENCHMARKS.md:
     /tmp/torchenv/bin/python benches/compare_torch.py            # timing table
     /usr/bin/time -v /tmp/torchenv/bin/python benches/compare_torch.py --once eager 512 32000
     /tmp/torchenv/bin/python benches/compare_torch.py --divergences   # divergences table
+    /tmp/torchenv/bin/python benches/compare_torch.py --uld   # its ULD rows alone
     /tmp/torchenv/bin/python benches/compare_torch.py --lm   # benches/lm_step.rs's loss cases
 
 Timing: each case is warmed up (torch.compile compiles there), then timed over
@@ -129,6 +130,14 @@ def distillkit_tvd(s, t):
     return 0.5 * (F.softmax(s, dim=-1) - F.softmax(t, dim=-1)).abs().sum(-1).mean()
 
 
+def trl_uld(s, t):
+    """TRL's ULDLoss (GOLD) on one token per row: the L1 distance between the sorted
+    probabilities, summed over classes, averaged over the rows."""
+    q = F.softmax(s, dim=-1).sort(dim=-1, descending=True).values
+    p = F.softmax(t, dim=-1).sort(dim=-1, descending=True).values
+    return F.l1_loss(q, p, reduction="sum") / s.size(0)
+
+
 def mdistiller_dkd(student, teacher, targets, alpha=1.0, beta=8.0):
     """mdistiller's dkd_loss (its CIFAR defaults α = 1, β = 8, T = 4), no hard term,
     as burn-distill's DkdLoss."""
@@ -174,6 +183,7 @@ DIVERGENCES = [
     ("skew_forward_kl_0.1", with_hard(distillm_skewed_forward_kl(0.1))),
     ("skew_reverse_kl_0.1", with_hard(distillm_skewed_reverse_kl(0.1))),
     ("tvd", with_hard(distillkit_tvd)),
+    ("uld", with_hard(trl_uld)),
     ("dkd", mdistiller_dkd),
     ("sparse_top64", top_k_kd(64)),
 ]
@@ -236,11 +246,13 @@ def fmt(seconds):
     return f"{seconds * 1e3:.3f} ms" if seconds < 1 else f"{seconds:.3f} s"
 
 
-def divergences():
-    """The table for benches/divergences.rs."""
+def divergences(only=None):
+    """The table for benches/divergences.rs (`only`: one loss's rows)."""
     print("| loss | B×C | torch eager: mean (median) | torch.compile: mean (median) |")
     print("|---|---|---|---|")
     for name, loss in DIVERGENCES:
+        if only is not None and name != only:
+            continue
         for batch, classes in DIVERGENCE_SIZES:
             student, teacher, targets = inputs(batch, classes)
             if name.startswith("sparse_top"):
@@ -287,6 +299,10 @@ def main():
     if len(sys.argv) == 2 and sys.argv[1] == "--divergences":
         header(f"T={T}")
         divergences()
+        return
+    if len(sys.argv) == 2 and sys.argv[1] == "--uld":
+        header(f"T={T}")
+        divergences(only="uld")
         return
     if len(sys.argv) == 5 and sys.argv[1] == "--once":
         mode, batch, classes = sys.argv[2], int(sys.argv[3]), int(sys.argv[4])

@@ -23,6 +23,7 @@
 //! | `SkewForwardKl { alpha }` | `KL(p ‖ αp + (1−α)q)` (DistiLLM) | 0 |
 //! | `SkewReverseKl { alpha }` | `KL(q ‖ αq + (1−α)p)` | 0 |
 //! | `Tvd` | `½ Σ |q − p|` (DistillKit, Liger) | 0 |
+//! | `Uld` | `Σ_i |q_(i) − p_(i)|` over both sorted (ULD; any two vocabularies) | 0 |
 //!
 //! A [`Divergence`] is a setting of [`KdLossConfig`](crate::KdLossConfig),
 //! which adds the temperature, `T²`, the hard term, masks and the reduction;
@@ -47,6 +48,7 @@ use crate::error::DistillError;
 /// | `SkewForwardKl { alpha }` | `KL(p ‖ αp + (1−α)q)` | DistiLLM; α in [0, 1), α = 0 is forward KL |
 /// | `SkewReverseKl { alpha }` | `KL(q ‖ αq + (1−α)p)` | α in [0, 1), α = 0 is reverse KL |
 /// | `Tvd` | `½ Σ |q − p|` | total variation (DistillKit, Liger) |
+/// | `Uld` | `Σ_i |q_(i) − p_(i)|`, each sorted in decreasing order | Boizard et al.'s universal logit distillation: needs no shared vocabulary |
 ///
 /// ```
 /// use burn::tensor::{Device, Tensor};
@@ -112,6 +114,21 @@ pub enum Divergence {
     /// and Liger compute it on probabilities). Its gradient with respect to
     /// `q_i` is `½ sign(q_i − p_i)` (0 where equal).
     Tvd,
+    /// The universal logit distillation loss (Boizard et al. 2024, "Towards
+    /// Cross-Tokenizer Distillation: the Universal Logit Distillation Loss for
+    /// LLMs", eq. 3): `Σ_i |q_(i) − p_(i)|`, with `q_(i)` and `p_(i)` the
+    /// `i`-th largest probability of each model, the shorter vector padded with
+    /// zeros — the Wasserstein-1 distance between the two distributions when
+    /// every pair of tokens is one unit apart. It compares the shapes of the
+    /// distributions, not which token has which mass, so the teacher may have
+    /// any vocabulary (the [`VocabularyRule`](crate::VocabularyRule) does not
+    /// apply); with [`KdLoss`](crate::KdLoss) the teacher rows are paired with
+    /// the student's positions as given (align the two tokenizations first).
+    /// As TRL's `ULDLoss` (GOLD), with whose values and gradients it is
+    /// tested. In [0, 2]. Its gradient with respect to `q_j` is the sign of
+    /// `q_j − p_(rank of q_j)`. Computed with burn ops (a sort per row; no
+    /// fused kernel) and not with a top-k teacher, whose tail is not sorted.
+    Uld,
 }
 
 impl Divergence {
@@ -122,7 +139,20 @@ impl Divergence {
             Self::SkewForwardKl { alpha } | Self::SkewReverseKl { alpha } => {
                 check_skew("alpha", alpha)
             }
-            Self::ForwardKl | Self::ReverseKl | Self::Tvd => Ok(()),
+            Self::ForwardKl | Self::ReverseKl | Self::Tvd | Self::Uld => Ok(()),
+        }
+    }
+
+    /// Whether `D(p, q)` stays finite where the teacher gives a class zero
+    /// mass and the student does not: false for reverse KL and the forms
+    /// that reduce to it (`β = 1`, skew `α = 0`), whose `q_i·ln(q_i / 0)` is
+    /// `+∞`.
+    pub(crate) fn finite_where_teacher_is_zero(self) -> bool {
+        match self {
+            Self::ReverseKl => false,
+            Self::Jsd { beta } | Self::JsdNormalized { beta } => beta < 1.0,
+            Self::SkewReverseKl { alpha } => alpha > 0.0,
+            Self::ForwardKl | Self::SkewForwardKl { .. } | Self::Tvd | Self::Uld => true,
         }
     }
 
@@ -165,7 +195,11 @@ impl Divergence {
         teacher_log_probs: Tensor<2>,
     ) -> Result<Tensor<1>, DistillError> {
         self.check()?;
-        check_log_prob_pair(&student_log_probs, &teacher_log_probs)?;
+        match self {
+            // Any two vocabularies: only the rows must pair up.
+            Self::Uld => check_log_prob_rows(&student_log_probs, &teacher_log_probs)?,
+            _ => check_log_prob_pair(&student_log_probs, &teacher_log_probs)?,
+        }
         Ok(self.rows_unchecked(student_log_probs, teacher_log_probs))
     }
 
@@ -187,6 +221,7 @@ impl Divergence {
             Self::SkewForwardKl { alpha } => skew_kl(p, q, alpha),
             Self::SkewReverseKl { alpha } => skew_kl(q, p, alpha),
             Self::Tvd => total_variation_unchecked(q, p),
+            Self::Uld => uld_unchecked(q, p),
         }
     }
 }
@@ -211,6 +246,53 @@ pub(crate) fn check_log_prob_pair(
         "teacher_log_probs",
         teacher_log_probs,
     )
+}
+
+/// The checks of [`Divergence::Uld`]'s rows: the same number of rows, each
+/// non-empty, one device; any two widths.
+fn check_log_prob_rows(
+    student_log_probs: &Tensor<2>,
+    teacher_log_probs: &Tensor<2>,
+) -> Result<(), DistillError> {
+    let [rows, _] = student_log_probs.dims();
+    let [teacher_rows, _] = teacher_log_probs.dims();
+    if teacher_rows != rows {
+        return Err(DistillError::BatchMismatch {
+            argument: "teacher_log_probs",
+            found: teacher_rows,
+            expected: rows,
+        });
+    }
+    check_non_empty("student_log_probs", &student_log_probs.dims())?;
+    check_non_empty("teacher_log_probs", &teacher_log_probs.dims())?;
+    check_device(
+        "student_log_probs",
+        student_log_probs,
+        "teacher_log_probs",
+        teacher_log_probs,
+    )
+}
+
+/// [`Divergence::Uld`] without the checks: the L1 distance between the
+/// sorted probabilities over the shorter width, plus the mass of the longer
+/// one's rest (its distance to the zero padding).
+pub(crate) fn uld_unchecked(
+    student_log_probs: Tensor<2>,
+    teacher_log_probs: Tensor<2>,
+) -> Tensor<1> {
+    let q = student_log_probs.exp().sort_descending(1);
+    let p = teacher_log_probs.exp().sort_descending(1);
+    let ([rows, q_width], [_, p_width]) = (q.dims(), p.dims());
+    let shared = q_width.min(p_width);
+    let head = |x: &Tensor<2>| x.clone().slice([0..rows, 0..shared]);
+    let distance = (head(&q) - head(&p)).abs().sum_dim(1);
+    let rest = |x: Tensor<2>, width: usize| x.slice([0..rows, shared..width]).sum_dim(1);
+    let distance = match q_width.cmp(&p_width) {
+        std::cmp::Ordering::Greater => distance + rest(q, q_width),
+        std::cmp::Ordering::Less => distance + rest(p, p_width),
+        std::cmp::Ordering::Equal => distance,
+    };
+    distance.squeeze_dim::<1>(1)
 }
 
 /// `KL(p‖q)` per row ([`Divergence::ForwardKl`]) without the checks, for

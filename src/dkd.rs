@@ -26,7 +26,7 @@ use burn::module::Module;
 use burn::tensor::{Bool, Int, Tensor};
 
 use crate::check::{BadPositions, ValueChecks, check_temperature, check_weight};
-use crate::divergence::forward_kl_unchecked;
+use crate::divergence::{Divergence, forward_kl_unchecked};
 use crate::error::{DistillError, or_panic};
 use crate::fused::{self, FusedLoss, FusedSpec};
 use crate::reduction::Reducer;
@@ -34,6 +34,7 @@ use crate::shape::{LogitsShape, to_rows};
 use crate::targets::{Targets, blank_left_out_rows, usable_labels};
 use crate::teacher::{PreparedTeacher, TeacherOutput};
 use crate::temperature::{compute_dtype, log_softmax_unchecked, scaled_logsumexp, standardize};
+use crate::vocabulary::VocabularyRule;
 
 /// Below this target probability `log(1 − p_t)` is computed by its series.
 const SERIES_BELOW: f64 = 0.01;
@@ -241,7 +242,9 @@ impl DkdLoss {
                 reason: TOP_K_REASON,
             });
         }
-        let bad = teacher.check(student_logits, false, values)?;
+        // The same classes (NCKD, like every term here, is a forward KL).
+        let same = (VocabularyRule::Same, Divergence::ForwardKl);
+        let bad = teacher.check(student_logits, same.0, same.1, values)?;
         if classes < 2 {
             return Err(DistillError::InvalidParameter {
                 argument: "classes",
@@ -286,10 +289,9 @@ impl DkdLoss {
         let compute = compute_dtype(student_logits.dtype());
         let z = student_logits.cast(compute);
         let t = self.temperature;
-        let (v, teacher_t) = match teacher.prepare(classes, t, compute) {
-            PreparedTeacher::Dense(dense) => {
-                (dense.values(self.logit_standardization), dense.temperature)
-            }
+        let (v, teacher_t) = match teacher.prepare(classes, t, compute, self.logit_standardization)
+        {
+            PreparedTeacher::Dense(dense) => (dense.values, dense.temperature),
             PreparedTeacher::TopK { .. } => {
                 return Err(DistillError::UnsupportedTeacher {
                     teacher: "teacher.log_probs",

@@ -194,6 +194,20 @@ pub enum DistillError {
         /// Why it cannot be used.
         reason: &'static str,
     },
+    /// A teacher of fewer classes than the student, padded with zero mass
+    /// ([`VocabularyRule::PadTeacher`](crate::VocabularyRule::PadTeacher)),
+    /// under a divergence that is infinite wherever the student puts mass on
+    /// the padded classes.
+    InfiniteOnPadding {
+        /// The teacher argument (e.g. `"teacher_logits"`).
+        teacher: &'static str,
+        /// The teacher's classes.
+        teacher_classes: usize,
+        /// The student's classes.
+        student_classes: usize,
+        /// The divergence configured.
+        divergence: crate::Divergence,
+    },
     /// Two tensors that must be on one device are not.
     DeviceMismatch {
         /// The first argument.
@@ -284,6 +298,14 @@ pub enum DistillError {
         token: i64,
         /// The vocabulary size.
         vocab: usize,
+    },
+    /// Two tokenizations that cannot be aligned, or an alignment that does
+    /// not fit the logits it is used with.
+    InvalidAlignment {
+        /// The argument (e.g. `"teacher.byte_offsets"`, `"alignments[2]"`).
+        argument: &'static str,
+        /// What is wrong, with the values.
+        reason: String,
     },
     /// A feature term asked a model for an intermediate output it did not
     /// give.
@@ -453,6 +475,24 @@ impl fmt::Display for DistillError {
             ),
             Self::NotFinite { argument, value } => {
                 write!(f, "{argument} must be a finite number, got {value}")
+            }
+            Self::InfiniteOnPadding {
+                teacher,
+                teacher_classes,
+                student_classes,
+                divergence,
+            } => write!(
+                f,
+                "{teacher} has {teacher_classes} classes and the student {student_classes}: \
+                 VocabularyRule::PadTeacher gives the student's last {} classes zero teacher \
+                 mass, where {divergence:?} is infinite wherever the student puts mass; use \
+                 VocabularyRule::SharedIds (the student renormalised over the shared ids) or a \
+                 divergence finite there (ForwardKl, SkewForwardKl, Tvd, Jsd with beta < 1, \
+                 SkewReverseKl with alpha > 0)",
+                student_classes.saturating_sub(*teacher_classes)
+            ),
+            Self::InvalidAlignment { argument, reason } => {
+                write!(f, "{argument} cannot be aligned: {reason}")
             }
             Self::UnsupportedTeacher { teacher, reason } => {
                 write!(f, "{teacher} cannot be used here: {reason}")

@@ -31,6 +31,7 @@ use crate::sparse::bucket_log_probs;
 use crate::targets::{Targets, blank_left_out_rows, usable_labels};
 use crate::teacher::{PreparedTeacher, TeacherOutput};
 use crate::temperature::{compute_dtype, log_softmax_unchecked, standardize};
+use crate::vocabulary::VocabularyRule;
 
 /// Configuration of a [`KdLoss`].
 ///
@@ -87,13 +88,14 @@ pub struct KdLossConfig {
     /// Default: None.
     #[config(default = "None")]
     pub ignore_index: Option<i64>,
-    /// When the teacher has more classes than the student, keep only its first
-    /// `classes` columns (and renormalise) instead of reporting a shape mismatch:
-    /// for vocabularies that differ only by padding rows at the end (e.g. 152064
-    /// vs 151936 in the Qwen family). Off by default, because a silently
-    /// truncated vocabulary is wrong whenever the two do not share a prefix.
-    #[config(default = false)]
-    pub truncate_teacher_classes: bool,
+    /// How a dense teacher with another number of classes than the student
+    /// is matched to it, by id ([`VocabularyRule`]: cut a wider teacher, pad a
+    /// narrower one with zero mass, or take the soft term over the shared
+    /// ids). Default: [`VocabularyRule::Same`], where any difference is a
+    /// shape mismatch, because a vocabulary silently matched by id is wrong
+    /// whenever the two do not share their ids.
+    #[config(default = "VocabularyRule::Same")]
+    pub vocabulary: VocabularyRule,
     /// Standardise teacher and student logits per row before the temperature
     /// ([`standardize`]; Sun et al., CVPR 2024), for the soft term only. Needs
     /// finite logits, at least 2 classes, and the teacher as logits. Default: false.
@@ -213,10 +215,7 @@ impl ModuleDisplay for KdLoss {
             .add("divergence", &format!("{:?}", self.config.divergence))
             .add("fused_kernel", &self.config.fused_kernel)
             .add("ignore_index", &format!("{:?}", self.config.ignore_index))
-            .add(
-                "truncate_teacher_classes",
-                &self.config.truncate_teacher_classes,
-            )
+            .add("vocabulary", &format!("{:?}", self.config.vocabulary))
             .add("logit_standardization", &self.config.logit_standardization)
             .optional()
     }
@@ -262,18 +261,18 @@ impl KdLoss {
     /// [`KdLossConfig`]. Each is also shown by the loss's `Display`.
     ///
     /// ```
-    /// use burn_distill::KdLossConfig;
+    /// use burn_distill::{KdLossConfig, VocabularyRule};
     ///
     /// let kd = KdLossConfig::new()
     ///     .with_ignore_index(Some(-100))
-    ///     .with_truncate_teacher_classes(true)
+    ///     .with_vocabulary(VocabularyRule::TruncateTeacher)
     ///     .with_logit_standardization(true)
     ///     .init();
     /// let config = kd.config();
     /// assert_eq!(config.ignore_index, Some(-100));
-    /// assert!(config.truncate_teacher_classes && config.logit_standardization);
+    /// assert!(config.vocabulary == VocabularyRule::TruncateTeacher && config.logit_standardization);
     /// let shown = kd.to_string();
-    /// for setting in ["ignore_index: Some(-100)", "truncate_teacher_classes: true", "logit_standardization: true"] {
+    /// for setting in ["ignore_index: Some(-100)", "vocabulary: TruncateTeacher", "logit_standardization: true"] {
     ///     assert!(shown.contains(setting), "{setting} not in {shown}");
     /// }
     /// ```
@@ -424,7 +423,18 @@ impl KdLoss {
         values: ValueChecks,
     ) -> Result<BadPositions, DistillError> {
         let classes = student_logits.dims()[1];
-        let bad = teacher.check(student_logits, self.config.truncate_teacher_classes, values)?;
+        let (vocabulary, divergence) = (self.config.vocabulary, self.config.divergence);
+        let bad = teacher.check(student_logits, vocabulary, divergence, values)?;
+        if let Some(found) = teacher.classes() {
+            let argument = teacher.tensor().1;
+            vocabulary.check_divergence(argument, found, classes, divergence)?;
+        }
+        if divergence == Divergence::Uld && matches!(teacher, TeacherOutput::TopK(_)) {
+            return Err(DistillError::UnsupportedTeacher {
+                teacher: teacher.tensor().1,
+                reason: "ULD sorts the teacher's whole distribution; a top-k teacher keeps k classes and an unsorted tail",
+            });
+        }
         if self.config.logit_standardization {
             if !matches!(teacher, TeacherOutput::Logits(_)) {
                 return Err(DistillError::UnsupportedTeacher {
@@ -463,18 +473,28 @@ impl KdLoss {
         let values = ValueChecks::for_forward(&student_logits.device());
         let bad = self.check_rows(&student_logits, &teacher, &targets, &positions, values)?;
         let classes = student_logits.dims()[1];
+        // The classes of the soft term (the student's, or the ids both have;
+        // each model's own for ULD), decided here for every path.
+        let (soft_classes, teacher_classes) =
+            teacher.classes().map_or((classes, classes), |found| {
+                let config = &self.config;
+                config
+                    .vocabulary
+                    .soft_classes(found, classes, config.divergence)
+            });
         let dtype = student_logits.dtype();
+        let (t, standardized) = (self.config.temperature, self.config.logit_standardization);
         let (student, teacher) = match self.kernel_reads_half(&student_logits, &teacher) {
             // The Cube kernel reads f16/bf16 logits into f32 itself: no f32 copy.
             Some(teacher_dtype) => (
                 student_logits,
-                teacher.prepare(classes, self.config.temperature, teacher_dtype),
+                teacher.prepare(teacher_classes, t, teacher_dtype, standardized),
             ),
             None => {
                 let compute = compute_dtype(dtype);
                 (
                     student_logits.cast(compute),
-                    teacher.prepare(classes, self.config.temperature, compute),
+                    teacher.prepare(teacher_classes, t, compute, standardized),
                 )
             }
         };
@@ -484,10 +504,11 @@ impl KdLoss {
             .labels
             .map(|labels| usable_labels(labels, self.config.ignore_index, classes));
         let kernel = self.kernel(&student, &teacher);
-        // Wherever autodiff runs through the rows (its path, or standardisation
-        // before the kernel), left-out rows are zeroed first (see
+        // Wherever autodiff runs through the rows (its path, or a view of the
+        // student before the kernel), left-out rows are zeroed first (see
         // `blank_left_out_rows`); the kernel alone needs no such copy.
-        let (student, teacher) = match kernel.is_none() || self.config.logit_standardization {
+        let views = self.views_student(soft_classes, classes);
+        let (student, teacher) = match kernel.is_none() || views {
             true => (
                 blank_left_out_rows(student, keep.as_ref()),
                 teacher.blank_left_out_rows(keep.as_ref()),
@@ -495,9 +516,11 @@ impl KdLoss {
             false => (student, teacher),
         };
         let (total_or_soft, hard) = match kernel {
-            Some(kernel) => self.kernel_rows(kernel, student, &teacher, labels, columns),
+            Some(kernel) => {
+                self.kernel_rows(kernel, student, &teacher, labels, soft_classes, columns)
+            }
             None => {
-                let view = self.student_view(student.clone());
+                let view = self.student_view(student.clone(), soft_classes);
                 let soft = self.soft_rows(view, teacher);
                 let hard = labels.map(|labels| hard_rows(student, labels));
                 self.arrange(soft, hard, columns)
@@ -544,25 +567,41 @@ impl KdLoss {
             TeacherOutput::Logits(v) | TeacherOutput::LogProbs(v) => v,
             _ => return None,
         };
+        // Another vocabulary is cut or padded first, in f32.
+        if values.dims()[1] != student.dims()[1] {
+            return None;
+        }
         let native = self.config.fused_kernel
             && !self.config.logit_standardization
-            && fused::reads_half(student, values);
+            && fused::reads_half(student, values, FusedLoss::Kd(self.config.divergence));
         native.then(|| values.dtype())
     }
 
-    /// The student's logits as the soft term sees them: standardised when
-    /// `logit_standardization` is on (inside the graph, so autodiff carries the
-    /// gradient through it).
-    fn student_view(&self, student: Tensor<2>) -> Tensor<2> {
+    /// Whether the soft term sees other logits than the hard term: standardised
+    /// ones, or the ids a narrower teacher shares ([`VocabularyRule::SharedIds`]).
+    fn views_student(&self, soft_classes: usize, classes: usize) -> bool {
+        self.config.logit_standardization || soft_classes < classes
+    }
+
+    /// The student's logits as the soft term sees them: its first
+    /// `soft_classes`, standardised when `logit_standardization` is on (inside
+    /// the graph, so autodiff carries the gradient through both).
+    fn student_view(&self, student: Tensor<2>, soft_classes: usize) -> Tensor<2> {
+        let [batch, classes] = student.dims();
+        let student = match soft_classes < classes {
+            true => student.slice([0..batch, 0..soft_classes]),
+            false => student,
+        };
         match self.config.logit_standardization {
             true => standardize(student),
             false => student,
         }
     }
 
-    /// The per-row terms by the fused kernel. Without standardisation both
-    /// terms come from it (one gradient buffer for the total); with it, the
-    /// kernel takes the standardised student for the soft term and the hard
+    /// The per-row terms by the fused kernel. Where the soft term sees the
+    /// student's logits as they are, both terms come from it (one gradient
+    /// buffer for the total); where it sees a view (standardised, or the
+    /// shared ids), the kernel takes the view for the soft term and the hard
     /// term is autodiff on the raw logits.
     fn kernel_rows(
         &self,
@@ -570,16 +609,13 @@ impl KdLoss {
         student: Tensor<2>,
         teacher: &PreparedTeacher,
         labels: Option<Tensor<1, Int>>,
+        soft_classes: usize,
         columns: Columns,
     ) -> (Tensor<1>, Option<Tensor<1>>) {
-        let batch = student.dims()[0];
+        let [batch, classes] = student.dims();
         // A top-k teacher's log-probabilities are already at the temperature.
         let (values, indices, teacher_temperature) = match teacher {
-            PreparedTeacher::Dense(dense) => (
-                dense.values(self.config.logit_standardization),
-                None,
-                dense.temperature,
-            ),
+            PreparedTeacher::Dense(dense) => (dense.values.clone(), None, dense.temperature),
             PreparedTeacher::TopK { indices, log_probs } => (log_probs.clone(), Some(indices), 1.0),
         };
         let spec = |weights| FusedSpec {
@@ -592,8 +628,9 @@ impl KdLoss {
         let kernel = |student: &Tensor<2>, labels: Option<&Tensor<1, Int>>, weights| {
             fused::columns(kernel, student, &values, indices, labels, spec(weights))
         };
-        if self.config.logit_standardization {
-            let soft = kernel(&self.student_view(student.clone()), None, vec![(1.0, 0.0)]);
+        if self.views_student(soft_classes, classes) {
+            let view = self.student_view(student.clone(), soft_classes);
+            let soft = kernel(&view, None, vec![(1.0, 0.0)]);
             let hard = labels.map(|labels| hard_rows(student, labels));
             return self.arrange(soft.squeeze_dim(1), hard, columns);
         }
@@ -634,11 +671,7 @@ impl KdLoss {
             // The temperatures were validated by try_init.
             PreparedTeacher::Dense(dense) => (
                 log_softmax_unchecked(student, self.config.temperature, 1),
-                log_softmax_unchecked(
-                    dense.values(self.config.logit_standardization),
-                    dense.temperature,
-                    1,
-                ),
+                log_softmax_unchecked(dense.values, dense.temperature, 1),
             ),
             PreparedTeacher::TopK { indices, log_probs } => {
                 bucket_log_probs(student, indices, log_probs, self.config.temperature)

@@ -1,9 +1,11 @@
 //! # burn-distill
 //!
 //! Knowledge-distillation losses for [burn](https://burn.dev): temperature softmax,
-//! the Hinton KD loss with its `T²` scaling and any of seven divergences
-//! ([`Divergence`]), decoupled KD, top-k teachers, ensembles, hidden-state
-//! (feature) losses and the paper's generalist/specialist machinery. At its core are small pure functions over
+//! the Hinton KD loss with its `T²` scaling and any of eight divergences
+//! ([`Divergence`]), decoupled KD, top-k teachers, teachers with another
+//! vocabulary ([`VocabularyRule`], [`Divergence::Uld`]) or tokenizer
+//! ([`gold`]), ensembles, hidden-state (feature) losses and the paper's
+//! generalist/specialist machinery. At its core are small pure functions over
 //! `Tensor`s (the reference), with [`Config`](burn::config::Config)/[`Module`](burn::module::Module)
 //! losses in burn's style on top, and a fused CPU kernel for every divergence, the
 //! top-k teacher and DKD. With the `train` feature (default), `train::Distiller`
@@ -81,6 +83,7 @@ pub mod ensemble;
 mod error;
 pub mod feature;
 mod fused;
+pub mod gold;
 mod kd;
 pub mod linear;
 pub mod lm;
@@ -94,6 +97,7 @@ pub mod store;
 mod targets;
 mod teacher;
 pub mod temperature;
+mod vocabulary;
 // The selection is built everywhere; only the CPU backends and the store run it.
 #[cfg_attr(
     not(any(feature = "flex", feature = "ndarray", feature = "store")),
@@ -114,3 +118,4 @@ pub use shape::LogitsShape;
 pub use sparse::SparseTeacher;
 pub use targets::Targets;
 pub use teacher::TeacherOutput;
+pub use vocabulary::VocabularyRule;

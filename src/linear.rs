@@ -41,14 +41,16 @@ use burn::nn::Linear;
 use burn::tensor::Tensor;
 
 use crate::check::{BadPositions, ValueChecks, check_device, check_non_empty, check_same_shape};
+use crate::divergence::Divergence;
 use crate::error::{DistillError, or_panic};
 use crate::fused;
 use crate::kd::{KdLoss, KdLossConfig, KdLossOutput, try_hard_loss};
 use crate::shape::{LogitsShape, flatten_rows, positions_of};
 use crate::sparse::SparseTeacher;
 use crate::targets::Targets;
-use crate::teacher::{TeacherOutput, vocabulary_fits};
+use crate::teacher::TeacherOutput;
 use crate::temperature::compute_dtype;
+use crate::vocabulary::VocabularyRule;
 
 /// Configuration of a [`FusedLinearKdLoss`].
 ///
@@ -196,17 +198,24 @@ impl LinearTeacher {
     /// Checks the output layer's shapes and that the teacher is on the
     /// student's device (`student`: its hidden states).
     /// The devices and layers of the teacher, and its vocabulary against the
-    /// student's `vocab` (more classes only when `truncate` cuts them).
-    fn check(&self, student: &Tensor<2>, vocab: usize, truncate: bool) -> Result<(), DistillError> {
+    /// student's `vocab`, as the `vocabulary` rule and the `divergence` allow.
+    fn check(
+        &self,
+        student: &Tensor<2>,
+        vocab: usize,
+        vocabulary: VocabularyRule,
+        divergence: Divergence,
+    ) -> Result<(), DistillError> {
         let (argument, teacher_vocab) = match self {
             Self::Hidden { weight, .. } => ("teacher.weight columns", weight.dims()[1]),
             Self::Logits(logits) => ("teacher_logits columns", logits.dims()[1]),
             // Top-k indices are checked against `vocab` with their values.
             Self::TopK(_) => ("teacher.indices", vocab),
         };
-        if !vocabulary_fits(teacher_vocab, vocab, truncate) {
+        if !vocabulary.fits(teacher_vocab, vocab, divergence) {
             check_same_shape("weight columns", &[vocab], argument, &[teacher_vocab])?;
         }
+        vocabulary.check_divergence(argument, teacher_vocab, vocab, divergence)?;
         match self {
             Self::Hidden { hidden, .. } => {
                 check_device("hidden", student, "teacher.hidden", hidden)?
@@ -486,7 +495,8 @@ impl FusedLinearKdLoss {
         let [rows, _] = hidden.dims();
         check_same_shape("teacher rows", &[teacher.rows()], "hidden rows", &[rows])?;
         let vocab = weight.dims()[1];
-        teacher.check(&hidden, vocab, self.kd.config.truncate_teacher_classes)?;
+        let config = &self.kd.config;
+        teacher.check(&hidden, vocab, config.vocabulary, config.divergence)?;
         Ok((hidden, teacher, positions, bad))
     }
 

@@ -6,10 +6,12 @@ use burn::tensor::{Bool, DType, Int, Tensor};
 
 use crate::check::{BadPositions, ValueChecks, check_device, check_non_empty, check_same_shape};
 use crate::diagnostics::read_back;
+use crate::divergence::Divergence;
 use crate::error::DistillError;
 use crate::sparse::SparseTeacher;
 use crate::targets::blank_left_out_rows;
 use crate::temperature::standardize;
+use crate::vocabulary::VocabularyRule;
 
 /// What the teacher provides to [`KdLoss`](crate::KdLoss) and
 /// [`DkdLoss`](crate::dkd::DkdLoss).
@@ -108,34 +110,12 @@ impl PreparedTeacher {
     }
 }
 
-/// A dense teacher: `p = softmax(values / temperature)`.
+/// A dense teacher: `p = softmax(values / temperature)`, over the classes
+/// the soft term is taken over.
 pub(crate) struct DenseTeacher {
     pub values: Tensor<2>,
     /// `T` for logits, 1 for (log-)probabilities.
     pub temperature: f64,
-    /// Whether `values` are logits (standardisation applies to them).
-    pub logits: bool,
-}
-
-impl DenseTeacher {
-    /// The values to softmax at `temperature`: standardised first when asked
-    /// and they are logits.
-    pub(crate) fn values(&self, standardized: bool) -> Tensor<2> {
-        match standardized && self.logits {
-            true => standardize(self.values.clone()),
-            false => self.values.clone(),
-        }
-    }
-}
-
-/// Whether a teacher of `teacher_classes` classes may teach a student of
-/// `student_classes`: the same number, or more when `truncate` cuts them.
-pub(crate) fn vocabulary_fits(
-    teacher_classes: usize,
-    student_classes: usize,
-    truncate: bool,
-) -> bool {
-    teacher_classes == student_classes || (truncate && teacher_classes > student_classes)
 }
 
 impl TeacherOutput {
@@ -150,15 +130,26 @@ impl TeacherOutput {
         }
     }
 
+    /// The number of classes of a dense teacher (`None` for top-k, which
+    /// has no width of its own).
+    pub(crate) fn classes(&self) -> Option<usize> {
+        match self {
+            Self::TopK(_) => None,
+            _ => Some(self.tensor().0.dims()[1]),
+        }
+    }
+
     /// Checks the teacher against the student's `[batch, classes]` and device:
-    /// the same shape (or more classes, when `truncate` allows cutting them),
+    /// the same shape (or another number of classes, as `vocabulary` and
+    /// `divergence` allow),
     /// the same device; and, as `values` says (read back, or found on the
     /// device as the rows that have them), probabilities that are negative or
     /// NaN and top-k indices out of range.
     pub(crate) fn check(
         &self,
         student_logits: &Tensor<2>,
-        truncate: bool,
+        vocabulary: VocabularyRule,
+        divergence: Divergence,
         values: ValueChecks,
     ) -> Result<BadPositions, DistillError> {
         let student_shape = student_logits.dims();
@@ -169,7 +160,7 @@ impl TeacherOutput {
             return sparse.check_against(batch, classes, values);
         }
         let shape = tensor.dims();
-        if shape[0] != batch || !vocabulary_fits(shape[1], classes, truncate) {
+        if shape[0] != batch || !vocabulary.fits(shape[1], classes, divergence) {
             check_same_shape("student_logits", &student_shape, argument, &shape)?;
         }
         check_non_empty("student_logits", &student_shape)?;
@@ -200,35 +191,56 @@ impl TeacherOutput {
         }
     }
 
-    /// The checked teacher, detached, cut to `classes` when it has more (the
-    /// caller checked that truncation is allowed), cast to `dtype`.
-    pub(crate) fn prepare(self, classes: usize, temperature: f64, dtype: DType) -> PreparedTeacher {
-        let cut = |t: Tensor<2>| {
+    /// The checked teacher, detached, cast to `dtype`, standardised when
+    /// asked (before anything is padded), with `classes` columns: cut when it
+    /// has more (the caller checked the rule allows it), padded with zero
+    /// mass (`−inf` log-values) when it has fewer.
+    pub(crate) fn prepare(
+        self,
+        classes: usize,
+        temperature: f64,
+        dtype: DType,
+        standardized: bool,
+    ) -> PreparedTeacher {
+        let fit = |t: Tensor<2>, standardize_it: bool| {
             let [batch, found] = t.dims();
             let t = t.detach().cast(dtype);
-            if found > classes {
-                t.slice([0..batch, 0..classes])
-            } else {
-                t
+            let t = match found > classes {
+                true => t.slice([0..batch, 0..classes]),
+                false => t,
+            };
+            // Standardised over the classes the soft term sees, as the
+            // student's view is.
+            let t = match standardize_it {
+                true => standardize(t),
+                false => t,
+            };
+            match found < classes {
+                true => {
+                    let pad =
+                        Tensor::<2>::full([batch, classes - found], f64::NEG_INFINITY, &t.device())
+                            .cast(t.dtype());
+                    Tensor::cat(vec![t, pad], 1)
+                }
+                false => t,
             }
         };
         // A cut distribution is renormalised by the log-softmax every path
         // applies to the teacher.
         match self {
             Self::Logits(v) => PreparedTeacher::Dense(DenseTeacher {
-                values: cut(v),
+                values: fit(v, standardized),
                 temperature,
-                logits: true,
             }),
+            // log(0) of a padded class is −inf, as for a class the teacher
+            // rules out itself.
             Self::Probs(p) => PreparedTeacher::Dense(DenseTeacher {
-                values: cut(p).log(),
+                values: fit(p.detach().cast(dtype).log(), false),
                 temperature: 1.0,
-                logits: false,
             }),
             Self::LogProbs(log_p) => PreparedTeacher::Dense(DenseTeacher {
-                values: cut(log_p),
+                values: fit(log_p, false),
                 temperature: 1.0,
-                logits: false,
             }),
             Self::TopK(sparse) => {
                 let (indices, log_probs) = sparse.into_parts();

@@ -136,11 +136,22 @@ fn engine(student_logits: &Tensor<2>, teacher_values: &Tensor<2>) -> Option<Engi
     served.then_some(engine)
 }
 
-/// Whether the Cube kernel serves these tensors with the student in f16 or
-/// bf16 as it is: the loss then skips its f32 copy of the logits.
-pub(crate) fn reads_half(student_logits: &Tensor<2>, teacher_values: &Tensor<2>) -> bool {
+/// Whether the Cube kernel serves `loss` on these tensors with the student in
+/// f16 or bf16 as it is: the loss then skips its f32 copy of the logits.
+pub(crate) fn reads_half(
+    student_logits: &Tensor<2>,
+    teacher_values: &Tensor<2>,
+    loss: FusedLoss,
+) -> bool {
     matches!(student_logits.dtype(), DType::F16 | DType::BF16)
+        && has_kernel(loss)
         && engine(student_logits, teacher_values) == Some(Engine::Cube)
+}
+
+/// Whether the kernels compute `loss` at all: every loss but ULD, which
+/// sorts each row and has no per-class term for their table.
+fn has_kernel(loss: FusedLoss) -> bool {
+    loss != FusedLoss::Kd(Divergence::Uld)
 }
 
 /// A fused engine chosen for one loss call by [`plan`] — the one place that
@@ -162,8 +173,8 @@ pub(crate) struct Kernel {
 pub(crate) const CUBE_TOP_K_LIMIT: usize = 1024;
 
 /// The fused engine for this call, if one serves it: the CPU kernel for
-/// f32 on flex or ndarray (every loss, dense and top-k teachers), the Cube
-/// kernel for f32/f16/bf16 on a Cube device (every loss, with a dense
+/// f32 on flex or ndarray (every loss but ULD, dense and top-k teachers), the
+/// Cube kernel for f32/f16/bf16 on a Cube device (the same losses, with a dense
 /// teacher or a top-k one of at most [`CUBE_TOP_K_LIMIT`] classes); `None`
 /// where none does, or without an engine compiled in.
 /// `teacher_values` are a top-k teacher's `[batch, k]` log-probabilities
@@ -174,6 +185,9 @@ pub(crate) fn plan(
     top_k: bool,
     loss: FusedLoss,
 ) -> Option<Kernel> {
+    if !has_kernel(loss) {
+        return None;
+    }
     let engine = engine(student_logits, teacher_values)?;
     let dkd = loss == FusedLoss::Dkd;
     let served = match engine {

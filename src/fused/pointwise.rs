@@ -310,6 +310,9 @@ impl Plugin {
             Divergence::SkewForwardKl { alpha } => (Kind::SkewForwardKl, alpha, 1.0),
             Divergence::SkewReverseKl { alpha } => (Kind::SkewReverseKl, alpha, 1.0),
             Divergence::Tvd => (Kind::Tvd, 0.0, 1.0),
+            // `plan` (the one place that decides, by `has_kernel`) gives ULD
+            // no kernel: a kernel never reaches this.
+            Divergence::Uld => unreachable!("fused::plan serves no ULD"),
         };
         Self {
             kind,

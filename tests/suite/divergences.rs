@@ -8,7 +8,9 @@ use crate::common;
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use burn_distill::dkd::DkdLossConfig;
 use burn_distill::sparse::SparseTeacher;
-use burn_distill::{DistillError, Divergence, KdLossConfig, Targets, TeacherOutput};
+use burn_distill::{
+    DistillError, Divergence, KdLossConfig, Targets, TeacherOutput, VocabularyRule,
+};
 use common::{
     EVERY_DIVERGENCE, Normals, Rng, assert_allclose, assert_close, devices, devices_f64, labels,
     scalar, soft_loss, soft_rows, tensor2, tensor2_f64, values,
@@ -530,7 +532,7 @@ fn vocabulary_mismatch_error_or_explicit_truncation() {
             "{err}"
         );
         let truncating = KdLossConfig::new()
-            .with_truncate_teacher_classes(true)
+            .with_vocabulary(VocabularyRule::TruncateTeacher)
             .init();
         let cut: Vec<f64> = v_wide.chunks(7).flat_map(|r| r[..5].to_vec()).collect();
         let expected = values(soft_loss(

@@ -10,7 +10,7 @@ use crate::common;
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use burn_distill::{
     DistillError, Divergence, FusedLinearKdLossConfig, KdLossConfig, LinearTeacher, SparseTeacher,
-    Targets,
+    Targets, VocabularyRule,
 };
 use common::{
     EVERY_DIVERGENCE, Normals, Rng, assert_allclose, devices, devices_f64, tensor2, tensor2_f64,
@@ -262,7 +262,7 @@ fn inference_and_bad_input() {
 }
 
 /// A teacher with a padded vocabulary (3 classes more): refused by name
-/// without `truncate_teacher_classes`, cut to the student's classes with it —
+/// by default, cut by `VocabularyRule::TruncateTeacher` to the student's classes with it —
 /// then equal to the materialised loss with the same setting.
 #[test]
 fn padded_teacher_vocabulary() {
@@ -298,7 +298,7 @@ fn padded_teacher_vocabulary() {
             "{error}"
         );
 
-        let kd = KdLossConfig::new().with_truncate_teacher_classes(true);
+        let kd = KdLossConfig::new().with_vocabulary(VocabularyRule::TruncateTeacher);
         let fused = FusedLinearKdLossConfig::new(kd.clone())
             .with_chunk_size(Some(4))
             .init();

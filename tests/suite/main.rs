@@ -18,6 +18,7 @@ mod feature_parity;
 #[cfg(feature = "train")]
 mod feature_train;
 mod features;
+mod gold;
 mod gradients;
 mod linear;
 #[cfg(feature = "train")]
@@ -33,3 +34,5 @@ mod top_k;
 mod torch_parity;
 #[cfg(feature = "train")]
 mod train;
+mod uld;
+mod vocabulary;

@@ -69,6 +69,11 @@ pub fn tensor2_f64(values: &[f64], shape: [usize; 2], device: &Device) -> Tensor
     tensor
 }
 
+/// A `[batch, seq, classes]` tensor of `dtype` from row-major values.
+pub fn tensor3(values: &[f64], shape: [usize; 3], device: &Device, dtype: DType) -> Tensor<3> {
+    Tensor::from_data(TensorData::new(values.to_vec(), shape), (device, dtype))
+}
+
 /// An integer label tensor.
 pub fn labels(values: &[i64], device: &Device) -> Tensor<1, Int> {
     Tensor::from_data(TensorData::new(values.to_vec(), [values.len()]), device)
