@@ -5,9 +5,9 @@
 //! and 0.1, T = 4). Each divergence runs through the fused kernel (the
 //! default); `…/autodiff` rows are the same loss with `fused_kernel = false`
 //! (burn ops differentiated by autodiff), at 64×32000 only, to keep the run
-//! short. `uld` (`Divergence::Uld`, a sort per row) has no fused kernel: its
-//! row is burn ops. `benches/compare_torch.py --divergences` times the
-//! PyTorch forms.
+//! short. `uld` (`Divergence::Uld`) is the CPU engine's own row loop (a radix
+//! sort per row), `uld/autodiff` burn ops' sort, at both sizes.
+//! `benches/compare_torch.py --divergences` times the PyTorch forms.
 //!
 //! `memory_floor/*` is the machine's floor for the fused path's traffic: a
 //! two-thread loop that reads two `[batch, classes]` f32 arrays and writes a
@@ -96,11 +96,14 @@ fn bench(c: &mut Criterion) {
                 });
             }
         }
-        // ULD sorts both rows (burn ops: no kernel computes it).
-        let uld = kd(Divergence::Uld, true);
-        group.bench_with_input(BenchmarkId::new("uld", &size), &(), |b, _| {
-            run(b, &|z| uld.forward(z, teacher.clone(), targets.clone()))
-        });
+        // ULD sorts both rows: the CPU engine's radix sort, and burn ops'
+        // sort with autodiff (at both sizes: the baseline it replaces).
+        for (id, fused) in [("uld", true), ("uld/autodiff", false)] {
+            let uld = kd(Divergence::Uld, fused);
+            group.bench_with_input(BenchmarkId::new(id, &size), &(), |b, _| {
+                run(b, &|z| uld.forward(z, teacher.clone(), targets.clone()))
+            });
+        }
         group.bench_with_input(BenchmarkId::new("dkd", &size), &(), |b, _| {
             run(b, &|z| dkd.forward(z, teacher.clone(), targets.clone()))
         });

@@ -126,8 +126,10 @@ pub enum Divergence {
     /// the student's positions as given (align the two tokenizations first).
     /// As TRL's `ULDLoss` (GOLD), with whose values and gradients it is
     /// tested. In [0, 2]. Its gradient with respect to `q_j` is the sign of
-    /// `q_j − p_(rank of q_j)`. Computed with burn ops (a sort per row; no
-    /// fused kernel) and not with a top-k teacher, whose tail is not sorted.
+    /// `q_j − p_(rank of q_j)`. In `KdLoss` on flex or ndarray in f32, a CPU
+    /// row loop computes it (a radix sort per row, the gradient in closed
+    /// form); elsewhere burn ops (on a GPU burn 0.22.1 sorts on the host). Not
+    /// with a top-k teacher, whose tail is not sorted.
     Uld,
 }
 

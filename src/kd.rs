@@ -577,10 +577,14 @@ impl KdLoss {
         native.then(|| values.dtype())
     }
 
-    /// Whether the soft term sees other logits than the hard term: standardised
-    /// ones, or the ids a narrower teacher shares ([`VocabularyRule::SharedIds`]).
+    /// Whether the soft term is computed apart from the hard term: on other
+    /// logits (standardised ones, or the ids a narrower teacher shares,
+    /// [`VocabularyRule::SharedIds`]) or by ULD's kernel, which computes the
+    /// soft term alone.
     fn views_student(&self, soft_classes: usize, classes: usize) -> bool {
-        self.config.logit_standardization || soft_classes < classes
+        self.config.logit_standardization
+            || soft_classes < classes
+            || self.config.divergence == Divergence::Uld
     }
 
     /// The student's logits as the soft term sees them: its first

@@ -35,6 +35,8 @@ mod kernel;
 mod linear_host;
 #[cfg(any(feature = "flex", feature = "ndarray"))]
 mod top_k_host;
+#[cfg(any(feature = "flex", feature = "ndarray"))]
+mod uld_host;
 // Also the top-k selection's and the teacher store's; built everywhere, so
 // that the selection is too.
 #[cfg_attr(not(any(feature = "flex", feature = "ndarray")), allow(dead_code))]
@@ -144,14 +146,20 @@ pub(crate) fn reads_half(
     loss: FusedLoss,
 ) -> bool {
     matches!(student_logits.dtype(), DType::F16 | DType::BF16)
-        && has_kernel(loss)
         && engine(student_logits, teacher_values) == Some(Engine::Cube)
+        && serves(Engine::Cube, loss, false, teacher_values)
 }
 
-/// Whether the kernels compute `loss` at all: every loss but ULD, which
-/// sorts each row and has no per-class term for their table.
-fn has_kernel(loss: FusedLoss) -> bool {
-    loss != FusedLoss::Kd(Divergence::Uld)
+/// Whether `engine` computes `loss`: the CPU engine every loss (ULD by its own
+/// row loop, a sort per row), the Cube kernel every loss but ULD (no sort in
+/// it), with a dense teacher or a top-k one of at most [`CUBE_TOP_K_LIMIT`]
+/// classes.
+fn serves(engine: Engine, loss: FusedLoss, top_k: bool, teacher_values: &Tensor<2>) -> bool {
+    let uld = loss == FusedLoss::Kd(Divergence::Uld);
+    match engine {
+        Engine::Host => !(uld && top_k),
+        Engine::Cube => !uld && (!top_k || teacher_values.dims()[1] <= CUBE_TOP_K_LIMIT),
+    }
 }
 
 /// A fused engine chosen for one loss call by [`plan`] — the one place that
@@ -164,6 +172,8 @@ pub(crate) struct Kernel {
     top_k: bool,
     /// Planned for DKD.
     dkd: bool,
+    /// Planned for ULD (the CPU engine's own row loop).
+    uld: bool,
 }
 
 /// The most classes a top-k teacher may store for the Cube kernel, which
@@ -173,10 +183,10 @@ pub(crate) struct Kernel {
 pub(crate) const CUBE_TOP_K_LIMIT: usize = 1024;
 
 /// The fused engine for this call, if one serves it: the CPU kernel for
-/// f32 on flex or ndarray (every loss but ULD, dense and top-k teachers), the
-/// Cube kernel for f32/f16/bf16 on a Cube device (the same losses, with a dense
-/// teacher or a top-k one of at most [`CUBE_TOP_K_LIMIT`] classes); `None`
-/// where none does, or without an engine compiled in.
+/// f32 on flex or ndarray (every loss, dense and top-k teachers; ULD dense
+/// only), the Cube kernel for f32/f16/bf16 on a Cube device (every loss but
+/// ULD, with a dense teacher or a top-k one of at most [`CUBE_TOP_K_LIMIT`]
+/// classes); `None` where none does, or without an engine compiled in.
 /// `teacher_values` are a top-k teacher's `[batch, k]` log-probabilities
 /// when `top_k`.
 pub(crate) fn plan(
@@ -185,16 +195,16 @@ pub(crate) fn plan(
     top_k: bool,
     loss: FusedLoss,
 ) -> Option<Kernel> {
-    if !has_kernel(loss) {
-        return None;
-    }
     let engine = engine(student_logits, teacher_values)?;
     let dkd = loss == FusedLoss::Dkd;
-    let served = match engine {
-        Engine::Host => true,
-        Engine::Cube => !top_k || teacher_values.dims()[1] <= CUBE_TOP_K_LIMIT,
-    };
-    (served && ANY_ENGINE).then_some(Kernel { engine, top_k, dkd })
+    let uld = loss == FusedLoss::Kd(Divergence::Uld);
+    let served = serves(engine, loss, top_k, teacher_values);
+    (served && ANY_ENGINE).then_some(Kernel {
+        engine,
+        top_k,
+        dkd,
+        uld,
+    })
 }
 
 /// [`crate::top_k`]'s selection of `logits`' rows, on the backend's buffer
@@ -271,6 +281,11 @@ pub(crate) fn columns(
         "columns() runs what plan() was asked for"
     );
     let engine = kernel.engine;
+    // ULD: the CPU engine's own row loop (`serves` plans it nowhere else).
+    #[cfg(any(feature = "flex", feature = "ndarray"))]
+    if kernel.uld {
+        return uld_host::column(student_logits, teacher_values, &spec);
+    }
     #[cfg(any(feature = "flex", feature = "ndarray", feature = "cube-kernel"))]
     {
         use crate::diagnostics::read_back;

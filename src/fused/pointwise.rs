@@ -310,8 +310,8 @@ impl Plugin {
             Divergence::SkewForwardKl { alpha } => (Kind::SkewForwardKl, alpha, 1.0),
             Divergence::SkewReverseKl { alpha } => (Kind::SkewReverseKl, alpha, 1.0),
             Divergence::Tvd => (Kind::Tvd, 0.0, 1.0),
-            // `plan` (the one place that decides, by `has_kernel`) gives ULD
-            // no kernel: a kernel never reaches this.
+            // `plan` (the one place that decides, by `serves`) gives ULD to
+            // its own row loop (`uld_host`), never to these kernels.
             Divergence::Uld => unreachable!("fused::plan serves no ULD"),
         };
         Self {

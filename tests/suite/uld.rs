@@ -204,3 +204,35 @@ fn divergence_rows_of_two_widths() {
         "{error}"
     );
 }
+
+/// The CPU engine (`fused_kernel`, f32 on flex and ndarray) against burn ops,
+/// value and gradient per element, a teacher wider and one narrower than the
+/// student, with the hard term and labels, `T = 2` with `T²`.
+#[test]
+fn cpu_engine_matches_burn_ops() {
+    let mut rng = Rng::new(42);
+    for (name, device) in devices() {
+        let device = device.autodiff();
+        for (rows, vs, vt) in [(5, 1000, 1500), (3, 1200, 700), (2, 7, 7)] {
+            let zs = rng.normals(rows * vs, 3.0);
+            let v = tensor2(&rng.normals(rows * vt, 3.0), [rows, vt], &device);
+            let y: Vec<i64> = (0..rows as i64).map(|r| (r * 5) % vs as i64).collect();
+            let run = |fused_kernel: bool| {
+                let kd = KdLossConfig::new()
+                    .with_divergence(Divergence::Uld)
+                    .with_temperature(2.0)
+                    .with_fused_kernel(fused_kernel)
+                    .init();
+                let z = tensor2(&zs, [rows, vs], &device).require_grad();
+                let loss = kd.forward(z.clone(), v.clone(), common::labels(&y, &device));
+                let grad = values(z.grad(&loss.clone().backward()).unwrap());
+                (scalar(loss), grad)
+            };
+            let ((value, grad), (want, want_grad)) = (run(true), run(false));
+            let what = format!("{name} {rows}x{vs} vs {vt}");
+            assert!(want > 0.0, "{what}");
+            assert_allclose(&what, &[value], &[want], 1e-5, 1e-7);
+            assert_allclose(&format!("{what} grad"), &grad, &want_grad, 1e-4, 1e-8);
+        }
+    }
+}
