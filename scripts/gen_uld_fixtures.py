@@ -40,12 +40,12 @@ torch.set_default_dtype(torch.float64)
 OUT = pathlib.Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "uld_trl.json"
 
 
-def trl_uld(z, v, labels, temperature):
+def trl_uld(z, v, labels, temperature, teacher_labels=None, teacher_temperature=None):
     config = types.SimpleNamespace(
         uld_crossentropy_weight=0.0,
         uld_distillation_weight=1.0,
         uld_student_temperature=temperature,
-        uld_teacher_temperature=temperature,
+        uld_teacher_temperature=teacher_temperature or temperature,
         uld_skip_student_eos=False,
         uld_skip_teacher_eos=False,
         use_extended_uld=False,
@@ -53,8 +53,10 @@ def trl_uld(z, v, labels, temperature):
         uld_use_hybrid_loss=False,
     )
     loss = ULDLoss(config)
-    ids = torch.zeros(labels.shape, dtype=torch.long)
-    return loss(z, v, labels, labels, ids, ids)
+    teacher_labels = labels if teacher_labels is None else teacher_labels
+    s_ids = torch.zeros(labels.shape, dtype=torch.long)
+    t_ids = torch.zeros(teacher_labels.shape, dtype=torch.long)
+    return loss(z, v, labels, teacher_labels, s_ids, t_ids)
 
 
 def softmax(x, t):
@@ -113,6 +115,24 @@ def main():
             "value": float(value.detach()), "grad": grad.flatten().tolist(),
             "paper_per_token": per_token.flatten().tolist(),
         })
+    # The paper's alignment of answers of different lengths: TRL pairs the first
+    # min(n_s, n_t) answer tokens of each sequence (each model's own positions,
+    # its own sequence length), the rest of the longer answer left out.
+    s_labels = np.array([[-100, 1, 2, 3, 4, 5], [-100, -100, 1, 2, -100, -100]])
+    t_labels = np.array([[-100, -100, 1, 2, 3], [-100, 1, 2, 3, 4]])
+    z = rng.normal(size=(B, 6, 7)) * 2
+    v = rng.normal(size=(B, 5, 10)) * 2
+    zt = torch.tensor(z, requires_grad=True)
+    value = trl_uld(zt, torch.tensor(v), torch.tensor(s_labels), 1.5,
+                    teacher_labels=torch.tensor(t_labels), teacher_temperature=2.5)
+    (grad,) = torch.autograd.grad(value, zt)
+    doc["unequal_answers"] = {
+        "student_labels": s_labels.flatten().tolist(), "teacher_labels": t_labels.flatten().tolist(),
+        "student_shape": [B, 6, 7], "teacher_shape": [B, 5, 10],
+        "student_temperature": 1.5, "teacher_temperature": 2.5,
+        "student_logits": z.flatten().tolist(), "teacher_logits": v.flatten().tolist(),
+        "value": float(value.detach()), "grad": grad.flatten().tolist(),
+    }
     OUT.write_text(json.dumps(doc))
     print(f"wrote {len(doc['cases'])} cases to {OUT} (TRL {trl.__version__})")
 

@@ -150,6 +150,50 @@ impl SpanAlignment {
         })
     }
 
+    /// Boizard et al.'s alignment (TRL's plain ULD, `use_extended_uld =
+    /// false`): the first `min(n_s, n_t)` rows of the student's answer
+    /// `student_rows` and of the teacher's `teacher_rows` paired one to one,
+    /// the rest of the longer answer left out. Each span is one row, so
+    /// nothing merges: [`GoldLoss`] is then ULD averaged over the pairs.
+    ///
+    /// # Errors
+    /// [`DistillError::InvalidAlignment`] when a side's rows are empty.
+    ///
+    /// ```
+    /// use burn_distill::gold::SpanAlignment;
+    ///
+    /// // A student answer at rows 1..6, the teacher's at rows 2..5.
+    /// let alignment = SpanAlignment::by_position(1..6, 2..5)?;
+    /// assert_eq!(alignment.spans(), &[(0..1, 0..1), (1..2, 1..2), (2..3, 2..3)]);
+    /// # Ok::<(), burn_distill::DistillError>(())
+    /// ```
+    pub fn by_position(
+        student_rows: Range<usize>,
+        teacher_rows: Range<usize>,
+    ) -> Result<Self, DistillError> {
+        for (argument, rows) in [
+            ("student_rows", &student_rows),
+            ("teacher_rows", &teacher_rows),
+        ] {
+            if rows.is_empty() {
+                return Err(DistillError::InvalidAlignment {
+                    argument,
+                    reason: format!("{rows:?} holds no row"),
+                });
+            }
+        }
+        let pairs = student_rows.len().min(teacher_rows.len());
+        Ok(Self {
+            student_first_row: student_rows.start,
+            teacher_first_row: teacher_rows.start,
+            // One-row spans multiply in no token's probability: the ids are
+            // never read (0 is in every vocabulary).
+            student_tokens: vec![0; pairs],
+            teacher_tokens: vec![0; pairs],
+            spans: (0..pairs).map(|k| (k..k + 1, k..k + 1)).collect(),
+        })
+    }
+
     /// The spans, as ranges of the student's and the teacher's token
     /// indices (`0` is each [`Tokenization`]'s first token).
     pub fn spans(&self) -> &[(Range<usize>, Range<usize>)] {
@@ -487,7 +531,7 @@ impl GoldLoss {
                 ),
             ];
             for (side, first, tokens, seq, vocab) in sides {
-                if first + tokens.len() > seq {
+                if first.saturating_add(tokens.len()) > seq {
                     return Err(DistillError::InvalidAlignment {
                         argument,
                         reason: format!(

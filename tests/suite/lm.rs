@@ -14,7 +14,7 @@ use burn_distill::lm::{CausalLm, OutputLayer, SamplerConfig, TokenBatch, generat
 use burn_distill::train::{AgreementMetric, Completions, FrozenTeacher, LmDistiller};
 use burn_distill::{
     DistillError, Divergence, FusedLinearKdLossConfig, KdLoss, KdLossConfig, Reduction, Targets,
-    TeacherOutput,
+    TeacherOutput, VocabularyRule,
 };
 
 use crate::common::{Normals, Rng, assert_close, devices_f64, scalar, values};
@@ -370,7 +370,7 @@ fn param_grads(student: &TinyLm, grads: &GradientsParams) -> Vec<f64> {
 /// `[batch, seq, vocab]` logits: no distiller, no micro-batches.
 fn direct(
     student: &TinyLm,
-    teacher: &TinyLm,
+    teacher: &impl CausalLm,
     loss: &KdLoss,
     batch: &TokenBatch,
     reduction: Reduction,
@@ -764,6 +764,61 @@ impl CausalLm for NarrowLm {
         OutputLayer {
             weight: weight.slice([0..WIDTH, 0..VOCAB - 1]),
             bias: bias.map(|b| b.slice(0..VOCAB - 1)),
+        }
+    }
+}
+
+/// A teacher one token short of the student's vocabulary in the distiller,
+/// matched by a `VocabularyRule` or compared by ULD: each step (whole, or in
+/// micro-batches) equals the loss on the whole batch written out.
+#[test]
+fn a_teacher_of_another_vocabulary_distils_under_a_rule_or_by_uld() {
+    for (name, device) in devices_f64() {
+        let autodiff = device.clone().autodiff();
+        let student = TinyLm::new(1, &autodiff, DType::F64);
+        let teacher = NarrowLm {
+            inner: TinyLm::new(2, &device, DType::F64),
+        };
+        let batch = ragged_batch(&autodiff);
+        for (vocabulary, divergence) in [
+            (VocabularyRule::PadTeacher, Divergence::ForwardKl),
+            (VocabularyRule::SharedIds, Divergence::ReverseKl),
+            (VocabularyRule::Same, Divergence::Uld),
+        ] {
+            let loss = KdLossConfig::new()
+                .with_vocabulary(vocabulary)
+                .with_divergence(divergence)
+                .with_temperature(2.0)
+                .with_hard_weight(0.3)
+                .init();
+            let (value, reference) = direct(&student, &teacher, &loss, &batch, Reduction::Mean);
+            assert!(
+                value.is_finite() && value > 0.0,
+                "{name} {divergence:?}: {value}"
+            );
+            for micro in [0, 3] {
+                let distiller = LmDistiller::new(
+                    student.clone(),
+                    FrozenTeacher::new(teacher.clone()),
+                    loss.clone(),
+                )
+                .with_micro_batch(micro);
+                let step = TrainStep::step(&distiller, batch.clone());
+                let what =
+                    format!("{name} {vocabulary:?} {divergence:?}, micro-batches of {micro}");
+                assert_close(
+                    &format!("{what}: loss"),
+                    &[scalar(step.item.loss.clone())],
+                    &[value],
+                    1e-12,
+                );
+                assert_close(
+                    &format!("{what}: gradient"),
+                    &param_grads(&student, &step.grads),
+                    &reference,
+                    1e-10,
+                );
+            }
         }
     }
 }

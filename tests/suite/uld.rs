@@ -236,3 +236,70 @@ fn cpu_engine_matches_burn_ops() {
         }
     }
 }
+
+#[derive(Deserialize)]
+struct UnequalAnswers {
+    student_labels: Vec<i64>,
+    teacher_labels: Vec<i64>,
+    student_shape: [usize; 3],
+    teacher_shape: [usize; 3],
+    student_temperature: f64,
+    teacher_temperature: f64,
+    student_logits: Vec<f64>,
+    teacher_logits: Vec<f64>,
+    value: f64,
+    grad: Vec<f64>,
+}
+
+/// The paper's alignment of answers of different lengths (TRL's plain ULD
+/// pairs the first `min(n_s, n_t)` answer tokens, each model at its own
+/// positions): `SpanAlignment::by_position` with `GoldLoss`, value and
+/// gradient per element against TRL's.
+#[test]
+fn answers_of_different_lengths_align_by_position() {
+    #[derive(Deserialize)]
+    struct File {
+        unequal_answers: UnequalAnswers,
+    }
+    let text = include_str!("../fixtures/uld_trl.json");
+    let f: File = serde_json::from_str(text).expect("parse uld_trl.json");
+    let f = f.unequal_answers;
+    let answer = |labels: &[i64], seq: usize, b: usize| {
+        let row = &labels[b * seq..(b + 1) * seq];
+        let first = row.iter().position(|&l| l != -100).unwrap();
+        let n = row.iter().filter(|&&l| l != -100).count();
+        first..first + n
+    };
+    let alignments: Vec<_> = (0..f.student_shape[0])
+        .map(|b| {
+            burn_distill::gold::SpanAlignment::by_position(
+                answer(&f.student_labels, f.student_shape[1], b),
+                answer(&f.teacher_labels, f.teacher_shape[1], b),
+            )
+            .unwrap()
+        })
+        .collect();
+    let loss = burn_distill::gold::GoldLossConfig::new()
+        .with_student_temperature(f.student_temperature)
+        .with_teacher_temperature(f.teacher_temperature)
+        .init();
+    for (devices, dtype, rtol, atol) in [
+        (devices_f64(), DType::F64, 1e-9, 1e-12),
+        (devices(), DType::F32, 1e-4, 1e-6),
+    ] {
+        for (name, device) in devices {
+            let device = device.autodiff();
+            let z = tensor3(&f.student_logits, f.student_shape, &device, dtype).require_grad();
+            let v = tensor3(&f.teacher_logits, f.teacher_shape, &device, dtype);
+            let value = loss.forward(z.clone(), v, &alignments);
+            let grad = values(z.grad(&value.clone().backward()).unwrap());
+            assert_allclose(name, &[scalar(value)], &[f.value], rtol, atol);
+            assert_allclose(&format!("{name} grad"), &grad, &f.grad, rtol, atol);
+        }
+    }
+    let error = burn_distill::gold::SpanAlignment::by_position(3..3, 0..2).unwrap_err();
+    assert!(
+        error.to_string().contains("student_rows") && error.to_string().contains("3..3"),
+        "{error}"
+    );
+}

@@ -413,3 +413,36 @@ fn fused_linear_loss_follows_the_rule() {
         assert!(error.to_string().contains("ReverseKl"), "{error}");
     }
 }
+
+/// With logit standardisation each model is standardised over the classes
+/// it brings to the soft term (the teacher before its padding, both over the
+/// shared ids under `SharedIds`): finite, and the fused kernel equals burn
+/// ops, value and gradient.
+#[test]
+fn standardisation_with_another_vocabulary_on_both_paths() {
+    let mut rng = Rng::new(35);
+    for (name, device) in devices() {
+        let device = device.autodiff();
+        let zs = rng.normals(3 * 8, 2.0);
+        let v = tensor2(&rng.normals(3 * 5, 2.0), [3, 5], &device);
+        for vocabulary in [VocabularyRule::PadTeacher, VocabularyRule::SharedIds] {
+            let run = |fused_kernel: bool| {
+                let kd = KdLossConfig::new()
+                    .with_vocabulary(vocabulary)
+                    .with_logit_standardization(true)
+                    .with_fused_kernel(fused_kernel)
+                    .init();
+                let z = tensor2(&zs, [3, 8], &device).require_grad();
+                let loss = kd.forward(z.clone(), v.clone(), labels(&[1, 6, 7], &device));
+                let grad = values(z.grad(&loss.clone().backward()).unwrap());
+                (scalar(loss), grad)
+            };
+            let ((value, grad), (want, want_grad)) = (run(true), run(false));
+            let what = format!("{name} {vocabulary:?}");
+            assert!(want.is_finite() && want > 0.0, "{what}: {want}");
+            assert!(grad.iter().all(|g| g.is_finite()), "{what}");
+            assert_allclose(&what, &[value], &[want], 1e-5, 1e-7);
+            assert_allclose(&format!("{what} grad"), &grad, &want_grad, 1e-4, 1e-7);
+        }
+    }
+}
