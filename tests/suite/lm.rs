@@ -391,6 +391,22 @@ fn direct(
     (scalar(value), param_grads(student, &grads))
 }
 
+/// One training step of `distiller` has the `expected` loss and student
+/// parameter gradients (from [`direct`]).
+fn assert_step<T: CausalLm>(
+    what: &str,
+    distiller: &LmDistiller<TinyLm, FrozenTeacher<T>, KdLoss>,
+    student: &TinyLm,
+    batch: &TokenBatch,
+    (value, reference): &(f64, Vec<f64>),
+) {
+    let step = TrainStep::step(distiller, batch.clone());
+    let loss = scalar(step.item.loss.clone());
+    assert_close(&format!("{what}: loss"), &[loss], &[*value], 1e-12);
+    let gradient = param_grads(student, &step.grads);
+    assert_close(&format!("{what}: gradient"), &gradient, reference, 1e-10);
+}
+
 #[test]
 fn micro_batches_give_the_whole_batchs_loss_and_gradient() {
     for (name, device) in devices_f64() {
@@ -407,29 +423,16 @@ fn micro_batches_give_the_whole_batchs_loss_and_gradient() {
                     .with_temperature(2.0)
                     .with_hard_weight(0.3)
                     .init();
-                let (value, reference) = direct(&student, &teacher, &loss, &batch, reduction);
+                let expected = direct(&student, &teacher, &loss, &batch, reduction);
                 for micro in [0, 1, 3] {
+                    let what = format!("{what}, micro-batches of {micro}");
                     let distiller = LmDistiller::new(
                         student.clone(),
                         FrozenTeacher::new(teacher.clone()),
                         loss.clone(),
-                    )
-                    .with_reduction(reduction)
-                    .with_micro_batch(micro);
-                    let step = TrainStep::step(&distiller, batch.clone());
-                    let what = format!("{what}, micro-batches of {micro}");
-                    assert_close(
-                        &format!("{what}: loss"),
-                        &[scalar(step.item.loss.clone())],
-                        &[value],
-                        1e-12,
                     );
-                    assert_close(
-                        &format!("{what}: gradient"),
-                        &param_grads(&student, &step.grads),
-                        &reference,
-                        1e-10,
-                    );
+                    let distiller = distiller.with_reduction(reduction).with_micro_batch(micro);
+                    assert_step(&what, &distiller, &student, &batch, &expected);
                 }
             }
         }
@@ -791,32 +794,25 @@ fn a_teacher_of_another_vocabulary_distils_under_a_rule_or_by_uld() {
                 .with_temperature(2.0)
                 .with_hard_weight(0.3)
                 .init();
-            let (value, reference) = direct(&student, &teacher, &loss, &batch, Reduction::Mean);
+            let expected = direct(&student, &teacher, &loss, &batch, Reduction::Mean);
             assert!(
-                value.is_finite() && value > 0.0,
-                "{name} {divergence:?}: {value}"
+                expected.0.is_finite() && expected.0 > 0.0,
+                "{name} {divergence:?}"
             );
             for micro in [0, 3] {
+                let what =
+                    format!("{name} {vocabulary:?} {divergence:?}, micro-batches of {micro}");
                 let distiller = LmDistiller::new(
                     student.clone(),
                     FrozenTeacher::new(teacher.clone()),
                     loss.clone(),
-                )
-                .with_micro_batch(micro);
-                let step = TrainStep::step(&distiller, batch.clone());
-                let what =
-                    format!("{name} {vocabulary:?} {divergence:?}, micro-batches of {micro}");
-                assert_close(
-                    &format!("{what}: loss"),
-                    &[scalar(step.item.loss.clone())],
-                    &[value],
-                    1e-12,
                 );
-                assert_close(
-                    &format!("{what}: gradient"),
-                    &param_grads(&student, &step.grads),
-                    &reference,
-                    1e-10,
+                assert_step(
+                    &what,
+                    &distiller.with_micro_batch(micro),
+                    &student,
+                    &batch,
+                    &expected,
                 );
             }
         }
