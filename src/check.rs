@@ -166,11 +166,13 @@ pub(crate) fn check_width(
     if found == expected {
         Ok(())
     } else {
-        Err(DistillError::WidthMismatch {
+        Err(shape_mismatch(
             argument,
-            found,
-            expected,
-        })
+            &[found],
+            "the width expected",
+            &[expected],
+            "its number of columns (classes, features or channels) must be the one expected",
+        ))
     }
 }
 
@@ -201,15 +203,64 @@ pub(crate) fn check_same_shape(
     right_shape: &[usize],
 ) -> Result<(), DistillError> {
     if left_shape == right_shape {
-        Ok(())
-    } else {
-        Err(DistillError::ShapeMismatch {
-            left_argument,
-            left_shape: left_shape.to_vec(),
-            right_argument,
-            right_shape: right_shape.to_vec(),
-        })
+        return Ok(());
     }
+    let requirement = match left_argument {
+        "student_logits" | "student_log_probs" => {
+            "they must have the same batch size and number of classes"
+        }
+        "student_hidden" => "they must have the same shape",
+        _ => "they must agree",
+    };
+    Err(shape_mismatch(
+        left_argument,
+        left_shape,
+        right_argument,
+        right_shape,
+        requirement,
+    ))
+}
+
+/// The crate's one shape error ([`DistillError::ShapeMismatch`]): two
+/// arguments whose shapes, or one axis of them, must agree, and what they
+/// must satisfy.
+pub(crate) fn shape_mismatch(
+    left_argument: &'static str,
+    left_shape: &[usize],
+    right_argument: &'static str,
+    right_shape: &[usize],
+    requirement: &'static str,
+) -> DistillError {
+    DistillError::ShapeMismatch {
+        left_argument,
+        left_shape: left_shape.to_vec(),
+        right_argument,
+        right_shape: right_shape.to_vec(),
+        requirement,
+    }
+}
+
+/// Labels or a mask whose shape is not the student's positions (its logits'
+/// shape without the class axis: `[rows]` or `[batch, seq]`).
+pub(crate) fn positions_mismatch(
+    argument: &'static str,
+    found: &[usize],
+    positions: &[usize],
+) -> DistillError {
+    let requirement = match argument {
+        "keep_rows" => {
+            "give one entry per position (keep_rows is for [rows, classes] logits; for \
+             sequences use with_padding_mask, where true marks padding)"
+        }
+        _ => "give one entry per position (the logits' shape without the class axis)",
+    };
+    shape_mismatch(
+        argument,
+        found,
+        "the student's positions",
+        positions,
+        requirement,
+    )
 }
 
 /// Every entry of `indices` lies in `0..classes`. Reads back only their
@@ -307,10 +358,13 @@ pub(crate) fn check_mask_length(
     if found == rows {
         Ok(())
     } else {
-        Err(DistillError::MaskLength {
-            found,
-            expected: rows,
-        })
+        Err(shape_mismatch(
+            "keep_rows",
+            &[found],
+            "student_logits rows",
+            &[rows],
+            "give one entry per row",
+        ))
     }
 }
 
@@ -325,11 +379,13 @@ pub(crate) fn check_top_k(
 ) -> Result<BadPositions, DistillError> {
     let [rows, k] = indices.dims();
     if rows != batch {
-        return Err(DistillError::BatchMismatch {
-            argument: "teacher.indices",
-            found: rows,
-            expected: batch,
-        });
+        return Err(shape_mismatch(
+            "teacher.indices rows",
+            &[rows],
+            "student_logits rows",
+            &[batch],
+            "give one top-k row per student row",
+        ));
     }
     check_non_empty("student_logits", &[batch, classes])?;
     if k == 0 || k > classes {

@@ -33,7 +33,7 @@
 use burn::config::Config;
 use burn::tensor::Tensor;
 
-use crate::check::{check_device, check_non_empty, check_same_shape};
+use crate::check::{check_device, check_non_empty, check_same_shape, shape_mismatch};
 use crate::error::DistillError;
 
 /// Which divergence between the teacher's distribution `p` and the student's
@@ -259,11 +259,13 @@ fn check_log_prob_rows(
     let [rows, _] = student_log_probs.dims();
     let [teacher_rows, _] = teacher_log_probs.dims();
     if teacher_rows != rows {
-        return Err(DistillError::BatchMismatch {
-            argument: "teacher_log_probs",
-            found: teacher_rows,
-            expected: rows,
-        });
+        return Err(shape_mismatch(
+            "teacher_log_probs rows",
+            &[teacher_rows],
+            "student_log_probs rows",
+            &[rows],
+            "give one teacher row per student row",
+        ));
     }
     check_non_empty("student_log_probs", &student_log_probs.dims())?;
     check_non_empty("teacher_log_probs", &teacher_log_probs.dims())?;

@@ -17,7 +17,9 @@
 
 use burn::tensor::Tensor;
 
-use crate::check::{check_device, check_non_empty, check_temperature, check_weight, indexed};
+use crate::check::{
+    check_device, check_non_empty, check_temperature, check_weight, indexed, shape_mismatch,
+};
 use crate::error::DistillError;
 use crate::teacher::TeacherOutput;
 use crate::temperature::log_softmax;
@@ -29,8 +31,8 @@ use crate::temperature::log_softmax;
 /// `weights`: one non-negative weight per teacher, not all zero; `None` for equal weights.
 ///
 /// # Errors
-/// [`DistillError::NoTeachers`], [`DistillError::TeacherShapeMismatch`],
-/// [`DistillError::WeightsLength`], [`DistillError::InvalidWeightSum`], or an
+/// [`DistillError::NoTeachers`], [`DistillError::ShapeMismatch`] (teachers of
+/// other shapes, or weights of another length), [`DistillError::InvalidWeightSum`], or an
 /// invalid temperature, weight, empty shape or device, naming the argument.
 ///
 /// # Example
@@ -141,11 +143,13 @@ fn check_teachers(
     check_non_empty("teacher_logits[0]", &shape)?;
     for (index, other) in teacher_logits.iter().enumerate().skip(1) {
         if other.dims() != shape {
-            return Err(DistillError::TeacherShapeMismatch {
-                index,
-                expected: shape.to_vec(),
-                found: other.dims().to_vec(),
-            });
+            return Err(shape_mismatch(
+                indexed("teacher_logits", index),
+                &other.dims(),
+                "teacher_logits[0]",
+                &shape,
+                "all teachers must have the same batch size and classes",
+            ));
         }
         let argument = indexed("teacher_logits", index);
         check_device("teacher_logits[0]", first, argument, other)?;
@@ -154,10 +158,13 @@ fn check_teachers(
         None => vec![1.0; teacher_logits.len()],
         Some(w) => {
             if w.len() != teacher_logits.len() {
-                return Err(DistillError::WeightsLength {
-                    weights: w.len(),
-                    teachers: teacher_logits.len(),
-                });
+                return Err(shape_mismatch(
+                    "weights",
+                    &[w.len()],
+                    "teacher_logits",
+                    &[teacher_logits.len()],
+                    "give one weight per teacher",
+                ));
             }
             for &value in w {
                 check_weight("weights", value)?;

@@ -52,43 +52,25 @@ pub enum DistillError {
         /// Its shape.
         shape: Vec<usize>,
     },
-    /// Two tensors that must have the same shape do not (e.g. teacher and
-    /// student logits over vocabularies of 152064 and 151936 classes).
+    /// Two arguments whose shapes, or one axis of them, must agree do not:
+    /// teacher and student logits over vocabularies of 152064 and 151936
+    /// classes, labels for another number of rows, a mask of another shape
+    /// than the positions, a weight per teacher, … The one variant for every
+    /// such mismatch; `requirement` says what the two must satisfy.
     ShapeMismatch {
-        /// Name of the first argument.
+        /// Name of the first argument (e.g. `"targets"`, `"teacher_logits[2]"`).
         left_argument: &'static str,
-        /// Its shape.
+        /// Its shape, or the size of the axis compared.
         left_shape: Vec<usize>,
-        /// Name of the second argument.
+        /// Name of the argument it is compared with.
         right_argument: &'static str,
-        /// Its shape.
+        /// Its shape, or the size of the axis compared.
         right_shape: Vec<usize>,
-    },
-    /// The targets tensor's length differs from the batch size of the logits.
-    TargetsLength {
-        /// Number of targets given.
-        targets: usize,
-        /// Batch size of the logits.
-        batch: usize,
+        /// What the two must satisfy (e.g. `"give one label per row"`).
+        requirement: &'static str,
     },
     /// An ensemble was given no teachers.
     NoTeachers,
-    /// An ensemble's teachers do not all have the same shape.
-    TeacherShapeMismatch {
-        /// Index of the first teacher whose shape differs from teacher 0's.
-        index: usize,
-        /// Teacher 0's shape.
-        expected: Vec<usize>,
-        /// The differing shape.
-        found: Vec<usize>,
-    },
-    /// Per-teacher weights of the wrong length.
-    WeightsLength {
-        /// Number of weights given.
-        weights: usize,
-        /// Number of teachers.
-        teachers: usize,
-    },
     /// A class subset with no classes.
     EmptySubset,
     /// A class index not below the number of classes.
@@ -102,24 +84,6 @@ pub enum DistillError {
     DuplicateClass {
         /// The repeated class.
         class: usize,
-    },
-    /// A tensor with the wrong number of columns (classes or outputs).
-    WidthMismatch {
-        /// The argument that held it.
-        argument: &'static str,
-        /// Its number of columns.
-        found: usize,
-        /// The number expected.
-        expected: usize,
-    },
-    /// Two tensors that must share a batch size do not.
-    BatchMismatch {
-        /// The argument that held it.
-        argument: &'static str,
-        /// Its batch size.
-        found: usize,
-        /// The batch size of the reference argument.
-        expected: usize,
     },
     /// A count or size parameter outside its valid range.
     InvalidParameter {
@@ -142,28 +106,11 @@ pub enum DistillError {
         /// The value given.
         value: f64,
     },
-    /// Labels or a mask whose shape is not the student's positions (its
-    /// logits' shape without the class axis: `[rows]` or `[batch, seq]`).
-    PositionsMismatch {
-        /// The argument (e.g. `"padding_mask"`).
-        argument: &'static str,
-        /// Its shape.
-        found: Vec<usize>,
-        /// The student's positions.
-        positions: Vec<usize>,
-    },
     /// [`Reduction::GlobalCount`](crate::Reduction::GlobalCount)`(0)` while
     /// positions are kept: the loss would silently be a sum.
     ZeroGlobalCount {
         /// The positions kept in the call.
         kept: usize,
-    },
-    /// A row mask whose length differs from the number of rows.
-    MaskLength {
-        /// Length of the mask.
-        found: usize,
-        /// Number of rows.
-        expected: usize,
     },
     /// Probabilities with a negative (or NaN) entry.
     InvalidProbabilities {
@@ -362,37 +309,15 @@ impl fmt::Display for DistillError {
                 left_shape,
                 right_argument,
                 right_shape,
+                requirement,
             } => write!(
                 f,
                 "{left_argument} has shape {left_shape:?} but {right_argument} has shape \
-                 {right_shape:?}; they must have {}",
-                match *left_argument {
-                    "student_hidden" => "the same shape",
-                    "student_features" => "the same shape but for the channels (axis 1)",
-                    _ => "the same batch size and number of classes",
-                }
-            ),
-            Self::TargetsLength { targets, batch } => write!(
-                f,
-                "targets has {targets} labels but the logits have a batch of {batch} rows; \
-                 give one label per row"
+                 {right_shape:?}; {requirement}"
             ),
             Self::NoTeachers => write!(
                 f,
                 "teacher_logits is empty: an ensemble needs at least one teacher"
-            ),
-            Self::TeacherShapeMismatch {
-                index,
-                expected,
-                found,
-            } => write!(
-                f,
-                "teacher_logits[{index}] has shape {found:?} but teacher_logits[0] has shape \
-                 {expected:?}; all teachers must have the same batch size and classes"
-            ),
-            Self::WeightsLength { weights, teachers } => write!(
-                f,
-                "weights has {weights} entries for {teachers} teachers; give one weight per teacher"
             ),
             Self::EmptySubset => write!(f, "a class subset needs at least one class"),
             Self::ClassOutOfRange { class, num_classes } => write!(
@@ -402,22 +327,6 @@ impl fmt::Display for DistillError {
             Self::DuplicateClass { class } => {
                 write!(f, "class {class} appears more than once in the subset")
             }
-            Self::WidthMismatch {
-                argument,
-                found,
-                expected,
-            } => write!(
-                f,
-                "{argument} has {found} columns but {expected} were expected"
-            ),
-            Self::BatchMismatch {
-                argument,
-                found,
-                expected,
-            } => write!(
-                f,
-                "{argument} has a batch of {found} rows but {expected} were expected"
-            ),
             Self::InvalidParameter {
                 argument,
                 value,
@@ -434,31 +343,11 @@ impl fmt::Display for DistillError {
                 f,
                 "{argument} must lie in [0, 1] (α of a skew KL in [0, 1)), got {value}"
             ),
-            Self::PositionsMismatch {
-                argument,
-                found,
-                positions,
-            } => write!(
-                f,
-                "{argument} has shape {found:?} but the student's logits have positions \
-                 {positions:?} (their shape without the class axis); give one entry per \
-                 position{}",
-                if *argument == "keep_rows" {
-                    " (keep_rows is for [rows, classes] logits; for sequences use \
-                     with_padding_mask, where true marks padding)"
-                } else {
-                    ""
-                }
-            ),
             Self::ZeroGlobalCount { kept } => write!(
                 f,
                 "reduction is Reduction::GlobalCount(0) but {kept} positions are kept, \
                  so the loss would be a plain sum; give the kept positions of every \
                  micro-batch of the step (at least {kept})"
-            ),
-            Self::MaskLength { found, expected } => write!(
-                f,
-                "keep_rows has {found} entries but there are {expected} rows; give one per row"
             ),
             Self::InvalidProbabilities { argument, value } => write!(
                 f,

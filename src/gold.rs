@@ -52,7 +52,7 @@ use burn::config::Config;
 use burn::module::Module;
 use burn::tensor::{Int, Tensor, TensorData};
 
-use crate::check::{check_device, check_temperature, check_weight, indexed};
+use crate::check::{check_device, check_temperature, check_weight, indexed, shape_mismatch};
 use crate::divergence::{Divergence, check_unit_interval, uld_unchecked};
 use crate::error::{DistillError, or_panic};
 use crate::temperature::{compute_dtype, log_softmax_unchecked};
@@ -483,11 +483,13 @@ impl GoldLoss {
             ("alignments", alignments.len()),
         ] {
             if found != batch {
-                return Err(DistillError::BatchMismatch {
+                return Err(shape_mismatch(
                     argument,
-                    found,
-                    expected: batch,
-                });
+                    &[found],
+                    "student_logits batch",
+                    &[batch],
+                    "give one per sequence of the student's batch",
+                ));
             }
         }
         for (argument, shape) in [

@@ -11,6 +11,7 @@ use burn::tensor::{DType, Int, Tensor, TensorData};
 
 use crate::check::{
     BadPositions, ValueChecks, check_device, check_temperature, check_top_k, check_top_k_log_probs,
+    shape_mismatch,
 };
 use crate::error::DistillError;
 use crate::fused;
@@ -39,12 +40,13 @@ impl SparseTeacher {
     pub fn new(indices: Tensor<2, Int>, log_probs: Tensor<2>) -> Result<Self, DistillError> {
         let (a, b) = (indices.dims(), log_probs.dims());
         if a != b {
-            return Err(DistillError::ShapeMismatch {
-                left_argument: "indices",
-                left_shape: a.to_vec(),
-                right_argument: "log_probs",
-                right_shape: b.to_vec(),
-            });
+            return Err(shape_mismatch(
+                "indices",
+                &a,
+                "log_probs",
+                &b,
+                "give one log-probability per index",
+            ));
         }
         check_device("indices", &indices, "log_probs", &log_probs)?;
         Ok(Self { indices, log_probs })

@@ -6,7 +6,7 @@ use burn::tensor::{Bool, DType, Int, Tensor};
 
 use crate::check::{
     BadPositions, ValueChecks, check_device, check_index_bounds, check_mask_length,
-    check_non_empty, out_of_range,
+    check_non_empty, out_of_range, positions_mismatch, shape_mismatch,
 };
 use crate::diagnostics::read_back;
 use crate::error::DistillError;
@@ -183,11 +183,7 @@ impl Targets {
         }
         if let Some(keep) = &self.keep_rows {
             if positions.len() != 1 {
-                return Err(DistillError::PositionsMismatch {
-                    argument: "keep_rows",
-                    found: keep.dims().to_vec(),
-                    positions: positions.to_vec(),
-                });
+                return Err(positions_mismatch("keep_rows", &keep.dims(), positions));
             }
             check_mask_length(keep, rows)?;
             check_device(student_argument, student, "keep_rows", keep)?;
@@ -302,16 +298,15 @@ fn check_positions(
     if let ([found], [rows]) = (found, positions)
         && argument == "targets"
     {
-        return Err(DistillError::TargetsLength {
-            targets: *found,
-            batch: *rows,
-        });
+        return Err(shape_mismatch(
+            "targets",
+            &[*found],
+            "student_logits rows",
+            &[*rows],
+            "give one label per row",
+        ));
     }
-    Err(DistillError::PositionsMismatch {
-        argument,
-        found: found.to_vec(),
-        positions: positions.to_vec(),
-    })
+    Err(positions_mismatch(argument, found, positions))
 }
 
 /// `x` with the rows that do not count set to 0, for the autodiff path: a

@@ -37,6 +37,7 @@ pub use projection::{FeatureProjection, FeatureProjectionConfig};
 pub use relation::{RkdLoss, RkdLossConfig, rkd_angle, rkd_distance};
 pub use term::{FeatureLoss, FeatureTerm, FeatureTerms, FeatureValue, NoFeatures};
 
+use crate::check::shape_mismatch;
 use crate::error::DistillError;
 
 /// Student and teacher features agree in every axis but the channels (1).
@@ -49,11 +50,12 @@ fn check_same_axes_but_channels(student: &[usize], teacher: &[usize]) -> Result<
     if but_channels(student) == but_channels(teacher) {
         Ok(())
     } else {
-        Err(DistillError::ShapeMismatch {
-            left_argument: "student_features",
-            left_shape: student.to_vec(),
-            right_argument: "teacher_features",
-            right_shape: teacher.to_vec(),
-        })
+        Err(shape_mismatch(
+            "student_features",
+            student,
+            "teacher_features",
+            teacher,
+            "they must have the same shape but for the channels (axis 1)",
+        ))
     }
 }

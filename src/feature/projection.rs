@@ -109,7 +109,7 @@ impl FeatureProjection {
     ///
     /// # Panics
     /// If the last axis is not `student_width`, or the features are empty,
-    /// with [`DistillError::WidthMismatch`]'s or
+    /// with [`DistillError::ShapeMismatch`]'s or
     /// [`DistillError::EmptyTensor`]'s message.
     pub fn forward<const D: usize>(&self, student_features: Tensor<D>) -> Tensor<D> {
         or_panic(self.check_width("student_features", &student_features.dims(), D - 1));

@@ -5,7 +5,7 @@ use burn::config::Config;
 use burn::module::{Content, DisplaySettings, Module, ModuleDisplay};
 use burn::tensor::Tensor;
 
-use crate::check::{check_device, check_non_empty, check_rank, check_weight};
+use crate::check::{check_device, check_non_empty, check_rank, check_weight, shape_mismatch};
 use crate::display::one_line_display;
 use crate::error::{DistillError, or_panic};
 use crate::temperature::compute_dtype;
@@ -345,11 +345,13 @@ fn check_pair<const D: usize>(
         });
     }
     if teacher[0] != student[0] {
-        return Err(DistillError::BatchMismatch {
-            argument: "teacher_embeddings",
-            found: teacher[0],
-            expected: student[0],
-        });
+        return Err(shape_mismatch(
+            "teacher_embeddings rows",
+            &[teacher[0]],
+            "student_embeddings rows",
+            &[student[0]],
+            "they must have the same batch size",
+        ));
     }
     check_device(
         "student_embeddings",

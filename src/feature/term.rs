@@ -11,7 +11,7 @@ use super::hint::HintLoss;
 use super::named::{Feature, Features};
 use super::projection::{FeatureProjection, FeatureProjectionConfig};
 use super::relation::RkdLoss;
-use crate::check::check_weight;
+use crate::check::{check_weight, shape_mismatch};
 use crate::error::{DistillError, or_panic};
 use crate::targets::Targets;
 
@@ -61,12 +61,13 @@ macro_rules! same_rank {
 
 /// Student and teacher features of different ranks.
 fn rank_mismatch(student: &Feature, teacher: &Feature) -> DistillError {
-    DistillError::ShapeMismatch {
-        left_argument: "student_features",
-        left_shape: student.dims(),
-        right_argument: "teacher_features",
-        right_shape: teacher.dims(),
-    }
+    shape_mismatch(
+        "student_features",
+        &student.dims(),
+        "teacher_features",
+        &teacher.dims(),
+        "they must have the same rank",
+    )
 }
 
 /// `FeatureLoss` for a loss whose `check` and `forward` take two tensors.

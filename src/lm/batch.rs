@@ -3,7 +3,7 @@
 
 use burn::tensor::{Bool, Int, Tensor};
 
-use crate::check::{check_device, check_non_empty};
+use crate::check::{check_device, check_non_empty, positions_mismatch, shape_mismatch};
 use crate::error::DistillError;
 use crate::targets::Targets;
 
@@ -118,21 +118,19 @@ impl TokenBatch {
         ] {
             if let Some(mask) = mask {
                 if mask.dims() != [batch, seq] {
-                    return Err(DistillError::PositionsMismatch {
-                        argument,
-                        found: mask.dims().to_vec(),
-                        positions: vec![batch, seq],
-                    });
+                    return Err(positions_mismatch(argument, &mask.dims(), &[batch, seq]));
                 }
                 check_device("tokens", &self.tokens, argument, mask)?;
             }
         }
         if !self.examples.is_empty() && self.examples.len() != batch {
-            return Err(DistillError::BatchMismatch {
-                argument: "examples",
-                found: self.examples.len(),
-                expected: batch,
-            });
+            return Err(shape_mismatch(
+                "examples",
+                &[self.examples.len()],
+                "tokens rows",
+                &[batch],
+                "give one example index per sequence, or none",
+            ));
         }
         Ok(())
     }

@@ -7,6 +7,7 @@ use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 
 use super::batch::TokenBatch;
 use super::model::CausalLm;
+use crate::check::shape_mismatch;
 use crate::divergence::check_unit_interval;
 use crate::error::DistillError;
 use crate::specialist::rng::SplitMix64;
@@ -307,11 +308,13 @@ fn next_token_logits<M: CausalLm>(
     let logits = model.logits(tokens, padding);
     let [_, _, model_vocab] = logits.dims();
     if model_vocab != vocab {
-        return Err(DistillError::WidthMismatch {
-            argument: "model.logits (vocabulary)",
-            found: model_vocab,
-            expected: vocab,
-        });
+        return Err(shape_mismatch(
+            "model.logits (vocabulary)",
+            &[model_vocab],
+            "vocab",
+            &[vocab],
+            "the model's vocabulary must be the one given",
+        ));
     }
     let last = Tensor::<1, Int>::from_data(TensorData::new(last, [rows.len()]), device);
     let next = logits.reshape([rows.len() * length, vocab]).select(0, last);

@@ -34,7 +34,7 @@ use burn::tensor::{Bool, IndexingUpdateOp, Tensor, TensorData};
 use super::combine_host::{HostSpecialist, combine_rows};
 
 use super::Specialist;
-use crate::check::{check_device, indexed};
+use crate::check::{check_device, indexed, shape_mismatch};
 use crate::divergence::forward_kl_unchecked;
 use crate::error::{DistillError, or_panic};
 
@@ -188,21 +188,25 @@ impl SpecialistCombiner {
         }
         for (m, (specialist, probs)) in specialists.iter().zip(specialist_probs).enumerate() {
             if specialist.subset().num_classes() != classes {
-                return Err(DistillError::WidthMismatch {
-                    argument: "generalist_probs",
-                    found: classes,
-                    expected: specialist.subset().num_classes(),
-                });
+                return Err(shape_mismatch(
+                    "generalist_probs columns",
+                    &[classes],
+                    indexed("specialists", m),
+                    &[specialist.subset().num_classes()],
+                    "each specialist's subset must be over the generalist's classes",
+                ));
             }
             let argument = indexed("specialist_probs", m);
             specialist.check_outputs(argument, probs)?;
             let found = probs.dims()[0];
             if found != batch {
-                return Err(DistillError::BatchMismatch {
+                return Err(shape_mismatch(
                     argument,
-                    found,
-                    expected: batch,
-                });
+                    &[found],
+                    "generalist_probs rows",
+                    &[batch],
+                    "give one row per example of the generalist's batch",
+                ));
             }
             check_device("generalist_probs", &generalist_probs, argument, probs)?;
         }

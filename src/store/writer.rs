@@ -10,7 +10,7 @@ use burn::tensor::{DType, Tensor};
 
 use super::TeacherStoreConfig;
 use super::format::{FLAG_EXAMPLE_OFFSETS, Footer, Header, pack_indices, sum_exp};
-use crate::check::check_non_empty;
+use crate::check::{check_non_empty, shape_mismatch};
 use crate::error::{DistillError, store_io};
 use crate::fused;
 use crate::sparse::SparseTeacher;
@@ -187,11 +187,13 @@ impl TeacherStoreWriter {
         let [rows, classes] = teacher_logits.dims();
         let vocab = self.header.vocab_size as usize;
         if classes != vocab {
-            return Err(DistillError::WidthMismatch {
-                argument: "teacher_logits",
-                found: classes,
-                expected: vocab,
-            });
+            return Err(shape_mismatch(
+                "teacher_logits columns",
+                &[classes],
+                "the store's vocabulary",
+                &[vocab],
+                "the store holds teachers of its own vocabulary",
+            ));
         }
         let selection = Selection {
             k: self.header.k as usize,
@@ -231,11 +233,13 @@ impl TeacherStoreWriter {
     fn read_top_k(&self, teacher: &SparseTeacher) -> Result<HostRows, DistillError> {
         let [rows, k] = teacher.indices().dims();
         if k != self.header.k as usize {
-            return Err(DistillError::WidthMismatch {
-                argument: "teacher.indices",
-                found: k,
-                expected: self.header.k as usize,
-            });
+            return Err(shape_mismatch(
+                "teacher.indices columns",
+                &[k],
+                "the store's k",
+                &[self.header.k as usize],
+                "the store holds exactly k classes per row",
+            ));
         }
         let indices = teacher
             .indices()

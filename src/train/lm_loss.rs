@@ -5,6 +5,7 @@
 use burn::tensor::{DType, Device, Int, Tensor, activation};
 
 use super::teacher::LmTeacherSource;
+use crate::check::positions_mismatch;
 use crate::dkd::DkdLoss;
 use crate::error::DistillError;
 use crate::kd::KdLoss;
@@ -84,11 +85,7 @@ fn teacher_rows(
     let dense = |values: Tensor<3>, argument: &'static str| {
         let [b, s, _] = values.dims();
         if [b, s] != [sequences, seq] {
-            return Err(DistillError::PositionsMismatch {
-                argument,
-                found: vec![b, s],
-                positions: vec![sequences, seq],
-            });
+            return Err(positions_mismatch(argument, &[b, s], &[sequences, seq]));
         }
         Ok(flatten_rows(values))
     };

@@ -10,6 +10,7 @@ use burn::tensor::{Bool, Device, Int, Tensor};
 
 use super::batch::ClassificationBatch;
 use super::classifier::{Classifier, DistillInput};
+use crate::check::shape_mismatch;
 use crate::error::DistillError;
 use crate::feature::Features;
 #[cfg(feature = "store")]
@@ -385,11 +386,13 @@ impl<I: DistillInput> TeacherSource<I> for StoredTeacher {
         device: &Device,
     ) -> Result<TeacherOutput, DistillError> {
         if batch.examples.len() != batch.rows() {
-            return Err(DistillError::BatchMismatch {
-                argument: "batch.examples (a StoredTeacher reads the teacher by data-set index)",
-                found: batch.examples.len(),
-                expected: batch.rows(),
-            });
+            return Err(shape_mismatch(
+                "batch.examples",
+                &[batch.examples.len()],
+                "batch rows",
+                &[batch.rows()],
+                "a StoredTeacher reads the teacher by data-set index: give one per row",
+            ));
         }
         let device = device.clone().without_autodiff();
         Ok(TeacherOutput::TopK(
@@ -409,20 +412,24 @@ impl LmTeacherSource for StoredTeacher {
     fn teach(&self, batch: &TokenBatch, device: &Device) -> Result<TeacherOutput<3>, DistillError> {
         let [sequences, seq] = batch.dims();
         if batch.examples.len() != sequences {
-            return Err(DistillError::BatchMismatch {
-                argument: "batch.examples (a StoredTeacher reads the teacher by data-set index)",
-                found: batch.examples.len(),
-                expected: sequences,
-            });
+            return Err(shape_mismatch(
+                "batch.examples",
+                &[batch.examples.len()],
+                "batch sequences",
+                &[sequences],
+                "a StoredTeacher reads the teacher by data-set index: give one per sequence",
+            ));
         }
         for &example in &batch.examples {
             let rows = self.store.rows_of(example)?;
             if rows != seq {
-                return Err(DistillError::PositionsMismatch {
-                    argument: "the store's rows of batch.examples (one per token of the sequence)",
-                    found: vec![example, rows],
-                    positions: vec![example, seq],
-                });
+                return Err(shape_mismatch(
+                    "the store's rows of batch.examples",
+                    &[example, rows],
+                    "batch positions",
+                    &[example, seq],
+                    "the store must hold one row per token of the sequence",
+                ));
             }
         }
         let device = device.clone().without_autodiff();

@@ -5,7 +5,9 @@ use crate::common;
 use burn::tensor::Tensor;
 use burn_distill::ensemble::{arithmetic_mean, geometric_mean};
 use burn_distill::{DistillError, TeacherOutput};
-use common::{Normals, Rng, assert_close, devices, reference_softmax, tensor2, values};
+use common::{
+    Normals, Rng, assert_close, assert_shape_mismatch, devices, reference_softmax, tensor2, values,
+};
 
 const B: usize = 4;
 const C: usize = 7;
@@ -118,27 +120,14 @@ fn ensemble_errors() {
             DistillError::NoTeachers
         );
         let err = geometric_mean(&[a.clone(), b], 1.0, None).unwrap_err();
-        assert_eq!(
-            err,
-            DistillError::TeacherShapeMismatch {
-                index: 1,
-                expected: vec![2, 3],
-                found: vec![2, 4]
-            }
-        );
+        assert_shape_mismatch(&err, "teacher_logits[1]", &[2, 4], &[2, 3]);
         assert!(
             err.to_string()
                 .contains("teacher_logits[1] has shape [2, 4]"),
             "{err}"
         );
         let err = arithmetic_mean(&[a.clone(), a.clone()], 1.0, Some(&[1.0])).unwrap_err();
-        assert_eq!(
-            err,
-            DistillError::WeightsLength {
-                weights: 1,
-                teachers: 2
-            }
-        );
+        assert_shape_mismatch(&err, "weights", &[1], &[2]);
         let err = arithmetic_mean(std::slice::from_ref(&a), 1.0, Some(&[-1.0])).unwrap_err();
         assert!(
             matches!(

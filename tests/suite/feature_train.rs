@@ -444,7 +444,7 @@ fn missing_and_mismatched_features_are_refused_with_the_terms_name() {
         Features::new().with("block", maps(4)),
     );
     assert!(
-        matches!(&error, DistillError::InFeatureTerm { error, .. } if matches!(**error, DistillError::WidthMismatch { .. })),
+        matches!(&error, DistillError::InFeatureTerm { error, .. } if matches!(**error, DistillError::ShapeMismatch { .. })),
         "{error:?}"
     );
     // Hidden states of rank 4.
@@ -464,7 +464,7 @@ fn missing_and_mismatched_features_are_refused_with_the_terms_name() {
         Features::new().with("embed", Tensor::<2>::ones([2, 8], &device)),
     );
     assert!(
-        matches!(&error, DistillError::InFeatureTerm { error, .. } if matches!(**error, DistillError::WidthMismatch { .. })),
+        matches!(&error, DistillError::InFeatureTerm { error, .. } if matches!(**error, DistillError::ShapeMismatch { .. })),
         "{error:?}"
     );
 }

@@ -332,7 +332,7 @@ fn bad_alignments_are_refused_by_name() {
     let v = Tensor::<3>::zeros([1, 3, 3], &device);
     let error = loss.check(&z, &v, &[a.clone(), a.clone()]).unwrap_err();
     assert!(
-        matches!(error, DistillError::BatchMismatch { .. }),
+        matches!(error, DistillError::ShapeMismatch { .. }),
         "{error}"
     );
     // Teacher rows 1..3 fit a sequence of 3; of 2 they cross its end.

@@ -715,8 +715,8 @@ fn a_mask_of_the_wrong_shape_and_a_vocabulary_mismatch_are_refused() {
         TokenBatch::new(tokens.clone()).with_padding_mask(bools(&[false; 4], [2, 2], &device));
     assert!(matches!(
         wrong.next_token_targets(),
-        Err(DistillError::PositionsMismatch {
-            argument: "padding_mask",
+        Err(DistillError::ShapeMismatch {
+            left_argument: "padding_mask",
             ..
         })
     ));

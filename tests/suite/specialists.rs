@@ -11,8 +11,8 @@ use burn_distill::specialist::{
     SubsetOverlap,
 };
 use common::{
-    Normals, Rng, assert_allclose, assert_close, devices, devices_f64, labels, reference_softmax,
-    tensor2, tensor2_f64, values,
+    Normals, Rng, assert_allclose, assert_close, assert_shape_mismatch, devices, devices_f64,
+    labels, reference_softmax, tensor2, tensor2_f64, values,
 };
 use serde::Deserialize;
 
@@ -156,19 +156,12 @@ fn width_errors_name_the_argument() {
     let err = s
         .collapse_probs(tensor2(&[0.25; 8], [2, 4], &device))
         .unwrap_err();
-    assert_eq!(
-        err,
-        DistillError::WidthMismatch {
-            argument: "probs",
-            found: 4,
-            expected: 5
-        }
-    );
+    assert_shape_mismatch(&err, "probs", &[4], &[5]);
     let err = s
         .collapse_logits(tensor2(&[0.0; 6], [1, 6], &device), 2.0)
         .unwrap_err();
     assert!(
-        err.to_string().starts_with("logits has 6 columns but 5"),
+        err.to_string().starts_with("logits has shape [6]") && err.to_string().contains("[5]"),
         "{err}"
     );
 }
@@ -810,34 +803,20 @@ fn combiner_errors_name_the_argument() {
     let err = combiner
         .combine(pg.clone(), std::slice::from_ref(&s), &[wide])
         .unwrap_err();
-    assert_eq!(
-        err,
-        DistillError::WidthMismatch {
-            argument: "specialist_probs[0]",
-            found: 4,
-            expected: 3
-        }
-    );
+    assert_shape_mismatch(&err, "specialist_probs[0]", &[4], &[3]);
     let short = tensor2_f64(&[0.3; 3], [1, 3], &device);
     let err = combiner
         .combine(pg.clone(), std::slice::from_ref(&s), &[short])
         .unwrap_err();
-    assert_eq!(
-        err,
-        DistillError::BatchMismatch {
-            argument: "specialist_probs[0]",
-            found: 1,
-            expected: 2
-        }
-    );
+    assert_shape_mismatch(&err, "specialist_probs[0]", &[1], &[2]);
     let other = specialist(&[0, 1], 5);
     let ok_width = tensor2_f64(&[0.3; 6], [2, 3], &device);
     let err = combiner.combine(pg, &[other], &[ok_width]).unwrap_err();
     assert!(
         matches!(
             err,
-            DistillError::WidthMismatch {
-                argument: "generalist_probs",
+            DistillError::ShapeMismatch {
+                left_argument: "generalist_probs columns",
                 ..
             }
         ),

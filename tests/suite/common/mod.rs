@@ -191,6 +191,44 @@ pub fn assert_allclose(what: &str, actual: &[f64], expected: &[f64], rtol: f64, 
     }
 }
 
+/// Asserts that `error` is the crate's one shape error between `left` (of
+/// `left_shape`) and an argument of `right_shape`, and that its message
+/// names both shapes.
+#[track_caller]
+pub fn assert_shape_mismatch(
+    error: &burn_distill::DistillError,
+    left: &str,
+    left_shape: &[usize],
+    right_shape: &[usize],
+) {
+    match error {
+        burn_distill::DistillError::ShapeMismatch {
+            left_argument,
+            left_shape: found_left,
+            right_shape: found_right,
+            ..
+        } => {
+            assert_eq!(
+                (
+                    *left_argument,
+                    found_left.as_slice(),
+                    found_right.as_slice()
+                ),
+                (left, left_shape, right_shape),
+                "{error}"
+            );
+            let shown = error.to_string();
+            for shape in [left_shape, right_shape] {
+                assert!(
+                    shown.contains(&format!("{shape:?}")),
+                    "{shape:?} not in {shown}"
+                );
+            }
+        }
+        other => panic!("expected a ShapeMismatch of {left}, got {other:?}"),
+    }
+}
+
 /// Every divergence, with parameters away from the special-cased ends.
 pub const EVERY_DIVERGENCE: [burn_distill::Divergence; 8] = {
     use burn_distill::Divergence;
