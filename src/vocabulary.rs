@@ -46,6 +46,9 @@ use crate::error::DistillError;
 /// divergence accepts. The hard-label term always sees the student's whole
 /// vocabulary.
 ///
+/// [`Divergence::Uld`] compares sorted distributions, not ids: it takes any
+/// two vocabularies and no rule applies to it.
+///
 /// A top-k teacher ([`TeacherOutput::TopK`](crate::TeacherOutput::TopK)) has
 /// no width: its indices must be student ids under every rule, and its tail
 /// bucket covers every other student class.
