@@ -168,5 +168,55 @@ fn add_into(a: &[f32], b: &[f32], c: &mut [f32]) {
     });
 }
 
-criterion_group!(benches, bench);
+/// GOLD (`burn_distill::gold`) forward + backward at an LM's shapes: 4
+/// sequences, the student's 128 tokens of 3 bytes against the teacher's 96
+/// of 4 bytes over one 384-byte answer each (32 spans of 4 and 3 tokens),
+/// vocabularies of 32,000 and 32,768, T = 1. `benches/compare_torch_gold.py`
+/// times TRL's `ULDLoss` (`use_extended_uld`) on the same shapes.
+fn bench_gold(c: &mut Criterion) {
+    use burn_distill::gold::{GoldLossConfig, SpanAlignment, Tokenization};
+    let device = Device::flex().autodiff();
+    let (batch, s_len, t_len, vs, vt) = (4, 128, 96, 32000, 32768);
+    let offsets = |n: usize, width: usize| -> Vec<[usize; 2]> {
+        (0..n).map(|k| [k * width, (k + 1) * width]).collect()
+    };
+    let (s_offsets, t_offsets) = (offsets(s_len, 3), offsets(t_len, 4));
+    let s_tokens: Vec<i64> = (0..s_len as i64).map(|k| (k * 7919) % vs as i64).collect();
+    let t_tokens: Vec<i64> = (0..t_len as i64)
+        .map(|k| (k * 104_729) % vt as i64)
+        .collect();
+    let side = |tokens: &'static [i64], offsets: &'static [[usize; 2]]| Tokenization {
+        first_row: 0,
+        tokens,
+        byte_offsets: offsets,
+    };
+    let (s_tokens, t_tokens): (&'static [i64], &'static [i64]) = (s_tokens.leak(), t_tokens.leak());
+    let (s_offsets, t_offsets): (&'static [[usize; 2]], &'static [[usize; 2]]) =
+        (s_offsets.leak(), t_offsets.leak());
+    let alignment =
+        SpanAlignment::from_byte_offsets(side(s_tokens, s_offsets), side(t_tokens, t_offsets))
+            .unwrap();
+    assert_eq!(alignment.spans().len(), 32);
+    let alignments = vec![alignment; batch];
+    let student = Tensor::<3>::random([batch, s_len, vs], Distribution::Normal(0.0, 3.0), &device);
+    let teacher = Tensor::<3>::random([batch, t_len, vt], Distribution::Normal(0.0, 3.0), &device);
+    let loss = GoldLossConfig::new().init();
+    let mut group = c.benchmark_group("gold_fwd_bwd/flex");
+    group.warm_up_time(Duration::from_secs(1));
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(3));
+    let id = BenchmarkId::new("gold", format!("{batch}x{s_len}x{vs}_vs_{t_len}x{vt}"));
+    group.bench_with_input(id, &(), |b, _| {
+        b.iter(|| {
+            let z = student.clone().require_grad();
+            let grads = loss
+                .forward(z.clone(), teacher.clone(), &alignments)
+                .backward();
+            black_box(z.grad(&grads))
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench, bench_gold);
 criterion_main!(benches);
