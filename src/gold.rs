@@ -55,6 +55,7 @@ use burn::tensor::{Int, Tensor, TensorData};
 use crate::check::{check_device, check_temperature, check_weight, indexed, shape_mismatch};
 use crate::divergence::{Divergence, check_unit_interval, uld_unchecked};
 use crate::error::{DistillError, or_panic};
+use crate::fused;
 use crate::temperature::{compute_dtype, log_softmax_unchecked};
 
 /// TRL's floor on a merged token's probability (`clamp_min(1e-8)`).
@@ -309,6 +310,12 @@ impl TokenMatches {
     }
 }
 
+/// ULD per row of merged log-values (not renormalised): the CPU engine's
+/// radix sort where it serves them, burn ops elsewhere.
+fn uld(s: Tensor<2>, t: Tensor<2>) -> Tensor<1> {
+    fused::uld_of_log_values(&s, &t).unwrap_or_else(|| uld_unchecked(s, t))
+}
+
 /// Configuration of a [`GoldLoss`].
 #[derive(Config, Debug)]
 pub struct GoldLossConfig {
@@ -445,7 +452,7 @@ impl GoldLoss {
             );
             let spans = alignment.spans.len() as f64;
             let value = match &self.matches {
-                None => uld_unchecked(s, t).sum(),
+                None => uld(s, t).sum(),
                 Some(matches) => self.hybrid(s, t, matches),
             };
             let value = value.mul_scalar(1.0 / spans);
@@ -590,7 +597,7 @@ impl GoldLoss {
         );
         let rest = match s_rest.is_empty() || t_rest.is_empty() {
             true => zero(),
-            false => uld_unchecked(s.select(1, ids(s_rest)), t.select(1, ids(t_rest))).sum(),
+            false => uld(s.select(1, ids(s_rest)), t.select(1, ids(t_rest))).sum(),
         };
         let [w_matched, w_rest] = self.hybrid_weights.unwrap_or_else(|| {
             let share = s_matched.len() as f64 / t_vocab.max(1) as f64;

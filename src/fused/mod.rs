@@ -207,6 +207,22 @@ pub(crate) fn plan(
     })
 }
 
+/// ULD per row between `exp(student)` and `exp(teacher)` (log-values taken
+/// as they are), `[rows]`, by the CPU engine where it serves these tensors
+/// (f32 on flex or ndarray with the crate's feature); `None` elsewhere, where
+/// the caller takes burn ops.
+pub(crate) fn uld_of_log_values(student: &Tensor<2>, teacher: &Tensor<2>) -> Option<Tensor<1>> {
+    if engine(student, teacher) != Some(Engine::Host) {
+        return None;
+    }
+    #[cfg(any(feature = "flex", feature = "ndarray"))]
+    {
+        Some(uld_host::rows_of_log_values(student, teacher))
+    }
+    #[cfg(not(any(feature = "flex", feature = "ndarray")))]
+    None
+}
+
 /// [`crate::top_k`]'s selection of `logits`' rows, on the backend's buffer
 /// in place, where a CPU engine serves the logits — flex or ndarray with the
 /// crate's feature, f32, f16 or bf16 (read as f32); `None` elsewhere, where

@@ -30,6 +30,9 @@ struct Request {
     temperature: f64,
     teacher_temperature: f64,
     factor: f64,
+    /// `q = softmax(z / T)` (logits), or `q = exp(z)` (log-values taken as
+    /// they are, unnormalised: GOLD's merged spans).
+    softmax: bool,
     values: Arc<Mutex<Vec<f32>>>,
 }
 
@@ -85,8 +88,16 @@ struct Scratch {
 
 /// `f·ULD` of one row; its gradient with respect to `z` written into `grad`.
 fn uld_row(z: &[f32], v: &[f32], request: &Request, grad: &mut [f32], s: &mut Scratch) -> f32 {
-    softmax_into(z, request.temperature, &mut s.q);
-    softmax_into(v, request.teacher_temperature, &mut s.p);
+    match request.softmax {
+        true => {
+            softmax_into(z, request.temperature, &mut s.q);
+            softmax_into(v, request.teacher_temperature, &mut s.p);
+        }
+        false => {
+            exp_into(z, &mut s.q);
+            exp_into(v, &mut s.p);
+        }
+    }
     descending_order(
         &s.q,
         &mut s.q_order,
@@ -121,11 +132,21 @@ fn uld_row(z: &[f32], v: &[f32], request: &Request, grad: &mut [f32], s: &mut Sc
     for &i in s.p_order.iter().skip(s.q_order.len()) {
         value += f64::from(s.p[i as usize]);
     }
-    let scale = request.factor / request.temperature;
+    // Through the softmax: (f/T)·q_j·(g_j − Σ q g); through exp: f·q_j·g_j.
+    let (scale, centre) = match request.softmax {
+        true => (request.factor / request.temperature, q_dot_g),
+        false => (request.factor, 0.0),
+    };
     for (g, &q) in grad.iter_mut().zip(&s.q) {
-        *g = (scale * f64::from(q) * (f64::from(*g) - q_dot_g)) as f32;
+        *g = (scale * f64::from(q) * (f64::from(*g) - centre)) as f32;
     }
     (request.factor * value) as f32
+}
+
+/// `exp(x)` into `out`.
+fn exp_into(x: &[f32], out: &mut Vec<f32>) {
+    out.clear();
+    out.extend(x.iter().map(|&a| a.exp()));
 }
 
 /// `softmax(x / t)` into `out`, with the sum in f64.
@@ -186,8 +207,30 @@ pub(crate) fn column(student: &Tensor<2>, teacher: &Tensor<2>, spec: &FusedSpec)
         temperature: spec.temperature,
         teacher_temperature: spec.teacher_temperature,
         factor: spec.soft_factor,
+        softmax: true,
         values: Arc::default(),
     };
+    run(student, teacher, request).reshape([rows, 1])
+}
+
+/// ULD per row between `exp(student)` and `exp(teacher)`, log-values taken
+/// as they are (not renormalised), `[rows]`, with its gradient with respect
+/// to `student` when that is tracked: GOLD's merged spans.
+pub(crate) fn rows_of_log_values(student: &Tensor<2>, teacher: &Tensor<2>) -> Tensor<1> {
+    let request = Request {
+        temperature: 1.0,
+        teacher_temperature: 1.0,
+        factor: 1.0,
+        softmax: false,
+        values: Arc::default(),
+    };
+    run(student, teacher, request)
+}
+
+/// The engine on `student` and `teacher`: per-row values, `[rows]`, their
+/// gradient attached to `student` by a surrogate term where it is tracked.
+fn run(student: &Tensor<2>, teacher: &Tensor<2>, request: Request) -> Tensor<1> {
+    let [rows, _] = student.dims();
     let inner = student.clone().without_autodiff();
     let device = inner.device();
     let grad = <Dispatch as HostUld>::host_uld(
@@ -199,13 +242,14 @@ pub(crate) fn column(student: &Tensor<2>, teacher: &Tensor<2>, spec: &FusedSpec)
     let values = std::mem::take(&mut *request.values.lock().expect("not poisoned"));
     let values = Tensor::<1>::from_data(TensorData::new(values, [rows]), &device);
     if !student.is_tracked() {
-        let values = match student.is_autodiff() {
+        return match student.is_autodiff() {
             true => values.autodiff(),
             false => values,
         };
-        return values.reshape([rows, 1]);
     }
     // Value 0, gradient `G` (times the upstream gradient of each row).
-    let surrogate = (student.clone() * grad.autodiff()).sum_dim(1);
-    values.autodiff().reshape([rows, 1]) + (surrogate.clone() - surrogate.detach())
+    let surrogate = (student.clone() * grad.autodiff())
+        .sum_dim(1)
+        .squeeze_dim::<1>(1);
+    values.autodiff() + (surrogate.clone() - surrogate.detach())
 }
