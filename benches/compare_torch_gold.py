@@ -13,14 +13,15 @@ vocabularies of 32,000 and 32,768, T = 1, no prompt (every label counted),
 """
 
 import os
-import statistics
-import time
 import types
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
 import torch
 from trl.experimental.gold.gold_trainer import ULDLoss
+
+# The timing loop of every baseline here (warm-up, at least 3 s and 10 runs).
+from compare_torch import fmt, time_case
 
 B, S, T_LEN, VS, VT = 4, 128, 96, 32000, 32768
 
@@ -38,25 +39,15 @@ def main():
         uld_student_temperature=1.0, uld_teacher_temperature=1.0,
         uld_skip_student_eos=False, uld_skip_teacher_eos=False,
         use_extended_uld=True, uld_token_merge_strategy="observed", uld_use_hybrid_loss=False)
-    loss = ULDLoss(config)
+    uld = ULDLoss(config)
 
-    def step():
-        zz = z.detach().requires_grad_(True)
-        value = loss(zz, v, s_ids, t_ids, s_ids, t_ids, s_off, t_off)
-        value.backward()
-        return zz.grad
+    def loss(student, teacher, _targets):
+        return uld(student, teacher, s_ids, t_ids, s_ids, t_ids, s_off, t_off)
 
-    for _ in range(2):
-        step()
-    times = []
-    start = time.perf_counter()
-    while len(times) < 10 or time.perf_counter() - start < 3.0:
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
+    mean, median, n = time_case("eager", B, S, loss, (z, v, None))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, f32, TRL ULDLoss (extended)")
-    print(f"| gold | {B}x{S}x{VS}_vs_{T_LEN}x{VT} | eager mean {statistics.mean(times) * 1e3:.1f} ms "
-          f"(median {statistics.median(times) * 1e3:.1f} ms, n={len(times)}) |")
+    print(f"| gold | {B}x{S}x{VS}_vs_{T_LEN}x{VT} | eager mean {fmt(mean)} "
+          f"(median {fmt(median)}, n={n}) |")
 
 
 if __name__ == "__main__":

@@ -50,7 +50,7 @@ use std::ops::Range;
 
 use burn::config::Config;
 use burn::module::Module;
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use crate::check::{check_device, check_temperature, check_weight, indexed, shape_mismatch};
 use crate::divergence::{Divergence, check_unit_interval, uld_unchecked};
@@ -316,6 +316,14 @@ fn uld(s: Tensor<2>, t: Tensor<2>) -> Tensor<1> {
     fused::uld_of_log_values(&s, &t).unwrap_or_else(|| uld_unchecked(s, t))
 }
 
+/// The hybrid's columns: the matched ids (student's, teacher's), the rest
+/// of each vocabulary (`None` where a side has none), and the two weights.
+struct HybridColumns {
+    matched: Option<(Tensor<1, Int>, Tensor<1, Int>)>,
+    rest: Option<(Tensor<1, Int>, Tensor<1, Int>)>,
+    weights: [f64; 2],
+}
+
 /// Configuration of a [`GoldLoss`].
 #[derive(Config, Debug)]
 pub struct GoldLossConfig {
@@ -421,6 +429,12 @@ impl GoldLoss {
         let dtype = student_logits.dtype();
         let compute = compute_dtype(dtype);
         let batch = alignments.len();
+        let ([_, _, s_vocab], [_, _, t_vocab]) = (student_logits.dims(), teacher_logits.dims());
+        let device = student_logits.device();
+        let hybrid = self
+            .matches
+            .as_ref()
+            .map(|m| self.hybrid_columns(m, s_vocab, t_vocab, &device));
         let mut total: Option<Tensor<1>> = None;
         for (b, alignment) in alignments.iter().enumerate() {
             if alignment.spans.is_empty() {
@@ -451,9 +465,9 @@ impl GoldLoss {
                 &t_spans,
             );
             let spans = alignment.spans.len() as f64;
-            let value = match &self.matches {
+            let value = match &hybrid {
                 None => uld(s, t).sum(),
-                Some(matches) => self.hybrid(s, t, matches),
+                Some(columns) => self.hybrid(s, t, columns),
             };
             let value = value.mul_scalar(1.0 / spans);
             total = Some(match total {
@@ -565,13 +579,42 @@ impl GoldLoss {
     /// The hybrid's sum over the spans (`s`, `t`: merged log-probabilities,
     /// `[spans, vocab]` each): `w_m · JSD_β` on the matched ids plus
     /// `w_u · ULD` on the others, each part 0 where it has no id.
-    fn hybrid(&self, s: Tensor<2>, t: Tensor<2>, matches: &TokenMatches) -> Tensor<1> {
-        let device = s.device();
-        let ([_, s_vocab], [_, t_vocab]) = (s.dims(), t.dims());
-        let ids = |ids: Vec<usize>| {
+    fn hybrid(&self, s: Tensor<2>, t: Tensor<2>, columns: &HybridColumns) -> Tensor<1> {
+        let zero = || Tensor::<1>::zeros([1], &s.device()).cast(s.dtype());
+        let floor = MERGED_TOKEN_FLOOR.ln();
+        let matched = match &columns.matched {
+            None => zero(),
+            Some((s_ids, t_ids)) => {
+                let q = s.clone().select(1, s_ids.clone()).clamp_min(floor);
+                let p = t.clone().select(1, t_ids.clone()).clamp_min(floor);
+                Divergence::Jsd { beta: self.beta }
+                    .rows_unchecked(q, p)
+                    .sum()
+            }
+        };
+        let rest = match &columns.rest {
+            None => zero(),
+            Some((s_ids, t_ids)) => {
+                uld(s.select(1, s_ids.clone()), t.select(1, t_ids.clone())).sum()
+            }
+        };
+        let [w_matched, w_rest] = columns.weights;
+        matched.mul_scalar(w_matched) + rest.mul_scalar(w_rest)
+    }
+
+    /// The hybrid's columns and weights for vocabularies of `s_vocab` and
+    /// `t_vocab`: the same for every sequence, so made once per call.
+    fn hybrid_columns(
+        &self,
+        matches: &TokenMatches,
+        s_vocab: usize,
+        t_vocab: usize,
+        device: &Device,
+    ) -> HybridColumns {
+        let ids = |ids: &[usize]| {
             let n = ids.len();
-            let ids = ids.into_iter().map(|i| i as i64).collect();
-            Tensor::<1, Int>::from_data(TensorData::new(ids, [n]), &device)
+            let ids: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
+            Tensor::<1, Int>::from_data(TensorData::new(ids, [n]), device)
         };
         let unmatched = |vocab: usize, matched: &[usize]| {
             let mut keep = vec![true; vocab];
@@ -580,30 +623,18 @@ impl GoldLoss {
         };
         let (s_matched, t_matched): (Vec<usize>, Vec<usize>) =
             matches.pairs.iter().copied().unzip();
-        let floor = MERGED_TOKEN_FLOOR.ln();
-        let zero = || Tensor::<1>::zeros([1], &device).cast(s.dtype());
-        let matched = match s_matched.is_empty() {
-            true => zero(),
-            false => {
-                let q = s.clone().select(1, ids(s_matched.clone())).clamp_min(floor);
-                let p = t.clone().select(1, ids(t_matched.clone())).clamp_min(floor);
-                let jsd = Divergence::Jsd { beta: self.beta };
-                jsd.rows_unchecked(q, p).sum()
-            }
-        };
         let (s_rest, t_rest) = (
             unmatched(s_vocab, &s_matched),
             unmatched(t_vocab, &t_matched),
         );
-        let rest = match s_rest.is_empty() || t_rest.is_empty() {
-            true => zero(),
-            false => uld(s.select(1, ids(s_rest)), t.select(1, ids(t_rest))).sum(),
-        };
-        let [w_matched, w_rest] = self.hybrid_weights.unwrap_or_else(|| {
-            let share = s_matched.len() as f64 / t_vocab.max(1) as f64;
-            [share, 1.0 - share]
-        });
-        matched.mul_scalar(w_matched) + rest.mul_scalar(w_rest)
+        HybridColumns {
+            matched: (!s_matched.is_empty()).then(|| (ids(&s_matched), ids(&t_matched))),
+            rest: (!s_rest.is_empty() && !t_rest.is_empty()).then(|| (ids(&s_rest), ids(&t_rest))),
+            weights: self.hybrid_weights.unwrap_or_else(|| {
+                let share = s_matched.len() as f64 / t_vocab.max(1) as f64;
+                [share, 1.0 - share]
+            }),
+        }
     }
 
     /// The merged log-probabilities of each span, `[spans, vocab]`.

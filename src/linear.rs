@@ -205,15 +205,17 @@ impl LinearTeacher {
         divergence: Divergence,
     ) -> Result<(), DistillError> {
         let (argument, teacher_vocab) = match self {
-            Self::Hidden { weight, .. } => ("teacher.weight columns", weight.dims()[1]),
-            Self::Logits(logits) => ("teacher_logits columns", logits.dims()[1]),
+            Self::Hidden { weight, .. } => ("teacher.weight columns", Some(weight.dims()[1])),
+            Self::Logits(logits) => ("teacher_logits columns", Some(logits.dims()[1])),
             // Top-k indices are checked against `vocab` with their values.
-            Self::TopK(_) => ("teacher.indices", vocab),
+            Self::TopK(_) => ("teacher.indices", None),
         };
-        if !vocabulary.fits(teacher_vocab, vocab, divergence) {
+        if let Some(teacher_vocab) = teacher_vocab
+            && !vocabulary.fits(teacher_vocab, vocab, divergence)
+        {
             check_same_shape("weight columns", &[vocab], argument, &[teacher_vocab])?;
         }
-        vocabulary.check_divergence(argument, teacher_vocab, vocab, divergence)?;
+        vocabulary.check_teacher(argument, teacher_vocab, vocab, divergence)?;
         match self {
             Self::Hidden { hidden, .. } => {
                 check_device("hidden", student, "teacher.hidden", hidden)?

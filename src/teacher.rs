@@ -157,12 +157,14 @@ impl TeacherOutput {
         let (tensor, argument) = self.tensor();
         check_device("student_logits", student_logits, argument, tensor)?;
         if let Self::TopK(sparse) = self {
+            vocabulary.check_teacher(argument, None, classes, divergence)?;
             return sparse.check_against(batch, classes, values);
         }
         let shape = tensor.dims();
         if shape[0] != batch || !vocabulary.fits(shape[1], classes, divergence) {
             check_same_shape("student_logits", &student_shape, argument, &shape)?;
         }
+        vocabulary.check_teacher(argument, Some(shape[1]), classes, divergence)?;
         check_non_empty("student_logits", &student_shape)?;
         let Self::Probs(probs) = self else {
             return Ok(BadPositions::default());

@@ -120,7 +120,7 @@ pub enum VocabularyRule {
 impl VocabularyRule {
     /// Whether a teacher of `teacher` classes may teach a student of
     /// `student` under this rule and `divergence` (widths only; see
-    /// [`check_divergence`](Self::check_divergence) for the values).
+    /// [`check_teacher`](Self::check_teacher) for what else it refuses).
     /// [`Divergence::Uld`] takes any two vocabularies.
     pub(crate) fn fits(self, teacher: usize, student: usize, divergence: Divergence) -> bool {
         match self {
@@ -147,16 +147,27 @@ impl VocabularyRule {
         }
     }
 
-    /// Refuses a divergence that is infinite where a narrower teacher,
-    /// padded with zero mass, meets a student with mass (`teacher_argument`
-    /// names the teacher in the message).
-    pub(crate) fn check_divergence(
+    /// Refuses a teacher the divergence cannot take: a top-k one
+    /// (`teacher: None`, no width of its own) under ULD, which sorts the
+    /// whole distribution; a narrower one, padded with zero mass, under a
+    /// divergence infinite there. `teacher_argument` names it in the error.
+    pub(crate) fn check_teacher(
         self,
         teacher_argument: &'static str,
-        teacher: usize,
+        teacher: Option<usize>,
         student: usize,
         divergence: Divergence,
     ) -> Result<(), DistillError> {
+        let Some(teacher) = teacher else {
+            return match divergence {
+                Divergence::Uld => Err(DistillError::UnsupportedTeacher {
+                    teacher: teacher_argument,
+                    reason: "ULD sorts the teacher's whole distribution; a top-k teacher keeps \
+                             k classes and an unsorted tail",
+                }),
+                _ => Ok(()),
+            };
+        };
         let padded = self == Self::PadTeacher && teacher < student;
         if padded && !divergence.finite_where_teacher_is_zero() {
             return Err(DistillError::InfiniteOnPadding {

@@ -33,6 +33,9 @@ struct Request {
     /// `q = softmax(z / T)` (logits), or `q = exp(z)` (log-values taken as
     /// they are, unnormalised: GOLD's merged spans).
     softmax: bool,
+    /// Whether the gradient is wanted (the student is tracked); without it
+    /// no `[rows, V_s]` buffer is kept.
+    with_gradient: bool,
     values: Arc<Mutex<Vec<f32>>>,
 }
 
@@ -55,22 +58,39 @@ impl<B: HostBackend> HostUld for B {
         request: Request,
     ) -> FloatTensor<Self> {
         let (rows, vs, vt) = (student.shape()[0], student.shape()[1], teacher.shape()[1]);
-        let mut grad = vec![0.0f32; rows * vs];
+        // Without a gradient each thread's rows share one scratch row for it.
+        let kept = if request.with_gradient { rows } else { 0 };
+        let mut grad = vec![0.0f32; kept * vs];
         let mut values = vec![0.0f32; rows];
         B::with_f32(&student, |z| {
             B::with_f32(&teacher, |v| {
-                grad.par_chunks_mut(vs)
-                    .zip(values.par_iter_mut())
-                    .enumerate()
-                    .for_each_init(Scratch::default, |scratch, (r, (g, value))| {
-                        let z = &z[r * vs..(r + 1) * vs];
-                        let v = &v[r * vt..(r + 1) * vt];
-                        *value = uld_row(z, v, &request, g, scratch);
-                    });
+                let row = |r: usize, g: &mut [f32], scratch: &mut Scratch| {
+                    let z = &z[r * vs..(r + 1) * vs];
+                    let v = &v[r * vt..(r + 1) * vt];
+                    uld_row(z, v, &request, g, scratch)
+                };
+                match request.with_gradient {
+                    true => grad
+                        .par_chunks_mut(vs)
+                        .zip(values.par_iter_mut())
+                        .enumerate()
+                        .for_each_init(Scratch::default, |scratch, (r, (g, value))| {
+                            *value = row(r, g, scratch);
+                        }),
+                    false => values.par_iter_mut().enumerate().for_each_init(
+                        Scratch::default,
+                        |scratch, (r, value)| {
+                            let mut g = std::mem::take(&mut scratch.g);
+                            g.resize(vs, 0.0);
+                            *value = row(r, &mut g, scratch);
+                            scratch.g = g;
+                        },
+                    ),
+                }
             })
         });
         *request.values.lock().expect("a fresh lock") = values;
-        B::from_f32(grad, [rows, vs])
+        B::from_f32(grad, [kept, vs])
     }
 }
 
@@ -78,6 +98,8 @@ impl<B: HostBackend> HostUld for B {
 #[derive(Default)]
 struct Scratch {
     q: Vec<f32>,
+    /// The gradient row when none is kept.
+    g: Vec<f32>,
     p: Vec<f32>,
     q_order: Vec<u32>,
     p_order: Vec<u32>,
@@ -208,6 +230,7 @@ pub(crate) fn column(student: &Tensor<2>, teacher: &Tensor<2>, spec: &FusedSpec)
         teacher_temperature: spec.teacher_temperature,
         factor: spec.soft_factor,
         softmax: true,
+        with_gradient: student.is_tracked(),
         values: Arc::default(),
     };
     run(student, teacher, request).reshape([rows, 1])
@@ -222,6 +245,7 @@ pub(crate) fn rows_of_log_values(student: &Tensor<2>, teacher: &Tensor<2>) -> Te
         teacher_temperature: 1.0,
         factor: 1.0,
         softmax: false,
+        with_gradient: student.is_tracked(),
         values: Arc::default(),
     };
     run(student, teacher, request)

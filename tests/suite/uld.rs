@@ -172,6 +172,23 @@ fn widths_rows_and_teachers() {
         "{error}"
     );
     assert!(error.to_string().contains("ULD"), "{error}");
+    // The fused linear loss's check refuses it too, before its chunks would.
+    let linear = burn_distill::FusedLinearKdLossConfig::new(
+        KdLossConfig::new().with_divergence(Divergence::Uld),
+    )
+    .init();
+    let top =
+        SparseTeacher::top_k(tensor2(&rng.normals(3 * 5, 2.0), [3, 5], &device), 2, 2.0).unwrap();
+    let hidden = tensor2(&rng.normals(3 * 4, 1.0), [3, 4], &device);
+    let weight = tensor2(&rng.normals(4 * 5, 1.0), [4, 5], &device);
+    let teacher = burn_distill::LinearTeacher::TopK(top);
+    let error = linear
+        .check(&hidden, &weight, None, &teacher, &Targets::unlabelled())
+        .unwrap_err();
+    assert!(
+        matches!(error, DistillError::UnsupportedTeacher { .. }),
+        "{error}"
+    );
 
     let v = tensor2(&rng.normals(3 * 8, 2.0), [3, 8], &device);
     let want = scalar(kd.forward(z.clone(), v.clone(), Targets::unlabelled()));
