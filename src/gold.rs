@@ -50,7 +50,7 @@ use std::ops::Range;
 
 use burn::config::Config;
 use burn::module::Module;
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, IndexingUpdateOp, Int, Tensor, TensorData};
 
 use crate::check::{check_device, check_temperature, check_weight, indexed, shape_mismatch};
 use crate::divergence::{Divergence, check_unit_interval, uld_unchecked};
@@ -431,55 +431,49 @@ impl GoldLoss {
         let batch = alignments.len();
         let ([_, _, s_vocab], [_, _, t_vocab]) = (student_logits.dims(), teacher_logits.dims());
         let device = student_logits.device();
-        let hybrid = self
-            .matches
-            .as_ref()
-            .map(|m| self.hybrid_columns(m, s_vocab, t_vocab, &device));
-        let mut total: Option<Tensor<1>> = None;
-        for (b, alignment) in alignments.iter().enumerate() {
-            if alignment.spans.is_empty() {
-                continue;
-            }
-            let rows = |logits: &Tensor<3>, b: usize| {
-                let [_, seq, vocab] = logits.dims();
-                logits
-                    .clone()
-                    .slice([b..b + 1, 0..seq, 0..vocab])
-                    .reshape([seq, vocab])
-            };
-            let student = rows(&student_logits, b).cast(compute);
-            let teacher = rows(&teacher_logits, b).detach().cast(compute);
-            let (s_spans, t_spans): (Vec<_>, Vec<_>) = alignment.spans.iter().cloned().unzip();
-            let s = self.merged(
-                student,
-                self.student_temperature,
-                alignment.student_first_row,
-                &alignment.student_tokens,
-                &s_spans,
-            );
-            let t = self.merged(
-                teacher,
-                self.teacher_temperature,
-                alignment.teacher_first_row,
-                &alignment.teacher_tokens,
-                &t_spans,
-            );
-            let spans = alignment.spans.len() as f64;
-            let value = match &hybrid {
-                None => uld(s, t).sum(),
-                Some(columns) => self.hybrid(s, t, columns),
-            };
-            let value = value.mul_scalar(1.0 / spans);
-            total = Some(match total {
-                Some(total) => total + value,
-                None => value,
-            });
-        }
-        match total {
-            Some(total) => total.mul_scalar(1.0 / batch as f64).cast(dtype),
+        let spans: usize = alignments.iter().map(|a| a.spans.len()).sum();
+        if spans == 0 {
             // No span anywhere: 0, with a zero gradient.
-            None => student_logits.sum().mul_scalar(0.0).cast(dtype),
+            return student_logits.sum().mul_scalar(0.0).cast(dtype);
         }
+        // Every sequence's spans at once: one softmax, one merge and one ULD
+        // call over all the batch's spans, each span weighted by
+        // 1 / (its sequence's spans · sequences).
+        let s = self.merged(
+            student_logits,
+            self.student_temperature,
+            compute,
+            alignments,
+            Side::Student,
+        );
+        let t = self.merged(
+            teacher_logits.detach(),
+            self.teacher_temperature,
+            compute,
+            alignments,
+            Side::Teacher,
+        );
+        let per_span = match &self.matches {
+            None => uld(s, t),
+            Some(m) => {
+                let columns = self.hybrid_columns(m, s_vocab, t_vocab, &device);
+                self.hybrid(s, t, &columns)
+            }
+        };
+        // In f64, cast to the computation's dtype: 1/n in f32 would cost an
+        // f64 loss its precision.
+        let weights: Vec<f64> = alignments
+            .iter()
+            .flat_map(|a| {
+                let w = 1.0 / (a.spans.len() as f64 * batch as f64);
+                std::iter::repeat_n(w, a.spans.len())
+            })
+            .collect();
+        let weights = Tensor::<1>::from_data(
+            TensorData::new(weights, [spans]),
+            (&device, per_span.dtype()),
+        );
+        (per_span * weights).sum().cast(dtype)
     }
 
     /// Checks what [`forward`](Self::forward) checks: one alignment per
@@ -576,27 +570,24 @@ impl GoldLoss {
         Ok(())
     }
 
-    /// The hybrid's sum over the spans (`s`, `t`: merged log-probabilities,
-    /// `[spans, vocab]` each): `w_m · JSD_β` on the matched ids plus
-    /// `w_u · ULD` on the others, each part 0 where it has no id.
+    /// The hybrid per span (`s`, `t`: merged log-probabilities, `[spans,
+    /// vocab]` each): `w_m · JSD_β` on the matched ids plus `w_u · ULD` on
+    /// the others, each part 0 where it has no id; `[spans]`.
     fn hybrid(&self, s: Tensor<2>, t: Tensor<2>, columns: &HybridColumns) -> Tensor<1> {
-        let zero = || Tensor::<1>::zeros([1], &s.device()).cast(s.dtype());
+        let [spans, _] = s.dims();
+        let zero = || Tensor::<1>::zeros([spans], (&s.device(), s.dtype()));
         let floor = MERGED_TOKEN_FLOOR.ln();
         let matched = match &columns.matched {
             None => zero(),
             Some((s_ids, t_ids)) => {
                 let q = s.clone().select(1, s_ids.clone()).clamp_min(floor);
                 let p = t.clone().select(1, t_ids.clone()).clamp_min(floor);
-                Divergence::Jsd { beta: self.beta }
-                    .rows_unchecked(q, p)
-                    .sum()
+                Divergence::Jsd { beta: self.beta }.rows_unchecked(q, p)
             }
         };
         let rest = match &columns.rest {
             None => zero(),
-            Some((s_ids, t_ids)) => {
-                uld(s.select(1, s_ids.clone()), t.select(1, t_ids.clone())).sum()
-            }
+            Some((s_ids, t_ids)) => uld(s.select(1, s_ids.clone()), t.select(1, t_ids.clone())),
         };
         let [w_matched, w_rest] = columns.weights;
         matched.mul_scalar(w_matched) + rest.mul_scalar(w_rest)
@@ -637,43 +628,83 @@ impl GoldLoss {
         }
     }
 
-    /// The merged log-probabilities of each span, `[spans, vocab]`.
+    /// The merged log-probabilities of every span of every sequence, in
+    /// order, from one side's `[batch, seq, vocab]` logits: `[spans, vocab]`.
     fn merged(
         &self,
-        logits: Tensor<2>,
+        logits: Tensor<3>,
         temperature: f64,
-        first_row: usize,
-        tokens: &[i64],
-        spans: &[Range<usize>],
+        compute: burn::tensor::DType,
+        alignments: &[SpanAlignment],
+        side: Side,
     ) -> Tensor<2> {
         let device = logits.device();
-        let n = tokens.len();
-        let [_, vocab] = logits.dims();
-        let rows = logits.slice([first_row..first_row + n, 0..vocab]);
-        let log_probs = log_softmax_unchecked(rows, temperature, 1);
-        let ids = Tensor::<2, Int>::from_data(TensorData::new(tokens.to_vec(), [n, 1]), &device);
-        // Each token's own log-probability at its row, floored as TRL floors it.
-        let own = log_probs
-            .clone()
-            .gather(1, ids)
-            .clamp_min(MERGED_TOKEN_FLOOR.ln());
-        // The base row of each span, and which rows' own probabilities it
-        // multiplies in (a 0/1 matrix: the sums are one product).
-        let mut base = Vec::with_capacity(spans.len());
-        let mut scalars = vec![0.0f32; spans.len() * n];
-        for (g, span) in spans.iter().enumerate() {
-            let (b, others) = match self.merge {
-                TokenMerge::Observed => (span.start, span.start + 1..span.end),
-                TokenMerge::Bayesian => (span.end - 1, span.start..span.end - 1),
+        let [batch, seq, vocab] = logits.dims();
+        // Over the flattened logits (rows `b · seq + t`): each row's token
+        // (0 where none), each span's base row and, as (span, row) pairs, the
+        // rows whose own probabilities it multiplies in; spans counted over
+        // the whole batch.
+        let mut tokens = vec![0i64; batch * seq];
+        let mut base = Vec::new();
+        let (mut pair_spans, mut pair_rows) = (Vec::new(), Vec::new());
+        for (b, a) in alignments.iter().enumerate() {
+            let (first_row, own_tokens) = match side {
+                Side::Student => (a.student_first_row, &a.student_tokens),
+                Side::Teacher => (a.teacher_first_row, &a.teacher_tokens),
             };
-            base.push(b as i64);
-            for k in others {
-                scalars[g * n + k] = 1.0;
+            let offset = b * seq + first_row;
+            tokens[offset..offset + own_tokens.len()].copy_from_slice(own_tokens);
+            for (s_span, t_span) in &a.spans {
+                let span = match side {
+                    Side::Student => s_span,
+                    Side::Teacher => t_span,
+                };
+                let (first, others) = match self.merge {
+                    TokenMerge::Observed => (span.start, span.start + 1..span.end),
+                    TokenMerge::Bayesian => (span.end - 1, span.start..span.end - 1),
+                };
+                for k in others {
+                    pair_spans.push(base.len() as i64);
+                    pair_rows.push((offset + k) as i64);
+                }
+                base.push((offset + first) as i64);
             }
         }
-        let base = Tensor::<1, Int>::from_data(TensorData::new(base, [spans.len()]), &device);
-        let scalars = Tensor::<2>::from_data(TensorData::new(scalars, [spans.len(), n]), &device)
-            .cast(own.dtype());
-        log_probs.select(0, base) + scalars.matmul(own)
+        let ints = |values: Vec<i64>| {
+            let n = values.len();
+            Tensor::<1, Int>::from_data(TensorData::new(values, [n]), &device)
+        };
+        // One softmax over every row (a row no span reads costs its softmax,
+        // not a copy of the rows that are read).
+        let log_probs = log_softmax_unchecked(
+            logits.reshape([batch * seq, vocab]).cast(compute),
+            temperature,
+            1,
+        );
+        let spans = base.len();
+        let merged = log_probs.clone().select(0, ints(base));
+        if pair_rows.is_empty() {
+            return merged;
+        }
+        // Each token's own log-probability at its row, floored as TRL floors
+        // it, summed into its span.
+        let own = log_probs
+            .gather(1, ints(tokens).reshape([batch * seq, 1]))
+            .clamp_min(MERGED_TOKEN_FLOOR.ln())
+            .reshape([batch * seq]);
+        let products = Tensor::<1>::zeros([spans], (&device, own.dtype())).select_assign(
+            0,
+            ints(pair_spans),
+            own.select(0, ints(pair_rows)),
+            IndexingUpdateOp::Add,
+        );
+        merged + products.reshape([spans, 1])
     }
+}
+
+/// Which model's tokens and spans [`GoldLoss::merged`] reads.
+#[derive(Clone, Copy)]
+enum Side {
+    Student,
+    Teacher,
 }
