@@ -210,14 +210,19 @@ impl Vocab {
         self.words.len()
     }
 
+    /// A word's id; `<unk>`'s for a word outside the vocabulary.
+    pub fn id(&self, word: &str) -> usize {
+        *self.ids.get(word).unwrap_or(&UNK)
+    }
+
     pub fn word(&self, id: usize) -> &str {
         self.words.get(id).map_or("<?>", String::as_str)
     }
 
-    /// `<s> words… </s>`, cut to `context` tokens.
-    pub fn encode(&self, sentence: &[String], context: usize) -> Vec<usize> {
+    /// `<s> words… </s>` of a sentence's word ids, cut to `context` tokens.
+    pub fn encode_ids(&self, words: &[usize], context: usize) -> Vec<usize> {
         let mut ids = vec![BOS];
-        ids.extend(sentence.iter().map(|w| *self.ids.get(w).unwrap_or(&UNK)));
+        ids.extend(words);
         ids.push(EOS);
         ids.truncate(context);
         ids

@@ -5,7 +5,10 @@
 //! with a hidden-state cosine term (DistilBERT's) beside it, the same
 //! through `FusedLinearKdLoss` from hidden states, a top-k teacher store at
 //! k = 8 and k = 64, on-policy GKD and sequence-level KD — each from the same
-//! student initialisation over the same data order.
+//! student initialisation over the same data order. Then a student with
+//! another tokenizer (byte-pair pieces learned from the training split)
+//! distilled from the word-level teacher by ULD and by GOLD (`cross`), every
+//! row also scored in bits per byte of one text, a unit both tokenizers share.
 //!
 //! ```text
 //! cargo run --release --example lm_distill -- --quick    # every row on a slice
@@ -15,6 +18,8 @@
 //! Prints the table and writes `lm_distill.json` and `lm_distill.png`
 //! (validation perplexity over steps) to `--out`.
 
+mod bpe;
+mod cross;
 mod data;
 mod model;
 mod report;
@@ -165,6 +170,12 @@ pub struct Plan {
     /// Teacher completions sampled once for sequence-level KD.
     pub seq_kd_sequences: usize,
     pub micro_batch: usize,
+    /// The byte-pair student's vocabulary and context (the cross-tokenizer
+    /// rows).
+    #[serde(default)]
+    pub bpe_vocab: usize,
+    #[serde(default)]
+    pub bpe_context: usize,
 }
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -200,6 +211,8 @@ impl Plan {
                 prompt: 4,
                 seq_kd_sequences: 64,
                 micro_batch: 8,
+                bpe_vocab: 256,
+                bpe_context: 48,
             }
         } else {
             Self {
@@ -228,6 +241,8 @@ impl Plan {
                 prompt: 4,
                 seq_kd_sequences: 8192,
                 micro_batch: 16,
+                bpe_vocab: 1024,
+                bpe_context: 64,
             }
         }
     }
@@ -327,6 +342,8 @@ struct Data {
     test: Sequences,
     vocab: Vocab,
     unknown_rate: f64,
+    /// The same sentences under the word-level and the byte-pair tokenizer.
+    cross: cross::CrossData,
 }
 
 fn prepare(cache: &Path, plan: &Plan, seed: u64) -> Result<Data, String> {
@@ -334,13 +351,13 @@ fn prepare(cache: &Path, plan: &Plan, seed: u64) -> Result<Data, String> {
     let splits = corpus.splits();
     let vocab = Vocab::build(&splits.train, plan.vocab);
     let unknown_rate = vocab.unknown_rate(&splits.test);
-    let encode = |sentences: &[Vec<String>]| -> Vec<Vec<usize>> {
+    let ids = |sentences: &[Vec<String>]| -> Vec<Vec<usize>> {
         sentences
             .iter()
-            .map(|s| vocab.encode(s, plan.context))
+            .map(|s| s.iter().map(|w| vocab.id(w)).collect())
             .collect()
     };
-    let mut train = encode(&splits.train);
+    let mut train = ids(&splits.train);
     // One fixed order for every row (Fisher–Yates, SplitMix64 by the seed).
     let mut state = seed ^ 0x5EED;
     let mut next = || {
@@ -353,10 +370,17 @@ fn prepare(cache: &Path, plan: &Plan, seed: u64) -> Result<Data, String> {
     for i in (1..train.len()).rev() {
         train.swap(i, (next() % (i as u64 + 1)) as usize);
     }
-    let mut valid = encode(&splits.valid);
+    let mut valid = ids(&splits.valid);
     valid.truncate(plan.valid_sequences);
-    let mut test = encode(&splits.test);
+    let mut test = ids(&splits.test);
     test.truncate(plan.test_sequences);
+    let context = plan.context;
+    let encode = |sentences: &[Vec<usize>]| -> Vec<Vec<usize>> {
+        sentences
+            .iter()
+            .map(|s| vocab.encode_ids(s, context))
+            .collect()
+    };
     println!(
         "corpus: {} / {} / {} sentences (train / validation / test); vocabulary {} words, {:.1}% of test words unknown",
         train.len(),
@@ -365,22 +389,29 @@ fn prepare(cache: &Path, plan: &Plan, seed: u64) -> Result<Data, String> {
         vocab.len(),
         100.0 * unknown_rate
     );
-    let context = plan.context;
+    let cross = cross::CrossData::new(
+        &vocab,
+        [&train, &valid, &test],
+        plan.bpe_vocab,
+        context,
+        plan.bpe_context,
+    )?;
     Ok(Data {
         train: Sequences {
-            rows: train,
+            rows: encode(&train),
             context,
         },
         valid: Sequences {
-            rows: valid,
+            rows: encode(&valid),
             context,
         },
         test: Sequences {
-            rows: test,
+            rows: encode(&test),
             context,
         },
         vocab,
         unknown_rate,
+        cross,
     })
 }
 
@@ -549,11 +580,14 @@ fn distil_with_features<T: LmTeacherSource, L: LmLoss, F: FeatureTerms>(
     }
     let student = learner.model().student;
     let (test_perplexity, agreement) = evaluate(&student, teacher, &data.test, device);
+    let (_, bits_per_byte) =
+        cross::text_scores(&student, &data.cross.test, cross::Side::Words, device);
     let row = Row {
         name: name.into(),
         what: what.into(),
         test_perplexity,
         agreement,
+        bits_per_byte: Some(bits_per_byte),
         seconds,
         peak_bytes: peak,
         on_policy_steps: on_policy,
@@ -593,7 +627,9 @@ fn teacher(
             path.display()
         );
         let (test_perplexity, _) = evaluate(&model, None, &data.test, device);
-        let row = Row::teacher(test_perplexity, 0.0, 0, Vec::new());
+        let (_, bits_per_byte) =
+            cross::text_scores(&model, &data.cross.test, cross::Side::Words, device);
+        let row = Row::teacher(test_perplexity, bits_per_byte, 0.0, 0, Vec::new());
         println!("{}", row.line());
         return Ok((model.valid(), row));
     }
@@ -942,6 +978,56 @@ fn run(cli: &Cli) -> Result<Report, String> {
             Completions::Data,
             &teacher_data,
             None,
+        ))?;
+    }
+    // A student with another tokenizer: the same shape over byte-pair
+    // pieces, from the same seed, over the same sentences.
+    let pieces_config = GptConfig::new(
+        data.cross.bpe.len(),
+        plan.bpe_context,
+        plan.student.d_model,
+        plan.student.n_heads,
+        plan.student.n_layers,
+    )
+    .with_dropout(0.0);
+    println!(
+        "byte-pair student: {} parameters, context {}",
+        pieces_config.parameters(),
+        plan.bpe_context
+    );
+    let cross_rows = [
+        (
+            "BPE hard",
+            "byte pairs: hard labels only",
+            cross::Soft::None,
+        ),
+        (
+            "BPE ULD",
+            "byte pairs: ULD, rows paired by position",
+            cross::Soft::Uld,
+        ),
+        (
+            "BPE GOLD",
+            "byte pairs: GOLD, spans by byte offsets",
+            cross::Soft::Gold,
+        ),
+        (
+            "BPE GOLD hybrid",
+            "byte pairs: GOLD hybrid (JSD on shared tokens)",
+            cross::Soft::GoldHybrid,
+        ),
+    ];
+    for (name, what, soft) in cross_rows {
+        device.seed(cli.seed);
+        let student = pieces_config.init(&device);
+        row(cross::distil(
+            &shared,
+            name,
+            what,
+            student,
+            &teacher,
+            soft,
+            &data.cross,
         ))?;
     }
     Ok(Report {
