@@ -27,13 +27,14 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use burn_distill::gold::{GoldLossConfig, SpanAlignment, TokenMatches, Tokenization};
 use burn_distill::lm::{CausalLm, TokenBatch};
-use burn_distill::{DistillError, KdLossConfig, TeacherOutput};
+use burn_distill::train::LmTeacherSource;
+use burn_distill::{DistillError, KdLossConfig};
 
 use crate::bpe::{Bpe, word_text};
 use crate::data::{BOS, EOS, PAD, Vocab};
 use crate::model::Gpt;
 use crate::report::Row;
-use crate::{PEAK, Run, SKIPPED, reset_peak};
+use crate::{NoTeacher, PEAK, Run, SKIPPED, reset_peak};
 
 /// One sentence under both tokenizations. Token 0 is `<s>` on both sides;
 /// the offsets are those of tokens `1..` (the predicted ones) in the text.
@@ -337,14 +338,16 @@ pub fn distil(
         let start = Instant::now();
         let base = reset_peak();
         let (tokens, padding) = batch(&units, Side::Pieces, device);
-        let targets = TokenBatch::new(tokens.clone())
-            .with_padding_mask(padding.clone())
-            .next_token_targets()
-            .map_err(|e| e.to_string())?;
+        let pieces = TokenBatch::new(tokens.clone()).with_padding_mask(padding.clone());
+        let targets = pieces.next_token_targets().map_err(|e| e.to_string())?;
+        let no_teacher = NoTeacher {
+            vocab: data.bpe.len(),
+        }
+        .teach(&pieces, device)
+        .map_err(|e| e.to_string())?;
         let logits = model.logits(tokens, Some(padding));
-        let no_teacher = Tensor::<3>::zeros(logits.dims(), &plain);
         let mut loss = hard
-            .forward(logits.clone(), TeacherOutput::Logits(no_teacher), targets)
+            .forward(logits.clone(), no_teacher, targets)
             .mul_scalar(hard_weight);
         if let Some(gold) = &gold {
             let (t_tokens, t_padding) = batch(&units, Side::Words, &plain);

@@ -248,14 +248,14 @@ impl Plan {
     }
 
     fn config(&self, size: &ModelSize, dropout: f64) -> GptConfig {
-        GptConfig::new(
-            self.vocab,
-            self.context,
-            size.d_model,
-            size.n_heads,
-            size.n_layers,
-        )
-        .with_dropout(dropout)
+        Self::config_over(self.vocab, self.context, size, dropout)
+    }
+
+    /// A model of `size` over a vocabulary of `vocab` and `context` tokens
+    /// (the byte-pair student's differ from the plan's word-level ones).
+    fn config_over(vocab: usize, context: usize, size: &ModelSize, dropout: f64) -> GptConfig {
+        GptConfig::new(vocab, context, size.d_model, size.n_heads, size.n_layers)
+            .with_dropout(dropout)
     }
 
     /// What the teacher's weights depend on (its model, data, schedule and
@@ -321,8 +321,8 @@ impl Sequences {
 /// A teacher that is never consulted: the hard-label rows (soft weight 0)
 /// get uniform logits, so no teacher model runs for them.
 #[derive(Clone, Debug)]
-struct NoTeacher {
-    vocab: usize,
+pub struct NoTeacher {
+    pub vocab: usize,
 }
 
 impl LmTeacherSource for NoTeacher {
@@ -982,14 +982,8 @@ fn run(cli: &Cli) -> Result<Report, String> {
     }
     // A student with another tokenizer: the same shape over byte-pair
     // pieces, from the same seed, over the same sentences.
-    let pieces_config = GptConfig::new(
-        data.cross.bpe.len(),
-        plan.bpe_context,
-        plan.student.d_model,
-        plan.student.n_heads,
-        plan.student.n_layers,
-    )
-    .with_dropout(0.0);
+    let pieces_config =
+        Plan::config_over(data.cross.bpe.len(), plan.bpe_context, &plan.student, 0.0);
     println!(
         "byte-pair student: {} parameters, context {}",
         pieces_config.parameters(),
